@@ -1,0 +1,40 @@
+"""Sessions: lint, typecheck, unit, integration (`nox` runs them all)."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.reuse_venv = "yes"
+nox.options.sessions = ["lint", "typecheck", "unit", "integration"]
+
+PATHS = ["quire", "tests", "bench", "noxfile.py", ".quire/ci.py"]
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", *PATHS)
+    session.run("ruff", "format", "--check", *PATHS)
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over quire/."""
+    session.install("-e", ".", "mypy>=1.10", "types-PyYAML")
+    session.run("mypy")
+
+
+@nox.session
+def unit(session: nox.Session) -> None:
+    """The fast suite: no docker daemon, fakes and real git in tmp dirs."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-q", "tests/unit", *session.posargs)
+
+
+@nox.session
+def integration(session: nox.Session) -> None:
+    """The real-docker suite (QUIRE_REQUIRE_DOCKER=1 turns a missing engine into a failure)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-q", "-m", "integration", "tests/integration", *session.posargs)

@@ -1,0 +1,211 @@
+"""DockerExecutor: one container per run, every command through `docker exec`.
+
+Entering: `docker info`, `.quire/Dockerfile` present, build the image
+(`quire-ci/<repo>:<run-id>`, plus `:latest` so the next run's build is
+cached), start a container that sleeps, with the workspace bind-mounted at
+/work. Leaving, however it happens: stamp `container_stopped_at`, give /work
+back to an unprivileged quire, `docker rm --force` (no SIGTERM grace period
+to wait out) and untag the run's image.
+
+container.yml grows with each phase; a failure to write it is logged and
+never fails the run or skips teardown.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import TracebackType
+
+from quire import interrupts
+from quire.ci.executors.base import Command, ExecResult
+from quire.ci.logs import LogWriter
+from quire.ci.records import ContainerInfo, utcnow, write_record
+from quire.ci.report import Reporter, StreamName
+from quire.ci.runs import RunDir
+from quire.config import DockerSettings
+from quire.errors import ContainerDied, DockerfileMissing, QuireError
+from quire.tools import docker, process
+from quire.tools.process import OutputHandler
+
+DOCKERFILE = ".quire/Dockerfile"
+BUILD_OUTPUT_JOB = "(image build)"
+
+
+def image_repository(repo: str) -> str:
+    return f"quire-ci/{repo}"
+
+
+class DockerExecutor:
+    """Runs a run's commands in its own container."""
+
+    name = "docker"
+
+    def __init__(
+        self,
+        *,
+        workspace: Path,
+        run_dir: RunDir,
+        settings: DockerSettings,
+        run_log: LogWriter,
+        reporter: Reporter,
+    ) -> None:
+        self.workspace = workspace
+        self.run_dir = run_dir
+        self.settings = settings
+        self.run_log = run_log
+        self.reporter = reporter
+        self.image_tag = f"{image_repository(run_dir.store.repo)}:{run_dir.run_id}"
+        self.container_id: str | None = None
+        self.record = ContainerInfo(image_tag=self.image_tag)
+        self._built = False
+
+    # --- setup ----------------------------------------------------------------------------------
+
+    def __enter__(self) -> DockerExecutor:
+        try:
+            self._set_up()
+        except BaseException:
+            self._tear_down()
+            raise
+        return self
+
+    def _set_up(self) -> None:
+        docker.check_available()
+        dockerfile = self.workspace / DOCKERFILE
+        if not dockerfile.is_file():
+            raise DockerfileMissing(
+                f"a docker run needs {DOCKERFILE} in the repository at this revision; looked "
+                f"for {dockerfile}. Add a Dockerfile there (its build context is the repository "
+                "root), or run with --executor host"
+            )
+        self._build(dockerfile)
+        self._start()
+
+    def _build(self, dockerfile: Path) -> None:
+        self.record.build_started_at = utcnow()
+        self._save()
+        self.run_log.event("image-build-start", image=self.image_tag)
+        self.reporter.notice(f"building image {self.image_tag} from {DOCKERFILE}")
+
+        def show(stream: StreamName, chunk: bytes) -> None:
+            self.reporter.output(BUILD_OUTPUT_JOB, stream, chunk)
+
+        try:
+            tags = [self.image_tag, f"{image_repository(self.run_dir.store.repo)}:latest"]
+            docker.build(dockerfile, self.workspace, tags, show)
+        except QuireError as exc:
+            self.run_log.event("image-build-end", image=self.image_tag, ok=False, error=str(exc))
+            raise
+        self._built = True
+        self.record.build_finished_at = utcnow()
+        self._save()
+        self.run_log.event("image-build-end", image=self.image_tag, ok=True)
+
+    def _start(self) -> None:
+        settings = self.settings
+        self.container_id = docker.run_detached(
+            self.image_tag,
+            mount_source=self.workspace,
+            labels={
+                docker.RUN_ID_LABEL: self.run_dir.run_id,
+                docker.REPO_LABEL: self.run_dir.store.repo,
+            },
+            ceiling_s=settings.ceiling,
+            limits=docker.Limits(
+                cpus=settings.cpus,
+                memory=settings.memory,
+                network=settings.network,
+                labels=settings.labels,
+            ),
+        )
+        self.record.container_id = self.container_id
+        self.record.container_started_at = utcnow()
+        self._save()
+        self.run_log.event("container-start", container=self.container_id, image=self.image_tag)
+        self.reporter.notice(f"container {self.container_id[:12]} from image {self.image_tag}")
+
+    def describe(self) -> str:
+        return f"docker, container {(self.container_id or '?')[:12]} from {self.image_tag}"
+
+    # --- commands -------------------------------------------------------------------------------
+
+    def execute(self, command: Command, on_output: OutputHandler) -> ExecResult:
+        """`docker exec` the command in /work; a dead container raises `ContainerDied`."""
+        assert self.container_id is not None, "execute() outside the with-block"
+        argv = docker.exec_argv(self.container_id, command.argv, env_names=sorted(command.env))
+        result = process.stream(argv, on_output, env=command.env, timeout=command.timeout)
+        if result.timed_out:
+            # Killing the docker client leaves the command running in the container.
+            docker.kill_processes(self.container_id)
+        elif result.exit != 0:
+            self._check_alive()
+        return ExecResult(result.exit, result.started_at, result.duration_s, result.timed_out)
+
+    def _check_alive(self) -> None:
+        """After a failed exec: was it the command, or did the container (or docker) go?"""
+        assert self.container_id is not None
+        state = docker.inspect_state(self.container_id)
+        if state is not None and state.running:
+            return
+        if state is None:
+            why = "it no longer exists (removed after it stopped; exit status unknown)"
+        else:
+            why = f"status {state.status}, exit code {state.exit_code}"
+            if state.oom_killed:
+                why += ", killed for running out of memory (OOM)"
+        self.run_log.event(
+            "container-died",
+            container=self.container_id,
+            exit_code=None if state is None else state.exit_code,
+            oom_killed=None if state is None else state.oom_killed,
+        )
+        raise ContainerDied(f"the run's container {self.container_id[:12]} died: {why}")
+
+    # --- teardown -------------------------------------------------------------------------------
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._tear_down()
+
+    def _tear_down(self) -> None:
+        with interrupts.shielded():
+            if self.container_id is None and not self._built:
+                return
+            if self.container_id is not None:
+                self.record.container_stopped_at = utcnow()
+                self._save()
+                self._give_back_workdir()
+            problems = self._remove()
+            if self.container_id is not None:
+                self.run_log.event("container-end", container=self.container_id)
+            for problem in problems:
+                self.run_log.event("teardown-problem", error=problem)
+                self.reporter.notice(f"warning: teardown: {problem}")
+
+    def _remove(self) -> list[str]:
+        try:
+            return docker.teardown(self.container_id, self.image_tag if self._built else None)
+        except QuireError as exc:
+            return [str(exc)]
+
+    def _give_back_workdir(self) -> None:
+        # Files the container wrote into the bind mount belong to its root; an
+        # unprivileged quire could not delete the workspace afterwards.
+        if os.geteuid() == 0 or self.container_id is None:
+            return
+        try:
+            docker.chown_workdir(self.container_id, os.geteuid(), os.getegid())
+        except QuireError as exc:
+            self.run_log.event("teardown-problem", error=str(exc))
+
+    def _save(self) -> None:
+        try:
+            write_record(self.run_dir.path / "container.yml", self.record)
+        except OSError as exc:
+            self.run_log.event("record-write-failed", file="container.yml", error=str(exc))
+            self.reporter.notice(f"warning: could not write container.yml: {exc}")

@@ -1,0 +1,131 @@
+"""JSON Lines logs: append-only, one event a line, flushed per event.
+
+    <run>/log.jsonl             run-start, job-start, job-end, image-build-start|end,
+                                container-start, container-died, container-end, run-end
+    <run>/jobs/<id>/log.jsonl   sh-start, stdout, stderr, sh-exit
+
+Each line has `t` (RFC 3339 UTC) and `event`. Output chunks carry `data`:
+UTF-8 text, or base64 with `"encoding": "base64"` when the bytes are not
+valid UTF-8. A multi-byte character split across two reads is held back
+until it is whole, so it never turns into base64 or garbage.
+
+Readers tolerate a torn last line (a crash mid-write) and say so.
+"""
+
+from __future__ import annotations
+
+import base64
+import codecs
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+
+def timestamp() -> str:
+    """Now as RFC 3339 UTC with milliseconds: 2026-05-04T16:20:01.123Z."""
+    now = datetime.now(UTC)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+class LogWriter:
+    """Appends events to one log.jsonl; each line is flushed as it is written."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: BinaryIO = open(path, "ab")  # noqa: SIM115 - closed in close()
+
+    def event(self, event: str, **fields: Any) -> None:
+        """Append `{"t": ..., "event": event, **fields}`."""
+        line = json.dumps({"t": timestamp(), "event": event, **fields}, ensure_ascii=False)
+        self._file.write(line.encode("utf-8") + b"\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> LogWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ChunkEncoder:
+    """Turns a byte stream into log `data` fields, chunk by chunk.
+
+    Valid UTF-8 becomes text; a chunk with invalid bytes is kept whole as
+    base64. An incomplete character at the end of a chunk waits for the
+    next one (or `flush`).
+    """
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")("strict")
+
+    def feed(self, chunk: bytes) -> dict[str, str] | None:
+        """The fields for this chunk, or None if everything is held back."""
+        pending = self._decoder.getstate()[0]
+        try:
+            text = self._decoder.decode(chunk)
+        except UnicodeDecodeError:
+            self._decoder.reset()
+            return _base64(pending + chunk)
+        return {"data": text} if text else None
+
+    def flush(self) -> dict[str, str] | None:
+        """Fields for bytes still held back at the end of the stream."""
+        pending = self._decoder.getstate()[0]
+        self._decoder.reset()
+        return _base64(pending) if pending else None
+
+
+def _base64(data: bytes) -> dict[str, str]:
+    return {"data": base64.b64encode(data).decode("ascii"), "encoding": "base64"}
+
+
+def event_bytes(event: dict[str, Any]) -> bytes:
+    """The raw bytes of an output event's `data`."""
+    data = event.get("data", "")
+    if event.get("encoding") == "base64":
+        return base64.b64decode(data)
+    return str(data).encode("utf-8")
+
+
+class LogReader:
+    """Iterates a log's events; lines that do not parse are counted, not fatal.
+
+    After iteration `torn` says whether the last line was incomplete (a
+    crash mid-write) and `bad_lines` how many other lines were unreadable.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.torn = False
+        self.bad_lines = 0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        with open(self.path, "rb") as handle:
+            yield from self.read_from(handle)
+
+    def read_from(self, handle: BinaryIO) -> Iterator[dict[str, Any]]:
+        """Events from `handle`'s position on; stops at a torn line and leaves it unread."""
+        while True:
+            start = handle.tell()
+            line = handle.readline()
+            if not line:
+                return
+            if not line.endswith(b"\n"):
+                self.torn = True
+                handle.seek(start)
+                return
+            self.torn = False
+            try:
+                event = json.loads(line)
+            except ValueError:
+                self.bad_lines += 1
+                continue
+            if isinstance(event, dict):
+                yield event
+            else:
+                self.bad_lines += 1

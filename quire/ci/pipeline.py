@@ -1,0 +1,302 @@
+"""The pipeline: `.quire/ci.py` loaded from a revision into a validated job graph.
+
+ci.py is Python executed in a fresh module namespace inside quire's own
+process. `@job(...)` registers functions with the loader that is running;
+the loader then checks the whole graph and reports every problem at once,
+each with its line in ci.py:
+
+- a job id that is empty or contains `/` (ids are path segments);
+- a duplicate id;
+- no inputs;
+- an input that is neither a job nor a known source (`quire/push`);
+- cycles, naming every member;
+- jobs that no source reaches.
+
+A syntax error or an exception while loading is a `PipelineError` with the
+file and line too, never a traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+import traceback
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from quire.errors import PipelineError, PipelineProblem
+
+if TYPE_CHECKING:
+    from quire.ci.runtime import Runtime
+
+PIPELINE_FILE = ".quire/ci.py"
+SOURCES = ("quire/push",)
+
+JobFunction = Callable[["Runtime"], Mapping[str, Any] | None]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Skip(Exception):
+    """Raise inside a job to mark it skipped (its dependents are skipped too)."""
+
+
+@dataclass(frozen=True)
+class JobDef:
+    """One registered job."""
+
+    id: str
+    inputs: tuple[str, ...]
+    func: JobFunction
+    line: int | None
+    timeout: float | None = None
+
+
+@dataclass
+class _Registration:
+    job: JobDef | None
+    problems: list[PipelineProblem] = field(default_factory=list)
+
+
+_collector: list[_Registration] | None = None
+
+
+def _caller_line() -> int | None:
+    frame = sys._getframe(2)
+    return frame.f_lineno if frame.f_code.co_filename == PIPELINE_FILE else None
+
+
+def job(
+    id: str | None = None,
+    *,
+    inputs: Sequence[str] | None = None,
+    timeout: float | None = None,
+) -> Callable[[F], F]:
+    """Register the decorated function as a job.
+
+    `id` defaults to the function's name; `inputs` lists the jobs (or
+    sources such as `quire/push`) it runs after; `timeout` (seconds) fails
+    the job when it runs longer.
+    """
+    line = _caller_line()
+    registration = _Registration(job=None)
+    if _collector is not None:
+        _collector.append(registration)
+
+    if callable(id):
+        registration.problems.append(
+            PipelineProblem("@job needs arguments: write @job(inputs=[...])", line)
+        )
+        return id
+
+    def register(func: F) -> F:
+        job_id = func.__name__ if id is None else id
+        registration.problems.extend(_check_arguments(job_id, inputs, timeout, line))
+        names = tuple(inputs) if isinstance(inputs, list | tuple) else ()
+        registration.job = JobDef(str(job_id), names, func, line, timeout)
+        return func
+
+    return register
+
+
+def _check_arguments(
+    job_id: object, inputs: object, timeout: object, line: int | None
+) -> Iterator[PipelineProblem]:
+    if not isinstance(job_id, str) or not job_id:
+        yield PipelineProblem(f"job id must be a non-empty string, got {job_id!r}", line)
+    elif "/" in job_id:
+        yield PipelineProblem(f"job id {job_id!r} contains '/' (reserved for sources)", line)
+    if inputs is None or (isinstance(inputs, list | tuple) and not inputs):
+        yield PipelineProblem(
+            f"job {job_id!r} has no inputs (add inputs=['quire/push'] to run it on every push)",
+            line,
+        )
+    elif not isinstance(inputs, list | tuple) or not all(isinstance(i, str) for i in inputs):
+        yield PipelineProblem(f"job {job_id!r}: inputs must be a list of job ids", line)
+    if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
+        yield PipelineProblem(f"job {job_id!r}: timeout must be a positive number of seconds", line)
+
+
+@dataclass
+class Pipeline:
+    """A validated job graph; `order` is the order jobs run in."""
+
+    jobs: dict[str, JobDef]
+    order: list[str]
+
+    def ancestors(self, job_id: str) -> set[str]:
+        """Every job and source `job_id` depends on, directly or not."""
+        seen: set[str] = set()
+        stack = list(self.jobs[job_id].inputs)
+        while stack:
+            name = stack.pop()
+            if name not in seen:
+                seen.add(name)
+                if name in self.jobs:
+                    stack.extend(self.jobs[name].inputs)
+        return seen
+
+
+@contextmanager
+def _collecting() -> Iterator[list[_Registration]]:
+    global _collector
+    previous, _collector = _collector, []
+    try:
+        yield _collector
+    finally:
+        _collector = previous
+
+
+def load_pipeline(source: bytes | str) -> Pipeline:
+    """Execute ci.py's text and validate its jobs; raises `PipelineError`."""
+    try:
+        code = compile(source, PIPELINE_FILE, "exec")
+    except SyntaxError as exc:
+        text = f"syntax error: {exc.msg}"
+        raise PipelineError(PIPELINE_FILE, [PipelineProblem(text, exc.lineno)]) from None
+    except ValueError as exc:  # e.g. NUL bytes
+        raise PipelineError(PIPELINE_FILE, [PipelineProblem(str(exc), None)]) from None
+    namespace: dict[str, Any] = {"__name__": "quire_pipeline", "__file__": PIPELINE_FILE}
+    with _collecting() as registrations:
+        try:
+            exec(code, namespace)
+        except Exception as exc:
+            line = _pipeline_line(exc)
+            problem = PipelineProblem(f"{type(exc).__name__} while loading: {exc}", line)
+            raise PipelineError(PIPELINE_FILE, [problem]) from None
+    return validate(registrations)
+
+
+def _pipeline_line(exc: BaseException) -> int | None:
+    """The innermost line of ci.py in `exc`'s traceback."""
+    line = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if frame.filename == PIPELINE_FILE:
+            line = frame.lineno
+    return line
+
+
+def validate(registrations: list[_Registration]) -> Pipeline:
+    """Check the whole graph; raises one `PipelineError` listing every problem."""
+    problems: list[PipelineProblem] = []
+    jobs: dict[str, JobDef] = {}
+    for registration in registrations:
+        problems.extend(registration.problems)
+        defined = registration.job
+        if defined is None:
+            continue
+        if defined.id in jobs:
+            first = jobs[defined.id].line
+            problems.append(
+                PipelineProblem(
+                    f"duplicate job id {defined.id!r} (first defined on line {first})", defined.line
+                )
+            )
+            continue
+        jobs[defined.id] = defined
+    problems.extend(_unknown_inputs(jobs))
+    cyclic = _cycles(jobs)
+    for members in cyclic:
+        names = " -> ".join([*members, members[0]])
+        lines = ", ".join(f"{m} (line {jobs[m].line})" for m in members)
+        problems.append(PipelineProblem(f"cycle: {names}; members: {lines}", jobs[members[0]].line))
+    in_cycle = {m for members in cyclic for m in members}
+    problems.extend(_unreachable(jobs, in_cycle))
+    if not jobs and not problems:
+        problems.append(PipelineProblem("defines no jobs (decorate a function with @job)", None))
+    if problems:
+        problems.sort(key=lambda p: p.line or 0)
+        raise PipelineError(PIPELINE_FILE, problems)
+    return Pipeline(jobs=jobs, order=_topological(jobs))
+
+
+def _unknown_inputs(jobs: dict[str, JobDef]) -> Iterator[PipelineProblem]:
+    known = list(jobs) + list(SOURCES)
+    for defined in jobs.values():
+        for name in defined.inputs:
+            if name in jobs or name in SOURCES:
+                continue
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            yield PipelineProblem(
+                f"job {defined.id!r} has unknown input {name!r}{hint}", defined.line
+            )
+
+
+def _cycles(jobs: dict[str, JobDef]) -> list[list[str]]:
+    """Strongly connected components that form cycles (Tarjan), members in declaration order."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    order = {name: i for i, name in enumerate(jobs)}
+
+    def visit(name: str) -> None:
+        index[name] = low[name] = len(index)
+        stack.append(name)
+        on_stack.add(name)
+        for dep in jobs[name].inputs:
+            if dep not in jobs:
+                continue
+            if dep not in index:
+                visit(dep)
+                low[name] = min(low[name], low[dep])
+            elif dep in on_stack:
+                low[name] = min(low[name], index[dep])
+        if low[name] == index[name]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == name:
+                    break
+            if len(component) > 1 or name in jobs[name].inputs:
+                found.append(sorted(component, key=order.__getitem__))
+
+    for name in jobs:
+        if name not in index:
+            visit(name)
+    return found
+
+
+def _unreachable(jobs: dict[str, JobDef], in_cycle: set[str]) -> Iterator[PipelineProblem]:
+    reached: set[str] = set()
+    changed = True
+    while changed:
+        changed = False
+        for defined in jobs.values():
+            if defined.id in reached:
+                continue
+            if any(i in SOURCES or i in reached for i in defined.inputs):
+                reached.add(defined.id)
+                changed = True
+    for defined in jobs.values():
+        # A job in a cycle, without inputs, or with an unknown input already has
+        # its own problem; saying "unreachable" too would only be noise.
+        has_own_problem = (
+            defined.id in in_cycle
+            or not defined.inputs
+            or any(i not in jobs and i not in SOURCES for i in defined.inputs)
+        )
+        if defined.id not in reached and not has_own_problem:
+            yield PipelineProblem(
+                f"job {defined.id!r} is not reachable from any source "
+                f"(none of its inputs leads to {', '.join(SOURCES)})",
+                defined.line,
+            )
+
+
+def _topological(jobs: dict[str, JobDef]) -> list[str]:
+    """Kahn's order, ties broken by declaration order."""
+    done: list[str] = []
+    remaining = list(jobs)
+    while remaining:
+        for name in remaining:
+            if all(i in SOURCES or i in done for i in jobs[name].inputs):
+                done.append(name)
+                remaining.remove(name)
+                break
+    return done

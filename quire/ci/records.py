@@ -1,0 +1,160 @@
+"""The records a run leaves on disk, and the one way they are written.
+
+Every record is a pydantic model stored as YAML through `write_record`:
+temp file in the same directory, flush + fsync, `os.replace`. A reader
+therefore sees the old record or the new one, never half of either.
+
+    meta.yml       RunMeta        immutable, written at creation
+    runner.yml     RunnerInfo     who runs it (pid, host), for reconcile
+    times.yml      RunTimes       started_at, then finished_at
+    result.yml     RunResult      why it ended (written when it ends)
+    container.yml  ContainerInfo  docker runs, grown phase by phase
+    jobs/<id>/state.yml  JobState
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+try:  # libyaml when present: several times faster
+    from yaml import CSafeDumper as _Dumper
+    from yaml import CSafeLoader as _Loader
+except ImportError:  # pragma: no cover - depends on how PyYAML was built
+    from yaml import SafeDumper as _Dumper  # type: ignore[assignment]
+    from yaml import SafeLoader as _Loader  # type: ignore[assignment]
+
+
+def utcnow() -> datetime:
+    """Now, in UTC (records never hold local times)."""
+    return datetime.now(UTC)
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class Executor(StrEnum):
+    host = "host"
+    docker = "docker"
+
+
+class RunMeta(Record):
+    """What was run: fixed when the run is created."""
+
+    run_id: str
+    repo: str
+    git_dir: str
+    revision: str
+    sha: str
+    ref: str | None = None
+    pushed_at: datetime
+    executor: Executor
+
+
+class RunnerInfo(Record):
+    """The process that owns an active run; reconcile checks it is still alive."""
+
+    pid: int
+    host: str
+    # /proc start time of `pid` (clock ticks since boot): a reused pid differs.
+    pid_start: int | None = None
+
+
+class RunTimes(Record):
+    started_at: datetime
+    finished_at: datetime | None = None
+
+
+class EndReason(StrEnum):
+    jobs_failed = "jobs-failed"
+    error = "error"
+    interrupted = "interrupted"
+    orphaned = "orphaned"
+    unreadable = "unreadable"
+
+
+class RunResult(Record):
+    """How a run ended; only runs in complete/ or failed/ have one."""
+
+    reason: EndReason | None = None
+    error: str | None = None
+    exit_code: int
+
+
+class ContainerInfo(Record):
+    """container.yml: filled in as the container's life goes on."""
+
+    image_tag: str
+    container_id: str | None = None
+    build_started_at: datetime | None = None
+    build_finished_at: datetime | None = None
+    container_started_at: datetime | None = None
+    container_stopped_at: datetime | None = None
+
+
+class JobStatus(StrEnum):
+    pending = "pending"
+    running = "running"
+    success = "success"
+    failed = "failed"
+    skipped = "skipped"
+
+
+class JobState(Record):
+    job_id: str
+    status: JobStatus
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_s: float | None = None
+    error: str | None = None
+    skip_reason: str | None = None
+    outputs: dict[str, Any] = Field(default_factory=dict)
+
+
+class RecordUnreadable(Exception):
+    """A record file is missing, torn or does not match its model."""
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def dump_yaml(data: Any) -> str:
+    """YAML text for plain data (keys in insertion order)."""
+    text: str = yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
+    return text
+
+
+def write_record(path: Path, record: BaseModel) -> None:
+    """Write `record` to `path` atomically: temp + flush + fsync + os.replace."""
+    write_text_atomically(path, dump_yaml(record.model_dump(mode="json")))
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Replace `path` with `text` so that readers see the old or new file whole."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_record(path: Path, model: type[M]) -> M:
+    """Read a record; raises `RecordUnreadable` naming the file and the problem."""
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
+        return model.model_validate(data)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ValidationError) as exc:
+        raise RecordUnreadable(f"{path}: {exc}") from exc

@@ -1,0 +1,197 @@
+"""The run store: one directory per run, whose parent directory is its state.
+
+    $QUIRE_STATE_DIR/runs/<repo>/
+      latest -> <state>/<run-id>        symlink, replaced atomically
+      pending|active|complete|failed/<run-id>/
+        meta.yml runner.yml times.yml result.yml container.yml log.jsonl
+        jobs/<job-id>/state.yml, log.jsonl
+
+A transition is one `rename` between state directories, checked against
+`ALLOWED`. Run ids sort by creation time and carry a random suffix, so
+concurrent runs never collide.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+
+from quire.ci.records import (
+    JobState,
+    RecordUnreadable,
+    RunMeta,
+    RunResult,
+    RunTimes,
+    read_record,
+    write_record,
+)
+from quire.errors import QuireError, RunNotFound
+from quire.paths import cache_dir, state_dir
+
+
+class RunState(StrEnum):
+    pending = "pending"
+    active = "active"
+    complete = "complete"
+    failed = "failed"
+
+
+ALLOWED: dict[RunState, frozenset[RunState]] = {
+    RunState.pending: frozenset({RunState.active, RunState.failed}),
+    RunState.active: frozenset({RunState.complete, RunState.failed}),
+    RunState.complete: frozenset(),
+    RunState.failed: frozenset(),
+}
+
+
+class InvalidTransition(QuireError):
+    """A run was asked to move between states the table does not allow."""
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """A time-sortable id: 20261124-161905-123456-3fa9c1 (UTC, microseconds, random)."""
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    return now.strftime("%Y%m%d-%H%M%S-%f-") + secrets.token_hex(3)
+
+
+@dataclass
+class RunDir:
+    """One run's directory in the store."""
+
+    store: RunStore
+    run_id: str
+    state: RunState
+
+    @property
+    def path(self) -> Path:
+        return self.store.root / self.state.value / self.run_id
+
+    @property
+    def workspace(self) -> Path:
+        return self.store.workspace_root / self.run_id / "workspace"
+
+    def job_dir(self, job_id: str) -> Path:
+        path = self.path / "jobs" / job_id
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def transition(self, target: RunState) -> None:
+        """Move the run to `target` with one rename; raises `InvalidTransition`."""
+        if target not in ALLOWED[self.state]:
+            raise InvalidTransition(
+                f"run {self.run_id} cannot go from {self.state.value} to {target.value}"
+            )
+        destination = self.store.root / target.value / self.run_id
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(self.path, destination)
+        self.state = target
+        self.store.update_latest(self)
+
+    def write_times(self, times: RunTimes) -> None:
+        write_record(self.path / "times.yml", times)
+
+    def write_result(self, result: RunResult) -> None:
+        write_record(self.path / "result.yml", result)
+
+    def meta(self) -> RunMeta:
+        return read_record(self.path / "meta.yml", RunMeta)
+
+    def times(self) -> RunTimes:
+        return read_record(self.path / "times.yml", RunTimes)
+
+    def result(self) -> RunResult | None:
+        path = self.path / "result.yml"
+        return read_record(path, RunResult) if path.exists() else None
+
+    def job_states(self) -> list[JobState]:
+        """Job states in the order the jobs started (their directories' mtimes)."""
+        jobs = self.path / "jobs"
+        if not jobs.is_dir():
+            return []
+        states = []
+        for entry in jobs.iterdir():
+            try:
+                states.append(read_record(entry / "state.yml", JobState))
+            except RecordUnreadable:
+                continue
+        return sorted(states, key=lambda s: (s.started_at is None, s.started_at or 0))
+
+
+class RunStore:
+    """The runs of one repository."""
+
+    def __init__(self, repo: str, *, root: Path | None = None, cache: Path | None = None) -> None:
+        self.repo = repo
+        self.root = root or state_dir() / "runs" / repo
+        self.workspace_root = cache or cache_dir() / "runs" / repo
+
+    def create(self, meta_for: Callable[[str], RunMeta]) -> RunDir:
+        """A new run in pending/, with meta.yml written before anyone can see it."""
+        pending = self.root / RunState.pending.value
+        pending.mkdir(parents=True, exist_ok=True)
+        run_id = new_run_id()
+        # Build it under a dot-name, then rename: a reader never sees a run without meta.
+        staging = pending / f".{run_id}.new"
+        (staging / "jobs").mkdir(parents=True)
+        write_record(staging / "meta.yml", meta_for(run_id))
+        os.rename(staging, pending / run_id)
+        run = RunDir(self, run_id, RunState.pending)
+        self.update_latest(run)
+        return run
+
+    def update_latest(self, run: RunDir) -> None:
+        """Point `latest` at `run` unless a newer run already holds it."""
+        link = self.root / "latest"
+        current = _link_run_id(link)
+        if current is not None and current > run.run_id and self._exists(current):
+            return
+        tmp = self.root / f".latest.{os.getpid()}.{secrets.token_hex(3)}"
+        os.symlink(f"{run.state.value}/{run.run_id}", tmp)
+        os.replace(tmp, link)
+
+    def _exists(self, run_id: str) -> bool:
+        return any((self.root / s.value / run_id).is_dir() for s in RunState)
+
+    def runs(self) -> Iterator[RunDir]:
+        """Every run of this repository, newest first."""
+        found: list[RunDir] = []
+        for state in RunState:
+            directory = self.root / state.value
+            if not directory.is_dir():
+                continue
+            found.extend(
+                RunDir(self, entry.name, state)
+                for entry in directory.iterdir()
+                if not entry.name.startswith(".") and entry.is_dir()
+            )
+        yield from sorted(found, key=lambda r: r.run_id, reverse=True)
+
+    def find(self, ref: str) -> RunDir:
+        """The run named `latest`, by full id, or by a unique id prefix; raises `RunNotFound`."""
+        if ref == "latest":
+            current = _link_run_id(self.root / "latest")
+            if current is None:
+                raise RunNotFound(f"no runs yet for repository {self.repo!r} (in {self.root})")
+            ref = current
+        matches = [run for run in self.runs() if run.run_id.startswith(ref)]
+        exact = [run for run in matches if run.run_id == ref]
+        if exact:
+            return exact[0]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise RunNotFound(f"no run {ref!r} for repository {self.repo!r} (in {self.root})")
+        ids = ", ".join(run.run_id for run in matches[:5])
+        raise RunNotFound(f"run prefix {ref!r} is ambiguous: {ids}")
+
+
+def _link_run_id(link: Path) -> str | None:
+    try:
+        return Path(os.readlink(link)).name
+    except OSError:
+        return None

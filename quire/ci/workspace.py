@@ -1,0 +1,43 @@
+"""The run's workspace: the commit's tree, materialized with `git archive | tar -x`.
+
+    $QUIRE_CACHE_DIR/runs/<repo>/<run-id>/workspace/
+
+Kept apart from the run records so the cache can be wiped without losing
+history. Removed when the run ends unless the user keeps it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from quire.errors import WorkspaceMaterializationFailed
+from quire.tools import git, process, tar
+
+
+def materialize(git_dir: Path, sha: str, workspace: Path) -> None:
+    """Extract commit `sha` of `git_dir` into `workspace` (created, must not exist yet).
+
+    Streams `git archive` into `tar -x` through a pipe (no temporary tar
+    file) and checks both stages. Raises `WorkspaceMaterializationFailed`
+    naming the stage that failed and its stderr tail.
+    """
+    try:
+        workspace.mkdir(parents=True)
+    except OSError as exc:
+        raise WorkspaceMaterializationFailed(
+            f"cannot create workspace {workspace}: {exc.strerror}"
+        ) from exc
+    archive, extract = process.pipe(git.archive_argv(git_dir, sha), tar.extract_argv(workspace))
+    # git first: when git fails, tar's complaint ("not a tar archive") is only an echo of it.
+    for name, stage in (("git archive", archive), ("tar --extract", extract)):
+        if not stage.ok:
+            raise WorkspaceMaterializationFailed(
+                f"materializing {sha[:12]} into {workspace} failed: `{name}` exited "
+                f"{stage.exit}: {stage.stderr_tail(5) or '(no output)'}"
+            )
+
+
+def remove(workspace: Path) -> None:
+    """Delete the workspace and its per-run parent directory (missing is fine)."""
+    shutil.rmtree(workspace.parent, ignore_errors=True)

@@ -1,0 +1,1 @@
+"""The command line: typer app (`app.py`) and terminal rendering (`console.py`)."""

@@ -1,0 +1,157 @@
+"""The `quire` command line, and the one error boundary of quire.
+
+Every command body runs inside `_guarded`: a `QuireError` becomes
+`error: <message>` on stderr and its exit code; Ctrl-C becomes exit 130;
+anything else is a bug, shown as one line unless `--debug` asks for the
+traceback. Heavy modules are imported inside the commands so that
+`quire --help` starts fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, ParamSpec, TypeVar
+
+import typer
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+app = typer.Typer(
+    help="quire: run a repository's CI pipeline (.quire/ci.py) on this machine.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+ci = typer.Typer(help="Run, validate and inspect CI pipelines.", no_args_is_help=True)
+app.add_typer(ci, name="ci")
+
+_debug = False
+
+
+def _guarded(func: Callable[P, int | None]) -> Callable[P, None]:
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
+        from quire.errors import QuireError
+
+        try:
+            code = func(*args, **kwargs) or 0
+        except QuireError as exc:
+            _error(str(exc))
+            code = exc.exit_code
+        except KeyboardInterrupt:
+            _error("interrupted")
+            code = 130
+        except Exception as exc:
+            if _debug:
+                raise
+            _error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for details)")
+            code = 1
+        raise typer.Exit(code)
+
+    return wrapper
+
+
+def _error(message: str) -> None:
+    sys.stdout.flush()
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks of internal errors.")
+    ] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    global _debug
+    _debug = debug
+    if version:
+        from quire import __version__
+
+        typer.echo(f"quire {__version__}")
+        raise typer.Exit(0)
+
+
+class ExecutorChoice(StrEnum):
+    host = "host"
+    docker = "docker"
+
+
+RepoOption = Annotated[
+    Path,
+    typer.Option(
+        "--repo", help="The repository (normal or bare).", show_default="current directory"
+    ),
+]
+
+
+@ci.command("run")
+@_guarded
+def run_command(
+    rev: Annotated[str, typer.Argument(help="Revision to run.")] = "HEAD",
+    repo: RepoOption = Path(),
+    executor: Annotated[
+        ExecutorChoice, typer.Option("--executor", help="Where commands run.")
+    ] = ExecutorChoice.host,
+    keep_workspace: Annotated[
+        bool, typer.Option("--keep-workspace", help="Keep the materialized tree after the run.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the summary.")] = False,
+) -> int:
+    """Run the pipeline of REV.
+
+    Exit 0 complete, 1 a job failed, 2 bad input, 3 environment, 130 interrupted.
+    """
+    from quire.ci.orchestrator import RunRequest, run
+    from quire.ci.records import Executor
+    from quire.cli.console import make_reporter
+
+    request = RunRequest(
+        repo_path=repo,
+        revision=rev,
+        executor=Executor(executor.value),
+        keep_workspace=keep_workspace,
+    )
+    outcome = run(request, make_reporter(quiet=quiet))
+    if outcome.error:
+        _error(outcome.error)
+    return outcome.exit_code
+
+
+@ci.command("validate")
+@_guarded
+def validate_command(
+    rev: Annotated[str, typer.Argument(help="Revision whose ci.py to check.")] = "HEAD",
+    repo: RepoOption = Path(),
+) -> int:
+    """Load REV's .quire/ci.py and list its jobs, or every problem with its line (exit 2)."""
+    from quire.ci.orchestrator import load
+    from quire.ci.pipeline import PIPELINE_FILE
+
+    loaded = load(repo, rev)
+    if loaded.pipeline is None:
+        typer.echo(f"no {PIPELINE_FILE} at {rev} ({loaded.revision.sha[:12]}): nothing to run")
+        return 0
+    pipeline = loaded.pipeline
+    typer.echo(f"{PIPELINE_FILE} at {rev} ({loaded.revision.sha[:12]}): {len(pipeline.jobs)} jobs")
+    width = max(len(name) for name in pipeline.order)
+    for name in pipeline.order:
+        defined = pipeline.jobs[name]
+        extra = f"  (timeout {defined.timeout:g}s)" if defined.timeout else ""
+        typer.echo(f"  {name:<{width}}  <- {', '.join(defined.inputs)}{extra}")
+    return 0
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="quire")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""The global config file: `$QUIRE_CONFIG` or `$XDG_CONFIG_HOME/quire/config.toml`.
+
+```toml
+[secrets]
+github_token = { file = "/run/secrets/github_token" }   # trailing newline stripped
+pypi_token = { env = "PYPI_TOKEN" }
+plain_one = "hunter2"
+
+[docker]
+cpus = 2            # docker run --cpus
+memory = "2g"       # docker run --memory
+network = false     # docker run --network none
+ceiling = 21600     # seconds the container lives at most (safety net)
+labels = { team = "infra" }
+
+[output]
+capture_limit = 4194304   # bytes of stdout/stderr kept in ShOutput
+```
+
+A missing file means defaults and no secrets; a malformed one raises
+`ConfigError` naming the file and the problem (exit 2).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from quire.errors import ConfigError, UnknownSecret
+from quire.paths import config_file
+
+
+class FileSecret(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    file: Path
+
+
+class EnvSecret(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    env: str
+
+
+class DockerSettings(BaseModel):
+    """Resource limits and labels for the run's container (`docker run` flags)."""
+
+    model_config = ConfigDict(extra="forbid")
+    cpus: float | None = Field(default=None, gt=0)
+    memory: str | None = None
+    network: bool = True
+    labels: dict[str, str] = Field(default_factory=dict)
+    # The container's PID 1 sleeps this long at most: a safety net should a
+    # runner die without tearing down (reconcile removes such containers too).
+    ceiling: int = Field(default=6 * 3600, gt=0)
+
+
+class OutputSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    capture_limit: int = Field(default=4 * 1024 * 1024, ge=1024)
+
+
+class ConfigFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    secrets: dict[str, str | FileSecret | EnvSecret] = Field(default_factory=dict)
+    docker: DockerSettings = Field(default_factory=DockerSettings)
+    output: OutputSettings = Field(default_factory=OutputSettings)
+
+
+@dataclass
+class Secrets:
+    """Configured secrets, resolved once; values are never shown anywhere.
+
+    A secret whose file or variable is missing does not fail the run: it
+    fails only the job that asks for it, with the reason.
+    """
+
+    values: dict[str, str] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+    def get(self, name: str) -> str:
+        """The value of secret `name`; raises `UnknownSecret` if it has none."""
+        if name in self.values:
+            return self.values[name]
+        if name in self.unavailable:
+            raise UnknownSecret(f"secret {name!r} is configured but {self.unavailable[name]}")
+        known = ", ".join(sorted(self.values) + sorted(self.unavailable)) or "none"
+        raise UnknownSecret(
+            f"unknown secret {name!r} (configured: {known}; add it under [secrets] in "
+            f"{config_file()})"
+        )
+
+
+@dataclass
+class Config:
+    """What the rest of quire reads from the config file."""
+
+    secrets: Secrets = field(default_factory=Secrets)
+    docker: DockerSettings = field(default_factory=DockerSettings)
+    output: OutputSettings = field(default_factory=OutputSettings)
+    path: Path | None = None
+
+
+def _resolve(name: str, spec: str | FileSecret | EnvSecret, secrets: Secrets) -> None:
+    if isinstance(spec, str):
+        secrets.values[name] = spec
+    elif isinstance(spec, FileSecret):
+        try:
+            secrets.values[name] = spec.file.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            secrets.unavailable[name] = f"its file {spec.file} cannot be read ({exc.strerror})"
+    elif spec.env in os.environ:
+        secrets.values[name] = os.environ[spec.env]
+    else:
+        secrets.unavailable[name] = f"the environment variable {spec.env} is not set"
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Read the config file (default: `paths.config_file()`); raises `ConfigError`."""
+    path = path or config_file()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return Config()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    try:
+        parsed = ConfigFile.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"config file {path} is invalid: {problems}") from exc
+    secrets = Secrets()
+    for name, spec in parsed.secrets.items():
+        _resolve(name, spec, secrets)
+    return Config(secrets=secrets, docker=parsed.docker, output=parsed.output, path=path)

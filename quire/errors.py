@@ -1,0 +1,157 @@
+"""The one error tree of quire.
+
+Every failure a user can meet is a `QuireError` subclass whose message says
+what went wrong and what it concerns (file, job, command, container). The
+CLI turns them into `error: <message>` and the exit code in `exit_code`:
+
+    0   run complete, or nothing to run
+    1   run finished, at least one job failed            (not an exception)
+    2   bad input: usage, repository, revision, pipeline, config
+    3   environment: docker, Dockerfile, image, container, workspace
+    130 interrupted
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class QuireError(Exception):
+    """Base of every error quire reports to a person."""
+
+    exit_code = 2
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# --- bad input (exit 2) -------------------------------------------------------------------------
+
+
+class UsageError(QuireError):
+    """A command-line argument that cannot be used."""
+
+
+class NotARepository(QuireError):
+    """The path given as the repository is not a git repository."""
+
+
+class UnknownRevision(QuireError):
+    """The revision does not name a commit in the repository."""
+
+
+class ConfigError(QuireError):
+    """The config file exists but cannot be read or understood."""
+
+
+class UnknownSecret(QuireError):
+    """A job asked for a secret that is not configured."""
+
+
+class RunNotFound(QuireError):
+    """A run id or prefix given to a history command matches no run (or several)."""
+
+
+class PipelineProblem:
+    """One problem in ci.py, with the line it is on (None when no line applies)."""
+
+    __slots__ = ("line", "text")
+
+    def __init__(self, text: str, line: int | None) -> None:
+        self.text = text
+        self.line = line
+
+    def render(self, file: str) -> str:
+        return f"{file}:{self.line}: {self.text}" if self.line else f"{file}: {self.text}"
+
+
+class PipelineError(QuireError):
+    """ci.py cannot be loaded or its job graph is invalid; carries every problem found."""
+
+    def __init__(self, file: str, problems: Sequence[PipelineProblem]) -> None:
+        self.file = file
+        self.problems = list(problems)
+        lines = [p.render(file) for p in self.problems]
+        if len(lines) == 1:
+            message = f"invalid pipeline: {lines[0]}"
+        else:
+            message = f"invalid pipeline, {len(lines)} problems:\n  " + "\n  ".join(lines)
+        super().__init__(message)
+
+
+# --- environment (exit 3) -----------------------------------------------------------------------
+
+
+class EnvironmentProblem(QuireError):
+    """Something around quire (a program, the docker engine, the disk) failed."""
+
+    exit_code = 3
+
+
+class ProgramNotFound(EnvironmentProblem):
+    """An external program quire needs (git, tar, docker) is not installed."""
+
+
+class ToolFailed(EnvironmentProblem):
+    """An external program quire drives exited non-zero; carries its stderr tail."""
+
+
+class WorkspaceMaterializationFailed(EnvironmentProblem):
+    """`git archive | tar -x` into the run's workspace failed."""
+
+
+class DockerUnavailable(EnvironmentProblem):
+    """`docker info` failed: no engine, no permission, or a wrong DOCKER_HOST."""
+
+
+class DockerfileMissing(EnvironmentProblem):
+    """A docker run needs `.quire/Dockerfile` at the revision."""
+
+
+class ImageBuildFailed(EnvironmentProblem):
+    """`docker build` of the run's image failed."""
+
+
+class ContainerStartFailed(EnvironmentProblem):
+    """`docker run` of the run's container failed."""
+
+
+# --- raised inside jobs (they fail the job, not quire) ------------------------------------------
+
+
+class JobError(QuireError):
+    """An error a job function meets through the Runtime; it fails that job."""
+
+
+class CommandFailed(JobError):
+    """`rt.sh(..., check=True)` saw a non-zero exit."""
+
+
+class CommandTimedOut(JobError):
+    """A command ran past its timeout and was killed."""
+
+
+class JobTimedOut(JobError):
+    """A job ran past its timeout."""
+
+
+class BadCommand(JobError):
+    """`rt.sh` got something that is neither an argv list nor a string."""
+
+
+class JobAccessError(JobError):
+    """`rt.jobs(name)` asked for a job that is not a transitive input."""
+
+
+class ContainerDied(EnvironmentProblem):
+    """The run's container stopped while the run still needed it."""
+
+
+class Interrupted(QuireError):
+    """SIGINT, SIGTERM or SIGHUP arrived; the run is torn down and recorded as failed."""
+
+    exit_code = 130

@@ -1,0 +1,1 @@
+"""Thin wrappers over external programs. The only package that imports plumbum."""

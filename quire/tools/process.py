@@ -1,0 +1,309 @@
+"""The one place quire spawns processes (through plumbum).
+
+Three shapes, all returning typed results and raising `QuireError`s:
+
+- `run(argv)`: a short tool call whose output is small (git rev-parse,
+  docker inspect); both streams captured.
+- `stream(argv, on_output)`: a job's command; stdout and stderr are read
+  concurrently as they arrive and handed over chunk by chunk, so memory
+  stays flat however much the command prints.
+- `pipe(first, second)`: `first | second` through an OS pipe with both
+  processes' exit status and stderr kept (plumbum's own `|` drops the
+  first stage's stderr).
+
+Children run in their own session: a Ctrl-C at the terminal reaches quire
+only, and quire decides how to stop them (see `stream`).
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from plumbum import local
+from plumbum.commands.processes import CommandNotFound
+
+from quire.errors import ProgramNotFound
+
+StreamName = Literal["stdout", "stderr"]
+OutputHandler = Callable[[StreamName, bytes], None]
+
+_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Completed:
+    """A finished short tool call."""
+
+    argv: tuple[str, ...]
+    exit: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def ok(self) -> bool:
+        return self.exit == 0
+
+    def stderr_tail(self, lines: int = 15) -> str:
+        """The last lines of stderr as text, for error messages."""
+        return tail_text(self.stderr, lines)
+
+
+@dataclass(frozen=True)
+class Streamed:
+    """A finished streamed command: its exit (negative: killed by that signal)."""
+
+    exit: int
+    started_at: datetime
+    duration_s: float
+    timed_out: bool = False
+
+
+def tail_text(data: bytes, lines: int = 15) -> str:
+    """The last `lines` lines of `data`, decoded leniently and stripped."""
+    text = data.decode("utf-8", errors="replace").strip()
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def find_program(name: str, *, search_path: str | None = None) -> str:
+    """The absolute path of program `name` as a shell would find it on PATH.
+
+    `search_path` replaces PATH for the lookup (a job may set its own).
+    Raises `ProgramNotFound`.
+    """
+    try:
+        if search_path is None:
+            return str(local.which(name))
+        with local.env(PATH=search_path):
+            return str(local.which(name))
+    except CommandNotFound as exc:
+        raise ProgramNotFound(f"{name}: command not found on PATH") from exc
+
+
+def _command(argv: Sequence[str]) -> Any:
+    if not argv:
+        raise ValueError("empty argv")
+    program = argv[0]
+    # A path (absolute or with a slash) is taken as given; a bare name is
+    # looked up per call, so PATH changes (and test shims) are seen.
+    target = local.path(program) if "/" in program else find_program(program)
+    return local[target]
+
+
+def _popen(
+    argv: Sequence[str],
+    *,
+    cwd: str | os.PathLike[str] | None,
+    env: Mapping[str, str] | None,
+    stdin: Any,
+    stdout: Any,
+    stderr: Any,
+) -> subprocess.Popen[bytes]:
+    command = _command(argv)
+    try:
+        proc: subprocess.Popen[bytes] = command.popen(
+            list(argv[1:]),
+            cwd=None if cwd is None else str(cwd),
+            env=dict(env) if env else None,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            new_session=True,
+        )
+    except PermissionError as exc:
+        raise ProgramNotFound(f"{argv[0]}: permission denied") from exc
+    except FileNotFoundError as exc:
+        raise ProgramNotFound(f"{argv[0]}: cannot be started ({exc.strerror})") from exc
+    return proc
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+) -> Completed:
+    """Run a short tool call to completion and capture both streams.
+
+    `env` adds to quire's environment. Raises `ProgramNotFound`; a non-zero
+    exit is returned, the caller turns it into its own error.
+    """
+    proc = _popen(
+        argv,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException:
+        _kill(proc)
+        raise
+    return Completed(tuple(argv), proc.returncode, out, err)
+
+
+def stream(
+    argv: Sequence[str],
+    on_output: OutputHandler,
+    *,
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+) -> Streamed:
+    """Run `argv`, handing each chunk of stdout/stderr to `on_output` as it arrives.
+
+    Both pipes are drained together (no deadlock when a command fills one
+    while we wait on the other). On timeout the whole process group is
+    killed and `timed_out` is set. If anything interrupts us (Ctrl-C, an
+    exception from `on_output`), the process group is killed before the
+    exception goes on. Raises `ProgramNotFound`.
+    """
+    started_at = datetime.now(UTC)
+    t0 = time.monotonic()
+    proc = _popen(
+        argv,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    timed_out = False
+    try:
+        timed_out = _pump(proc, on_output, None if timeout is None else t0 + timeout)
+        if timed_out:
+            _kill(proc)
+        proc.wait()
+    except BaseException:
+        _kill(proc)
+        raise
+    return Streamed(proc.returncode, started_at, time.monotonic() - t0, timed_out)
+
+
+def _pump(proc: subprocess.Popen[bytes], on_output: OutputHandler, deadline: float | None) -> bool:
+    """Read both pipes until EOF; True if the deadline passed first."""
+    assert proc.stdout is not None and proc.stderr is not None
+    names: dict[int, StreamName] = {proc.stdout.fileno(): "stdout", proc.stderr.fileno(): "stderr"}
+    with selectors.DefaultSelector() as sel:
+        for fd in names:
+            sel.register(fd, selectors.EVENT_READ)
+        while names:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            events = sel.select(wait)
+            if not events and deadline is not None and time.monotonic() >= deadline:
+                return True
+            for key, _ in events:
+                fd = key.fd
+                assert isinstance(fd, int)
+                data = os.read(fd, _CHUNK)
+                if data:
+                    on_output(names[fd], data)
+                else:
+                    sel.unregister(fd)
+                    del names[fd]
+    proc.stdout.close()
+    proc.stderr.close()
+    return False
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    """Kill the child's whole process group and reap it."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            proc.kill()
+    proc.wait()
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+
+
+def run_all(argvs: Sequence[Sequence[str]]) -> list[Completed]:
+    """Run several short tool calls at the same time; results in the same order.
+
+    For independent calls whose latency adds up (removing a container and
+    untagging its image).
+    """
+    procs = []
+    try:
+        for argv in argvs:
+            procs.append(
+                _popen(
+                    argv,
+                    cwd=None,
+                    env=None,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                )
+            )
+        results = []
+        for argv, proc in zip(argvs, procs, strict=True):
+            out, err = proc.communicate()
+            results.append(Completed(tuple(argv), proc.returncode, out, err))
+    except BaseException:
+        for proc in procs:
+            _kill(proc)
+        raise
+    return results
+
+
+def pipe(
+    first: Sequence[str],
+    second: Sequence[str],
+    *,
+    cwd: str | os.PathLike[str] | None = None,
+) -> tuple[Completed, Completed]:
+    """Run `first | second` through an OS pipe; both results come back.
+
+    Both stderr streams are captured. `first`'s stderr is read after
+    `second` ends, which is fine for the tools we pipe (git archive writes a
+    line or two there); a chatty producer would need a reader thread.
+    Neither the data in between nor `second`'s stdout is kept.
+    """
+    producer = _popen(
+        first,
+        cwd=cwd,
+        env=None,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        consumer = _popen(
+            second,
+            cwd=cwd,
+            env=None,
+            stdin=producer.stdout,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+    except BaseException:
+        _kill(producer)
+        raise
+    assert producer.stdout is not None
+    # Our copy of the pipe's read end must go, or `first` never sees EPIPE
+    # when `second` dies early.
+    producer.stdout.close()
+    try:
+        err2 = consumer.communicate()[1]
+        err1 = producer.communicate()[1]
+    except BaseException:
+        _kill(consumer)
+        _kill(producer)
+        raise
+    return (
+        Completed(tuple(first), producer.returncode, b"", err1),
+        Completed(tuple(second), consumer.returncode, b"", err2),
+    )

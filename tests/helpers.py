@@ -1,0 +1,62 @@
+"""Helpers shared by the unit and integration suites: throwaway git repos and PATH shims."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import textwrap
+from pathlib import Path
+
+GIT_ENV = {
+    "GIT_CONFIG_GLOBAL": "/dev/null",
+    "GIT_CONFIG_SYSTEM": "/dev/null",
+    "GIT_AUTHOR_NAME": "quire tests",
+    "GIT_AUTHOR_EMAIL": "tests@quire.invalid",
+    "GIT_COMMITTER_NAME": "quire tests",
+    "GIT_COMMITTER_EMAIL": "tests@quire.invalid",
+}
+
+
+def git(repo: Path, *args: str) -> str:
+    """Run real git in `repo`; returns stdout."""
+    env = {**os.environ, **GIT_ENV}
+    done = subprocess.run(
+        ["git", *args], cwd=repo, env=env, check=True, capture_output=True, text=True
+    )
+    return done.stdout.strip()
+
+
+def make_repo(path: Path, files: dict[str, str | bytes], *, bare_clone: bool = False) -> str:
+    """A repository at `path` with `files` committed on main; returns the commit sha.
+
+    With `bare_clone`, also clones it bare to `<path>.git`.
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    git(path, "init", "-q", "-b", "main")
+    commit(path, files, "initial")
+    if bare_clone:
+        git(path.parent, "clone", "-q", "--bare", str(path), str(path) + ".git")
+    return git(path, "rev-parse", "HEAD")
+
+
+def commit(repo: Path, files: dict[str, str | bytes], message: str = "change") -> str:
+    """Write `files` (text is dedented) and commit them; returns the new sha."""
+    for name, content in files.items():
+        target = repo / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            target.write_bytes(content)
+        else:
+            target.write_text(textwrap.dedent(content))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "--allow-empty", "-m", message)
+    return git(repo, "rev-parse", "HEAD")
+
+
+def write_shim(bin_dir: Path, name: str, body: str) -> Path:
+    """An executable `name` in `bin_dir` running the sh `body` (it may use $@)."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    shim = bin_dir / name
+    shim.write_text("#!/bin/sh\n" + textwrap.dedent(body))
+    shim.chmod(0o755)
+    return shim
