@@ -161,7 +161,7 @@ def load_pipeline(source: bytes | str) -> Pipeline:
     with _collecting() as registrations:
         try:
             exec(code, namespace)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # sys.exit() in ci.py must not end quire
             line = _pipeline_line(exc)
             problem = PipelineProblem(f"{type(exc).__name__} while loading: {exc}", line)
             raise PipelineError(PIPELINE_FILE, [problem]) from None
