@@ -83,6 +83,11 @@ def load(repo_path: Path, revision: str) -> LoadedPipeline:
     return LoadedPipeline(repo, resolved, pipeline)
 
 
+def store_for(repo_path: Path) -> RunStore:
+    """The run store of the repository at `repo_path`; raises `NotARepository`."""
+    return RunStore(repo_segment(git.open_repository(repo_path).name_dir.name))
+
+
 def run(request: RunRequest, reporter: Reporter) -> RunOutcome:
     """Run HEAD's (or the requested revision's) pipeline; returns the exit code to use.
 
@@ -98,8 +103,22 @@ def run(request: RunRequest, reporter: Reporter) -> RunOutcome:
         return RunOutcome(exit_code=0)
     config = load_config()
     store = RunStore(repo_segment(loaded.repo.name_dir.name))
+    _reconcile_first(store, request, reporter)
     run_dir = _create_run(store, loaded, request)
     return _execute(run_dir, loaded, loaded.pipeline, request, config, reporter)
+
+
+def _reconcile_first(store: RunStore, request: RunRequest, reporter: Reporter) -> None:
+    """The cheap part of `quire ci reconcile`, before every run: this repository's
+    orphaned runs, and (for docker runs) containers that no live run owns."""
+    from quire.ci.reconcile import reconcile
+
+    try:
+        actions = reconcile([store], containers=request.executor == ExecutorName.docker)
+    except QuireError:
+        return  # docker trouble is reported, precisely, by the run itself
+    for action in actions:
+        reporter.notice(f"reconcile: {action}")
 
 
 def _create_run(store: RunStore, loaded: LoadedPipeline, request: RunRequest) -> RunDir:

@@ -148,6 +148,43 @@ def validate_command(
     return 0
 
 
+@ci.command("reconcile")
+@_guarded
+def reconcile_command(
+    repo: Annotated[
+        Path | None,
+        typer.Option("--repo", help="Only this repository's runs (default: every repository)."),
+    ] = None,
+) -> int:
+    """Fail orphaned runs, quarantine unreadable ones, remove containers no live run owns."""
+    from quire.ci.orchestrator import store_for
+    from quire.ci.reconcile import reconcile
+    from quire.errors import DockerUnavailable
+
+    stores = None if repo is None else [store_for(repo)]
+    try:
+        actions = reconcile(stores)
+    except DockerUnavailable as exc:
+        actions = reconcile(stores, containers=False)
+        typer.echo(f"note: containers not checked: {exc}", err=True)
+    for action in actions:
+        typer.echo(str(action))
+    if not actions:
+        typer.echo("nothing to reconcile")
+    return 0
+
+
+def _register_history() -> None:
+    from quire.cli import history
+
+    ci.command("runs")(_guarded(history.runs_command))
+    ci.command("show")(_guarded(history.show_command))
+    ci.command("logs")(_guarded(history.logs_command))
+
+
+_register_history()
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="quire")

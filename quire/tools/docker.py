@@ -26,6 +26,9 @@ from quire.tools.process import OutputHandler
 
 RUN_ID_LABEL = "quire.run-id"
 REPO_LABEL = "quire.repo"
+# The run store a container belongs to: reconcile only judges containers of
+# its own store (other users, other QUIRE_STATE_DIRs share the engine).
+STORE_LABEL = "quire.store"
 WORKDIR = "/work"
 
 # Markers docker (and podman) print when the engine itself cannot be reached.
@@ -150,14 +153,16 @@ def inspect_argv(container_id: str) -> list[str]:
     return [binary(), "container", "inspect", "--format", "{{json .State}}", container_id]
 
 
-def list_argv(label: str = RUN_ID_LABEL) -> list[str]:
+def list_argv(store: str) -> list[str]:
     return [
         binary(),
         "ps",
         "--all",
         "--no-trunc",
         "--filter",
-        f"label={label}",
+        f"label={RUN_ID_LABEL}",
+        "--filter",
+        f"label={STORE_LABEL}={store}",
         "--format",
         '{{.ID}}\t{{.Label "' + RUN_ID_LABEL + '"}}\t{{.Label "' + REPO_LABEL + '"}}',
     ]
@@ -287,9 +292,9 @@ def chown_workdir(container_id: str, uid: int, gid: int) -> None:
         )
 
 
-def labelled_containers() -> list[LabelledContainer]:
-    """Every container (running or not) that carries a quire run-id label."""
-    result = _run(list_argv())
+def labelled_containers(store: str) -> list[LabelledContainer]:
+    """Every container (running or not) of run store `store` with a quire run-id label."""
+    result = _run(list_argv(store))
     if not result.ok:
         raise DockerUnavailable(f"docker is unavailable: {result.stderr_tail(3)}")
     found = []

@@ -25,6 +25,7 @@ from quire.ci.report import Reporter, StreamName
 from quire.ci.runs import RunDir
 from quire.config import DockerSettings
 from quire.errors import ContainerDied, DockerfileMissing, QuireError
+from quire.paths import state_dir
 from quire.tools import docker, process
 from quire.tools.process import OutputHandler
 
@@ -110,6 +111,7 @@ class DockerExecutor:
             labels={
                 docker.RUN_ID_LABEL: self.run_dir.run_id,
                 docker.REPO_LABEL: self.run_dir.store.repo,
+                docker.STORE_LABEL: str(state_dir()),
             },
             ceiling_s=settings.ceiling,
             limits=docker.Limits(

@@ -1,0 +1,186 @@
+"""Reading past and running runs back: summaries, details, and their logs.
+
+The shapes here are what `quire ci runs/show --json` print; they are
+pydantic models so the JSON schema is explicit and stable.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from quire.ci.logs import LogReader
+from quire.ci.records import (
+    ContainerInfo,
+    JobState,
+    RecordUnreadable,
+    RunMeta,
+    RunResult,
+    RunTimes,
+    read_record,
+)
+from quire.ci.runs import RunDir, RunState, RunStore
+
+
+class RunSummary(BaseModel):
+    """One line of `quire ci runs`."""
+
+    id: str
+    state: RunState
+    reason: str | None = None
+    revision: str | None = None
+    sha: str | None = None
+    ref: str | None = None
+    executor: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_s: float | None = None
+    problem: str | None = None  # why some of its records could not be read
+
+
+class RunDetails(RunSummary):
+    """`quire ci show`: the summary plus jobs, error and container."""
+
+    repo: str
+    path: str
+    error: str | None = None
+    exit_code: int | None = None
+    jobs: list[JobState]
+    container: ContainerInfo | None = None
+
+
+def summarize(run: RunDir) -> RunSummary:
+    """What the records of `run` say; unreadable records become `problem`, not errors."""
+    summary = RunSummary(id=run.run_id, state=run.state)
+    problems = []
+    try:
+        meta = read_record(run.path / "meta.yml", RunMeta)
+        summary.revision, summary.sha, summary.ref = meta.revision, meta.sha, meta.ref
+        summary.executor = meta.executor.value
+    except RecordUnreadable as exc:
+        problems.append(str(exc))
+    times_path = run.path / "times.yml"
+    if times_path.exists():
+        try:
+            times = read_record(times_path, RunTimes)
+            summary.started_at, summary.finished_at = times.started_at, times.finished_at
+            if times.finished_at:
+                summary.duration_s = round(
+                    (times.finished_at - times.started_at).total_seconds(), 3
+                )
+        except RecordUnreadable as exc:
+            problems.append(str(exc))
+    result = _result(run)
+    if result is not None and result.reason is not None:
+        summary.reason = result.reason.value
+    summary.problem = "; ".join(problems) or None
+    return summary
+
+
+def _result(run: RunDir) -> RunResult | None:
+    try:
+        return run.result()
+    except RecordUnreadable:
+        return None
+
+
+def details(run: RunDir) -> RunDetails:
+    """Everything `quire ci show` prints about `run`."""
+    summary = summarize(run)
+    result = _result(run)
+    container = None
+    container_path = run.path / "container.yml"
+    if container_path.exists():
+        try:
+            container = read_record(container_path, ContainerInfo)
+        except RecordUnreadable:
+            container = None
+    return RunDetails(
+        **summary.model_dump(),
+        repo=run.store.repo,
+        path=str(run.path),
+        error=result.error if result else None,
+        exit_code=result.exit_code if result else None,
+        jobs=run.job_states(),
+        container=container,
+    )
+
+
+def list_runs(store: RunStore, limit: int | None) -> list[RunSummary]:
+    """The newest `limit` runs (all when None), newest first."""
+    return [summarize(run) for run in list(store.runs())[:limit]]
+
+
+# --- logs ---------------------------------------------------------------------------------------
+
+EventSink = Callable[[str | None, dict[str, Any]], None]
+
+
+def job_order(run: RunDir) -> list[str]:
+    """The jobs of a run in the order they started, from its run log (then any others)."""
+    order: list[str] = []
+    log = run.path / "log.jsonl"
+    if log.exists():
+        for event in LogReader(log):
+            job = event.get("job")
+            if isinstance(job, str) and job not in order and event.get("event") == "job-start":
+                order.append(job)
+    jobs_dir = run.path / "jobs"
+    if jobs_dir.is_dir():
+        order += sorted(p.name for p in jobs_dir.iterdir() if p.name not in order)
+    return order
+
+
+def replay(run: RunDir, job: str | None, sink: EventSink) -> list[str]:
+    """Hand every output event of `run` (or of one job) to `sink`; returns torn-log notes."""
+    notes = []
+    for job_id in [job] if job else job_order(run):
+        path = run.path / "jobs" / job_id / "log.jsonl"
+        if not path.exists():
+            continue
+        reader = LogReader(path)
+        for event in reader:
+            sink(job_id, event)
+        if reader.torn:
+            notes.append(f"{path}: the last line is incomplete (the run was cut off mid-write)")
+    return notes
+
+
+def follow(
+    store: RunStore,
+    run_id: str,
+    job: str | None,
+    sink: EventSink,
+    *,
+    poll_s: float = 0.1,
+) -> None:
+    """Stream the output of a run as it is written, until the run leaves active/."""
+    # Keyed by job id, not path: the run directory moves when the run ends.
+    offsets: dict[str, int] = {}
+
+    def drain(run: RunDir) -> None:
+        jobs_dir = run.path / "jobs"
+        names = job_order(run) if jobs_dir.is_dir() else []
+        for job_id in names:
+            if job is not None and job_id != job:
+                continue
+            path = jobs_dir / job_id / "log.jsonl"
+            if not path.exists():
+                continue
+            with open(path, "rb") as handle:
+                handle.seek(offsets.get(job_id, 0))
+                for event in LogReader(path).read_from(handle):
+                    sink(job_id, event)
+                offsets[job_id] = handle.tell()
+
+    while True:
+        run = store.find(run_id)
+        finished = run.state in (RunState.complete, RunState.failed)
+        drain(run)
+        if finished:
+            return
+        time.sleep(poll_s)

@@ -1,0 +1,145 @@
+"""`quire ci runs | show | logs`: reading the run store back.
+
+RUN is `latest`, a full run id, or any unique prefix of one. `logs` renders
+a run's log.jsonl files the way `quire ci run` showed them (base64 chunks
+decoded, stdout to stdout, stderr to stderr); `--follow` tails an active
+run until it ends.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from quire.ci.history import RunSummary
+    from quire.ci.runs import RunStore
+
+RepoOption = Annotated[
+    Path,
+    typer.Option(
+        "--repo", help="The repository (normal or bare).", show_default="current directory"
+    ),
+]
+RunArgument = Annotated[str, typer.Argument(help="`latest`, a run id, or a unique prefix of one.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _store(repo: Path) -> RunStore:
+    from quire.ci.orchestrator import store_for
+
+    return store_for(repo)
+
+
+def _when(summary: RunSummary) -> str:
+    return summary.started_at.strftime("%Y-%m-%d %H:%M:%S") if summary.started_at else "-"
+
+
+def runs_command(
+    repo: RepoOption = Path(),
+    limit: Annotated[int, typer.Option("--limit", "-n", help="Show at most N runs.")] = 20,
+    as_json: JsonOption = False,
+) -> int:
+    """List the repository's runs, newest first."""
+    from quire.ci.history import list_runs
+    from quire.cli.console import format_duration
+
+    summaries = list_runs(_store(repo), limit)
+    if as_json:
+        typer.echo(json.dumps([s.model_dump(mode="json") for s in summaries], indent=2))
+        return 0
+    if not summaries:
+        typer.echo("no runs yet")
+        return 0
+    rows = [("id", "state", "revision", "executor", "started", "duration")]
+    for s in summaries:
+        state = f"{s.state.value} ({s.reason})" if s.reason else s.state.value
+        revision = f"{s.revision} {s.sha[:12]}" if s.sha else "?"
+        rows.append(
+            (s.id, state, revision, s.executor or "?", _when(s), format_duration(s.duration_s))
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def show_command(
+    run: RunArgument = "latest", repo: RepoOption = Path(), as_json: JsonOption = False
+) -> int:
+    """Show one run: revision, times, result, and each job's status, error and outputs."""
+    from quire.ci.history import details
+    from quire.cli.console import format_duration
+
+    info = details(_store(repo).find(run))
+    if as_json:
+        typer.echo(json.dumps(info.model_dump(mode="json"), indent=2))
+        return 0
+    state = f"{info.state.value} ({info.reason})" if info.reason else info.state.value
+    typer.echo(f"run       {info.id}")
+    typer.echo(f"state     {state}")
+    typer.echo(
+        f"revision  {info.revision} {info.sha or '?'}" + (f" ({info.ref})" if info.ref else "")
+    )
+    typer.echo(f"executor  {info.executor}")
+    typer.echo(f"started   {_when(info)}   duration {format_duration(info.duration_s)}")
+    if info.container:
+        short_id = (info.container.container_id or "-")[:12]
+        typer.echo(f"container {short_id}  image {info.container.image_tag}")
+    if info.error:
+        typer.echo(f"error     {info.error}")
+    typer.echo(f"records   {info.path}")
+    for job in info.jobs:
+        typer.echo(f"\n  {job.job_id}: {job.status.value} in {format_duration(job.duration_s)}")
+        if job.error or job.skip_reason:
+            typer.echo(f"    {job.error or job.skip_reason}")
+        for key, value in job.outputs.items():
+            typer.echo(f"    {key} = {json.dumps(value)}")
+    return 0
+
+
+def logs_command(
+    run: RunArgument = "latest",
+    job: Annotated[str | None, typer.Argument(help="Only this job.")] = None,
+    repo: RepoOption = Path(),
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing until the run ends.")
+    ] = False,
+) -> int:
+    """Print a run's output as it was shown live (optionally one job, optionally following)."""
+    from quire.ci import history
+    from quire.cli.console import make_reporter
+    from quire.errors import RunNotFound
+
+    store = _store(repo)
+    found = store.find(run)
+    if job is not None and not (found.path / "jobs" / job).is_dir() and not follow:
+        raise RunNotFound(f"run {found.run_id} has no job {job!r}")
+    reporter = make_reporter(quiet=False)
+    shown: list[str | None] = [None]
+
+    def sink(job_id: str | None, event: dict[str, Any]) -> None:
+        from quire.ci.logs import event_bytes
+
+        if job_id != shown[0]:
+            reporter.job_started(job_id or "?")
+            shown[0] = job_id
+        kind = event.get("event")
+        if kind == "sh-start":
+            reporter.command_started(job_id or "?", str(event.get("cmd", "")))
+        elif kind in ("stdout", "stderr"):
+            reporter.output(job_id or "?", kind, event_bytes(event))
+        elif kind == "sh-exit":
+            reporter.command_finished(
+                job_id or "?", int(event.get("exit", 0)), float(event.get("duration_s", 0.0))
+            )
+
+    if follow:
+        history.follow(store, found.run_id, job, sink)
+        return 0
+    for note in history.replay(found, job, sink):
+        reporter.notice(f"note: {note}")
+    return 0
