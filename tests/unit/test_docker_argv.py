@@ -1,0 +1,250 @@
+"""The docker argv builders of quire.tools.docker: pure functions, compared by list equality."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from quire.ci.executors.base import Command
+from quire.tools import docker
+
+CID = "9f3b8a72c1d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0c1d2e3f4a5b6c7d8e9f0"
+RUN_LABELS = {"quire.run-id": "20260504-162001-000001-abc123", "quire.repo": "example"}
+
+
+@pytest.fixture(autouse=True)
+def plain_docker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Builders only read `$QUIRE_DOCKER`; these tests never spawn anything."""
+    monkeypatch.delenv("QUIRE_DOCKER", raising=False)
+
+
+def test_binary_is_docker_unless_quire_docker_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert docker.binary() == "docker"
+    monkeypatch.setenv("QUIRE_DOCKER", "podman")
+    assert docker.binary() == "podman"
+    assert docker.remove_argv(CID)[0] == "podman"
+
+
+def test_binary_ignores_an_empty_quire_docker(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QUIRE_DOCKER", "")
+    assert docker.binary() == "docker"
+
+
+def test_info_argv_asks_the_server_for_its_version() -> None:
+    assert docker.info_argv() == ["docker", "info", "--format", "{{.ServerVersion}}"]
+
+
+def test_build_argv_names_the_file_each_tag_and_the_context_last() -> None:
+    argv = docker.build_argv(
+        Path("/ws/.quire/Dockerfile"),
+        Path("/ws"),
+        ["quire-ci/example:20260504-1", "quire-ci/example:latest"],
+    )
+    assert argv == [
+        "docker",
+        "build",
+        "--file",
+        "/ws/.quire/Dockerfile",
+        "--tag",
+        "quire-ci/example:20260504-1",
+        "--tag",
+        "quire-ci/example:latest",
+        "/ws",
+    ]
+
+
+def test_run_argv_labels_the_container_and_mounts_the_workspace_at_work() -> None:
+    argv = docker.run_argv(
+        "quire-ci/example:1", mount_source=Path("/cache/ws"), labels=RUN_LABELS, ceiling_s=21600
+    )
+    assert argv == [
+        "docker",
+        "run",
+        "--detach",
+        "--rm",
+        "--label",
+        "quire.run-id=20260504-162001-000001-abc123",
+        "--label",
+        "quire.repo=example",
+        "--mount",
+        "type=bind,src=/cache/ws,dst=/work",
+        "--workdir",
+        "/work",
+        "quire-ci/example:1",
+        "sleep",
+        "21600",
+    ]
+
+
+def test_run_argv_adds_limits_and_extra_labels_before_the_image() -> None:
+    limits = docker.Limits(cpus=1.5, memory="2g", network=False, labels={"team": "infra"})
+    argv = docker.run_argv(
+        "img", mount_source=Path("/ws"), labels=RUN_LABELS, ceiling_s=60, limits=limits
+    )
+    assert argv == [
+        "docker",
+        "run",
+        "--detach",
+        "--rm",
+        "--label",
+        "team=infra",
+        "--label",
+        "quire.run-id=20260504-162001-000001-abc123",
+        "--label",
+        "quire.repo=example",
+        "--mount",
+        "type=bind,src=/ws,dst=/work",
+        "--workdir",
+        "/work",
+        "--cpus",
+        "1.5",
+        "--memory",
+        "2g",
+        "--network",
+        "none",
+        "img",
+        "sleep",
+        "60",
+    ]
+
+
+def test_run_argv_writes_whole_cpus_without_a_fraction() -> None:
+    argv = docker.run_argv(
+        "img",
+        mount_source=Path("/ws"),
+        labels=RUN_LABELS,
+        ceiling_s=60,
+        limits=docker.Limits(cpus=2.0),
+    )
+    assert argv[argv.index("--cpus") + 1] == "2"
+    assert "--memory" not in argv
+    assert "--network" not in argv
+
+
+def test_run_argv_extra_labels_cannot_override_the_run_labels() -> None:
+    limits = docker.Limits(labels={"quire.run-id": "forged", "quire.repo": "other"})
+    argv = docker.run_argv("img", mount_source=Path("/ws"), labels=RUN_LABELS, ceiling_s=60)
+    forged = docker.run_argv(
+        "img", mount_source=Path("/ws"), labels=RUN_LABELS, ceiling_s=60, limits=limits
+    )
+    assert forged == argv
+
+
+def test_run_argv_csv_quotes_a_source_path_containing_a_comma() -> None:
+    argv = docker.run_argv("img", mount_source=Path("/tmp/a,b/ws"), labels={}, ceiling_s=60)
+    assert argv[argv.index("--mount") + 1] == 'type=bind,"src=/tmp/a,b/ws",dst=/work'
+
+
+def test_run_argv_csv_quotes_and_doubles_a_quote_in_the_source_path() -> None:
+    argv = docker.run_argv("img", mount_source=Path('/tmp/say "hi"'), labels={}, ceiling_s=60)
+    assert argv[argv.index("--mount") + 1] == 'type=bind,"src=/tmp/say ""hi""",dst=/work'
+
+
+def test_exec_argv_runs_an_argv_interactively_in_work_without_a_tty() -> None:
+    argv = docker.exec_argv(CID, ["ls", "-la", "some file"])
+    assert argv == [
+        "docker",
+        "exec",
+        "--interactive",
+        "--workdir",
+        "/work",
+        CID,
+        "ls",
+        "-la",
+        "some file",
+    ]
+    assert "--tty" not in argv
+    assert "-t" not in argv
+
+
+def test_exec_argv_of_a_string_command_is_sh_dash_c() -> None:
+    command = Command.from_user("echo 'a b' | tr a-z A-Z")
+    argv = docker.exec_argv(CID, command.argv)
+    assert argv == [
+        "docker",
+        "exec",
+        "--interactive",
+        "--workdir",
+        "/work",
+        CID,
+        "sh",
+        "-c",
+        "echo 'a b' | tr a-z A-Z",
+    ]
+
+
+def test_exec_argv_passes_env_by_name_only() -> None:
+    argv = docker.exec_argv(CID, ["env"], env_names=["A_NAME", "TOKEN"])
+    assert argv == [
+        "docker",
+        "exec",
+        "--interactive",
+        "--workdir",
+        "/work",
+        "--env",
+        "A_NAME",
+        "--env",
+        "TOKEN",
+        CID,
+        "env",
+    ]
+    assert not any("=" in part for part in argv)
+
+
+def test_exec_argv_with_a_user_puts_it_before_the_container() -> None:
+    argv = docker.exec_argv(CID, ["chown", "-R", "1000:1000", "/work"], user="0")
+    assert argv == [
+        "docker",
+        "exec",
+        "--interactive",
+        "--workdir",
+        "/work",
+        "--user",
+        "0",
+        CID,
+        "chown",
+        "-R",
+        "1000:1000",
+        "/work",
+    ]
+
+
+def test_remove_argv_force_removes_at_once() -> None:
+    assert docker.remove_argv(CID) == ["docker", "rm", "--force", CID]
+
+
+def test_untag_argv_removes_only_the_tag() -> None:
+    assert docker.untag_argv("quire-ci/example:1") == [
+        "docker",
+        "image",
+        "rm",
+        "--no-prune",
+        "quire-ci/example:1",
+    ]
+
+
+def test_inspect_argv_asks_for_the_state_as_json() -> None:
+    assert docker.inspect_argv(CID) == [
+        "docker",
+        "container",
+        "inspect",
+        "--format",
+        "{{json .State}}",
+        CID,
+    ]
+
+
+def test_list_argv_finds_the_run_containers_of_one_state_directory() -> None:
+    assert docker.list_argv("/home/u/.local/state/quire") == [
+        "docker",
+        "ps",
+        "--all",
+        "--no-trunc",
+        "--filter",
+        "label=quire.run-id",
+        "--filter",
+        "label=quire.store=/home/u/.local/state/quire",
+        "--format",
+        '{{.ID}}\t{{.Label "quire.run-id"}}\t{{.Label "quire.repo"}}',
+    ]
