@@ -24,7 +24,7 @@ from quire.ci.report import Reporter
 from quire.ci.runs import RunDir
 from quire.ci.runtime import JobContext, Runtime
 from quire.config import Secrets
-from quire.errors import ContainerDied, DockerUnavailable, JobError, QuireError
+from quire.errors import ContainerDied, DockerUnavailable, Interrupted, JobError, QuireError
 
 
 @dataclass
@@ -119,12 +119,15 @@ class JobRunner:
                 state.outputs = self._checked_outputs(defined, result)
             except Skip as exc:
                 finish(JobStatus.skipped, self.redactor.redact(str(exc)) or "skipped")
+            except Interrupted as exc:  # SIGINT/SIGTERM/SIGHUP: record, then unwind the run
+                finish(JobStatus.failed, str(exc))
+                raise
             except (ContainerDied, DockerUnavailable) as exc:
                 outcome.fatal = exc
                 finish(JobStatus.failed, self.redactor.redact(str(exc)))
             except Exception as exc:
                 finish(JobStatus.failed, self.redactor.redact(describe_failure(exc)))
-            except BaseException:  # Ctrl-C, SIGTERM: record, then let it unwind the run
+            except BaseException:  # KeyboardInterrupt outside `interrupts.raising()`
                 finish(JobStatus.failed, "interrupted")
                 raise
             else:

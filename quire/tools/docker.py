@@ -153,14 +153,15 @@ def inspect_argv(container_id: str) -> list[str]:
     return [binary(), "container", "inspect", "--format", "{{json .State}}", container_id]
 
 
-def list_argv(store: str) -> list[str]:
+def list_argv(store: str, run_id: str | None = None) -> list[str]:
+    run_filter = f"label={RUN_ID_LABEL}" + (f"={run_id}" if run_id else "")
     return [
         binary(),
         "ps",
         "--all",
         "--no-trunc",
         "--filter",
-        f"label={RUN_ID_LABEL}",
+        run_filter,
         "--filter",
         f"label={STORE_LABEL}={store}",
         "--format",
@@ -292,9 +293,10 @@ def chown_workdir(container_id: str, uid: int, gid: int) -> None:
         )
 
 
-def labelled_containers(store: str) -> list[LabelledContainer]:
-    """Every container (running or not) of run store `store` with a quire run-id label."""
-    result = _run(list_argv(store))
+def labelled_containers(store: str, run_id: str | None = None) -> list[LabelledContainer]:
+    """Every container (running or not) of run store `store` with a quire run-id label
+    (that of `run_id` only, if given)."""
+    result = _run(list_argv(store, run_id))
     if not result.ok:
         raise DockerUnavailable(f"docker is unavailable: {result.stderr_tail(3)}")
     found = []

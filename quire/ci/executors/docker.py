@@ -60,6 +60,7 @@ class DockerExecutor:
         self.container_id: str | None = None
         self.record = ContainerInfo(image_tag=self.image_tag)
         self._built = False
+        self._starting = False
 
     # --- setup ----------------------------------------------------------------------------------
 
@@ -105,6 +106,7 @@ class DockerExecutor:
 
     def _start(self) -> None:
         settings = self.settings
+        self._starting = True
         self.container_id = docker.run_detached(
             self.image_tag,
             mount_source=self.workspace,
@@ -176,6 +178,8 @@ class DockerExecutor:
 
     def _tear_down(self) -> None:
         with interrupts.shielded():
+            if self.container_id is None and self._starting:
+                self.container_id = self._find_started_container()
             if self.container_id is None and not self._built:
                 return
             if self.container_id is not None:
@@ -188,6 +192,14 @@ class DockerExecutor:
             for problem in problems:
                 self.run_log.event("teardown-problem", error=problem)
                 self.reporter.notice(f"warning: teardown: {problem}")
+
+    def _find_started_container(self) -> str | None:
+        """The container `docker run` created before we were interrupted, if any."""
+        try:
+            found = docker.labelled_containers(str(state_dir()), self.run_dir.run_id)
+        except QuireError:
+            return None
+        return found[0].container_id if found else None
 
     def _remove(self) -> list[str]:
         try:
