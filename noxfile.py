@@ -8,7 +8,7 @@ nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.reuse_venv = "yes"
 nox.options.sessions = ["lint", "typecheck", "unit", "integration"]
 
-PATHS = ["quire", "tests", "bench", "noxfile.py", ".quire/ci.py"]
+PATHS = ["."]
 
 
 @nox.session

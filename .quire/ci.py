@@ -13,26 +13,8 @@ PY = sys.executable
 
 @job(inputs=["quire/push"])
 def lint(rt: Runtime) -> None:
-    rt.sh(
-        [PY, "-m", "ruff", "check", "quire", "tests", "bench", "noxfile.py", ".quire/ci.py"],
-        check=True,
-    )
-    rt.sh(
-        [
-            PY,
-            "-m",
-            "ruff",
-            "format",
-            "--check",
-            "quire",
-            "tests",
-            "bench",
-            "noxfile.py",
-            ".quire/ci.py",
-        ],
-        check=True,
-    )
-
+    rt.sh([PY, "-m", "ruff", "check", "."], check=True)
+    rt.sh([PY, "-m", "ruff", "format", "--check", "."], check=True)
 
 @job(inputs=["quire/push"])
 def typecheck(rt: Runtime) -> None:
