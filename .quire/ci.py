@@ -16,6 +16,7 @@ def lint(rt: Runtime) -> None:
     rt.sh([PY, "-m", "ruff", "check", "."], check=True)
     rt.sh([PY, "-m", "ruff", "format", "--check", "."], check=True)
 
+
 @job(inputs=["quire/push"])
 def typecheck(rt: Runtime) -> None:
     rt.sh([PY, "-m", "mypy"], check=True)
