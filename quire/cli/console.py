@@ -143,18 +143,17 @@ class TerminalReporter:
         self._print(f"==> {job_id}", "bold blue")
         self._job, self._job_t0 = job_id, time.monotonic()
         if self._status is None:
-            self._status = self.console.status(self._status_text())
+            self._status = self.console.status(_Elapsed(self))
             self._status.start()
 
-    def _status_text(self) -> str:
+    def status_text(self) -> str:
+        """The live status line: current job and its elapsed time."""
         return f"{self._job}  {format_duration(time.monotonic() - self._job_t0)}"
 
     def command_started(self, job_id: str, display: str) -> None:
         self._print(f"$ {display}", "dim")
 
     def output(self, job_id: str, stream: StreamName, data: bytes) -> None:
-        if self._status is not None:
-            self._status.update(self._status_text())
         if self.quiet:
             return
         text = self._partial[stream] + self._decoders[stream].decode(data)
@@ -214,6 +213,16 @@ class TerminalReporter:
             self.console.print(table)
         style = "bold green" if status == "complete" else "bold red"
         self.console.print(f"run {status}: {location}", style=style, markup=False)
+
+
+class _Elapsed:
+    """Re-rendered by rich at every refresh, so the elapsed time ticks without output."""
+
+    def __init__(self, reporter: TerminalReporter) -> None:
+        self.reporter = reporter
+
+    def __rich__(self) -> str:
+        return self.reporter.status_text()
 
 
 def make_reporter(*, quiet: bool) -> PlainReporter | TerminalReporter:
