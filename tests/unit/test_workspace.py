@@ -1,0 +1,126 @@
+"""Materializing a commit with real git and tar: `git archive | tar -x` into the workspace."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from plumbum import local
+
+from quire.ci.workspace import materialize, remove
+from quire.errors import WorkspaceMaterializationFailed
+from tests.helpers import commit, make_repo, write_shim
+
+FILES: dict[str, str | bytes] = {
+    "README.md": "hello\n",
+    "src/pkg/mod.py": "VALUE = 1\n",
+    "build.sh": "#!/bin/sh\necho built\n",
+    "data.bin": bytes(range(256)),
+    "dir with space/file name.txt": "spaced\n",
+}
+
+
+def make_executable(repo: Path, name: str) -> str:
+    (repo / name).chmod(0o755)
+    return commit(repo, {}, "exec bit")
+
+
+def test_materialize_extracts_every_file_of_the_commit(tmp_path: Path) -> None:
+    sha = make_repo(tmp_path / "proj", FILES)
+    workspace = tmp_path / "ws" / "workspace"
+    materialize(tmp_path / "proj" / ".git", sha, workspace)
+    assert (workspace / "README.md").read_text() == "hello\n"
+    assert (workspace / "src" / "pkg" / "mod.py").read_text() == "VALUE = 1\n"
+    assert (workspace / "data.bin").read_bytes() == bytes(range(256))
+    assert (workspace / "dir with space" / "file name.txt").read_text() == "spaced\n"
+    assert not (workspace / ".git").exists()
+
+
+def test_materialize_takes_the_commit_not_the_working_tree(tmp_path: Path) -> None:
+    repo = tmp_path / "proj"
+    first = make_repo(repo, {"version.txt": "1\n"})
+    commit(repo, {"version.txt": "2\n", "new.txt": "new\n"})
+    (repo / "version.txt").write_text("dirty\n")
+    workspace = tmp_path / "ws"
+    materialize(repo / ".git", first, workspace)
+    assert (workspace / "version.txt").read_text() == "1\n"
+    assert not (workspace / "new.txt").exists()
+
+
+def test_materialize_keeps_the_executable_bit(tmp_path: Path) -> None:
+    repo = tmp_path / "proj"
+    make_repo(repo, FILES)
+    sha = make_executable(repo, "build.sh")
+    workspace = tmp_path / "ws"
+    materialize(repo / ".git", sha, workspace)
+    assert os.access(workspace / "build.sh", os.X_OK)
+    assert not os.access(workspace / "README.md", os.X_OK)
+
+
+def test_materialize_works_from_a_bare_repository(tmp_path: Path) -> None:
+    sha = make_repo(tmp_path / "proj", FILES, bare_clone=True)
+    bare = tmp_path / "proj.git"
+    assert (bare / "HEAD").is_file()
+    workspace = tmp_path / "ws"
+    materialize(bare, sha, workspace)
+    assert (workspace / "src" / "pkg" / "mod.py").read_text() == "VALUE = 1\n"
+
+
+def test_workspace_path_with_spaces_works(tmp_path: Path) -> None:
+    sha = make_repo(tmp_path / "my proj", FILES)
+    workspace = tmp_path / "cache dir" / "run id" / "work space"
+    materialize(tmp_path / "my proj" / ".git", sha, workspace)
+    assert (workspace / "README.md").read_text() == "hello\n"
+    assert (workspace / "dir with space" / "file name.txt").is_file()
+
+
+def test_unknown_sha_raises_naming_git_archive(tmp_path: Path) -> None:
+    make_repo(tmp_path / "proj", FILES)
+    missing = "0123456789abcdef0123456789abcdef01234567"
+    with pytest.raises(WorkspaceMaterializationFailed) as caught:
+        materialize(tmp_path / "proj" / ".git", missing, tmp_path / "ws")
+    message = str(caught.value)
+    assert "`git archive` exited" in message
+    assert "0123456789ab" in message
+    assert "tar" not in message.split("`git archive`")[1]
+    assert caught.value.exit_code == 3
+
+
+def test_failing_tar_is_named_with_its_stderr(tmp_path: Path) -> None:
+    sha = make_repo(tmp_path / "proj", FILES)
+    shims = tmp_path / "shims"
+    write_shim(shims, "tar", 'cat >/dev/null\necho "tar: disk full" >&2\nexit 2\n')
+    with local.env():
+        local.env.path.insert(0, str(shims))
+        local.clear_program_cache()
+        with pytest.raises(WorkspaceMaterializationFailed) as caught:
+            materialize(tmp_path / "proj" / ".git", sha, tmp_path / "ws")
+    local.clear_program_cache()
+    message = str(caught.value)
+    assert "`tar --extract` exited 2" in message
+    assert "tar: disk full" in message
+
+
+def test_existing_workspace_is_refused(tmp_path: Path) -> None:
+    sha = make_repo(tmp_path / "proj", FILES)
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    with pytest.raises(WorkspaceMaterializationFailed, match="cannot create workspace"):
+        materialize(tmp_path / "proj" / ".git", sha, workspace)
+
+
+def test_not_a_repository_raises_naming_git_archive(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(WorkspaceMaterializationFailed, match="`git archive` exited"):
+        materialize(tmp_path / "empty", "a" * 40, tmp_path / "ws")
+
+
+def test_remove_deletes_the_workspace_and_its_run_directory(tmp_path: Path) -> None:
+    sha = make_repo(tmp_path / "proj", FILES)
+    workspace = tmp_path / "cache" / "run-1" / "workspace"
+    materialize(tmp_path / "proj" / ".git", sha, workspace)
+    remove(workspace)
+    assert not (tmp_path / "cache" / "run-1").exists()
+    assert (tmp_path / "cache").is_dir()
+    remove(workspace)  # already gone: fine
