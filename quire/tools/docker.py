@@ -81,7 +81,9 @@ def info_argv() -> list[str]:
 
 
 def build_argv(dockerfile: Path, context: Path, tags: Sequence[str]) -> list[str]:
-    argv = [binary(), "build", "--file", str(dockerfile)]
+    # --force-rm: the legacy builder otherwise keeps a failed step's container
+    # (unlabelled, so nothing would ever remove it); BuildKit accepts and ignores it.
+    argv = [binary(), "build", "--force-rm", "--file", str(dockerfile)]
     for tag in tags:
         argv += ["--tag", tag]
     return [*argv, str(context)]

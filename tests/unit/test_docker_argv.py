@@ -35,7 +35,7 @@ def test_info_argv_asks_the_server_for_its_version() -> None:
     assert docker.info_argv() == ["docker", "info", "--format", "{{.ServerVersion}}"]
 
 
-def test_build_argv_names_the_file_each_tag_and_the_context_last() -> None:
+def test_build_argv_removes_intermediate_containers_and_names_file_tags_and_context() -> None:
     argv = docker.build_argv(
         Path("/ws/.quire/Dockerfile"),
         Path("/ws"),
@@ -44,6 +44,7 @@ def test_build_argv_names_the_file_each_tag_and_the_context_last() -> None:
     assert argv == [
         "docker",
         "build",
+        "--force-rm",
         "--file",
         "/ws/.quire/Dockerfile",
         "--tag",
