@@ -751,3 +751,33 @@ def test_cli_run_completes_when_container_yml_cannot_be_written(
     assert code == 0, err
     assert "could not write container.yml" in out + err
     assert fake_docker.argvs("rm") == [docker.remove_argv(CID)]
+
+
+def test_teardown_as_an_unprivileged_user_gives_work_back_before_removing(
+    fake_docker: FakeDocker,
+    executor_for: Callable[..., DockerExecutor],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(docker_executor.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(docker_executor.os, "getegid", lambda: 1001)
+    with executor_for():
+        pass
+    chown = docker.exec_argv(CID, ["chown", "-R", "1000:1001", "/work"], user="0")
+    assert fake_docker.argvs("exec") == [chown]
+    keys = fake_docker.subcommands()
+    assert keys.index("exec") < keys.index("rm")
+
+
+def test_teardown_removes_the_container_even_when_giving_work_back_fails(
+    fake_docker: FakeDocker,
+    setup: Setup,
+    executor_for: Callable[..., DockerExecutor],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(docker_executor.os, "geteuid", lambda: 1000)
+    fake_docker.answer("exec:chown", stderr="chown: /work/x: Operation not permitted\n", exit=1)
+    with executor_for():
+        pass
+    assert fake_docker.argvs("rm") == [docker.remove_argv(CID)]
+    problems = [e for e in setup.run_events() if e["event"] == "teardown-problem"]
+    assert problems and "Operation not permitted" in problems[0]["error"]
