@@ -37,7 +37,8 @@ def open_repository(path: Path) -> Repository:
     )
     if not found.ok:
         raise NotARepository(f"{path} is not a git repository ({found.stderr_tail(1)})")
-    git_dir_text, bare_text = found.stdout.decode().split()
+    # One line per query: a path may hold spaces, so split on lines, not whitespace.
+    git_dir_text, bare_text = found.stdout.decode().splitlines()
     git_dir = Path(git_dir_text)
     if bare_text == "true":
         return Repository(git_dir=git_dir, name_dir=git_dir, bare=True)
