@@ -437,3 +437,28 @@ def test_job_timeout_stops_a_command_with_job_timed_out(harness: Harness) -> Non
     assert time.monotonic() - started < 5
     assert "job 'slow'" in str(caught.value)
     assert "timeout of 0.2s" in str(caught.value)
+
+
+def test_secret_written_in_two_pieces_is_still_redacted_in_the_log(harness: Harness) -> None:
+    rt = harness.runtime(secrets={"token": "token-value-123"})
+    rt.secret("token")
+    out = rt.sh("printf 'auth: token-va'; sleep 0.05; printf 'lue-123 done\\n'")
+    stdout_events = [e for e in harness.events() if e["event"] == "stdout"]
+    assert len(stdout_events) >= 2, "the command's output should arrive in two reads"
+    assert harness.output_bytes("stdout") == b"auth: *** done\n"
+    assert all("token-va" not in e["data"] for e in stdout_events)
+    assert out.stdout == "auth: token-value-123 done\n"
+
+
+def test_character_written_in_two_pieces_stays_text_in_the_log(harness: Harness) -> None:
+    harness.runtime().sh("printf 'caf\\303'; sleep 0.05; printf '\\251\\n'")
+    stdout_events = [e for e in harness.events() if e["event"] == "stdout"]
+    assert all("encoding" not in e for e in stdout_events)
+    assert "".join(e["data"] for e in stdout_events) == "café\n"
+
+
+def test_bytes_held_at_the_end_of_output_reach_the_log(harness: Harness) -> None:
+    rt = harness.runtime(secrets={"token": "token-value-123"})
+    rt.secret("token")
+    rt.sh("printf 'ends with token-val'")
+    assert harness.output_bytes("stdout") == b"ends with token-val"
