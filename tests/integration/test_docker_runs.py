@@ -448,3 +448,89 @@ def test_a_signal_mid_command_exits_130_and_removes_the_container(
     assert run.state.value == "failed"
     record = yaml.safe_load((run.path / "container.yml").read_text())
     assert record["container_stopped_at"] is not None
+
+
+# --- timeouts, a container that goes away, secrets ------------------------------------------------
+
+TIMEOUT = """
+from quire.ci import job
+from quire.errors import CommandTimedOut
+
+@job(inputs=["quire/push"])
+def slow(rt):
+    try:
+        rt.sh(["sleep", "37"], timeout=1)
+    except CommandTimedOut as exc:
+        timed_out = str(exc)
+    else:
+        raise RuntimeError("sleep 37 was not stopped")
+    left = rt.sh(["ps", "-o", "args"], check=True).stdout
+    return {"timed_out": timed_out, "processes": left}
+"""
+
+
+def test_a_timed_out_command_is_killed_inside_the_container_too(tmp_path: Path) -> None:
+    started = time.monotonic()
+    done = pipeline(tmp_path, "timeout", TIMEOUT)
+    assert done.code == 0, done.stdout + done.stderr
+    assert time.monotonic() - started < 30
+    out = done.outputs("slow")
+    assert "timeout of 1s" in out["timed_out"]
+    # Killing the docker client alone would leave `sleep 37` running in the container.
+    assert "sleep 37" not in out["processes"]
+    assert "sleep" in out["processes"]  # PID 1, the container's own sleep, stays
+
+
+VANISHING = """
+import subprocess
+from quire.ci import job
+
+@job(inputs=["quire/push"])
+def vanish(rt):
+    me = rt.sh(["hostname"], check=True).stdout.strip()
+    subprocess.run(["docker", "rm", "--force", me], check=True, capture_output=True)
+    rt.sh(["true"])
+
+@job(inputs=["quire/push"])
+def later(rt):
+    rt.sh(["true"])
+"""
+
+
+def test_a_container_that_disappears_mid_run_fails_the_run_with_exit_3(tmp_path: Path) -> None:
+    done = pipeline(tmp_path, "vanish", VANISHING)
+    assert done.code == 3, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    vanish = done.job_state("vanish")
+    assert vanish["status"] == "failed"
+    assert "died" in vanish["error"]
+    assert done.job_state("later")["status"] == "skipped"
+    events = [e["event"] for e in LogReader(done.run().path / "log.jsonl")]
+    assert "container-died" in events
+
+
+SECRET = """
+from quire.ci import job
+
+@job(inputs=["quire/push"])
+def publish(rt):
+    token = rt.secret("registry_token")
+    out = rt.sh("echo token=$TOKEN; test \\"$TOKEN\\" = 'hunter2 and more'",
+                env={"TOKEN": token}, check=True)
+    if out.stdout != "token=hunter2 and more\\n":
+        raise RuntimeError("the command did not get the secret")
+"""
+
+
+def test_a_secret_passed_as_env_reaches_the_command_but_no_record(tmp_path: Path) -> None:
+    config = Path(os.environ["QUIRE_CONFIG"])
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text('[secrets]\nregistry_token = "hunter2 and more"\n')
+    done = pipeline(tmp_path, "secret", SECRET)
+    assert done.code == 0, done.stdout + done.stderr
+    assert "hunter2" not in done.stdout + done.stderr
+    run = done.run()
+    for path in run.path.rglob("*"):
+        if path.is_file():
+            assert b"hunter2" not in path.read_bytes(), path
+    assert "token=***" in (run.path / "jobs" / "publish" / "log.jsonl").read_text()
