@@ -12,7 +12,6 @@ per-session prefix, runs in this test's own state directory).
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -21,11 +20,7 @@ from pathlib import Path
 import pytest
 
 from quire.paths import state_dir
-
-BASE_IMAGE = "quire-itest-base"
-BUSYBOX = Path("/bin/busybox")
-# Repository (and so image) names of this session start with this.
-SESSION_PREFIX = f"qit-{secrets.token_hex(3)}"
+from tests.integration.support import BASE_IMAGE, BUSYBOX, SESSION_PREFIX, docker_cli
 
 BASE_DOCKERFILE = """\
 FROM scratch
@@ -38,14 +33,6 @@ def _unavailable(why: str) -> None:
     if os.environ.get("QUIRE_REQUIRE_DOCKER") == "1":
         pytest.fail(f"QUIRE_REQUIRE_DOCKER=1 but {why}", pytrace=False)
     pytest.skip(why)
-
-
-def docker_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """The test suite's own docker calls (not quire's)."""
-    env = {k: v for k, v in os.environ.items() if k != "QUIRE_DOCKER"}
-    return subprocess.run(
-        ["docker", *args], capture_output=True, text=True, check=check, timeout=120, env=env
-    )
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ from quire.ci.logs import LogReader, event_bytes
 from quire.ci.runs import RunDir, RunStore
 from quire.paths import repo_segment
 from tests.helpers import make_repo
-from tests.integration.conftest import BASE_IMAGE, SESSION_PREFIX, docker_cli
+from tests.integration.support import BASE_IMAGE, SESSION_PREFIX, docker_cli
 
 pytestmark = pytest.mark.integration
 
