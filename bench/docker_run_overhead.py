@@ -1,0 +1,149 @@
+"""Whole-run overhead of `quire ci run` for a one-job pipeline (the job runs `true`).
+
+Measures, interleaved over several repetitions with the image already cached:
+
+- `quire ci run --executor docker` (a subprocess, .venv/bin/quire) vs the
+  raw sequence it wraps, as one shell script: `git archive | tar -x`,
+  `docker build` (cached), `docker run -d ... sleep`, `docker exec true`,
+  `docker rm -f`. Target: ratio <= 1.3 (the brief: within 1.5x and under
+  0.6 s absolute; both shown).
+- `quire ci run` in host mode (wall time; target < 0.25 s), next to the
+  raw `git archive | tar -x; true`.
+- `quire --help` (target < 0.25 s), next to a bare `python -c pass`.
+
+Run:  .venv/bin/python bench/docker_run_overhead.py [--reps 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import _common as c
+
+TARGET_RATIO = 1.3
+BRIEF_RATIO = 1.5
+TARGET_DOCKER_ABS = 0.6
+TARGET_HOST_ABS = 0.25
+TARGET_HELP_ABS = 0.25
+
+RAW_DOCKER = """\
+set -e
+ws=$(mktemp -d "$ROOT/raw-ws.XXXXXX")
+git --git-dir "$REPO/.git" archive HEAD | tar -x -C "$ws"
+docker build --file "$ws/.quire/Dockerfile" --tag "$TAG" "$ws" >/dev/null
+cid=$(docker run --detach --rm --label "quire-bench=$NAME" \\
+      --mount "type=bind,src=$ws,dst=/work" --workdir /work "$TAG" sleep 3600)
+docker exec --interactive --workdir /work "$cid" true </dev/null
+docker rm --force "$cid" >/dev/null
+rm -rf "$ws"
+"""
+
+RAW_HOST = """\
+set -e
+ws=$(mktemp -d "$ROOT/raw-ws.XXXXXX")
+git --git-dir "$REPO/.git" archive HEAD | tar -x -C "$ws"
+(cd "$ws" && true)
+rm -rf "$ws"
+"""
+
+
+def timed_subprocess(argv: list[str], env: dict[str, str]) -> float:
+    def go() -> None:
+        done = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True)
+        if done.returncode != 0:
+            raise SystemExit(
+                f"{' '.join(argv)} exited {done.returncode}:\n"
+                f"{done.stdout.decode(errors='replace')}{done.stderr.decode(errors='replace')}"
+            )
+
+    return c.timed(go)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=7)
+    args = parser.parse_args()
+    if not c.docker_available():
+        print("docker is not available; nothing measured", file=sys.stderr)
+        return 2
+    with c.scratch("run", docker=True) as sc:
+        assert sc.base_image is not None
+        sc.commit(
+            {
+                ".quire/ci.py": """\
+                    from quire.ci import job
+
+                    @job(inputs=["quire/push"])
+                    def bench(rt):
+                        rt.sh(["true"], check=True)
+                    """,
+                ".quire/Dockerfile": c.dockerfile(sc.base_image),
+            }
+        )
+        env = c.quire_env(sc)
+        raw_env = {
+            **env,
+            "ROOT": str(sc.root),
+            "REPO": str(sc.repo),
+            "NAME": sc.repo_name,
+            "TAG": f"{sc.image_repository}:raw",
+        }
+        repo = str(sc.repo)
+        measures = {
+            "docker quire": [c.QUIRE, "ci", "run", "--executor", "docker", "--repo", repo],
+            "docker raw": ["sh", "-c", RAW_DOCKER],
+            "host quire": [c.QUIRE, "ci", "run", "--repo", repo],
+            "host raw": ["sh", "-c", RAW_HOST],
+            "help quire": [c.QUIRE, "--help"],
+            "help raw": [sys.executable, "-c", "pass"],
+        }
+        for argv in measures.values():  # warm-up: build the image, fill the page cache
+            timed_subprocess(argv, raw_env)
+        times: dict[str, list[float]] = {name: [] for name in measures}
+        for rep in range(args.reps):
+            order = list(measures.items())
+            if rep % 2:
+                order.reverse()
+            for name, argv in order:
+                times[name].append(timed_subprocess(argv, raw_env))
+            print(
+                f"rep {rep + 1}/{args.reps}: "
+                + "  ".join(f"{name} {values[-1]:.3f}s" for name, values in times.items()),
+                flush=True,
+            )
+    m = {name: c.median(values) for name, values in times.items()}
+    c.print_table(
+        f"whole-run overhead, one job running `true`, median of {args.reps} interleaved reps",
+        [
+            c.Row("docker: quire ci run vs raw script", m["docker quire"], m["docker raw"], 1.3),
+            c.Row("docker: same, the brief's 1.5x", m["docker quire"], m["docker raw"], 1.5),
+            c.Row(
+                "docker: quire ci run (absolute)",
+                m["docker quire"],
+                m["docker raw"],
+                TARGET_DOCKER_ABS,
+                check="quire",
+            ),
+            c.Row(
+                "host: quire ci run (absolute)",
+                m["host quire"],
+                m["host raw"],
+                TARGET_HOST_ABS,
+                check="quire",
+            ),
+            c.Row(
+                "quire --help vs python -c pass",
+                m["help quire"],
+                m["help raw"],
+                TARGET_HELP_ABS,
+                check="quire",
+            ),
+        ],
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
