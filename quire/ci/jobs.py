@@ -125,7 +125,7 @@ class JobRunner:
             except (ContainerDied, DockerUnavailable) as exc:
                 outcome.fatal = exc
                 finish(JobStatus.failed, self.redactor.redact(str(exc)))
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:  # sys.exit() in a job fails that job
                 finish(JobStatus.failed, self.redactor.redact(describe_failure(exc)))
             except BaseException:  # KeyboardInterrupt outside `interrupts.raising()`
                 finish(JobStatus.failed, "interrupted")
@@ -149,7 +149,9 @@ class JobRunner:
         return data
 
     def _record(self, state: JobState) -> None:
-        write_record(self.run.job_dir(state.job_id) / "state.yml", state)
+        # Dependents get the raw outputs in memory; the record gets them masked.
+        stored = state.model_copy(update={"outputs": self.redactor.redact_data(state.outputs)})
+        write_record(self.run.job_dir(state.job_id) / "state.yml", stored)
         self.run_log.event("job-end", job=state.job_id, status=state.status.value)
         self.reporter.job_finished(state)
 

@@ -9,6 +9,7 @@ just enough bytes that a value split across two reads is still caught.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 MASK = "***"
 _MASK_BYTES = MASK.encode()
@@ -38,6 +39,16 @@ class Redactor:
         for value in sorted(self._values, key=len, reverse=True):
             text = text.replace(value, MASK)
         return text
+
+    def redact_data(self, data: Any) -> Any:
+        """JSON-like `data` with secrets masked in every string (keys included)."""
+        if isinstance(data, str):
+            return self.redact(data)
+        if isinstance(data, dict):
+            return {self.redact_data(k): self.redact_data(v) for k, v in data.items()}
+        if isinstance(data, list):
+            return [self.redact_data(item) for item in data]
+        return data
 
     def redact_bytes(self, data: bytes) -> bytes:
         for value in self._ordered:

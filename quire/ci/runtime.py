@@ -8,6 +8,7 @@ as they arrive.
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -149,7 +150,7 @@ class Runtime:
         ctx = self._ctx
         limit, by_job = self._timeout(timeout)
         command = Command.from_user(self._checked(cmd), self._checked_env(env), limit)
-        display = ctx.redactor.redact(command.display)
+        display = self._display(cmd)
         ctx.log.event("sh-start", cmd=display, env=sorted(command.env))
         ctx.reporter.command_started(ctx.job.id, display)
         sink = _OutputSink(ctx)
@@ -174,6 +175,13 @@ class Runtime:
         if check and result.exit != 0:
             raise CommandFailed(f"command `{display}` exited {result.exit}")
         return out
+
+    def _display(self, cmd: str | Sequence[str]) -> str:
+        """The command as shown and logged; each argv part is masked BEFORE quoting,
+        since quoting could split a secret holding a quote."""
+        if isinstance(cmd, str):
+            return self._ctx.redactor.redact(cmd)
+        return shlex.join(self._ctx.redactor.redact(part) for part in cmd)
 
     def _checked(self, cmd: object) -> str | Sequence[str]:
         if isinstance(cmd, str) and cmd.strip():

@@ -119,7 +119,7 @@ def _popen(
         )
     except PermissionError as exc:
         raise ProgramNotFound(f"{argv[0]}: permission denied") from exc
-    except FileNotFoundError as exc:
+    except OSError as exc:  # no such file, exec format error (no #! line), ...
         raise ProgramNotFound(f"{argv[0]}: cannot be started ({exc.strerror})") from exc
     return proc
 

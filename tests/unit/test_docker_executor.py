@@ -793,11 +793,6 @@ def publish(rt):
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: quire/ci/jobs.py JobRunner._run_one writes a job's outputs to "
-    "state.yml without redacting secret values",
-)
 def test_a_secret_in_a_jobs_outputs_never_reaches_its_state_record(
     fake_docker: FakeDocker, tmp_path: Path, isolated_dirs: Path
 ) -> None:

@@ -416,12 +416,6 @@ def test_interrupt_in_a_job_is_recorded_and_propagates(runner: Runner) -> None:
     assert (state.status, state.error) == (JobStatus.failed, "interrupted")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: quire/ci/jobs.py JobRunner._run_one treats SystemExit like Ctrl-C (records "
-    "'interrupted' and re-raises), so sys.exit() in a job ends the whole run instead of "
-    "failing that job",
-)
 def test_sys_exit_in_a_job_fails_only_that_job(runner: Runner) -> None:
     try:
         outcome = runner(

@@ -270,12 +270,6 @@ def test_relative_script_missing_from_the_workspace_gives_127(
     assert "wrong" not in out.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: quire/tools/process.py _popen catches only FileNotFoundError and "
-    "PermissionError; execve's ENOEXEC (an executable file without a #! line) escapes "
-    "rt.sh as a raw OSError instead of a failed command with exit 127",
-)
 def test_executable_without_shebang_is_a_failed_command_not_a_crash(harness: Harness) -> None:
     script = harness.workspace / "no-shebang.sh"
     script.write_text("echo no shebang\n")
@@ -464,12 +458,6 @@ def test_bytes_held_at_the_end_of_output_reach_the_log(harness: Harness) -> None
     assert harness.output_bytes("stdout") == b"ends with token-val"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: quire/ci/runtime.py Runtime.sh redacts Command.display after shlex.join "
-    "has quoted the argv, so a secret holding a quote or other shell-special character "
-    "no longer appears verbatim and leaks into sh-start and the terminal",
-)
 def test_secret_with_a_quote_in_an_argv_is_redacted_from_sh_start(harness: Harness) -> None:
     rt = harness.runtime(secrets={"password": "it's-s3cret"})
     value = rt.secret("password")
