@@ -35,19 +35,19 @@ from quire.paths import config_file
 
 
 class FileSecret(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     file: Path
 
 
 class EnvSecret(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     env: str
 
 
 class DockerSettings(BaseModel):
     """Resource limits and labels for the run's container (`docker run` flags)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     cpus: float | None = Field(default=None, gt=0)
     memory: str | None = None
     network: bool = True
@@ -58,12 +58,12 @@ class DockerSettings(BaseModel):
 
 
 class OutputSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     capture_limit: int = Field(default=4 * 1024 * 1024, ge=1024)
 
 
 class ConfigFile(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     secrets: dict[str, str | FileSecret | EnvSecret] = Field(default_factory=dict)
     docker: DockerSettings = Field(default_factory=DockerSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)

@@ -38,7 +38,8 @@ def utcnow() -> datetime:
 
 
 class Record(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # Schemas are built on first use: a run only pays for the records it writes.
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
 
 class Executor(StrEnum):

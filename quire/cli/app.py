@@ -26,8 +26,12 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Plain click help: rich's help renderer doubles the start-up time of --help.
+    rich_markup_mode=None,
 )
-ci = typer.Typer(help="Run, validate and inspect CI pipelines.", no_args_is_help=True)
+ci = typer.Typer(
+    help="Run, validate and inspect CI pipelines.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(ci, name="ci")
 
 _debug = False
