@@ -46,9 +46,6 @@ class FakeExecutor:
     ) -> None:
         return None
 
-    def describe(self) -> str:
-        return "fake"
-
     def execute(self, command: Command, on_output: OutputHandler) -> ExecResult:
         self.commands.append(command)
         if self.stdout:

@@ -62,7 +62,3 @@ class Executor(Protocol):
     def execute(self, command: Command, on_output: OutputHandler) -> ExecResult:
         """Run `command`, streaming its output to `on_output`; never raises for its exit."""
         ...
-
-    def describe(self) -> str:
-        """One line for the run header: where commands run."""
-        ...

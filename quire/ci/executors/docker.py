@@ -129,9 +129,6 @@ class DockerExecutor:
         self.run_log.event("container-start", container=self.container_id, image=self.image_tag)
         self.reporter.notice(f"container {self.container_id[:12]} from image {self.image_tag}")
 
-    def describe(self) -> str:
-        return f"docker, container {(self.container_id or '?')[:12]} from {self.image_tag}"
-
     # --- commands -------------------------------------------------------------------------------
 
     def execute(self, command: Command, on_output: OutputHandler) -> ExecResult:

@@ -32,9 +32,6 @@ class HostExecutor:
     ) -> None:
         return None
 
-    def describe(self) -> str:
-        return f"host, in {self.workspace}"
-
     def resolve(self, command: Command) -> str:
         """argv[0] as a shell in the workspace would find it; raises `ProgramNotFound`."""
         program = command.argv[0]
