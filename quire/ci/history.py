@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -146,8 +147,12 @@ def replay(run: RunDir, job: str | None, sink: EventSink) -> list[str]:
         for event in reader:
             sink(job_id, event)
         if reader.torn:
-            notes.append(f"{path}: the last line is incomplete (the run was cut off mid-write)")
+            notes.append(_torn_note(path))
     return notes
+
+
+def _torn_note(path: Path) -> str:
+    return f"{path}: the last line is incomplete (the run was cut off mid-write)"
 
 
 def follow(
@@ -157,10 +162,12 @@ def follow(
     sink: EventSink,
     *,
     poll_s: float = 0.1,
-) -> None:
-    """Stream the output of a run as it is written, until the run leaves active/."""
+) -> list[str]:
+    """Stream the output of a run as it is written, until the run leaves active/;
+    returns torn-log notes for logs whose last line was still incomplete at the end."""
     # Keyed by job id, not path: the run directory moves when the run ends.
     offsets: dict[str, int] = {}
+    torn: dict[str, Path] = {}
 
     def drain(run: RunDir) -> None:
         jobs_dir = run.path / "jobs"
@@ -171,16 +178,21 @@ def follow(
             path = jobs_dir / job_id / "log.jsonl"
             if not path.exists():
                 continue
+            reader = LogReader(path)
             with open(path, "rb") as handle:
                 handle.seek(offsets.get(job_id, 0))
-                for event in LogReader(path).read_from(handle):
+                for event in reader.read_from(handle):
                     sink(job_id, event)
                 offsets[job_id] = handle.tell()
+            if reader.torn:
+                torn[job_id] = path
+            else:
+                torn.pop(job_id, None)
 
     while True:
         run = store.find(run_id)
         finished = run.state in (RunState.complete, RunState.failed)
         drain(run)
         if finished:
-            return
+            return [_torn_note(path) for path in torn.values()]
         time.sleep(poll_s)

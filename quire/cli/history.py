@@ -40,7 +40,7 @@ def _when(summary: RunSummary) -> str:
 
 def runs_command(
     repo: RepoOption = Path(),
-    limit: Annotated[int, typer.Option("--limit", "-n", help="Show at most N runs.")] = 20,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Show at most N runs.")] = 20,
     as_json: JsonOption = False,
 ) -> int:
     """List the repository's runs, newest first."""
@@ -111,12 +111,15 @@ def logs_command(
 ) -> int:
     """Print a run's output as it was shown live (optionally one job, optionally following)."""
     from quire.ci import history
+    from quire.ci.runs import RunState
     from quire.cli.console import make_reporter
     from quire.errors import RunNotFound
 
     store = _store(repo)
     found = store.find(run)
-    if job is not None and not (found.path / "jobs" / job).is_dir() and not follow:
+    # A run still going may yet start the job; a finished one never will.
+    finished = found.state in (RunState.complete, RunState.failed)
+    if job is not None and not (found.path / "jobs" / job).is_dir() and (finished or not follow):
         raise RunNotFound(f"run {found.run_id} has no job {job!r}")
     reporter = make_reporter(quiet=False)
     shown: list[str | None] = [None]
@@ -138,8 +141,9 @@ def logs_command(
             )
 
     if follow:
-        history.follow(store, found.run_id, job, sink)
-        return 0
-    for note in history.replay(found, job, sink):
+        notes = history.follow(store, found.run_id, job, sink)
+    else:
+        notes = history.replay(found, job, sink)
+    for note in notes:
         reporter.notice(f"note: {note}")
     return 0
