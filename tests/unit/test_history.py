@@ -1,0 +1,450 @@
+"""`quire ci runs | show | logs` through typer's CliRunner, on real runs of real repos in tmp."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shlex
+import sys
+import threading
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from quire.cli.app import app
+from tests.helpers import commit, make_repo
+
+runner = CliRunner()
+
+# Every byte value, invalid UTF-8, CR/LF mixes, characters of 2-4 bytes, a long
+# random tail (several reads, some split inside a character) and no final newline.
+PAYLOAD = (
+    b"plain line\n"
+    + "café ✓ 𝄞\n".encode()
+    + b"bad \xff\xfe bytes\n\x00nul\tTab\r\ncarriage\rreturn\n"
+    + bytes(range(256))
+    + random.Random(7).randbytes(300_000)
+    + "tail é".encode()
+    + b" no trailing newline"
+)
+ERR_PAYLOAD = b"warning: \xc3 broken\nlast err line\n"
+
+EMIT = """
+import sys
+out = sys.stdout.buffer
+data = open("payload.bin", "rb").read()
+for start in range(0, len(data), 65537):
+    out.write(data[start:start + 65537])
+    out.flush()
+sys.stderr.buffer.write(open("err.bin", "rb").read())
+"""
+
+EMIT_CI = """
+import sys
+from quire.ci import job
+
+@job(inputs=["quire/push"])
+def emit(rt):
+    rt.sh([sys.executable, "emit.py"], check=True)
+"""
+
+THREE_JOBS = """
+from quire.ci import job
+
+@job(inputs=["quire/push"])
+def first(rt):
+    rt.sh("echo one from first")
+    return {"answer": 42, "words": ["a", "b"]}
+
+@job(inputs=["first"])
+def second(rt):
+    rt.sh("echo two from second; exit 3", check=True)
+
+@job(inputs=["second"])
+def third(rt):
+    rt.sh("echo never")
+"""
+
+PASSING = """
+from quire.ci import job
+
+@job(inputs=["quire/push"])
+def only(rt):
+    rt.sh(["echo", "fine"])
+"""
+
+
+def quire(*args: str) -> Result:
+    return runner.invoke(app, list(args))
+
+
+def ci_run(repo: Path) -> Result:
+    result = quire("ci", "run", "--repo", str(repo))
+    assert result.exit_code in (0, 1), result.output
+    return result
+
+
+def common_prefix(ids: list[str]) -> str:
+    """The longest string every id starts with."""
+    shortest = min(ids, key=len)
+    for size in range(len(shortest), 0, -1):
+        if all(run_id.startswith(shortest[:size]) for run_id in ids):
+            return shortest[:size]
+    return ""
+
+
+def runs_json(repo: Path) -> list[dict[str, Any]]:
+    result = quire("ci", "runs", "--repo", str(repo), "--json")
+    assert result.exit_code == 0, result.output
+    data: list[dict[str, Any]] = json.loads(result.stdout)
+    return data
+
+
+def emit_repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "emitter"
+    files: dict[str, str | bytes] = {
+        ".quire/ci.py": EMIT_CI,
+        "emit.py": EMIT,
+        "payload.bin": PAYLOAD,
+        "err.bin": ERR_PAYLOAD,
+    }
+    make_repo(repo, files)
+    return repo
+
+
+def emit_header() -> bytes:
+    return b"==> emit\n$ " + shlex.join([sys.executable, "emit.py"]).encode() + b"\n"
+
+
+@pytest.fixture
+def three_jobs(tmp_path: Path) -> Path:
+    repo = tmp_path / "three"
+    make_repo(repo, {".quire/ci.py": THREE_JOBS})
+    ci_run(repo)
+    return repo
+
+
+# --- runs -----------------------------------------------------------------------------------------
+
+
+def test_runs_lists_every_run_newest_first_with_state_revision_and_executor(
+    tmp_path: Path,
+) -> None:
+    repo = tmp_path / "proj"
+    first_sha = make_repo(repo, {".quire/ci.py": PASSING})
+    ci_run(repo)
+    second_sha = commit(repo, {".quire/ci.py": THREE_JOBS})
+    ci_run(repo)
+    result = quire("ci", "runs", "--repo", str(repo))
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["id", "state", "revision", "executor", "started", "duration"]
+    assert len(lines) == 3
+    newer, older = lines[1], lines[2]
+    assert "failed (jobs-failed)" in newer
+    assert f"HEAD {second_sha[:12]}" in newer
+    assert "complete" in older and "failed" not in older
+    assert f"HEAD {first_sha[:12]}" in older
+    assert all(" host " in line for line in (newer, older))
+    ids = [run["id"] for run in runs_json(repo)]
+    assert newer.startswith(ids[0]) and older.startswith(ids[1])
+    assert ids[0] > ids[1]
+
+
+def test_runs_limit_shows_only_the_newest_n(tmp_path: Path) -> None:
+    repo = tmp_path / "proj"
+    make_repo(repo, {".quire/ci.py": PASSING})
+    for _ in range(3):
+        ci_run(repo)
+    ids = [run["id"] for run in runs_json(repo)]
+    assert len(ids) == 3
+    result = quire("ci", "runs", "--repo", str(repo), "--limit", "2")
+    assert result.exit_code == 0, result.output
+    rows = result.stdout.splitlines()[1:]
+    assert [row.split()[0] for row in rows] == ids[:2]
+    short = quire("ci", "runs", "--repo", str(repo), "-n", "1", "--json")
+    assert [run["id"] for run in json.loads(short.stdout)] == ids[:1]
+
+
+@pytest.mark.parametrize("limit", ["0", "-1"])
+def test_runs_rejects_a_limit_below_one_as_bad_input(tmp_path: Path, limit: str) -> None:
+    repo = tmp_path / "proj"
+    make_repo(repo, {".quire/ci.py": PASSING})
+    ci_run(repo)
+    ci_run(repo)
+    result = quire("ci", "runs", "--repo", str(repo), "--limit", limit)
+    assert result.exit_code == 2, result.output
+    assert "--limit" in result.stderr
+
+
+def test_runs_json_parses_and_has_the_documented_keys(tmp_path: Path) -> None:
+    repo = tmp_path / "proj"
+    sha = make_repo(repo, {".quire/ci.py": PASSING})
+    ci_run(repo)
+    commit(repo, {".quire/ci.py": THREE_JOBS})
+    ci_run(repo)
+    runs = runs_json(repo)
+    assert len(runs) == 2
+    documented = {
+        "id",
+        "state",
+        "reason",
+        "revision",
+        "sha",
+        "ref",
+        "executor",
+        "started_at",
+        "finished_at",
+        "duration_s",
+    }
+    for run in runs:
+        assert documented <= set(run), run
+        assert run["revision"] == "HEAD"
+        assert run["ref"] == "refs/heads/main"
+        assert run["executor"] == "host"
+        started = datetime.fromisoformat(run["started_at"])
+        finished = datetime.fromisoformat(run["finished_at"])
+        assert started <= finished
+        assert run["duration_s"] == pytest.approx((finished - started).total_seconds(), abs=0.002)
+    failed, complete = runs
+    assert (failed["state"], failed["reason"]) == ("failed", "jobs-failed")
+    assert (complete["state"], complete["reason"]) == ("complete", None)
+    assert complete["sha"] == sha
+    assert failed["sha"] != sha
+
+
+def test_runs_says_so_when_there_are_none(tmp_path: Path) -> None:
+    repo = tmp_path / "proj"
+    make_repo(repo, {".quire/ci.py": PASSING})
+    result = quire("ci", "runs", "--repo", str(repo))
+    assert (result.exit_code, result.stdout) == (0, "no runs yet\n")
+    as_json = quire("ci", "runs", "--repo", str(repo), "--json")
+    assert json.loads(as_json.stdout) == []
+
+
+def test_runs_outside_a_repository_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "plain").mkdir()
+    result = quire("ci", "runs", "--repo", str(tmp_path / "plain"))
+    assert result.exit_code == 2
+    assert "is not a git repository" in result.stderr
+
+
+# --- show -----------------------------------------------------------------------------------------
+
+
+def test_show_prints_the_run_and_each_jobs_status_error_and_outputs(three_jobs: Path) -> None:
+    run = runs_json(three_jobs)[0]
+    result = quire("ci", "show", "--repo", str(three_jobs))
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    lines = out.splitlines()
+    assert f"run       {run['id']}" in lines
+    assert "state     failed (jobs-failed)" in lines
+    assert f"revision  HEAD {run['sha']} (refs/heads/main)" in lines
+    assert "executor  host" in lines
+    assert "error     failed: second" in lines
+    assert any(line.startswith("records   ") and run["id"] in line for line in lines)
+    assert out.index("first: success") < out.index("second: failed") < out.index("third: skipped")
+    assert "    answer = 42" in lines
+    assert '    words = ["a", "b"]' in lines
+    assert "    command `echo two from second; exit 3` exited 3" in lines
+    assert "    input 'second' failed" in lines
+
+
+def test_show_json_has_jobs_with_status_times_error_and_outputs(three_jobs: Path) -> None:
+    run_id = runs_json(three_jobs)[0]["id"]
+    result = quire("ci", "show", run_id, "--repo", str(three_jobs), "--json")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["id"] == run_id
+    assert (info["state"], info["reason"], info["exit_code"]) == ("failed", "jobs-failed", 1)
+    assert info["error"] == "failed: second"
+    assert info["container"] is None
+    assert Path(info["path"]).is_dir()
+    jobs = {job["job_id"]: job for job in info["jobs"]}
+    assert [job["job_id"] for job in info["jobs"]] == ["first", "second", "third"]
+    assert jobs["first"]["status"] == "success"
+    assert jobs["first"]["outputs"] == {"answer": 42, "words": ["a", "b"]}
+    assert jobs["first"]["error"] is None
+    assert jobs["second"]["status"] == "failed"
+    assert jobs["second"]["error"] == "command `echo two from second; exit 3` exited 3"
+    assert jobs["third"]["status"] == "skipped"
+    assert jobs["third"]["skip_reason"] == "input 'second' failed"
+    for name in ("first", "second"):
+        started = datetime.fromisoformat(jobs[name]["started_at"])
+        finished = datetime.fromisoformat(jobs[name]["finished_at"])
+        assert started <= finished
+        assert jobs[name]["duration_s"] >= 0
+    assert jobs["third"]["started_at"] is None
+
+
+def test_show_never_prints_a_configured_secret(tmp_path: Path) -> None:
+    value = "s3cr3t-value-for-show"
+    config = Path(os.environ["QUIRE_CONFIG"])
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(f'[secrets]\ntoken = "{value}"\n')
+    ci = """
+    from quire.ci import job
+
+    @job(inputs=["quire/push"])
+    def leaky(rt):
+        token = rt.secret("token")
+        return {"token": token, "nested": {"list": ["x " + token]}}
+
+    @job(inputs=["quire/push"])
+    def raising(rt):
+        raise RuntimeError("bad token " + rt.secret("token"))
+    """
+    repo = tmp_path / "proj"
+    make_repo(repo, {".quire/ci.py": ci})
+    ci_run(repo)
+    text = quire("ci", "show", "--repo", str(repo))
+    as_json = quire("ci", "show", "--repo", str(repo), "--json")
+    for result in (text, as_json):
+        assert result.exit_code == 0, result.output
+        assert value not in result.output
+    jobs = {job["job_id"]: job for job in json.loads(as_json.stdout)["jobs"]}
+    assert jobs["leaky"]["outputs"] == {"token": "***", "nested": {"list": ["x ***"]}}
+    assert "bad token ***" in jobs["raising"]["error"]
+    assert "bad token ***" in text.stdout
+
+
+# --- logs -----------------------------------------------------------------------------------------
+
+
+def test_logs_latest_reproduces_the_jobs_output_bytes_exactly(tmp_path: Path) -> None:
+    repo = emit_repo(tmp_path)
+    live = ci_run(repo)
+    result = quire("ci", "logs", "latest", "--repo", str(repo))
+    assert result.exit_code == 0, result.output
+    assert result.stdout_bytes == emit_header() + PAYLOAD
+    assert result.stderr_bytes == ERR_PAYLOAD
+    # What `ci run` showed live, minus its run header and closing summary.
+    assert emit_header() + PAYLOAD in live.stdout_bytes
+    assert live.stderr_bytes == ERR_PAYLOAD
+
+
+def test_logs_of_one_job_of_a_run_named_by_unique_prefix_shows_only_that_job(
+    three_jobs: Path,
+) -> None:
+    ci_run(three_jobs)
+    newer, older = (run["id"] for run in runs_json(three_jobs))
+    prefix = older[: len(common_prefix([newer, older])) + 1]
+    for ref in (older, prefix):
+        result = quire("ci", "logs", ref, "second", "--repo", str(three_jobs))
+        assert result.exit_code == 0, result.output
+        assert re.fullmatch(
+            rb"==> second\n\$ echo two from second; exit 3\ntwo from second\n"
+            rb"\(exit 3 after \d+\.\d\ds\)\n",
+            result.stdout_bytes,
+        ), result.stdout_bytes
+
+
+def test_logs_of_a_whole_run_shows_jobs_in_the_order_they_ran(three_jobs: Path) -> None:
+    result = quire("ci", "logs", "--repo", str(three_jobs))
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert out.index("==> first") < out.index("one from first") < out.index("==> second")
+    assert out.index("==> second") < out.index("two from second")
+    assert "==> third" not in out  # skipped before it started: no output to show
+
+
+def test_logs_of_an_unknown_job_exits_2_naming_it(three_jobs: Path) -> None:
+    result = quire("ci", "logs", "latest", "nope", "--repo", str(three_jobs))
+    assert result.exit_code == 2
+    assert "no job 'nope'" in result.stderr
+    assert result.stdout == ""
+
+
+def test_logs_follow_of_a_finished_run_with_an_unknown_job_exits_2(three_jobs: Path) -> None:
+    result = quire("ci", "logs", "latest", "nope", "--follow", "--repo", str(three_jobs))
+    assert result.exit_code == 2
+    assert "no job 'nope'" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["logs", "show"])
+def test_an_unknown_run_exits_2_naming_it(three_jobs: Path, command: str) -> None:
+    result = quire("ci", command, "19990101-nothing", "--repo", str(three_jobs))
+    assert result.exit_code == 2
+    assert "error: no run '19990101-nothing'" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["logs", "show"])
+def test_an_ambiguous_run_prefix_exits_2_listing_the_candidates(
+    three_jobs: Path, command: str
+) -> None:
+    ci_run(three_jobs)
+    ids = [run["id"] for run in runs_json(three_jobs)]
+    prefix = common_prefix(ids)
+    assert prefix
+    result = quire("ci", command, prefix, "--repo", str(three_jobs))
+    assert result.exit_code == 2
+    assert f"run prefix {prefix!r} is ambiguous" in result.stderr
+    assert all(run_id in result.stderr for run_id in ids)
+
+
+@pytest.mark.parametrize("command", ["logs", "show"])
+def test_latest_without_any_run_exits_2(tmp_path: Path, command: str) -> None:
+    repo = tmp_path / "proj"
+    make_repo(repo, {".quire/ci.py": PASSING})
+    result = quire("ci", command, "latest", "--repo", str(repo))
+    assert result.exit_code == 2
+    assert "no runs yet" in result.stderr
+
+
+def torn_job_log(repo: Path, job: str) -> Path:
+    """Append half a line to `job`'s log, as a crash mid-write leaves it."""
+    run_id = runs_json(repo)[0]["id"]
+    matches = list(Path(os.environ["QUIRE_STATE_DIR"]).glob(f"runs/*/*/{run_id}/jobs/{job}"))
+    assert len(matches) == 1
+    log = matches[0] / "log.jsonl"
+    with open(log, "ab") as handle:
+        handle.write(b'{"t": "2026-01-01T00:00:00.000Z", "event": "stdout", "data": "lost')
+    return log
+
+
+def test_logs_tolerates_a_torn_last_line_and_says_so(tmp_path: Path) -> None:
+    repo = emit_repo(tmp_path)
+    ci_run(repo)
+    log = torn_job_log(repo, "emit")
+    result = quire("ci", "logs", "latest", "--repo", str(repo))
+    assert result.exit_code == 0, result.output
+    assert result.stdout_bytes.startswith(emit_header() + PAYLOAD)
+    assert b"lost" not in result.stdout_bytes
+    assert result.stderr_bytes.startswith(ERR_PAYLOAD)
+    note = result.stdout + result.stderr
+    assert f"{log}: the last line is incomplete" in note
+
+
+def run_in_thread(*args: str, timeout: float) -> Result:
+    """`quire(*args)` that must return within `timeout` seconds."""
+    box: list[Result] = []
+    thread = threading.Thread(target=lambda: box.append(quire(*args)), daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"quire {' '.join(args)} did not return in {timeout}s"
+    return box[0]
+
+
+def test_logs_follow_of_a_finished_run_prints_everything_and_returns(tmp_path: Path) -> None:
+    repo = emit_repo(tmp_path)
+    ci_run(repo)
+    result = run_in_thread("ci", "logs", "latest", "--follow", "--repo", str(repo), timeout=15)
+    assert result.exit_code == 0, result.output
+    assert result.stdout_bytes == emit_header() + PAYLOAD
+    assert result.stderr_bytes == ERR_PAYLOAD
+
+
+def test_logs_follow_of_a_finished_run_notes_a_torn_last_line(tmp_path: Path) -> None:
+    repo = emit_repo(tmp_path)
+    ci_run(repo)
+    log = torn_job_log(repo, "emit")
+    result = run_in_thread("ci", "logs", "latest", "--follow", "--repo", str(repo), timeout=15)
+    assert result.exit_code == 0, result.output
+    assert result.stdout_bytes.startswith(emit_header() + PAYLOAD)
+    assert f"{log}: the last line is incomplete" in result.stdout + result.stderr
