@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
 from quire.errors import Interrupted
 
@@ -45,13 +46,40 @@ def raising() -> Iterator[None]:
 
 @contextmanager
 def shielded() -> Iterator[None]:
-    """While inside, signals handled by `raising()` are noted, not raised."""
+    """While inside, the three signals are noted, not raised, and never kill us.
+
+    Also outside `raising()`: the bookkeeping after a run (removing the
+    workspace, the final records) must not be cut short by a SIGTERM's
+    default action, or the run would be left in active/.
+    """
     global _shield_depth
-    _shield_depth += 1
+    installed: dict[signal.Signals, Any] = {}
+    main = threading.current_thread() is threading.main_thread()
+    if main:
+        # Blocked while the handlers change hands: no signal slips in between.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        _shield_depth += 1
+        if main:
+            for sig in SIGNALS:
+                if signal.getsignal(sig) is not _handler:
+                    installed[sig] = signal.signal(sig, _handler)
+    finally:
+        if main:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     try:
         yield
     finally:
-        _shield_depth -= 1
+        if main:
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        try:
+            for sig, old in installed.items():
+                if old is not None:  # None: not installed from Python; leave ours
+                    signal.signal(sig, old)
+            _shield_depth -= 1
+        finally:
+            if main:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def noted() -> bool:
