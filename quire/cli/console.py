@@ -119,8 +119,10 @@ class TerminalReporter:
         from rich.console import Console
 
         self.quiet = quiet
-        self.console: Console = Console(highlight=False, no_color="NO_COLOR" in os.environ)
-        self.err_console = Console(stderr=True, highlight=False, no_color="NO_COLOR" in os.environ)
+        no_color = "NO_COLOR" in os.environ
+        # emoji=False: a job printing `:smile:` must see `:smile:`, not a picture.
+        self.console: Console = Console(highlight=False, emoji=False, no_color=no_color)
+        self.err_console = Console(stderr=True, highlight=False, emoji=False, no_color=no_color)
         self._status: Any = None
         self._job: str | None = None
         self._job_t0 = 0.0
@@ -156,15 +158,33 @@ class TerminalReporter:
     def output(self, job_id: str, stream: StreamName, data: bytes) -> None:
         if self.quiet:
             return
+        if stream == "stderr" and not self.err_console.is_terminal:
+            self._write_redirected_stderr(data)
+            return
         text = self._partial[stream] + self._decoders[stream].decode(data)
         *lines, self._partial[stream] = text.split("\n")
         for line in lines:
             self._emit(stream, line)
 
+    def _write_redirected_stderr(self, data: bytes) -> None:
+        """stderr is a file or pipe (`2> err.txt`) while stdout is the terminal: the
+        job's stderr goes there, bytes exactly as they came, apart from stdout."""
+        target = self.err_console.file  # the real stderr, also while the status redirects it
+        target.flush()
+        raw: IO[bytes] | None = getattr(target, "buffer", None)
+        if raw is None:
+            target.write(data.decode("utf-8", errors="replace"))
+            target.flush()
+        else:
+            raw.write(data)
+            raw.flush()
+
     def _emit(self, stream: StreamName, line: str) -> None:
         if stream == "stdout":
             self.console.print(line, markup=False, soft_wrap=True, highlight=False)
         else:
+            # stderr is a terminal too (else output() wrote it there as bytes): the same
+            # screen, so print through the status line's console to keep that intact.
             self.console.print(line, style="red", markup=False, soft_wrap=True)
 
     def command_finished(self, job_id: str, exit_code: int, duration_s: float) -> None:
