@@ -9,6 +9,7 @@ and answers as the test told it.
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -43,7 +44,6 @@ CID = "c0ffee" + "0" * 58
 RUNNING = '{"Running":true,"Status":"running","ExitCode":0,"OOMKilled":false}'
 
 SHIM = """\
-#!{python}
 import json, os, sys
 
 STATE = {state!r}
@@ -132,7 +132,13 @@ def fake_docker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeDocker:
     state.mkdir()
     shim = state / "bin" / "docker"
     shim.parent.mkdir()
-    shim.write_text(SHIM.format(python=sys.executable, state=str(state)))
+    # A sh launcher, not a `#!python` line: a shebang cannot hold a path with
+    # spaces (the venv of a checkout in "my projects/" has one).
+    script = state / "fake_docker.py"
+    script.write_text(SHIM.format(state=str(state)))
+    shim.write_text(
+        f'#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(str(script))} "$@"\n'
+    )
     shim.chmod(0o755)
     fake = FakeDocker(state, shim)
     fake.answer("info", stdout="20.10.24\n")
