@@ -20,14 +20,30 @@ def process_start_ticks(pid: int) -> int | None:
         return None
 
 
+def process_state(pid: int) -> str | None:
+    """The one-letter state of `pid` (R, S, Z, ...) from /proc, or None if unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return fields[0] if fields else None
+
+
 def is_alive(pid: int, start_ticks: int | None) -> bool:
-    """Whether `pid` runs and is the same process (not a reused pid)."""
+    """Whether `pid` runs and is the same process (not a reused pid).
+
+    A zombie (killed, not yet reaped by its parent) is dead: it will never
+    finish its run.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         pass  # exists, owned by someone else
+    if process_state(pid) in ("Z", "X"):
+        return False
     if start_ticks is None:
         return True
     current = process_start_ticks(pid)

@@ -14,8 +14,10 @@ host are left alone: their pids mean nothing here.
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from quire.ci import workspace as workspaces
 from quire.ci.liveness import is_alive
@@ -32,6 +34,9 @@ from quire.ci.records import (
 )
 from quire.ci.runs import RunDir, RunState, RunStore
 from quire.paths import state_dir
+
+if TYPE_CHECKING:
+    from quire.tools.docker import LabelledContainer
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,9 @@ def reconcile_store(store: RunStore) -> list[Action]:
     for run in list(store.runs()):
         if run.state == RunState.failed:
             continue
+        in_flight = run.state in (RunState.pending, RunState.active)
+        if in_flight and owner_alive(run):
+            continue  # a live runner's run is its own business, whatever its records say
         try:
             read_record(run.path / "meta.yml", RunMeta)
         except RecordUnreadable as exc:
@@ -88,7 +96,7 @@ def reconcile_store(store: RunStore) -> list[Action]:
                 run, EndReason.unreadable, f"records unreadable: {exc}", "quarantined"
             )
             continue
-        if run.state in (RunState.pending, RunState.active) and not owner_alive(run):
+        if in_flight:
             actions += _finish(run, EndReason.orphaned, "its runner is gone", "orphaned")
     return actions
 
@@ -104,7 +112,9 @@ def _finish(run: RunDir, reason: EndReason, detail: str, kind: str) -> list[Acti
         times.finished_at = times.finished_at or utcnow()
         write_record(times_path, times)
         write_record(run.path / "result.yml", RunResult(reason=reason, error=detail, exit_code=1))
-        if run.state != RunState.failed:
+        if run.state == RunState.complete:
+            _move_to_failed(run)  # no runner ever makes this move: not in ALLOWED
+        elif run.state != RunState.failed:
             run.transition(RunState.failed)
     except FileNotFoundError:
         return []  # another reconcile (or the runner itself) got there first
@@ -112,6 +122,15 @@ def _finish(run: RunDir, reason: EndReason, detail: str, kind: str) -> list[Acti
         return [Action("problem", label, f"could not move it to failed/: {exc}")]
     workspaces.remove(run.workspace)
     return [Action(kind, label, detail)]
+
+
+def _move_to_failed(run: RunDir) -> None:
+    """Quarantine a finished run whose records cannot be read: one rename into failed/."""
+    destination = run.store.root / RunState.failed.value / run.run_id
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(run.path, destination)
+    run.state = RunState.failed
+    run.store.update_latest(run)
 
 
 def live_run_ids(stores: list[RunStore]) -> set[str]:
@@ -124,13 +143,29 @@ def live_run_ids(stores: list[RunStore]) -> set[str]:
     return alive
 
 
-def reconcile_containers(stores: list[RunStore]) -> list[Action]:
-    """Remove containers labelled quire.run-id whose run no live runner owns."""
+def list_containers() -> list[LabelledContainer]:
+    """This state directory's quire containers; raises `DockerUnavailable`."""
     from quire.tools import docker  # host-only users never pay for it
 
+    return docker.labelled_containers(str(state_dir()))
+
+
+def reconcile_containers(
+    stores: list[RunStore], listed: list[LabelledContainer] | None = None
+) -> list[Action]:
+    """Remove containers labelled quire.run-id whose run no live runner owns.
+
+    The containers are listed (or were, `listed`) BEFORE the runs are read:
+    a run that starts in between is then not among the containers, whereas
+    listing the runs first would miss it and remove its fresh container.
+    """
+    from quire.tools import docker
+
+    if listed is None:
+        listed = list_containers()
     alive = live_run_ids(stores)
     actions = []
-    for container in docker.labelled_containers(str(state_dir())):
+    for container in listed:
         if container.run_id in alive:
             continue
         problems = docker.teardown(container.container_id, None)
@@ -148,9 +183,13 @@ def reconcile(stores: list[RunStore] | None = None, *, containers: bool = True) 
     Container decisions always look at every repository's runs: a container
     of another repository's live run must stay.
     """
+    # Listed first: docker being unavailable raises before any record changes
+    # (so the caller can retry without containers and lose no report), and
+    # every listed container's run already exists when the runs are read.
+    listed = list_containers() if containers else None
     actions: list[Action] = []
     for store in all_stores() if stores is None else stores:
         actions += reconcile_store(store)
-    if containers:
-        actions += reconcile_containers(all_stores())
+    if listed is not None:
+        actions += reconcile_containers(all_stores(), listed)
     return actions

@@ -1,0 +1,470 @@
+"""Reconcile decisions: orphaned runs, quarantined records, leftover containers.
+
+Process liveness is faked by replacing `quire.ci.reconcile.is_alive` (pids
+named in a set are alive); docker is faked with pytest-subprocess, whose
+exact argv match also pins the `docker ps` filter. The liveness check
+itself is tested against real processes (a zombie, a reused pid).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from pytest_subprocess import FakeProcess
+from typer.testing import CliRunner
+
+from quire.ci import reconcile as reconcile_module
+from quire.ci.liveness import is_alive, process_start_ticks
+from quire.ci.reconcile import Action, reconcile
+from quire.ci.records import (
+    Executor,
+    RunMeta,
+    RunnerInfo,
+    RunResult,
+    RunTimes,
+    read_record,
+    utcnow,
+    write_record,
+)
+from quire.ci.runs import RunDir, RunState, RunStore
+from quire.cli.app import app
+from quire.paths import state_dir
+from tests.helpers import make_repo, write_shim
+
+LIVE_PID = 4242
+DEAD_PID = 4343
+HOUR = timedelta(hours=1)
+
+
+@pytest.fixture
+def alive(monkeypatch: pytest.MonkeyPatch) -> set[int]:
+    """Pids in this set are alive; every other pid is dead."""
+    pids = {LIVE_PID}
+    calls: list[tuple[int, int | None]] = []
+
+    def fake_is_alive(pid: int, start: int | None) -> bool:
+        calls.append((pid, start))
+        return pid in pids
+
+    monkeypatch.setattr(reconcile_module, "is_alive", fake_is_alive)
+    return pids
+
+
+def make_run(
+    repo: str = "proj",
+    state: RunState = RunState.active,
+    *,
+    pid: int | None = DEAD_PID,
+    host: str | None = None,
+    age: timedelta = timedelta(0),
+    executor: Executor = Executor.docker,
+) -> RunDir:
+    """A run in `state` with meta (pushed `age` ago) and, unless pid is None, runner.yml."""
+    store = RunStore(repo)
+
+    def meta(run_id: str) -> RunMeta:
+        return RunMeta(
+            run_id=run_id,
+            repo=repo,
+            git_dir="/nowhere/.git",
+            revision="HEAD",
+            sha="0" * 40,
+            pushed_at=utcnow() - age,
+            executor=executor,
+        )
+
+    run = store.create(meta)
+    if pid is not None:
+        write_record(
+            run.path / "runner.yml",
+            RunnerInfo(pid=pid, host=host or socket.gethostname(), pid_start=123),
+        )
+    if state != RunState.pending:
+        run.transition(RunState.active)
+        write_record(run.path / "times.yml", RunTimes(started_at=utcnow() - age))
+    if state in (RunState.complete, RunState.failed):
+        write_record(run.path / "result.yml", RunResult(exit_code=0))
+        run.transition(state)
+    run.workspace.mkdir(parents=True, exist_ok=True)
+    (run.workspace / "file.txt").write_text("x\n")
+    return run
+
+
+def where(run: RunDir) -> RunState:
+    """The state directory the run sits in now (read from disk)."""
+    found = [s for s in RunState if (run.store.root / s.value / run.run_id).is_dir()]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def moved(run: RunDir) -> RunDir:
+    return RunDir(run.store, run.run_id, where(run))
+
+
+def result(run: RunDir) -> RunResult:
+    return read_record(moved(run).path / "result.yml", RunResult)
+
+
+# --- runs: live, dead, other host, young, old -----------------------------------------------------
+
+
+def test_a_run_whose_runner_is_alive_is_left_untouched(alive: set[int]) -> None:
+    run = make_run(pid=LIVE_PID)
+    assert reconcile(containers=False) == []
+    assert where(run) == RunState.active
+    assert not (run.path / "result.yml").exists()
+    assert run.workspace.exists()
+
+
+@pytest.mark.parametrize("state", [RunState.pending, RunState.active])
+def test_a_run_whose_runner_is_gone_fails_as_orphaned(alive: set[int], state: RunState) -> None:
+    run = make_run(state=state, pid=DEAD_PID)
+    actions = reconcile(containers=False)
+    assert actions == [Action("orphaned", f"proj/{run.run_id}", "its runner is gone")]
+    assert where(run) == RunState.failed
+    got = result(run)
+    assert got.reason is not None and got.reason.value == "orphaned"
+    assert got.exit_code != 0
+    times = read_record(moved(run).path / "times.yml", RunTimes)
+    assert times.finished_at is not None
+    assert not run.workspace.exists()
+    assert RunStore("proj").find("latest").state == RunState.failed
+
+
+def test_a_run_recorded_by_another_host_is_left_untouched(
+    alive: set[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checked: list[int] = []
+    monkeypatch.setattr(reconcile_module, "is_alive", lambda pid, start: checked.append(pid))
+    run = make_run(pid=DEAD_PID, host="some-other-host.invalid")
+    assert reconcile(containers=False) == []
+    assert where(run) == RunState.active
+    assert checked == []  # its pid means nothing here
+
+
+def test_a_young_run_without_runner_yml_is_left_untouched(alive: set[int]) -> None:
+    run = make_run(state=RunState.pending, pid=None, age=timedelta(seconds=5))
+    assert reconcile(containers=False) == []
+    assert where(run) == RunState.pending
+
+
+def test_an_old_run_without_runner_yml_fails_as_orphaned(alive: set[int]) -> None:
+    run = make_run(state=RunState.pending, pid=None, age=2 * HOUR)
+    (action,) = reconcile(containers=False)
+    assert action.kind == "orphaned"
+    assert where(run) == RunState.failed
+    assert result(run).reason.value == "orphaned"  # type: ignore[union-attr]
+
+
+def test_finished_runs_are_left_as_they_are(alive: set[int]) -> None:
+    done = make_run(state=RunState.complete, pid=DEAD_PID)
+    failed = make_run(state=RunState.failed, pid=DEAD_PID)
+    assert reconcile(containers=False) == []
+    assert where(done) == RunState.complete and where(failed) == RunState.failed
+    assert result(done).reason is None and result(failed).reason is None
+
+
+def test_only_the_given_stores_runs_are_reconciled(alive: set[int]) -> None:
+    mine = make_run("mine", pid=DEAD_PID)
+    other = make_run("other", pid=DEAD_PID)
+    (action,) = reconcile([RunStore("mine")], containers=False)
+    assert action.target == f"mine/{mine.run_id}"
+    assert where(other) == RunState.active
+
+
+# --- unreadable records: quarantine ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda path: path.write_text("run_id: [unterminated\n"),
+        lambda path: path.write_text("just a string\n"),
+        lambda path: path.write_bytes(b"\xff\xfe\x00garbage"),
+        lambda path: path.unlink(),
+    ],
+    ids=["bad-yaml", "wrong-shape", "binary", "missing"],
+)
+def test_a_run_with_unreadable_meta_is_quarantined_into_failed(
+    alive: set[int], damage: Callable[[Path], object]
+) -> None:
+    run = make_run(pid=DEAD_PID)
+    damage(run.path / "meta.yml")
+    (action,) = reconcile(containers=False)
+    assert action.kind == "quarantined"
+    assert action.target == f"proj/{run.run_id}"
+    assert where(run) == RunState.failed
+    got = result(run)
+    assert got.reason is not None and got.reason.value == "unreadable"
+    assert "meta.yml" in (got.error or "")
+    assert reconcile(containers=False) == []  # once only
+
+
+def test_a_complete_run_with_unreadable_meta_is_quarantined_into_failed(alive: set[int]) -> None:
+    run = make_run(state=RunState.complete, pid=DEAD_PID)
+    (run.path / "meta.yml").write_text(":::\n")
+    (action,) = reconcile(containers=False)
+    assert action.kind == "quarantined"
+    assert where(run) == RunState.failed
+    assert result(run).reason.value == "unreadable"  # type: ignore[union-attr]
+
+
+def test_a_live_runs_unreadable_meta_does_not_move_it(alive: set[int]) -> None:
+    run = make_run(pid=LIVE_PID)
+    (run.path / "meta.yml").write_text(":::\n")
+    assert reconcile(containers=False) == []
+    assert where(run) == RunState.active
+    assert not (run.path / "result.yml").exists()
+
+
+def test_unreadable_run_does_not_stop_the_others_being_reconciled(alive: set[int]) -> None:
+    broken = make_run(state=RunState.complete, pid=DEAD_PID)
+    (broken.path / "meta.yml").write_text(":::\n")
+    orphan = make_run(pid=DEAD_PID)
+    kinds = sorted(a.kind for a in reconcile(containers=False))
+    assert kinds == ["orphaned", "quarantined"]
+    assert where(orphan) == RunState.failed
+
+
+# --- containers -----------------------------------------------------------------------------------
+
+
+def ps_argv(fp: FakeProcess) -> list[object]:
+    """`docker ps` exactly as reconcile must call it: only this state dir's containers."""
+    return [
+        fp.program("docker"),
+        "ps",
+        "--all",
+        "--no-trunc",
+        "--filter",
+        "label=quire.run-id",
+        "--filter",
+        f"label=quire.store={state_dir()}",
+        "--format",
+        '{{.ID}}\t{{.Label "quire.run-id"}}\t{{.Label "quire.repo"}}',
+    ]
+
+
+def cid(n: int) -> str:
+    return f"{n:02d}" * 32
+
+
+def test_containers_of_live_runs_stay_and_the_others_are_removed(
+    alive: set[int], fp: FakeProcess
+) -> None:
+    live = make_run("proj", pid=LIVE_PID)
+    dead = make_run("proj", pid=DEAD_PID)
+    elsewhere = make_run("other", pid=LIVE_PID)  # another repository's live run
+    listing = (
+        f"{cid(1)}\t{live.run_id}\tproj\n"
+        f"{cid(2)}\t{dead.run_id}\tproj\n"
+        f"{cid(3)}\t20200101-000000-000000-abcdef\tgone\n"
+        f"{cid(4)}\t{elsewhere.run_id}\tother\n"
+    )
+    fp.register(ps_argv(fp), stdout=listing)
+    fp.register([fp.program("docker"), "rm", "--force", cid(2)], stdout=cid(2))
+    fp.register([fp.program("docker"), "rm", "--force", cid(3)], stdout=cid(3))
+    actions = reconcile([RunStore("proj")])
+    removed = sorted(a.target for a in actions if a.kind == "container-removed")
+    assert removed == [cid(2)[:12], cid(3)[:12]]
+    assert fp.call_count([fp.program("docker"), "rm", fp.any()]) == 2
+    assert [a.kind for a in actions if a.kind == "orphaned"] == ["orphaned"]
+    assert where(live) == RunState.active and where(elsewhere) == RunState.active
+
+
+def test_only_this_state_dirs_containers_are_listed(alive: set[int], fp: FakeProcess) -> None:
+    # Registered with the exact filter: any other `docker ps` argv would not be answered.
+    fp.register(ps_argv(fp), stdout="")
+    assert reconcile() == []
+    assert fp.call_count(ps_argv(fp)) == 1
+    (call,) = [c for c in fp.calls if "ps" in list(c)]
+    assert f"label=quire.store={state_dir()}" in list(call)
+
+
+def test_a_container_whose_removal_fails_is_reported_as_a_problem(
+    alive: set[int], fp: FakeProcess
+) -> None:
+    fp.register(ps_argv(fp), stdout=f"{cid(5)}\t20200101-000000-000000-abcdef\tgone\n")
+    fp.register(
+        [fp.program("docker"), "rm", "--force", cid(5)],
+        stderr="Error response from daemon: permission denied\n",
+        returncode=1,
+    )
+    (action,) = reconcile()
+    assert action.kind == "problem"
+    assert "permission denied" in action.detail
+
+
+def test_a_container_of_a_run_that_starts_while_reconciling_is_kept(
+    alive: set[int], fp: FakeProcess
+) -> None:
+    # The run appears (with its container) after reconcile began: a run
+    # listed before `docker ps` could not know it, so must not judge it.
+    newcomer = make_run(pid=LIVE_PID)
+    hidden = newcomer.store.root / "hidden"
+    os.rename(newcomer.path, hidden)
+
+    def run_appears(process: object) -> None:
+        os.rename(hidden, newcomer.path)
+
+    fp.register(ps_argv(fp), stdout=f"{cid(6)}\t{newcomer.run_id}\tproj\n", callback=run_appears)
+    fp.register([fp.program("docker"), "rm", "--force", cid(6)])
+    assert reconcile() == []
+    assert fp.call_count([fp.program("docker"), "rm", fp.any()]) == 0
+
+
+def test_host_runs_only_reconcile_records_without_calling_docker(
+    alive: set[int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = tmp_path / "docker-calls"
+    shim = write_shim(tmp_path / "rec-bin", "docker", f'echo "$@" >> {calls}\nexit 1\n')
+    monkeypatch.setenv("QUIRE_DOCKER", str(shim))
+    make_repo(tmp_path / "proj", {".quire/ci.py": QUICK})
+    orphan = make_run("proj", pid=DEAD_PID)
+    result_ = CliRunner().invoke(app, ["ci", "run", "--repo", str(tmp_path / "proj")])
+    assert result_.exit_code == 0, result_.output
+    assert f"reconcile: orphaned: proj/{orphan.run_id}" in result_.stdout
+    assert where(orphan) == RunState.failed
+    assert not calls.exists()
+
+
+QUICK = """
+from quire.ci import job
+
+@job(inputs=["quire/push"])
+def quick(rt):
+    rt.sh(["true"], check=True)
+"""
+
+
+# --- the CLI --------------------------------------------------------------------------------------
+
+
+def test_cli_reconcile_prints_what_it_did(alive: set[int], fp: FakeProcess) -> None:
+    orphan = make_run(pid=DEAD_PID)
+    fp.register(ps_argv(fp), stdout=f"{cid(7)}\t{orphan.run_id}\tproj\n")
+    fp.register([fp.program("docker"), "rm", "--force", cid(7)])
+    done = CliRunner().invoke(app, ["ci", "reconcile"])
+    assert done.exit_code == 0, done.output
+    assert f"orphaned: proj/{orphan.run_id} (its runner is gone)" in done.stdout
+    assert f"container-removed: {cid(7)[:12]}" in done.stdout
+
+
+def test_cli_reconcile_says_nothing_to_reconcile(alive: set[int], fp: FakeProcess) -> None:
+    make_run(pid=LIVE_PID)
+    fp.register(ps_argv(fp), stdout="")
+    done = CliRunner().invoke(app, ["ci", "reconcile"])
+    assert done.exit_code == 0
+    assert done.stdout.strip() == "nothing to reconcile"
+
+
+def test_cli_reconcile_without_docker_still_fixes_records_and_says_so(
+    alive: set[int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shim = write_shim(
+        tmp_path / "down-bin",
+        "docker",
+        'echo "Cannot connect to the Docker daemon at unix:///x.sock" >&2\nexit 1\n',
+    )
+    monkeypatch.setenv("QUIRE_DOCKER", str(shim))
+    orphan = make_run(pid=DEAD_PID)
+    done = CliRunner().invoke(app, ["ci", "reconcile"])
+    assert done.exit_code == 0, done.output
+    assert "containers not checked" in done.stderr
+    assert f"orphaned: proj/{orphan.run_id}" in done.stdout
+    assert where(orphan) == RunState.failed
+
+
+# --- concurrent reconcilers -----------------------------------------------------------------------
+
+
+def test_a_reconcile_that_loses_the_rename_race_is_silent(
+    alive: set[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = make_run(pid=DEAD_PID)
+    original = RunDir.transition
+    rival: list[list[Action]] = []
+    raced: list[bool] = []
+
+    def rival_first(self: RunDir, target: RunState) -> None:
+        if not raced:  # another reconcile moves the run just before our rename
+            raced.append(True)
+            rival.append(reconcile(containers=False))
+        original(self, target)
+
+    monkeypatch.setattr(RunDir, "transition", rival_first)
+    assert reconcile(containers=False) == []
+    assert [a.kind for a in rival[0]] == ["orphaned"]
+    assert where(run) == RunState.failed
+    assert result(run).reason.value == "orphaned"  # type: ignore[union-attr]
+
+
+def test_concurrent_reconciles_report_each_orphan_once_and_raise_nothing(
+    alive: set[int],
+) -> None:
+    runs = [make_run(pid=DEAD_PID) for _ in range(40)]
+    found: list[list[Action]] = []
+    errors: list[BaseException] = []
+
+    def one() -> None:
+        try:
+            found.append(reconcile(containers=False))
+        except BaseException as exc:  # pragma: no cover - the failure we look for
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    actions = [a for batch in found for a in batch]
+    assert [a for a in actions if a.kind != "orphaned"] == []
+    assert sorted(a.target for a in actions) == sorted(f"proj/{r.run_id}" for r in runs)
+    assert all(where(r) == RunState.failed for r in runs)
+    assert all(result(r).reason.value == "orphaned" for r in runs)  # type: ignore[union-attr]
+
+
+# --- liveness, against real processes -------------------------------------------------------------
+
+
+def test_this_process_is_alive_and_a_reused_pid_is_not() -> None:
+    me = os.getpid()
+    start = process_start_ticks(me)
+    assert start is not None
+    assert is_alive(me, start)
+    assert is_alive(me, None)
+    assert not is_alive(me, start + 1)  # same pid, another process
+
+
+def test_a_process_that_exited_is_not_alive() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    start = process_start_ticks(child.pid)
+    child.wait()
+    assert not is_alive(child.pid, start)
+
+
+def test_a_killed_but_unreaped_runner_is_not_alive() -> None:
+    # kill -9 of a runner whose parent has not waited for it yet: a zombie.
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        start = process_start_ticks(child.pid)
+        assert is_alive(child.pid, start)
+        os.kill(child.pid, 9)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child.pid}/stat").read_text().split(") ")[1][0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert not is_alive(child.pid, start)
+    finally:
+        child.kill()
+        child.wait()
