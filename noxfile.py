@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import nox
 
+# uv ships its own CA roots; behind a TLS-inspecting proxy (as on our build
+# machines) only the system store knows the proxy's CA. pip uses it already.
+os.environ.setdefault("UV_NATIVE_TLS", "1")
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.reuse_venv = "yes"
 nox.options.sessions = ["lint", "typecheck", "unit", "integration"]
