@@ -144,6 +144,6 @@ def logs_command(
         notes = history.follow(store, found.run_id, job, sink)
     else:
         notes = history.replay(found, job, sink)
-    for note in notes:
-        reporter.notice(f"note: {note}")
+    for note in notes:  # to stderr: stdout stays exactly the job's output and headers
+        typer.echo(f"note: {note}", err=True)
     return 0
