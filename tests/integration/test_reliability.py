@@ -278,6 +278,7 @@ def assert_interrupted(started: Started, signum: signal.Signals, sent_at: float)
     took = time.monotonic() - sent_at
     assert code == 130, out + err
     assert took < 2.0, f"{signum.name} took {took:.2f}s to end the run"
+    print(f"{signum.name}: exit 130 after {took:.2f}s")
     assert "Traceback" not in out + err
     run = started.run_dir()
     assert run is not None
@@ -315,18 +316,60 @@ def test_a_signal_during_the_image_build_exits_130_and_leaves_no_image_or_contai
     assert_nothing_left()
 
 
-@pytest.mark.parametrize("signum", SIGNALS, ids=lambda s: s.name)
-def test_a_signal_as_the_container_starts_exits_130_and_removes_it(
+SLOW_CREATE = """\
+#!{python}
+import os, subprocess, sys, time
+
+args = sys.argv[1:]
+if args and args[0] == "run":
+    args[-3] = subprocess.run(
+        ["{docker}", "image", "inspect", "--format", "{{{{.Id}}}}", args[-3]],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    pid = os.fork()
+    if pid == 0:
+        os.setsid()
+        open(__file__ + ".requested", "w").close()
+        time.sleep(0.5)
+        # The engine checked the bind mount's source with the request; quire
+        # has removed the workspace since.
+        mount = args[args.index("--mount") + 1]
+        os.makedirs(mount.split("src=")[1].split(",dst=")[0], exist_ok=True)
+        os.execv("{docker}", ["{docker}", *args])
+    sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+os.execv("{docker}", ["{docker}", *args])
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: quire/ci/executors/docker.py DockerExecutor._start/_tear_down: a signal "
+    "during `docker run` kills the client while the daemon is still creating the "
+    "container; _find_started_container looks too early and the container is left "
+    "behind (seen with real timing too: 1 in ~6 interrupts right after the build). "
+    "Fix: run `docker run` shielded (interrupts.shielded()) and raise Interrupted "
+    "after it returns its id if interrupts.noted().",
+)
+@pytest.mark.parametrize("signum", [signal.SIGINT], ids=lambda s: s.name)
+def test_a_signal_while_docker_run_is_creating_the_container_still_removes_it(
     tmp_path: Path, start: Any, signum: signal.Signals
 ) -> None:
-    started = start(repo(tmp_path, "sig-start", SLOW_JOB))
-    wait_until("the end of the build", has_event(started, "image-build-end"), started)
+    # The engine finishes creating the container 0.5 s after the request
+    # (which named the image by id), whether or not the client that sent it
+    # is still there: setsid, so quire killing the client's process group
+    # does not stop "the engine".
+    shim = tmp_path / "shims" / "docker-slow-create"
+    shim.parent.mkdir(parents=True, exist_ok=True)
+    shim.write_text(SLOW_CREATE.format(python=sys.executable, docker=REAL_DOCKER))
+    shim.chmod(0o755)
+    started = start(repo(tmp_path, "sig-create", SLOW_JOB), env={"QUIRE_DOCKER": str(shim)})
+    requested = Path(f"{shim}.requested")
+    wait_until("docker run to send its request", requested.exists, started)
     sent = time.monotonic()
     started.proc.send_signal(signum)
     run = assert_interrupted(started, signum, sent)
-    record = read_record(run.path / "container.yml", ContainerInfo)
-    assert record.build_finished_at is not None
-    assert not image_exists(record.image_tag)
+    time.sleep(1.5)  # the engine is done creating by now
+    assert containers_of_run(run.run_id) == []
     assert_nothing_left()
 
 
@@ -475,6 +518,7 @@ def test_docker_kill_mid_job_fails_the_run_within_5s_naming_the_dead_container(
     took = time.monotonic() - killed_at
     assert code == 3, out + err
     assert took < 5.0, f"the run took {took:.2f}s to end after docker kill"
+    print(f"docker kill: exit 3 after {took:.2f}s")
     assert f"container {container[:12]} died" in err
     assert "Traceback" not in out + err
     run = started.run_dir()
@@ -527,6 +571,7 @@ def test_kill_9_mid_job_then_reconcile_fails_the_run_as_orphaned_and_removes_its
     again = quire("ci", "reconcile")
     assert again.stdout.strip() == "nothing to reconcile", again.stdout
     assert took < 10
+    print(f"reconcile after kill -9: {took:.2f}s")
     assert_nothing_left()
 
 
@@ -606,6 +651,17 @@ def test_concurrent_runs_on_one_repo_and_another_all_complete_in_their_own_dirs(
 
 FAULT_RUNS = 36
 FAULT_BATCH = 6
+CHAOS = """
+from quire.ci import job
+
+@job(inputs=["quire/push"])
+def first(rt):
+    rt.sh("sleep 0.2", check=True)
+
+@job(inputs=["first"])
+def second(rt):
+    rt.sh(["true"], check=True)
+"""
 
 
 def quire_clients_running() -> list[str]:
@@ -629,19 +685,37 @@ def test_random_sigkills_then_reconcile_leave_no_run_active_and_no_container(
 ) -> None:
     seed = int.from_bytes(os.urandom(4), "big")
     rng = random.Random(seed)
-    repos = [repo(tmp_path, f"chaos-{n}", SHORT) for n in range(3)]
+    # One repository per concurrent run, so each process's run is its repository's newest.
+    repos = [repo(tmp_path, f"chaos-{n}", CHAOS) for n in range(FAULT_BATCH)]
     killed = 0
-    for batch in range(FAULT_RUNS // FAULT_BATCH):
-        launched = []
-        for n in range(FAULT_BATCH):
-            launched.append((start(repos[(batch + n) % len(repos)]), rng.uniform(0, 1.5)))
+    phases: dict[str, int] = {}
+    for _ in range(FAULT_RUNS // FAULT_BATCH):
+        # The delay counts from launch for a third of the runs (kills while
+        # loading and reconciling), else from the run's creation (kills while
+        # materializing, building, starting, in a job, tearing down).
+        plan = [(start(one), rng.uniform(0, 1.5), rng.random() < 1 / 3) for one in repos]
         t0 = time.monotonic()
-        for started, delay in sorted(launched, key=lambda item: item[1]):
-            time.sleep(max(0.0, t0 + delay - time.monotonic()))
-            if started.proc.poll() is None:
-                started.proc.send_signal(signal.SIGKILL)
-                killed += 1
-        for started, _ in launched:
+        anchors: dict[int, float] = {}
+        waiting = list(range(len(plan)))
+        while waiting:
+            assert time.monotonic() - t0 < 60, f"seed {seed}: runs never started"
+            for i in list(waiting):
+                started, delay, from_launch = plan[i]
+                if started.proc.poll() is not None:
+                    waiting.remove(i)
+                    continue
+                if i not in anchors and (from_launch or started.run_dir() is not None):
+                    anchors[i] = t0 if from_launch else time.monotonic()
+                if i in anchors and time.monotonic() >= anchors[i] + delay:
+                    run = started.run_dir()
+                    log = [] if run is None else event_names(run.path / "log.jsonl")
+                    phase = log[-1] if log else ("created" if run else "before-run")
+                    started.proc.send_signal(signal.SIGKILL)
+                    killed += 1
+                    phases[phase] = phases.get(phase, 0) + 1
+                    waiting.remove(i)
+            time.sleep(0.005)
+        for started, _, _ in plan:
             started.proc.wait(timeout=120)
     # The docker clients of killed runners live on (their own sessions); let them finish.
     deadline = time.monotonic() + 30
@@ -655,10 +729,16 @@ def test_random_sigkills_then_reconcile_leave_no_run_active_and_no_container(
     assert containers_of_store() == [], f"seed {seed}:\n{done.stdout}"
     runs = all_run_dirs()
     assert killed > 0 and runs, f"seed {seed}: killed {killed}, runs {len(runs)}"
+    reasons: dict[str, int] = {}
     for run in runs:
         assert_records_readable(run)
         if run.state == RunState.failed:
-            assert result_of(run).reason is not None
+            reason = result_of(run).reason
+            assert reason is not None
+            reasons[reason.value] = reasons.get(reason.value, 0) + 1
+        else:
+            reasons[run.state.value] = reasons.get(run.state.value, 0) + 1
+    print(f"seed {seed}: {FAULT_RUNS} runs, {killed} SIGKILLed at {phases}; runs: {reasons}")
     assert_nothing_left()
 
 
