@@ -151,7 +151,18 @@ class ContainerDied(EnvironmentProblem):
     """The run's container stopped while the run still needed it."""
 
 
-class Interrupted(QuireError):
-    """SIGINT, SIGTERM or SIGHUP arrived; the run is torn down and recorded as failed."""
+class Interrupted(KeyboardInterrupt):
+    """SIGINT, SIGTERM or SIGHUP arrived; the run is torn down and recorded as failed.
+
+    The one error outside the QuireError tree, on purpose: like Ctrl-C's own
+    KeyboardInterrupt it must get past a job's `except Exception:`.
+    """
 
     exit_code = 130
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message

@@ -2,7 +2,7 @@
 
 During a run, any of the three raises `Interrupted` in the main thread, so
 the run unwinds through its context managers (container teardown, records).
-Inside `shielded()`, a signal is only noted: a second Ctrl-C while tearing
+Inside `shielded()`, a signal is ignored: a second Ctrl-C while tearing
 down must not skip the teardown.
 """
 
@@ -20,13 +20,11 @@ from quire.errors import Interrupted
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 _shield_depth = 0
-_noted: list[int] = []
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
     if _shield_depth:
-        _noted.append(signum)
-        return
+        return  # teardown and the final records go on; the run is failing already
     raise Interrupted(f"interrupted by {signal.Signals(signum).name}")
 
 
@@ -81,7 +79,3 @@ def shielded() -> Iterator[None]:
             if main:
                 signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
-
-def noted() -> bool:
-    """Whether a signal arrived while shielded (teardown may cut waits short)."""
-    return bool(_noted)

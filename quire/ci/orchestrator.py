@@ -34,7 +34,6 @@ from quire.ci.records import (
     RunResult,
     RunTimes,
     utcnow,
-    write_record,
 )
 from quire.ci.records import (
     Executor as ExecutorName,
@@ -103,9 +102,11 @@ def run(request: RunRequest, reporter: Reporter) -> RunOutcome:
         return RunOutcome(exit_code=0)
     config = load_config()
     store = RunStore(repo_segment(loaded.repo.name_dir.name))
-    _reconcile_first(store, request, reporter)
-    run_dir = _create_run(store, loaded, request)
-    return _execute(run_dir, loaded, loaded.pipeline, request, config, reporter)
+    # From here on a signal must unwind (not kill) us: a run may exist to record.
+    with interrupts.raising():
+        _reconcile_first(store, request, reporter)
+        run_dir = _create_run(store, loaded, request)
+        return _execute(run_dir, loaded, loaded.pipeline, request, config, reporter)
 
 
 def _reconcile_first(store: RunStore, request: RunRequest, reporter: Reporter) -> None:
@@ -114,7 +115,9 @@ def _reconcile_first(store: RunStore, request: RunRequest, reporter: Reporter) -
     from quire.ci.reconcile import reconcile
 
     try:
-        actions = reconcile([store], containers=request.executor == ExecutorName.docker)
+        actions = reconcile(
+            [store], containers=request.executor == ExecutorName.docker, in_flight_only=True
+        )
     except QuireError:
         return  # docker trouble is reported, precisely, by the run itself
     for action in actions:
@@ -134,12 +137,10 @@ def _create_run(store: RunStore, loaded: LoadedPipeline, request: RunRequest) ->
             executor=request.executor,
         )
 
-    run_dir = store.create(meta)
     runner = RunnerInfo(
         pid=os.getpid(), host=socket.gethostname(), pid_start=process_start_ticks(os.getpid())
     )
-    write_record(run_dir.path / "runner.yml", runner)
-    return run_dir
+    return store.create(meta, runner)
 
 
 def push_outputs(meta: RunMeta) -> dict[str, str | None]:

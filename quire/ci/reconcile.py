@@ -80,11 +80,14 @@ def _young(run: RunDir, seconds: float = 60.0) -> bool:
     return (utcnow() - meta.pushed_at).total_seconds() < seconds
 
 
-def reconcile_store(store: RunStore) -> list[Action]:
-    """Fix the records of one repository's runs."""
+def reconcile_store(store: RunStore, *, in_flight_only: bool = False) -> list[Action]:
+    """Fix the records of one repository's runs (only pending/active ones if asked:
+    the cheap pass before every run does not re-read every finished run)."""
     actions: list[Action] = []
     for run in list(store.runs()):
         if run.state == RunState.failed:
+            continue
+        if in_flight_only and run.state == RunState.complete:
             continue
         in_flight = run.state in (RunState.pending, RunState.active)
         if in_flight and owner_alive(run):
@@ -177,7 +180,12 @@ def reconcile_containers(
     return actions
 
 
-def reconcile(stores: list[RunStore] | None = None, *, containers: bool = True) -> list[Action]:
+def reconcile(
+    stores: list[RunStore] | None = None,
+    *,
+    containers: bool = True,
+    in_flight_only: bool = False,
+) -> list[Action]:
     """Reconcile records (of `stores`, default all) and, if asked, docker containers.
 
     Container decisions always look at every repository's runs: a container
@@ -189,7 +197,7 @@ def reconcile(stores: list[RunStore] | None = None, *, containers: bool = True) 
     listed = list_containers() if containers else None
     actions: list[Action] = []
     for store in all_stores() if stores is None else stores:
-        actions += reconcile_store(store)
+        actions += reconcile_store(store, in_flight_only=in_flight_only)
     if listed is not None:
         actions += reconcile_containers(all_stores(), listed)
     return actions

@@ -25,6 +25,7 @@ from quire.ci.records import (
     JobState,
     RecordUnreadable,
     RunMeta,
+    RunnerInfo,
     RunResult,
     RunTimes,
     read_record,
@@ -130,8 +131,11 @@ class RunStore:
         self.root = root or state_dir() / "runs" / repo
         self.workspace_root = cache or cache_dir() / "runs" / repo
 
-    def create(self, meta_for: Callable[[str], RunMeta]) -> RunDir:
-        """A new run in pending/, with meta.yml written before anyone can see it."""
+    def create(
+        self, meta_for: Callable[[str], RunMeta], runner: RunnerInfo | None = None
+    ) -> RunDir:
+        """A new run in pending/, with meta.yml (and runner.yml) written before anyone
+        can see it, so reconcile never meets a run whose owner it cannot check."""
         pending = self.root / RunState.pending.value
         pending.mkdir(parents=True, exist_ok=True)
         run_id = new_run_id()
@@ -139,6 +143,8 @@ class RunStore:
         staging = pending / f".{run_id}.new"
         (staging / "jobs").mkdir(parents=True)
         write_record(staging / "meta.yml", meta_for(run_id))
+        if runner is not None:
+            write_record(staging / "runner.yml", runner)
         os.rename(staging, pending / run_id)
         run = RunDir(self, run_id, RunState.pending)
         self.update_latest(run)

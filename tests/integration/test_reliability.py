@@ -341,15 +341,6 @@ os.execv("{docker}", ["{docker}", *args])
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: quire/ci/executors/docker.py DockerExecutor._start/_tear_down: a signal "
-    "during `docker run` kills the client while the daemon is still creating the "
-    "container; _find_started_container looks too early and the container is left "
-    "behind (seen with real timing too: 1 in ~6 interrupts right after the build). "
-    "Fix: run `docker run` shielded (interrupts.shielded()) and raise Interrupted "
-    "after it returns its id if interrupts.noted().",
-)
 @pytest.mark.parametrize("signum", [signal.SIGINT], ids=lambda s: s.name)
 def test_a_signal_while_docker_run_is_creating_the_container_still_removes_it(
     tmp_path: Path, start: Any, signum: signal.Signals

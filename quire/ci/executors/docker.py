@@ -14,6 +14,7 @@ never fails the run or skips teardown.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from types import TracebackType
 
@@ -107,7 +108,11 @@ class DockerExecutor:
     def _start(self) -> None:
         settings = self.settings
         self._starting = True
-        self.container_id = docker.run_detached(
+        self.container_id = self._run_container(settings)
+        self._started()
+
+    def _run_container(self, settings: DockerSettings) -> str:
+        return docker.run_detached(
             self.image_tag,
             mount_source=self.workspace,
             labels={
@@ -123,6 +128,9 @@ class DockerExecutor:
                 labels=settings.labels,
             ),
         )
+
+    def _started(self) -> None:
+        assert self.container_id is not None
         self.record.container_id = self.container_id
         self.record.container_started_at = utcnow()
         self._save()
@@ -190,13 +198,21 @@ class DockerExecutor:
                 self.run_log.event("teardown-problem", error=problem)
                 self.reporter.notice(f"warning: teardown: {problem}")
 
-    def _find_started_container(self) -> str | None:
-        """The container `docker run` created before we were interrupted, if any."""
-        try:
-            found = docker.labelled_containers(str(state_dir()), self.run_dir.run_id)
-        except QuireError:
-            return None
-        return found[0].container_id if found else None
+    def _find_started_container(self, wait_s: float = 1.0) -> str | None:
+        """The container a `docker run` we interrupted may still be creating.
+
+        Killing the client does not cancel the engine's work, so look for the
+        run's label for up to `wait_s` (creation takes a few hundred ms).
+        """
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                found = docker.labelled_containers(str(state_dir()), self.run_dir.run_id)
+            except QuireError:
+                return None
+            if found or time.monotonic() >= deadline:
+                return found[0].container_id if found else None
+            time.sleep(0.1)
 
     def _remove(self) -> list[str]:
         try:
