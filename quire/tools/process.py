@@ -39,7 +39,7 @@ OutputHandler = Callable[[StreamName, bytes], None]
 
 # Big reads and big pipes: fewer wakeups, fewer log events per MiB. A read
 # still returns as soon as any data is there, so output stays live.
-_CHUNK = 1024 * 1024
+_CHUNK = 256 * 1024
 _F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ, named in the module only from Python 3.10 on Linux
 
 
