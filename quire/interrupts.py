@@ -78,4 +78,3 @@ def shielded() -> Iterator[None]:
         finally:
             if main:
                 signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-
