@@ -16,6 +16,7 @@ import json
 import os
 import random
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -317,7 +318,6 @@ def test_a_signal_during_the_image_build_exits_130_and_leaves_no_image_or_contai
 
 
 SLOW_CREATE = """\
-#!{python}
 import os, subprocess, sys, time
 
 args = sys.argv[1:]
@@ -351,10 +351,15 @@ def test_a_signal_while_docker_run_is_creating_the_container_still_removes_it(
     # does not stop "the engine".
     shim = tmp_path / "shims" / "docker-slow-create"
     shim.parent.mkdir(parents=True, exist_ok=True)
-    shim.write_text(SLOW_CREATE.format(python=sys.executable, docker=REAL_DOCKER))
+    # A sh launcher: a `#!python` line cannot hold a venv path with spaces.
+    script = tmp_path / "shims" / "slow_create.py"
+    script.write_text(SLOW_CREATE.format(docker=REAL_DOCKER))
+    shim.write_text(
+        f'#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(str(script))} "$@"\n'
+    )
     shim.chmod(0o755)
     started = start(repo(tmp_path, "sig-create", SLOW_JOB), env={"QUIRE_DOCKER": str(shim)})
-    requested = Path(f"{shim}.requested")
+    requested = Path(f"{script}.requested")
     wait_until("docker run to send its request", requested.exists, started)
     sent = time.monotonic()
     started.proc.send_signal(signum)
