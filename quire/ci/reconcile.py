@@ -14,7 +14,6 @@ host are left alone: their pids mean nothing here.
 
 from __future__ import annotations
 
-import os
 import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -115,9 +114,9 @@ def _finish(run: RunDir, reason: EndReason, detail: str, kind: str) -> list[Acti
         times.finished_at = times.finished_at or utcnow()
         write_record(times_path, times)
         write_record(run.path / "result.yml", RunResult(reason=reason, error=detail, exit_code=1))
-        if run.state == RunState.complete:
-            _move_to_failed(run)  # no runner ever makes this move: not in ALLOWED
-        elif run.state != RunState.failed:
+        if reason == EndReason.unreadable:
+            run.quarantine()
+        else:
             run.transition(RunState.failed)
     except FileNotFoundError:
         return []  # another reconcile (or the runner itself) got there first
@@ -125,15 +124,6 @@ def _finish(run: RunDir, reason: EndReason, detail: str, kind: str) -> list[Acti
         return [Action("problem", label, f"could not move it to failed/: {exc}")]
     workspaces.remove(run.workspace)
     return [Action(kind, label, detail)]
-
-
-def _move_to_failed(run: RunDir) -> None:
-    """Quarantine a finished run whose records cannot be read: one rename into failed/."""
-    destination = run.store.root / RunState.failed.value / run.run_id
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    os.rename(run.path, destination)
-    run.state = RunState.failed
-    run.store.update_latest(run)
 
 
 def live_run_ids(stores: list[RunStore]) -> set[str]:

@@ -87,6 +87,18 @@ class RunDir:
             raise InvalidTransition(
                 f"run {self.run_id} cannot go from {self.state.value} to {target.value}"
             )
+        self._rename_to(target)
+
+    def quarantine(self) -> None:
+        """Move a run whose records cannot be read into failed/, from any state.
+
+        Outside the transition table on purpose: no runner makes this move,
+        only reconcile, for a run nobody can vouch for any more.
+        """
+        if self.state != RunState.failed:
+            self._rename_to(RunState.failed)
+
+    def _rename_to(self, target: RunState) -> None:
         destination = self.store.root / target.value / self.run_id
         destination.parent.mkdir(parents=True, exist_ok=True)
         os.rename(self.path, destination)
