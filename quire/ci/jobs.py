@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import time
-import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from quire.ci.executors.base import Executor
 from quire.ci.logs import LogWriter
-from quire.ci.pipeline import PIPELINE_FILE, JobDef, Pipeline, Skip
+from quire.ci.pipeline import PIPELINE_FILE, JobDef, Pipeline, Skip, pipeline_line
 from quire.ci.records import JobState, JobStatus, utcnow, write_record
 from quire.ci.redact import Redactor
 from quire.ci.report import Reporter
@@ -160,9 +159,6 @@ def describe_failure(exc: BaseException) -> str:
     """A job's exception as one line: quire's own errors as they are, others with ci.py's line."""
     if isinstance(exc, QuireError):
         return str(exc)
-    line = None
-    for frame in traceback.extract_tb(exc.__traceback__):
-        if frame.filename == PIPELINE_FILE:
-            line = frame.lineno
+    line = pipeline_line(exc)
     where = f" ({PIPELINE_FILE}:{line})" if line else ""
     return f"{type(exc).__name__}: {exc}{where}"

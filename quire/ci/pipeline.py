@@ -162,13 +162,13 @@ def load_pipeline(source: bytes | str) -> Pipeline:
         try:
             exec(code, namespace)
         except (Exception, SystemExit) as exc:  # sys.exit() in ci.py must not end quire
-            line = _pipeline_line(exc)
+            line = pipeline_line(exc)
             problem = PipelineProblem(f"{type(exc).__name__} while loading: {exc}", line)
             raise PipelineError(PIPELINE_FILE, [problem]) from None
     return validate(registrations)
 
 
-def _pipeline_line(exc: BaseException) -> int | None:
+def pipeline_line(exc: BaseException) -> int | None:
     """The innermost line of ci.py in `exc`'s traceback."""
     line = None
     for frame in traceback.extract_tb(exc.__traceback__):
