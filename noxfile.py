@@ -42,4 +42,6 @@ def unit(session: nox.Session) -> None:
 def integration(session: nox.Session) -> None:
     """The real-docker suite (QUIRE_REQUIRE_DOCKER=1 turns a missing engine into a failure)."""
     session.install("-e", ".[test]")
-    session.run("pytest", "-q", "-m", "integration", "tests/integration", *session.posargs)
+    session.run(
+        "pytest", "-q", "-m", "integration", "--timeout=600", "tests/integration", *session.posargs
+    )

@@ -262,7 +262,7 @@ def quire_env(sc: Scratch) -> dict[str, str]:
 
 @dataclass
 class InProcessRun:
-    """A run record, workspace and executor built in-process, as `quire.ci.orchestrator` does."""
+    """A run record, workspace and executor built in-process, as the orchestrator does."""
 
     executor: object
     runtime: object
@@ -276,16 +276,16 @@ def in_process_run(sc: Scratch, sha: str, executor_name: str) -> Iterator[InProc
 
     Leaving the block tears the executor down (docker: `docker rm --force` + untag).
     """
-    from quire.ci import workspace as workspaces
-    from quire.ci.executors.host import HostExecutor
-    from quire.ci.logs import LogWriter
     from quire.ci.pipeline import JobDef, Pipeline
-    from quire.ci.records import Executor as ExecutorName
-    from quire.ci.records import RunMeta, utcnow
-    from quire.ci.redact import Redactor
-    from quire.ci.report import SilentReporter
-    from quire.ci.runs import RunState, RunStore
-    from quire.ci.runtime import JobContext, Runtime
+    from quire.ci.run import workspace as workspaces
+    from quire.ci.run.executors.host import HostExecutor
+    from quire.ci.run.redact import Redactor
+    from quire.ci.run.report import SilentReporter
+    from quire.ci.run.runtime import JobContext, Runtime
+    from quire.ci.store.logs import LogWriter
+    from quire.ci.store.records import Executor as ExecutorName
+    from quire.ci.store.records import RunMeta, utcnow
+    from quire.ci.store.runs import RunState, RunStore
     from quire.config import DockerSettings, Secrets
 
     store = RunStore(sc.repo_name)
@@ -307,7 +307,7 @@ def in_process_run(sc: Scratch, sha: str, executor_name: str) -> Iterator[InProc
     try:
         with LogWriter(run_dir.path / "log.jsonl") as run_log:
             if executor_name == "docker":
-                from quire.ci.executors.docker import DockerExecutor
+                from quire.ci.run.executors.docker import DockerExecutor
 
                 executor: object = DockerExecutor(
                     workspace=run_dir.workspace,
@@ -355,13 +355,13 @@ def docker_executor(sc: Scratch, sha: str) -> Iterator[object]:
 
     The caller enters and leaves it (to time setup and teardown apart).
     """
-    from quire.ci import workspace as workspaces
-    from quire.ci.executors.docker import DockerExecutor
-    from quire.ci.logs import LogWriter
-    from quire.ci.records import Executor as ExecutorName
-    from quire.ci.records import RunMeta, utcnow
-    from quire.ci.report import SilentReporter
-    from quire.ci.runs import RunState, RunStore
+    from quire.ci.run import workspace as workspaces
+    from quire.ci.run.executors.docker import DockerExecutor
+    from quire.ci.run.report import SilentReporter
+    from quire.ci.store.logs import LogWriter
+    from quire.ci.store.records import Executor as ExecutorName
+    from quire.ci.store.records import RunMeta, utcnow
+    from quire.ci.store.runs import RunState, RunStore
     from quire.config import DockerSettings
 
     store = RunStore(sc.repo_name)

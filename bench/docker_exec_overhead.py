@@ -1,7 +1,7 @@
 """Per-command overhead of `rt.sh` in docker mode vs a raw `docker exec`.
 
 Measures: 100 `true` commands through `Runtime.sh` with quire's
-DockerExecutor (built in-process, the way `quire.ci.jobs` builds it: run
+DockerExecutor (built in-process, the way `quire.ci.run.jobs` builds it: run
 record, materialized workspace, image build, container start, job log)
 against 100 raw `docker exec <id> true` subprocess calls, from Python,
 against the SAME container. The two loops are interleaved (alternating

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from quire.errors import PipelineError, PipelineProblem
 
 if TYPE_CHECKING:
-    from quire.ci.runtime import Runtime
+    from quire.ci.run.runtime import Runtime
 
 PIPELINE_FILE = ".quire/ci.py"
 SOURCES = ("quire/push",)

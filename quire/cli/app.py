@@ -112,8 +112,8 @@ def run_command(
 
     Exit 0 complete, 1 a job failed, 2 bad input, 3 environment, 130 interrupted.
     """
-    from quire.ci.orchestrator import RunRequest, run
-    from quire.ci.records import Executor
+    from quire.ci.run.orchestrator import RunRequest, run
+    from quire.ci.store.records import Executor
     from quire.cli.console import make_reporter
 
     request = RunRequest(
@@ -135,8 +135,8 @@ def validate_command(
     repo: RepoOption = Path(),
 ) -> int:
     """Load REV's .quire/ci.py and list its jobs, or every problem with its line (exit 2)."""
-    from quire.ci.orchestrator import load
     from quire.ci.pipeline import PIPELINE_FILE
+    from quire.ci.run.orchestrator import load
 
     loaded = load(repo, rev)
     if loaded.pipeline is None:
@@ -161,8 +161,8 @@ def reconcile_command(
     ] = None,
 ) -> int:
     """Fail orphaned runs, quarantine unreadable ones, remove containers no live run owns."""
-    from quire.ci.orchestrator import store_for
-    from quire.ci.reconcile import reconcile
+    from quire.ci.run.orchestrator import store_for
+    from quire.ci.store.reconcile import reconcile
     from quire.errors import DockerUnavailable
 
     stores = None if repo is None else [store_for(repo)]
@@ -179,11 +179,11 @@ def reconcile_command(
 
 
 def _register_history() -> None:
-    from quire.cli import history
+    from quire.cli import history_commands
 
-    ci.command("runs")(_guarded(history.runs_command))
-    ci.command("show")(_guarded(history.show_command))
-    ci.command("logs")(_guarded(history.logs_command))
+    ci.command("runs")(_guarded(history_commands.runs_command))
+    ci.command("show")(_guarded(history_commands.show_command))
+    ci.command("logs")(_guarded(history_commands.logs_command))
 
 
 _register_history()

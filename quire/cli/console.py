@@ -16,8 +16,8 @@ import time
 from collections.abc import Sequence
 from typing import IO, TYPE_CHECKING, Any
 
-from quire.ci.records import JobState, JobStatus
-from quire.ci.report import StreamName
+from quire.ci.run.report import StreamName
+from quire.ci.store.records import JobState, JobStatus
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import yaml
 
-from quire.ci.logs import LogReader, event_bytes
-from quire.ci.runs import RunDir, RunStore
+from quire.ci.store.logs import LogReader, event_bytes
+from quire.ci.store.runs import RunDir, RunStore
 from quire.paths import repo_segment
 from tests.helpers import make_repo
 from tests.integration.support import BASE_IMAGE, SESSION_PREFIX, docker_cli

@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from quire.ci.records import (
+from quire.ci.store.records import (
     ContainerInfo,
     JobState,
     RunMeta,
@@ -38,7 +38,7 @@ from quire.ci.records import (
     RunTimes,
     read_record,
 )
-from quire.ci.runs import RunDir, RunState, RunStore
+from quire.ci.store.runs import RunDir, RunState, RunStore
 from quire.paths import cache_dir, repo_segment, state_dir
 from tests.integration.support import BASE_IMAGE, docker_cli
 from tests.integration.test_docker_runs import DOCKERFILE, QUIRE_RUN, image_exists, repo_with

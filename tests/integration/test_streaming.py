@@ -21,8 +21,8 @@ from typing import IO, Any
 import pytest
 import yaml
 
-from quire.ci.logs import LogReader, event_bytes
-from quire.ci.runs import RunDir, RunStore
+from quire.ci.store.logs import LogReader, event_bytes
+from quire.ci.store.runs import RunDir, RunStore
 from quire.paths import repo_segment, state_dir
 from tests.integration.test_docker_runs import DOCKERFILE, repo_with
 

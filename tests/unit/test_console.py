@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from quire.ci.records import JobState, JobStatus
+from quire.ci.store.records import JobState, JobStatus
 from quire.cli.console import PlainReporter, TerminalReporter, make_reporter
 
 T0 = datetime(2026, 5, 4, 16, 20, 1, tzinfo=UTC)

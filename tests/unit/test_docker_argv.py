@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from quire.ci.executors.base import Command
+from quire.ci.run.executors.base import Command
 from quire.tools import docker
 
 CID = "9f3b8a72c1d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0c1d2e3f4a5b6c7d8e9f0"

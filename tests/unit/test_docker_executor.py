@@ -21,13 +21,13 @@ import yaml
 from pytest_subprocess import FakeProcess
 from typer.testing import CliRunner
 
-from quire.ci.executors import docker as docker_executor
-from quire.ci.executors.base import Command
-from quire.ci.executors.docker import DockerExecutor
-from quire.ci.logs import LogReader, LogWriter
-from quire.ci.records import Executor, RunMeta, utcnow
-from quire.ci.report import SilentReporter
-from quire.ci.runs import RunDir, RunStore
+from quire.ci.run.executors import docker as docker_executor
+from quire.ci.run.executors.base import Command
+from quire.ci.run.executors.docker import DockerExecutor
+from quire.ci.run.report import SilentReporter
+from quire.ci.store.logs import LogReader, LogWriter
+from quire.ci.store.records import Executor, RunMeta, utcnow
+from quire.ci.store.runs import RunDir, RunStore
 from quire.cli.app import app
 from quire.config import DockerSettings
 from quire.errors import (

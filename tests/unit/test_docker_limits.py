@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from quire.ci.runs import RunStore
+from quire.ci.store.runs import RunStore
 from quire.paths import state_dir
 from tests.unit.test_docker_executor import (  # noqa: F401  (fake_docker is a fixture)
     FakeDocker,

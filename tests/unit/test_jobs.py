@@ -11,15 +11,15 @@ from types import TracebackType
 
 import pytest
 
-from quire.ci.executors.base import Command, ExecResult
-from quire.ci.executors.host import HostExecutor
-from quire.ci.jobs import JobRunner, JobsOutcome
-from quire.ci.logs import LogReader, LogWriter
 from quire.ci.pipeline import load_pipeline
-from quire.ci.records import Executor, JobState, JobStatus, RunMeta, read_record
-from quire.ci.redact import Redactor
-from quire.ci.report import SilentReporter
-from quire.ci.runs import RunDir, RunStore
+from quire.ci.run.executors.base import Command, ExecResult
+from quire.ci.run.executors.host import HostExecutor
+from quire.ci.run.jobs import JobRunner, JobsOutcome
+from quire.ci.run.redact import Redactor
+from quire.ci.run.report import SilentReporter
+from quire.ci.store.logs import LogReader, LogWriter
+from quire.ci.store.records import Executor, JobState, JobStatus, RunMeta, read_record
+from quire.ci.store.runs import RunDir, RunStore
 from quire.config import Secrets
 from quire.tools.process import OutputHandler
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from quire.ci.logs import ChunkEncoder, LogReader, LogWriter, event_bytes, timestamp
+from quire.ci.store.logs import ChunkEncoder, LogReader, LogWriter, event_bytes, timestamp
 
 
 def encode_all(chunks: list[bytes]) -> list[dict[str, str]]:

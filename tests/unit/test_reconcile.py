@@ -1,6 +1,6 @@
 """Reconcile decisions: orphaned runs, quarantined records, leftover containers.
 
-Process liveness is faked by replacing `quire.ci.reconcile.is_alive` (pids
+Process liveness is faked by replacing `quire.ci.store.reconcile.is_alive` (pids
 named in a set are alive); docker is faked with pytest-subprocess, whose
 exact argv match also pins the `docker ps` filter. The liveness check
 itself is tested against real processes (a zombie, a reused pid).
@@ -22,10 +22,10 @@ import pytest
 from pytest_subprocess import FakeProcess
 from typer.testing import CliRunner
 
-from quire.ci import reconcile as reconcile_module
-from quire.ci.liveness import is_alive, process_start_ticks
-from quire.ci.reconcile import Action, reconcile
-from quire.ci.records import (
+from quire.ci.store import reconcile as reconcile_module
+from quire.ci.store.liveness import is_alive, process_start_ticks
+from quire.ci.store.reconcile import Action, reconcile
+from quire.ci.store.records import (
     Executor,
     RunMeta,
     RunnerInfo,
@@ -35,7 +35,7 @@ from quire.ci.records import (
     utcnow,
     write_record,
 )
-from quire.ci.runs import RunDir, RunState, RunStore
+from quire.ci.store.runs import RunDir, RunState, RunStore
 from quire.cli.app import app
 from quire.paths import state_dir
 from tests.helpers import make_repo, write_shim

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from quire.ci.records import (
+from quire.ci.store.records import (
     ContainerInfo,
     EndReason,
     Executor,

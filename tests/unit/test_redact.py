@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from quire.ci.redact import MASK, Redactor
+from quire.ci.run.redact import MASK, Redactor
 
 
 def stream_through(redactor: Redactor, chunks: list[bytes]) -> bytes:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from pyfakefs.fake_filesystem import FakeFilesystem
 
-from quire.ci.records import Executor, RunMeta, RunResult, RunTimes, read_record
-from quire.ci.runs import ALLOWED, InvalidTransition, RunDir, RunState, RunStore, new_run_id
+from quire.ci.store.records import Executor, RunMeta, RunResult, RunTimes, read_record
+from quire.ci.store.runs import ALLOWED, InvalidTransition, RunDir, RunState, RunStore, new_run_id
 from quire.errors import RunNotFound
 
 ROOT = Path("/state/runs/example")
@@ -38,7 +38,7 @@ def store(fs: FakeFilesystem) -> RunStore:
 
 def ids_counting_up(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make `new_run_id` use a clock that moves one second per call."""
-    import quire.ci.runs as runs
+    import quire.ci.store.runs as runs
 
     clock = iter(T0 + timedelta(seconds=i) for i in range(1000))
     real = runs.new_run_id

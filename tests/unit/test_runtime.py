@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from plumbum import local
 
-from quire.ci.executors.host import HostExecutor
-from quire.ci.logs import LogWriter, event_bytes
 from quire.ci.pipeline import Pipeline, load_pipeline
-from quire.ci.redact import Redactor
-from quire.ci.report import SilentReporter
-from quire.ci.runtime import JobContext, Runtime
+from quire.ci.run.executors.host import HostExecutor
+from quire.ci.run.redact import Redactor
+from quire.ci.run.report import SilentReporter
+from quire.ci.run.runtime import JobContext, Runtime
+from quire.ci.store.logs import LogWriter, event_bytes
 from quire.config import Secrets
 from quire.errors import (
     BadCommand,

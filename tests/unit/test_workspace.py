@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from plumbum import local
 
-from quire.ci.workspace import materialize, remove
+from quire.ci.run.workspace import materialize, remove
 from quire.errors import WorkspaceMaterializationFailed
 from tests.helpers import commit, make_repo, write_shim
 

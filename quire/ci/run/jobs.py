@@ -14,14 +14,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from quire.ci.executors.base import Executor
-from quire.ci.logs import LogWriter
 from quire.ci.pipeline import PIPELINE_FILE, JobDef, Pipeline, Skip, pipeline_line
-from quire.ci.records import JobState, JobStatus, utcnow, write_record
-from quire.ci.redact import Redactor
-from quire.ci.report import Reporter
-from quire.ci.runs import RunDir
-from quire.ci.runtime import JobContext, Runtime
+from quire.ci.run.executors.base import Executor
+from quire.ci.run.redact import Redactor
+from quire.ci.run.report import Reporter
+from quire.ci.run.runtime import JobContext, Runtime
+from quire.ci.store.logs import LogWriter
+from quire.ci.store.records import JobState, JobStatus, utcnow, write_record
+from quire.ci.store.runs import RunDir
 from quire.config import Secrets
 from quire.errors import ContainerDied, DockerUnavailable, Interrupted, JobError, QuireError
 

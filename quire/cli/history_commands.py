@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 if TYPE_CHECKING:
-    from quire.ci.history import RunSummary
-    from quire.ci.runs import RunStore
+    from quire.ci.store.runs import RunStore
+    from quire.ci.store.views import RunSummary
 
 RepoOption = Annotated[
     Path,
@@ -29,7 +29,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 
 
 def _store(repo: Path) -> RunStore:
-    from quire.ci.orchestrator import store_for
+    from quire.ci.run.orchestrator import store_for
 
     return store_for(repo)
 
@@ -44,7 +44,7 @@ def runs_command(
     as_json: JsonOption = False,
 ) -> int:
     """List the repository's runs, newest first."""
-    from quire.ci.history import list_runs
+    from quire.ci.store.views import list_runs
     from quire.cli.console import format_duration
 
     summaries = list_runs(_store(repo), limit)
@@ -71,7 +71,7 @@ def show_command(
     run: RunArgument = "latest", repo: RepoOption = Path(), as_json: JsonOption = False
 ) -> int:
     """Show one run: revision, times, result, and each job's status, error and outputs."""
-    from quire.ci.history import details
+    from quire.ci.store.views import details
     from quire.cli.console import format_duration
 
     info = details(_store(repo).find(run))
@@ -110,8 +110,8 @@ def logs_command(
     ] = False,
 ) -> int:
     """Print a run's output as it was shown live (optionally one job, optionally following)."""
-    from quire.ci import history
-    from quire.ci.runs import RunState
+    from quire.ci.store import views
+    from quire.ci.store.runs import RunState
     from quire.cli.console import make_reporter
     from quire.errors import RunNotFound
 
@@ -125,7 +125,7 @@ def logs_command(
     shown: list[str | None] = [None]
 
     def sink(job_id: str | None, event: dict[str, Any]) -> None:
-        from quire.ci.logs import event_bytes
+        from quire.ci.store.logs import event_bytes
 
         if job_id != shown[0]:
             reporter.job_started(job_id or "?")
@@ -141,9 +141,9 @@ def logs_command(
             )
 
     if follow:
-        notes = history.follow(store, found.run_id, job, sink)
+        notes = views.follow(store, found.run_id, job, sink)
     else:
-        notes = history.replay(found, job, sink)
+        notes = views.replay(found, job, sink)
     for note in notes:  # to stderr: stdout stays exactly the job's output and headers
         typer.echo(f"note: {note}", err=True)
     return 0

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from quire.ci.executors.base import Command, Executor
-from quire.ci.logs import ChunkEncoder, LogWriter
 from quire.ci.pipeline import JobDef, Pipeline
-from quire.ci.redact import Redactor, StreamRedactor
-from quire.ci.report import Reporter, StreamName
+from quire.ci.run.executors.base import Command, Executor
+from quire.ci.run.redact import Redactor, StreamRedactor
+from quire.ci.run.report import Reporter, StreamName
+from quire.ci.store.logs import ChunkEncoder, LogWriter
 from quire.config import Secrets
 from quire.errors import (
     BadCommand,

@@ -4,6 +4,6 @@ Both are context managers: entering sets up (nothing, or image + container),
 leaving tears down, whichever way the block is left.
 """
 
-from quire.ci.executors.base import Command, ExecResult, Executor
+from quire.ci.run.executors.base import Command, ExecResult, Executor
 
 __all__ = ["Command", "ExecResult", "Executor"]

@@ -19,11 +19,11 @@ from pathlib import Path
 from types import TracebackType
 
 from quire import interrupts
-from quire.ci.executors.base import Command, ExecResult
-from quire.ci.logs import LogWriter
-from quire.ci.records import ContainerInfo, utcnow, write_record
-from quire.ci.report import Reporter, StreamName
-from quire.ci.runs import RunDir
+from quire.ci.run.executors.base import Command, ExecResult
+from quire.ci.run.report import Reporter, StreamName
+from quire.ci.store.logs import LogWriter
+from quire.ci.store.records import ContainerInfo, utcnow, write_record
+from quire.ci.store.runs import RunDir
 from quire.config import DockerSettings
 from quire.errors import ContainerDied, DockerfileMissing, QuireError
 from quire.paths import state_dir

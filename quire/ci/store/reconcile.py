@@ -18,9 +18,9 @@ import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from quire.ci import workspace as workspaces
-from quire.ci.liveness import is_alive
-from quire.ci.records import (
+from quire.ci.run import workspace as workspaces
+from quire.ci.store.liveness import is_alive
+from quire.ci.store.records import (
     EndReason,
     RecordUnreadable,
     RunMeta,
@@ -31,7 +31,7 @@ from quire.ci.records import (
     utcnow,
     write_record,
 )
-from quire.ci.runs import RunDir, RunState, RunStore
+from quire.ci.store.runs import RunDir, RunState, RunStore
 from quire.paths import state_dir
 
 if TYPE_CHECKING:

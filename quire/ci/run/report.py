@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal, Protocol
 
-from quire.ci.records import JobState
+from quire.ci.store.records import JobState
 
 StreamName = Literal["stdout", "stderr"]
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 
-from quire.ci.executors.base import Command, ExecResult
+from quire.ci.run.executors.base import Command, ExecResult
 from quire.errors import ProgramNotFound
 from quire.tools import process
 from quire.tools.process import OutputHandler

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
-from quire.ci.records import (
+from quire.ci.store.records import (
     JobState,
     RecordUnreadable,
     RunMeta,

@@ -14,8 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from quire.ci.logs import LogReader
-from quire.ci.records import (
+from quire.ci.store.logs import LogReader
+from quire.ci.store.records import (
     ContainerInfo,
     JobState,
     RecordUnreadable,
@@ -24,7 +24,7 @@ from quire.ci.records import (
     RunTimes,
     read_record,
 )
-from quire.ci.runs import RunDir, RunState, RunStore
+from quire.ci.store.runs import RunDir, RunState, RunStore
 
 
 class RunSummary(BaseModel):

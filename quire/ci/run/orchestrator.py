@@ -20,14 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quire import interrupts
-from quire.ci import workspace as workspaces
-from quire.ci.executors.base import Executor
-from quire.ci.executors.host import HostExecutor
-from quire.ci.jobs import JobRunner, JobsOutcome
-from quire.ci.liveness import process_start_ticks
-from quire.ci.logs import LogWriter
 from quire.ci.pipeline import PIPELINE_FILE, Pipeline, load_pipeline
-from quire.ci.records import (
+from quire.ci.run import workspace as workspaces
+from quire.ci.run.executors.base import Executor
+from quire.ci.run.executors.host import HostExecutor
+from quire.ci.run.jobs import JobRunner, JobsOutcome
+from quire.ci.run.redact import Redactor
+from quire.ci.run.report import Reporter
+from quire.ci.store.liveness import process_start_ticks
+from quire.ci.store.logs import LogWriter
+from quire.ci.store.records import (
     EndReason,
     RunMeta,
     RunnerInfo,
@@ -35,12 +37,10 @@ from quire.ci.records import (
     RunTimes,
     utcnow,
 )
-from quire.ci.records import (
+from quire.ci.store.records import (
     Executor as ExecutorName,
 )
-from quire.ci.redact import Redactor
-from quire.ci.report import Reporter
-from quire.ci.runs import RunDir, RunState, RunStore
+from quire.ci.store.runs import RunDir, RunState, RunStore
 from quire.config import Config, load_config
 from quire.errors import Interrupted, QuireError
 from quire.paths import repo_segment
@@ -112,7 +112,7 @@ def run(request: RunRequest, reporter: Reporter) -> RunOutcome:
 def _reconcile_first(store: RunStore, request: RunRequest, reporter: Reporter) -> None:
     """The cheap part of `quire ci reconcile`, before every run: this repository's
     orphaned runs, and (for docker runs) containers that no live run owns."""
-    from quire.ci.reconcile import reconcile
+    from quire.ci.store.reconcile import reconcile
 
     try:
         actions = reconcile(
@@ -163,7 +163,7 @@ def _make_executor(
 ) -> Executor:
     if request.executor == ExecutorName.host:
         return HostExecutor(run_dir.workspace)
-    from quire.ci.executors.docker import DockerExecutor  # only docker runs pay for it
+    from quire.ci.run.executors.docker import DockerExecutor  # only docker runs pay for it
 
     return DockerExecutor(
         workspace=run_dir.workspace,
