@@ -161,8 +161,8 @@ def reconcile_command(
     ] = None,
 ) -> int:
     """Fail orphaned runs, quarantine unreadable ones, remove containers no live run owns."""
-    from quire.ci.run.orchestrator import store_for
     from quire.ci.store.reconcile import reconcile
+    from quire.ci.store.runs import store_for
     from quire.errors import DockerUnavailable
 
     stores = None if repo is None else [store_for(repo)]

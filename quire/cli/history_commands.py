@@ -29,7 +29,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 
 
 def _store(repo: Path) -> RunStore:
-    from quire.ci.run.orchestrator import store_for
+    from quire.ci.store.runs import store_for
 
     return store_for(repo)
 

@@ -105,12 +105,15 @@ def _command(argv: Sequence[str]) -> Any:
 def _popen(
     argv: Sequence[str],
     *,
-    cwd: str | os.PathLike[str] | None,
-    env: Mapping[str, str] | None,
-    stdin: Any,
-    stdout: Any,
-    stderr: Any,
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    stdin: Any = subprocess.DEVNULL,
+    stdout: Any = subprocess.PIPE,
 ) -> subprocess.Popen[bytes]:
+    """Start `argv` in its own session; stderr is always a pipe (error messages need it).
+
+    Every spawn of quire goes through here.
+    """
     command = _command(argv)
     try:
         proc: subprocess.Popen[bytes] = command.popen(
@@ -119,7 +122,7 @@ def _popen(
             env=dict(env) if env else None,
             stdin=stdin,
             stdout=stdout,
-            stderr=stderr,
+            stderr=subprocess.PIPE,
             new_session=True,
         )
     except PermissionError as exc:
@@ -141,14 +144,7 @@ def run(
     `env` adds to quire's environment. Raises `ProgramNotFound`; a non-zero
     exit is returned, the caller turns it into its own error.
     """
-    proc = _popen(
-        argv,
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = _popen(argv, cwd=cwd, env=env)
     try:
         out, err = proc.communicate(timeout=timeout)
     except BaseException:
@@ -175,14 +171,7 @@ def stream(
     """
     started_at = datetime.now(UTC)
     t0 = time.monotonic()
-    proc = _popen(
-        argv,
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = _popen(argv, cwd=cwd, env=env)
     timed_out = False
     try:
         timed_out = _pump(proc, on_output, None if timeout is None else t0 + timeout)
@@ -251,16 +240,7 @@ def run_all(argvs: Sequence[Sequence[str]]) -> list[Completed]:
     procs = []
     try:
         for argv in argvs:
-            procs.append(
-                _popen(
-                    argv,
-                    cwd=None,
-                    env=None,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                )
-            )
+            procs.append(_popen(argv))
         results = []
         for argv, proc in zip(argvs, procs, strict=True):
             out, err = proc.communicate()
@@ -285,23 +265,9 @@ def pipe(
     line or two there); a chatty producer would need a reader thread.
     Neither the data in between nor `second`'s stdout is kept.
     """
-    producer = _popen(
-        first,
-        cwd=cwd,
-        env=None,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    producer = _popen(first, cwd=cwd)
     try:
-        consumer = _popen(
-            second,
-            cwd=cwd,
-            env=None,
-            stdin=producer.stdout,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        consumer = _popen(second, cwd=cwd, stdin=producer.stdout, stdout=subprocess.DEVNULL)
     except BaseException:
         _kill(producer)
         raise

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from quire import interrupts
@@ -55,6 +56,10 @@ class RunRequest:
     revision: str = "HEAD"
     executor: ExecutorName = ExecutorName.host
     keep_workspace: bool = False
+    # A pushed revision (the worker): the ref and push time to record instead of
+    # the ones resolving `revision` gives.
+    ref: str | None = None
+    pushed_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -80,11 +85,6 @@ def load(repo_path: Path, revision: str) -> LoadedPipeline:
     source = git.read_file(repo.git_dir, resolved.sha, PIPELINE_FILE)
     pipeline = None if source is None else load_pipeline(source)
     return LoadedPipeline(repo, resolved, pipeline)
-
-
-def store_for(repo_path: Path) -> RunStore:
-    """The run store of the repository at `repo_path`; raises `NotARepository`."""
-    return RunStore(repo_segment(git.open_repository(repo_path).name_dir.name))
 
 
 def run(request: RunRequest, reporter: Reporter) -> RunOutcome:
@@ -132,8 +132,8 @@ def _create_run(store: RunStore, loaded: LoadedPipeline, request: RunRequest) ->
             git_dir=str(loaded.repo.git_dir),
             revision=request.revision,
             sha=loaded.revision.sha,
-            ref=loaded.revision.ref,
-            pushed_at=utcnow(),
+            ref=request.ref or loaded.revision.ref,
+            pushed_at=request.pushed_at or utcnow(),
             executor=request.executor,
         )
 

@@ -143,6 +143,11 @@ class RunStore:
         self.root = root or state_dir() / "runs" / repo
         self.workspace_root = cache or cache_dir() / "runs" / repo
 
+    @property
+    def label(self) -> str:
+        """The `quire.store` label of this store's containers: its state directory."""
+        return str(self.root.parent.parent)
+
     def create(
         self, meta_for: Callable[[str], RunMeta], runner: RunnerInfo | None = None
     ) -> RunDir:
@@ -206,6 +211,14 @@ class RunStore:
             raise RunNotFound(f"no run {ref!r} for repository {self.repo!r} (in {self.root})")
         ids = ", ".join(run.run_id for run in matches[:5])
         raise RunNotFound(f"run prefix {ref!r} is ambiguous: {ids}")
+
+
+def store_for(repo_path: Path) -> RunStore:
+    """The run store of the repository at `repo_path`; raises `NotARepository`."""
+    from quire.paths import repo_segment
+    from quire.tools import git
+
+    return RunStore(repo_segment(git.open_repository(repo_path).name_dir.name))
 
 
 def _link_run_id(link: Path) -> str | None:

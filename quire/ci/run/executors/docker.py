@@ -26,7 +26,6 @@ from quire.ci.store.records import ContainerInfo, utcnow, write_record
 from quire.ci.store.runs import RunDir
 from quire.config import DockerSettings
 from quire.errors import ContainerDied, DockerfileMissing, QuireError
-from quire.paths import state_dir
 from quire.tools import docker, process
 from quire.tools.process import OutputHandler
 
@@ -118,7 +117,7 @@ class DockerExecutor:
             labels={
                 docker.RUN_ID_LABEL: self.run_dir.run_id,
                 docker.REPO_LABEL: self.run_dir.store.repo,
-                docker.STORE_LABEL: str(state_dir()),
+                docker.STORE_LABEL: self.run_dir.store.label,
             },
             ceiling_s=settings.ceiling,
             limits=docker.Limits(
@@ -207,7 +206,7 @@ class DockerExecutor:
         deadline = time.monotonic() + wait_s
         while True:
             try:
-                found = docker.labelled_containers(str(state_dir()), self.run_dir.run_id)
+                found = docker.labelled_containers(self.run_dir.store.label, self.run_dir.run_id)
             except QuireError:
                 return None
             if found or time.monotonic() >= deadline:
