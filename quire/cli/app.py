@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, ParamSpec, TypeVar
@@ -107,6 +108,10 @@ def run_command(
         bool, typer.Option("--keep-workspace", help="Keep the materialized tree after the run.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the summary.")] = False,
+    # For the push worker, which runs a queued push as a child `quire ci run`.
+    ref: Annotated[str | None, typer.Option("--ref", hidden=True)] = None,
+    pushed_at: Annotated[str | None, typer.Option("--pushed-at", hidden=True)] = None,
+    run_id: Annotated[str | None, typer.Option("--run-id", hidden=True)] = None,
 ) -> int:
     """Run the pipeline of REV.
 
@@ -121,11 +126,26 @@ def run_command(
         revision=rev,
         executor=Executor(executor.value),
         keep_workspace=keep_workspace,
+        ref=ref,
+        pushed_at=_parse_time(pushed_at),
+        run_id=run_id,
     )
     outcome = run(request, make_reporter(quiet=quiet))
     if outcome.error:
         _error(outcome.error)
     return outcome.exit_code
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    from quire.errors import UsageError
+
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise UsageError(f"--pushed-at {text!r}: not an ISO 8601 time") from exc
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 @ci.command("validate")

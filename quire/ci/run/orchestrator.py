@@ -60,6 +60,7 @@ class RunRequest:
     # the ones resolving `revision` gives.
     ref: str | None = None
     pushed_at: datetime | None = None
+    run_id: str | None = None  # assigned ahead (by a queue); by default a new one
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ def _create_run(store: RunStore, loaded: LoadedPipeline, request: RunRequest) ->
     runner = RunnerInfo(
         pid=os.getpid(), host=socket.gethostname(), pid_start=process_start_ticks(os.getpid())
     )
-    return store.create(meta, runner)
+    return store.create(meta, runner, run_id=request.run_id)
 
 
 def push_outputs(meta: RunMeta) -> dict[str, str | None]:

@@ -149,13 +149,21 @@ class RunStore:
         return str(self.root.parent.parent)
 
     def create(
-        self, meta_for: Callable[[str], RunMeta], runner: RunnerInfo | None = None
+        self,
+        meta_for: Callable[[str], RunMeta],
+        runner: RunnerInfo | None = None,
+        *,
+        run_id: str | None = None,
     ) -> RunDir:
         """A new run in pending/, with meta.yml (and runner.yml) written before anyone
-        can see it, so reconcile never meets a run whose owner it cannot check."""
+        can see it, so reconcile never meets a run whose owner it cannot check.
+
+        `run_id` is one made earlier by `new_run_id` (a queue hands it out so that
+        it can name the run before it starts); by default a new one.
+        """
         pending = self.root / RunState.pending.value
         pending.mkdir(parents=True, exist_ok=True)
-        run_id = new_run_id()
+        run_id = run_id or new_run_id()
         # Build it under a dot-name, then rename: a reader never sees a run without meta.
         staging = pending / f".{run_id}.new"
         (staging / "jobs").mkdir(parents=True)
