@@ -1,0 +1,99 @@
+"""`quire ci serve` in the foreground: uvicorn on one socket, stopped by SIGINT or SIGTERM.
+
+The socket is bound here, before uvicorn starts, so that the URL printed is
+the real one (also with `--port 0`) and a port in use is a plain error.
+Logs go to stderr. On a signal uvicorn stops accepting, gives open
+connections (live streams never end on their own) `GRACE_S` seconds, and
+returns.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import sys
+from pathlib import Path
+
+from quire.errors import EnvironmentProblem
+
+GRACE_S = 2
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+class CannotListen(EnvironmentProblem):
+    """The address to serve on cannot be bound (in use, not ours, not an address)."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` only reaches this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port; raises `CannotListen`."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise CannotListen(f"cannot listen on {host}:{port}: {exc}") from exc
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise CannotListen(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/"
+
+
+def serve(state: Path, host: str, port: int, *, rebuild_index: bool = False) -> int:
+    """Serve the run store in `state` until SIGINT/SIGTERM; returns the exit code."""
+    import uvicorn
+
+    from quire.web.app import create_app
+
+    loopback = is_loopback(host)
+    app = create_app(state, allowed_hosts=LOOPBACK_NAMES if loopback else None)
+    web = app.state.web
+    if rebuild_index:
+        web.index.rebuild()
+    web.index.sync()  # the first page should not pay for reading every run
+    sock = bind(host, port)
+    if not loopback:
+        _say(
+            f"warning: listening on {host}, not on 127.0.0.1: anyone who can reach this "
+            "address can read every run's records and logs (there is no login)"
+        )
+    _say(f"quire: serving the runs in {state} at {url_of(sock)} (Ctrl-C to stop)")
+    config = uvicorn.Config(
+        app,
+        log_level="info",
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=GRACE_S,
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+        web.index.close()
+    return 0
+
+
+def _say(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
