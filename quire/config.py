@@ -15,6 +15,9 @@ labels = { team = "infra" }
 
 [output]
 capture_limit = 4194304   # bytes of stdout/stderr kept in ShOutput
+
+[repositories.proj]       # a repository by its name in the store (proj.git -> proj)
+executor = "docker"       # where `quire ci worker` runs its pushes (default: --executor)
 ```
 
 A missing file means defaults and no secrets; a malformed one raises
@@ -27,6 +30,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -62,11 +66,19 @@ class OutputSettings(BaseModel):
     capture_limit: int = Field(default=4 * 1024 * 1024, ge=1024)
 
 
+class RepositorySettings(BaseModel):
+    """Settings of one repository's pushed runs (`[repositories.<name>]`)."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+    executor: Literal["host", "docker"] | None = None
+
+
 class ConfigFile(BaseModel):
     model_config = ConfigDict(extra="forbid", defer_build=True)
     secrets: dict[str, str | FileSecret | EnvSecret] = Field(default_factory=dict)
     docker: DockerSettings = Field(default_factory=DockerSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
+    repositories: dict[str, RepositorySettings] = Field(default_factory=dict)
 
 
 @dataclass
@@ -100,7 +112,13 @@ class Config:
     secrets: Secrets = field(default_factory=Secrets)
     docker: DockerSettings = field(default_factory=DockerSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
+    repositories: dict[str, RepositorySettings] = field(default_factory=dict)
     path: Path | None = None
+
+    def executor_for(self, repo: str) -> str | None:
+        """The executor configured for repository `repo` (its store name), if any."""
+        settings = self.repositories.get(repo)
+        return settings.executor if settings else None
 
 
 def _resolve(name: str, spec: str | FileSecret | EnvSecret, secrets: Secrets) -> None:
@@ -138,4 +156,10 @@ def load_config(path: Path | None = None) -> Config:
     secrets = Secrets()
     for name, spec in parsed.secrets.items():
         _resolve(name, spec, secrets)
-    return Config(secrets=secrets, docker=parsed.docker, output=parsed.output, path=path)
+    return Config(
+        secrets=secrets,
+        docker=parsed.docker,
+        output=parsed.output,
+        repositories=parsed.repositories,
+        path=path,
+    )

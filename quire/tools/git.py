@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from quire.errors import NotARepository, UnknownRevision
+from quire.errors import NotARepository, ToolFailed, UnknownRevision
 from quire.tools import process
 
 
@@ -69,3 +70,100 @@ def read_file(git_dir: Path, sha: str, path: str) -> bytes | None:
 def archive_argv(git_dir: Path, sha: str) -> list[str]:
     """`git archive` of commit `sha` as a tar stream on stdout."""
     return ["git", "--git-dir", str(git_dir), "archive", "--format=tar", sha]
+
+
+# --- hooks and notes (the push service) ----------------------------------------------------------
+
+# Notes commits are made by quire, whoever runs it: a bare repository on a
+# server often has no user.name/user.email configured at all.
+NOTES_IDENTITY = {
+    "GIT_AUTHOR_NAME": "quire",
+    "GIT_AUTHOR_EMAIL": "quire@localhost",
+    "GIT_COMMITTER_NAME": "quire",
+    "GIT_COMMITTER_EMAIL": "quire@localhost",
+}
+
+
+def _checked(git_dir: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    done = process.run(["git", "--git-dir", str(git_dir), *args], env=env)
+    if not done.ok:
+        raise ToolFailed(f"git {' '.join(args[:2])} failed in {git_dir}: {done.stderr_tail(3)}")
+    return done.stdout.decode().strip()
+
+
+def hooks_dir(git_dir: Path) -> Path:
+    """Where git runs this repository's hooks from (`core.hooksPath` or <git-dir>/hooks)."""
+    path = Path(_checked(git_dir, "rev-parse", "--git-path", "hooks"))
+    return path if path.is_absolute() else git_dir / path
+
+
+def ref_target(git_dir: Path, ref: str) -> str | None:
+    """The object `ref` points at, or None if it does not exist."""
+    found = _git(git_dir, "rev-parse", "--verify", "--quiet", ref)
+    return found.stdout.decode().strip() if found.ok else None
+
+
+def commit_of(git_dir: Path, rev: str) -> str | None:
+    """The commit `rev` names (an annotated tag is peeled), or None."""
+    if rev.startswith("-"):
+        return None
+    return ref_target(git_dir, f"{rev}^{{commit}}")
+
+
+def note_paths(sha: str) -> list[str]:
+    """Where a notes tree may keep the note of `sha`: flat, or fanned out by git."""
+    return [sha, f"{sha[:2]}/{sha[2:]}", f"{sha[:2]}/{sha[2:4]}/{sha[4:]}"]
+
+
+def note_entry(git_dir: Path, notes_commit: str, sha: str) -> tuple[str, str] | None:
+    """(path, blob) of the note on `sha` in the notes commit `notes_commit`, or None."""
+    listed = _checked(git_dir, "ls-tree", "-r", "--full-tree", notes_commit, "--", *note_paths(sha))
+    for line in listed.splitlines():
+        info, _, path = line.partition("\t")
+        if path in note_paths(sha):
+            return path, info.split()[2]
+    return None
+
+
+def read_blob(git_dir: Path, blob: str) -> bytes:
+    """The content of blob `blob`; raises `ToolFailed`."""
+    done = _git(git_dir, "cat-file", "blob", blob)
+    if not done.ok:
+        raise ToolFailed(f"git cat-file blob {blob} failed in {git_dir}: {done.stderr_tail(3)}")
+    return done.stdout
+
+
+def write_blob(git_dir: Path, data: bytes) -> str:
+    """Store `data` as a blob; returns its id."""
+    with tempfile.TemporaryDirectory(prefix="quire-blob-") as tmp:
+        source = Path(tmp) / "blob"
+        source.write_bytes(data)
+        return _checked(git_dir, "hash-object", "-w", "--", str(source))
+
+
+def tree_with(git_dir: Path, base: str | None, path: str, blob: str) -> str:
+    """The tree of commit `base` (or an empty one) with `path` set to `blob`; returns its id.
+
+    Built in a private index file: the repository's own index is never touched.
+    """
+    with tempfile.TemporaryDirectory(prefix="quire-index-") as tmp:
+        env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        if base is None:
+            _checked(git_dir, "read-tree", "--empty", env=env)
+        else:
+            _checked(git_dir, "read-tree", base, env=env)
+        _checked(git_dir, "update-index", "--add", "--cacheinfo", f"100644,{blob},{path}", env=env)
+        return _checked(git_dir, "write-tree", env=env)
+
+
+def commit_tree(git_dir: Path, tree: str, parent: str | None, message: str) -> str:
+    """A new commit of `tree` on `parent` (none: a root commit), made by quire."""
+    parents = ["-p", parent] if parent else []
+    return _checked(git_dir, "commit-tree", tree, *parents, "-m", message, env=NOTES_IDENTITY)
+
+
+def update_ref(git_dir: Path, ref: str, new: str, old: str | None, message: str) -> bool:
+    """Compare-and-swap: point `ref` at `new` only if it still points at `old` (None:
+    only if it does not exist yet). False when someone moved it first."""
+    done = _git(git_dir, "update-ref", "-m", message, ref, new, old or "")
+    return done.ok

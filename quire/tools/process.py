@@ -286,3 +286,101 @@ def pipe(
         Completed(tuple(first), producer.returncode, b"", err1),
         Completed(tuple(second), consumer.returncode, b"", err2),
     )
+
+
+# --- long-running children (the push worker's runs) ---------------------------------------------
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+@dataclass(frozen=True)
+class Child:
+    """A long-running child started by `start`: poll it, signal it, wait for it."""
+
+    argv: tuple[str, ...]
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def poll(self) -> int | None:
+        """Its exit status once it has ended (negative: killed by that signal), else None."""
+        return self.proc.poll()
+
+    def signal(self, signum: int) -> None:
+        """Send `signum` to the child itself (it decides what to do with its own children)."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signum)
+
+    def kill_group(self) -> None:
+        """SIGKILL the child's whole process group (its session: it leads one)."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                self.proc.kill()
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Wait up to `timeout` seconds; its exit status, or None if it still runs."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+
+def _die_with_parent(signum: int) -> Callable[[], None]:
+    """A preexec hook: the child gets `signum` when its parent dies (PR_SET_PDEATHSIG).
+
+    Without it, children of a SIGKILLed parent would run on unsupervised.
+    Linux sends the signal when the parent THREAD that forked ends: start
+    children from the main thread.
+    """
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before fork, not in the child
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl: no signal would come
+            os.kill(os.getpid(), signum)
+
+    return hook
+
+
+def start(
+    argv: Sequence[str],
+    *,
+    output: str | os.PathLike[str],
+    parent_death_signal: int | None = signal.SIGTERM,
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Child:
+    """Start `argv` in its own session and return at once; stdout and stderr are
+    appended to the file `output` (nobody has to drain a pipe).
+
+    With `parent_death_signal` the child receives that signal if we die
+    (kill -9 included). `env` adds to quire's environment. Raises
+    `ProgramNotFound`, or `OSError` when `output` cannot be opened.
+    """
+    command = _command(argv)
+    preexec = None if parent_death_signal is None else _die_with_parent(parent_death_signal)
+    with open(output, "ab") as sink:
+        try:
+            proc: subprocess.Popen[bytes] = command.popen(
+                list(argv[1:]),
+                cwd=None if cwd is None else str(cwd),
+                env=dict(env) if env else None,
+                stdin=subprocess.DEVNULL,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                new_session=True,
+                preexec_fn=preexec,
+            )
+        except PermissionError as exc:
+            raise ProgramNotFound(f"{argv[0]}: permission denied") from exc
+        except FileNotFoundError as exc:
+            raise ProgramNotFound(f"{argv[0]}: cannot be started ({exc.strerror})") from exc
+    return Child(tuple(argv), proc)

@@ -1,0 +1,195 @@
+"""`quire ci hook install | uninstall`, `quire ci worker`, `quire ci queue`, `quire ci cancel`.
+
+CI on push: the hook queues a run per pushed branch or tag in the state
+directory's queue; a worker runs them. Heavy modules are imported inside
+the commands: `quire --help` must stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from quire.service.queue import Entry
+
+hook_app = typer.Typer(
+    help="Install or remove the post-receive hook that queues CI runs on push.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+
+BareRepoOption = Annotated[
+    Path,
+    typer.Option("--repo", help="The repository pushes go to (usually bare)."),
+]
+
+
+class WorkerExecutor(StrEnum):
+    host = "host"
+    docker = "docker"
+
+
+def hook_install_command(
+    repo: BareRepoOption,
+    branches: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--branches",
+            help="Run only pushes to branches matching this glob (repeatable); "
+            "a glob starting with refs/ matches full ref names (refs/tags/v*). "
+            "Default: every branch and tag.",
+        ),
+    ] = None,
+) -> int:
+    """Install a post-receive hook in REPO that queues a run per pushed branch or tag."""
+    from quire.paths import state_dir
+    from quire.service.install import install
+
+    state = state_dir()
+    plan = install(repo, branches or [], state)
+    verb = "updated" if plan.replaced else "installed"
+    typer.echo(f"{verb} {plan.hook}")
+    if plan.chained:
+        typer.echo(f"the earlier hook is kept as {plan.chained} and runs after quire's")
+    typer.echo(f"pushes queue runs in {state.resolve()}: start `quire ci worker` to run them")
+    return 0
+
+
+def hook_uninstall_command(repo: BareRepoOption) -> int:
+    """Remove quire's post-receive hook from REPO (an earlier hook it kept comes back)."""
+    from quire.service.install import uninstall
+
+    plan = uninstall(repo)
+    if plan is None:
+        typer.echo(f"no quire hook in {repo}: nothing to do")
+    elif plan.chained:
+        typer.echo(f"removed quire's hook; {plan.hook} is the earlier hook again")
+    else:
+        typer.echo(f"removed {plan.hook}")
+    return 0
+
+
+def worker_command(
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-j", min=1, help="Runs at the same time.")
+    ] = 1,
+    executor: Annotated[
+        WorkerExecutor,
+        typer.Option(
+            "--executor",
+            help="Where commands run (host or docker), unless the config file sets it "
+            "for the repository.",
+        ),
+    ] = WorkerExecutor.host,
+) -> int:
+    """Run queued pushes in the foreground until SIGTERM/SIGINT (then exit 0).
+
+    Logs to stderr. Several workers may share one queue.
+    """
+    from quire.paths import state_dir
+    from quire.service.worker import Worker, WorkerSettings
+
+    _log_to_stderr()
+    settings = WorkerSettings(state=state_dir(), concurrency=concurrency, executor=executor.value)
+    return Worker(settings).serve()
+
+
+def _log_to_stderr() -> None:
+    import logging
+    import time
+
+    handler = logging.StreamHandler()
+    formatter = logging.Formatter("%(asctime)s quire-worker: %(message)s", "%Y-%m-%dT%H:%M:%SZ")
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
+    logger = logging.getLogger("quire.worker")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def queue_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    finished: Annotated[
+        int, typer.Option("--finished", min=0, help="Also show the last N finished runs.")
+    ] = 0,
+) -> int:
+    """List queued and running runs, oldest first."""
+    from quire.paths import state_dir
+    from quire.service.queue import open_queue, queue_path
+
+    if not queue_path(state_dir()).exists():
+        entries: list[Entry] = []
+    else:
+        with open_queue(state_dir()) as queue:
+            entries = queue.active() + (queue.recent(finished) if finished else [])
+    if as_json:
+        typer.echo(json.dumps([e.as_json() for e in entries], indent=2))
+        return 0
+    if not entries:
+        typer.echo("the queue is empty")
+        return 0
+    header = ("id", "state", "repo", "ref", "sha", "pushed", "attempt", "detail")
+    rows: list[tuple[str, ...]] = [header, *(_row(e) for e in entries)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _row(entry: Entry) -> tuple[str, ...]:
+    if entry.state == "running":
+        detail = f"{entry.executor or '?'}, pid {entry.child_pid or '?'}"
+        detail += ", cancelling" if entry.cancel else ""
+    elif entry.state == "done":
+        detail = (entry.outcome or "?") + (f" ({entry.reason})" if entry.reason else "")
+    else:
+        detail = f"retry of {entry.retry_of}" if entry.retry_of else ""
+    ref = entry.ref.removeprefix("refs/heads/")
+    pushed = entry.pushed_at[:19].replace("T", " ")
+    state = entry.state if entry.state != "done" else "finished"
+    return (
+        entry.run_id,
+        state,
+        entry.repo,
+        ref,
+        entry.sha[:12],
+        pushed,
+        str(entry.attempt),
+        detail,
+    )
+
+
+def cancel_command(
+    run: Annotated[str, typer.Argument(help="A queued or running run's id, or a unique prefix.")],
+) -> int:
+    """Remove a queued run from the queue, or interrupt a running one."""
+    import os
+    import signal
+    import socket
+
+    from quire.ci.store.liveness import is_alive
+    from quire.paths import state_dir
+    from quire.service.errors import QueueEntryNotFound
+    from quire.service.queue import open_queue, queue_path
+
+    if not queue_path(state_dir()).exists():
+        raise QueueEntryNotFound(f"no run {run!r}: the queue is empty")
+    with open_queue(state_dir()) as queue:
+        entry = queue.cancel(queue.find_active(run).run_id)
+    if entry.state == "queued":
+        typer.echo(f"cancelled queued run {entry.run_id} ({entry.repo} {entry.ref})")
+        return 0
+    pid = entry.child_pid
+    if pid and entry.worker_host == socket.gethostname() and is_alive(pid, entry.child_start):
+        os.kill(pid, signal.SIGTERM)
+    typer.echo(
+        f"interrupting running run {entry.run_id} ({entry.repo} {entry.ref}): "
+        "it is recorded as cancelled when it has stopped"
+    )
+    return 0

@@ -1,0 +1,132 @@
+"""The post-receive hook's work: queue one run per pushed branch or tag, wake a worker, return.
+
+git runs the hook after the refs are updated, with one line per ref on
+stdin (`<old-sha> <new-sha> <ref>`) and the repository as GIT_DIR. The
+installed script runs `python -I -S` on this module's `main`, with the
+state directory and ref patterns it was installed with as arguments.
+
+It must add next to nothing to a push, so this path imports only the
+standard library, `quire.errors`, `quire.paths` and the queue and wake
+modules (no typer, pydantic, plumbum or yaml). It never fails the push:
+any problem (disk full, a damaged queue) becomes a warning to the pusher.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from quire.paths import repo_segment
+from quire.service.queue import Push, open_queue, utc_text
+from quire.service.wake import wake_all
+
+ZERO = frozenset("0")
+DEFAULT_REFS = ("refs/heads/", "refs/tags/")
+
+
+def wanted(ref: str, patterns: Sequence[str]) -> bool:
+    """Whether a pushed `ref` gets a run.
+
+    No patterns: every branch and tag. A pattern starting with `refs/`
+    matches the full ref name (`refs/tags/v*`); any other matches branch
+    names (`main`, `release/*`). `*` matches any characters, `/` included.
+    """
+    if not patterns:
+        return ref.startswith(DEFAULT_REFS)
+    for pattern in patterns:
+        if pattern.startswith("refs/"):
+            if fnmatch.fnmatchcase(ref, pattern):
+                return True
+        elif ref.startswith("refs/heads/") and fnmatch.fnmatchcase(
+            ref.removeprefix("refs/heads/"), pattern
+        ):
+            return True
+    return False
+
+
+def parse_updates(text: str) -> list[tuple[str, str]]:
+    """(new sha, ref) of each updated ref on the hook's stdin; deletions are left out."""
+    updates = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) != 3:
+            continue
+        _old, new, ref = fields
+        if set(new) <= ZERO:
+            continue  # a deleted ref: nothing to run
+        updates.append((new, ref))
+    return updates
+
+
+def repository_name(git_dir: Path) -> str:
+    """The store's name of the repository at `git_dir` (proj.git -> proj, x/.git -> x)."""
+    return repo_segment(git_dir.parent.name if git_dir.name == ".git" else git_dir.name)
+
+
+def queue_pushes(
+    state: Path, git_dir: Path, updates: Sequence[tuple[str, str]], out: TextIO
+) -> int:
+    """Queue `updates` and wake the workers, reporting to the pusher on `out`.
+
+    Never raises: a run that could not be queued is a warning with what to do.
+    """
+    if not updates:
+        return 0
+    pushed_at = utc_text()
+    name = repository_name(git_dir)
+    pushes = [Push(str(git_dir), name, ref, sha, pushed_at) for sha, ref in updates]
+    try:
+        with open_queue(state) as queue:
+            entries = queue.enqueue(pushes)
+    except Exception as exc:  # the push has happened: say what was not queued, never fail it
+        for sha, ref in updates:
+            out.write(
+                f"quire: warning: no CI run queued for {ref} ({sha[:12]}): {exc}\n"
+                f"quire: the push itself succeeded; once that is fixed, push again or run "
+                f"`quire ci run {sha} --repo {git_dir}`\n"
+            )
+        return 0
+    for entry in entries:
+        out.write(f"quire: queued run {entry.run_id} for {entry.ref} ({entry.sha[:12]})\n")
+    try:
+        listening = wake_all(state)
+    except OSError:
+        listening = 0
+    if not listening:
+        out.write("quire: no worker is running: the run waits in the queue (`quire ci worker`)\n")
+    return len(entries)
+
+
+def _parse_args(argv: Sequence[str]) -> tuple[Path, list[str]]:
+    state: Path | None = None
+    patterns: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg == "--state-dir":
+            state = Path(next(args))
+        elif arg == "--pattern":
+            patterns.append(next(args))
+        else:
+            raise ValueError(f"unknown argument {arg!r}")
+    if state is None:
+        raise ValueError("--state-dir is required")
+    return state, patterns
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The hook's entry point; always exits 0 (post-receive cannot undo a push anyway)."""
+    try:
+        state, patterns = _parse_args(sys.argv[1:] if argv is None else argv)
+        git_dir = Path(os.path.realpath(os.environ.get("GIT_DIR", ".")))
+        updates = [
+            (sha, ref) for sha, ref in parse_updates(sys.stdin.read()) if wanted(ref, patterns)
+        ]
+        queue_pushes(state, git_dir, updates, sys.stderr)
+    except Exception as exc:  # a broken install must not break pushes either
+        sys.stderr.write(f"quire: warning: the CI hook failed, no run was queued: {exc}\n")
+    sys.stderr.flush()
+    return 0

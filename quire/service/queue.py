@@ -1,0 +1,430 @@
+"""The run queue: one SQLite database in the state directory, shared by hooks and workers.
+
+    $QUIRE_STATE_DIR/queue.sqlite3      (WAL mode: -wal and -shm files beside it)
+
+Schema (version 1, kept in `PRAGMA user_version`):
+
+    CREATE TABLE queue (
+        seq          INTEGER PRIMARY KEY AUTOINCREMENT,  -- arrival order: oldest first
+        run_id       TEXT NOT NULL UNIQUE,   -- the run's id in the store (new per attempt)
+        git_dir      TEXT NOT NULL,          -- absolute path of the pushed repository
+        repo         TEXT NOT NULL,          -- its name in the store (proj.git -> proj)
+        ref          TEXT NOT NULL,          -- refs/heads/main, refs/tags/v1
+        sha          TEXT NOT NULL,          -- the pushed object (a commit, or an annotated tag)
+        pushed_at    TEXT NOT NULL,          -- RFC 3339, UTC
+        state        TEXT NOT NULL,          -- queued | running | done
+        attempt      INTEGER NOT NULL,       -- 2 once queued again after its worker died
+        retry_of     TEXT,                   -- the run id of the attempt that worker lost
+        executor     TEXT,                   -- host | docker, chosen when claimed
+        worker_pid   INTEGER, worker_start INTEGER, worker_host TEXT,  -- who claimed it
+        child_pid    INTEGER, child_start INTEGER,   -- its `quire ci run` (start: /proc ticks)
+        claimed_at   TEXT, finished_at TEXT,
+        cancel       INTEGER NOT NULL,       -- 1: `quire ci cancel` asked to stop it
+        outcome      TEXT,                   -- done: complete | failed | cancelled
+        reason       TEXT,                   -- why it failed (jobs-failed, error, no-pipeline, ...)
+        message      TEXT                    -- what a person reads about it
+    );
+    -- At most one run per repository and ref at a time, enforced by the database itself.
+    CREATE UNIQUE INDEX one_running_per_ref ON queue (git_dir, ref) WHERE state = 'running';
+
+A row goes queued -> running (a worker claims it, in a write transaction:
+never twice) -> done. A running row whose worker died is put back to
+queued once, with a new run id (`requeue`); the second time it is done
+with reason `abandoned`. Done rows stay as a short history.
+
+Standard library only: the post-receive hook imports this on every push.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from quire.service.errors import QueueCorrupt, QueueEntryNotFound, QueueUnavailable
+
+QUEUE_FILE = "queue.sqlite3"
+SCHEMA_VERSION = 1
+MAX_ATTEMPTS = 2  # a run whose worker died is queued again once; a second death gives up
+
+QUEUED, RUNNING, DONE = "queued", "running", "done"
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS queue (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL UNIQUE,
+    git_dir TEXT NOT NULL,
+    repo TEXT NOT NULL,
+    ref TEXT NOT NULL,
+    sha TEXT NOT NULL,
+    pushed_at TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'queued',
+    attempt INTEGER NOT NULL DEFAULT 1,
+    retry_of TEXT,
+    executor TEXT,
+    worker_pid INTEGER,
+    worker_start INTEGER,
+    worker_host TEXT,
+    child_pid INTEGER,
+    child_start INTEGER,
+    claimed_at TEXT,
+    finished_at TEXT,
+    cancel INTEGER NOT NULL DEFAULT 0,
+    outcome TEXT,
+    reason TEXT,
+    message TEXT
+)""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS one_running_per_ref ON queue (git_dir, ref)"
+    " WHERE state = 'running'",
+    "CREATE INDEX IF NOT EXISTS by_state ON queue (state, seq)",
+)
+
+_CORRUPT = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+
+
+def queue_path(state: Path) -> Path:
+    """The queue database of the state directory `state`."""
+    return state / QUEUE_FILE
+
+
+def utc_text(when: datetime | None = None) -> str:
+    """RFC 3339 UTC with a Z, as the queue stores times."""
+    when = (when or datetime.now(UTC)).astimezone(UTC)
+    return when.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """A run id in the run store's format (`quire.ci.store.runs.new_run_id`).
+
+    Repeated here because the hook must not import the store (pydantic,
+    yaml); tests/unit/test_queue.py checks that the two agree.
+    """
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    return now.strftime("%Y%m%d-%H%M%S-%f-") + secrets.token_hex(3)
+
+
+@dataclass(frozen=True)
+class Push:
+    """One updated ref of one push, as the hook saw it."""
+
+    git_dir: str
+    repo: str
+    ref: str
+    sha: str
+    pushed_at: str
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The worker process that claims rows: pid, its /proc start time, and host."""
+
+    pid: int
+    start: int | None
+    host: str
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One row of the queue."""
+
+    seq: int
+    run_id: str
+    git_dir: str
+    repo: str
+    ref: str
+    sha: str
+    pushed_at: str
+    state: str
+    attempt: int
+    retry_of: str | None
+    executor: str | None
+    worker_pid: int | None
+    worker_start: int | None
+    worker_host: str | None
+    child_pid: int | None
+    child_start: int | None
+    claimed_at: str | None
+    finished_at: str | None
+    cancel: bool
+    outcome: str | None
+    reason: str | None
+    message: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        """The row as plain data (for `quire ci queue --json`)."""
+        return dict(self.__dict__)
+
+
+def _entry(row: sqlite3.Row) -> Entry:
+    data = dict(zip(row.keys(), row, strict=True))
+    data["cancel"] = bool(data["cancel"])
+    return Entry(**data)
+
+
+class Queue:
+    """An open connection to the queue database.
+
+    Every write is one `BEGIN IMMEDIATE` transaction: concurrent hooks and
+    workers serialize on SQLite's write lock (waiting up to `timeout`
+    seconds), so a row is claimed by exactly one worker. Raises
+    `QueueCorrupt` when the file is not a healthy database and
+    `QueueUnavailable` when it cannot be written now (disk full, locked).
+    """
+
+    def __init__(self, path: Path, *, timeout: float = 10.0) -> None:
+        self.path = path
+        with self._translated("open"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, timeout=timeout, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        try:
+            with self._translated("open"):
+                # FULL: a queued run survives a power cut, not only a crash.
+                self._db.execute("PRAGMA synchronous = FULL")
+                self._ensure_schema()
+        except BaseException:
+            self._db.close()
+            raise
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Queue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    @contextmanager
+    def _translated(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            name = getattr(exc, "sqlite_errorname", "") or ""
+            if name.startswith(_CORRUPT) or not isinstance(exc, sqlite3.OperationalError):
+                raise QueueCorrupt(corrupt_message(self.path, str(exc))) from exc
+            raise QueueUnavailable(
+                f"cannot {doing} the queue {self.path}: {exc} "
+                "(free disk space, or check the state directory's permissions)"
+            ) from exc
+        except OSError as exc:
+            raise QueueUnavailable(f"cannot {doing} the queue {self.path}: {exc}") from exc
+
+    @contextmanager
+    def _write(self, doing: str) -> Iterator[sqlite3.Connection]:
+        with self._translated(doing):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _ensure_schema(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            return
+        if version > SCHEMA_VERSION:
+            raise QueueCorrupt(
+                f"the queue {self.path} has schema version {version}, newer than this quire "
+                f"understands ({SCHEMA_VERSION}): upgrade quire"
+            )
+        # WAL: readers (quire ci queue) never block the hook's or a worker's writes.
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            # One statement at a time: executescript() would commit our transaction first.
+            for statement in _SCHEMA:
+                self._db.execute(statement)
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _select(self, sql: str, *params: Any) -> list[Entry]:
+        with self._translated("read"):
+            return [_entry(row) for row in self._db.execute(sql, params).fetchall()]
+
+    def check(self) -> None:
+        """Raise `QueueCorrupt` unless SQLite's quick_check finds the database sound."""
+        with self._translated("check"):
+            found = [row[0] for row in self._db.execute("PRAGMA quick_check").fetchall()]
+        if found != ["ok"]:
+            raise QueueCorrupt(corrupt_message(self.path, "; ".join(found[:3])))
+
+    # --- the hook's side -----------------------------------------------------------------------
+
+    def enqueue(self, pushes: Sequence[Push]) -> list[Entry]:
+        """Queue one run per push, in one transaction; returns the new rows."""
+        run_ids = []
+        with self._write("queue a run in") as db:
+            for push in pushes:
+                run_id = new_run_id()
+                db.execute(
+                    "INSERT INTO queue (run_id, git_dir, repo, ref, sha, pushed_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (run_id, push.git_dir, push.repo, push.ref, push.sha, push.pushed_at),
+                )
+                run_ids.append(run_id)
+        return [self.get(run_id) for run_id in run_ids]
+
+    # --- the worker's side ---------------------------------------------------------------------
+
+    def claim(self, owner: Owner) -> Entry | None:
+        """Move the oldest queued row whose repository and ref has nothing running to
+        running, owned by `owner`; None if there is none."""
+        with self._write("claim a run from") as db:
+            row = db.execute(
+                "SELECT seq FROM queue AS q WHERE state = 'queued' AND NOT EXISTS"
+                " (SELECT 1 FROM queue AS r WHERE r.state = 'running'"
+                "  AND r.git_dir = q.git_dir AND r.ref = q.ref)"
+                " ORDER BY seq LIMIT 1"
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE queue SET state = 'running', worker_pid = ?, worker_start = ?,"
+                " worker_host = ?, claimed_at = ? WHERE seq = ? AND state = 'queued'",
+                (owner.pid, owner.start, owner.host, utc_text(), row["seq"]),
+            )
+            found = db.execute("SELECT * FROM queue WHERE seq = ?", (row["seq"],)).fetchone()
+        return _entry(found)
+
+    def started(self, run_id: str, executor: str, pid: int, start: int | None) -> bool:
+        """Record the child running `run_id`; True if a cancel was asked for meanwhile."""
+        with self._write("record a started run in") as db:
+            db.execute(
+                "UPDATE queue SET executor = ?, child_pid = ?, child_start = ?"
+                " WHERE run_id = ? AND state = 'running'",
+                (executor, pid, start, run_id),
+            )
+            row = db.execute("SELECT cancel FROM queue WHERE run_id = ?", (run_id,)).fetchone()
+        return bool(row and row["cancel"])
+
+    def release(self, run_id: str) -> None:
+        """Put a claimed row back (its child could not be started); it keeps its place."""
+        with self._write("release a run in") as db:
+            db.execute(
+                "UPDATE queue SET state = 'queued', worker_pid = NULL, worker_start = NULL,"
+                " worker_host = NULL, claimed_at = NULL, executor = NULL, child_pid = NULL,"
+                " child_start = NULL WHERE run_id = ? AND state = 'running'",
+                (run_id,),
+            )
+
+    def finish(self, run_id: str, outcome: str, reason: str | None, message: str | None) -> bool:
+        """running -> done; False if the row was not running (someone else finished it)."""
+        with self._write("record a finished run in") as db:
+            done = db.execute(
+                "UPDATE queue SET state = 'done', finished_at = ?, outcome = ?, reason = ?,"
+                " message = ? WHERE run_id = ? AND state = 'running'",
+                (utc_text(), outcome, reason, message, run_id),
+            )
+        return done.rowcount == 1
+
+    def requeue(self, run_id: str) -> Entry | None:
+        """A dead worker's running row, queued again under a new run id at its old place.
+
+        None if the row is not running any more (another worker recovered it).
+        """
+        new_id = new_run_id()
+        with self._write("queue a run again in") as db:
+            done = db.execute(
+                "UPDATE queue SET state = 'queued', run_id = ?, retry_of = ?,"
+                " attempt = attempt + 1, executor = NULL, worker_pid = NULL,"
+                " worker_start = NULL, worker_host = NULL, child_pid = NULL,"
+                " child_start = NULL, claimed_at = NULL WHERE run_id = ? AND state = 'running'",
+                (new_id, run_id, run_id),
+            )
+        return self.get(new_id) if done.rowcount == 1 else None
+
+    def running(self) -> list[Entry]:
+        """Every running row, oldest first."""
+        return self._select("SELECT * FROM queue WHERE state = 'running' ORDER BY seq")
+
+    # --- people's side -------------------------------------------------------------------------
+
+    def get(self, run_id: str) -> Entry:
+        """The row of `run_id`; raises `QueueEntryNotFound`."""
+        found = self._select("SELECT * FROM queue WHERE run_id = ?", run_id)
+        if not found:
+            raise QueueEntryNotFound(f"no run {run_id!r} in the queue {self.path}")
+        return found[0]
+
+    def active(self) -> list[Entry]:
+        """Queued and running rows, oldest first."""
+        return self._select("SELECT * FROM queue WHERE state != 'done' ORDER BY seq")
+
+    def recent(self, limit: int) -> list[Entry]:
+        """The last `limit` finished rows, newest first."""
+        return self._select(
+            "SELECT * FROM queue WHERE state = 'done' ORDER BY finished_at DESC, seq DESC LIMIT ?",
+            limit,
+        )
+
+    def find_active(self, prefix: str) -> Entry:
+        """The queued or running row whose run id starts with `prefix`; raises
+        `QueueEntryNotFound` for none or several."""
+        matches = [e for e in self.active() if e.run_id.startswith(prefix)]
+        exact = [e for e in matches if e.run_id == prefix]
+        if exact or len(matches) == 1:
+            return (exact or matches)[0]
+        if not matches:
+            raise QueueEntryNotFound(
+                f"no queued or running run {prefix!r} (see `quire ci queue`; finished runs "
+                "are in `quire ci runs`)"
+            )
+        ids = ", ".join(e.run_id for e in matches[:5])
+        raise QueueEntryNotFound(f"run prefix {prefix!r} is ambiguous: {ids}")
+
+    def cancel(self, run_id: str) -> Entry:
+        """Cancel a row: a queued one is done (`cancelled`) at once; a running one is
+        flagged, and the caller stops its child. Returns the row as it was before."""
+        with self._write("cancel a run in") as db:
+            row = db.execute(
+                "SELECT * FROM queue WHERE run_id = ? AND state != 'done'", (run_id,)
+            ).fetchone()
+            if row is None:
+                raise QueueEntryNotFound(f"run {run_id} is no longer queued or running")
+            if row["state"] == QUEUED:
+                db.execute(
+                    "UPDATE queue SET state = 'done', outcome = 'cancelled', reason = 'cancelled',"
+                    " message = 'cancelled before it started', finished_at = ? WHERE seq = ?",
+                    (utc_text(), row["seq"]),
+                )
+            else:
+                db.execute("UPDATE queue SET cancel = 1 WHERE seq = ?", (row["seq"],))
+        return _entry(row)
+
+    def prune(self, keep: int = 1000) -> int:
+        """Forget all but the newest `keep` done rows; returns how many went."""
+        with self._write("prune") as db:
+            gone = db.execute(
+                "DELETE FROM queue WHERE state = 'done' AND seq NOT IN"
+                " (SELECT seq FROM queue WHERE state = 'done' ORDER BY seq DESC LIMIT ?)",
+                (keep,),
+            )
+        return gone.rowcount
+
+
+def corrupt_message(path: Path, detail: str) -> str:
+    """What to do about a damaged queue database."""
+    return (
+        f"the queue database {path} is damaged ({detail}). Stop every `quire ci worker`, "
+        f"move it aside (mv {path} {path}.broken) and start them again: a new, empty queue "
+        "is made. Runs still queued in the old file are not run; push again, or run one "
+        "with `quire ci run SHA --repo REPO`"
+    )
+
+
+def open_queue(state: Path) -> Queue:
+    """The queue of state directory `state`, created if missing."""
+    return Queue(queue_path(state))

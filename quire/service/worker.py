@@ -1,0 +1,317 @@
+"""`quire ci worker`: run queued pushes, each as a child `quire ci run`, in the foreground.
+
+The loop: reap children that ended (outcome into the queue row and the
+commit's note), recover dead workers' runs, claim the oldest runnable rows
+up to `--concurrency`, then sleep in one `select` over the wake-up socket
+(the hook), the signal fd (SIGCHLD, SIGTERM/SIGINT/SIGHUP) and a fallback
+poll. Each run is started as
+
+    python -m quire ci run SHA --repo GIT_DIR --executor E --ref REF
+        --pushed-at TIME --run-id ID --quiet
+
+so it leaves exactly the records a `quire ci run` leaves. Children get
+SIGTERM if the worker dies (PR_SET_PDEATHSIG): they record `interrupted`
+and tear down rather than run on unsupervised.
+
+On SIGTERM/SIGINT/SIGHUP the worker stops claiming, sends SIGTERM to its
+children (recorded `interrupted`; not queued again: a stop is deliberate),
+waits up to `stop_grace_s` (a second signal: at once) and exits 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import selectors
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from quire.ci.store.runs import RunState
+from quire.errors import ConfigError, QuireError
+from quire.service import outcome as outcomes
+from quire.service import recovery
+from quire.service.errors import QueueUnavailable
+from quire.service.notes import CiNote, append_note
+from quire.service.outcome import Outcome
+from quire.service.queue import Entry, Queue, open_queue
+from quire.service.signals import SignalWatch
+from quire.service.wake import Listener
+from quire.tools import process
+
+log = logging.getLogger("quire.worker")
+
+OUTPUT_DIR = "queue.out"
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """How a worker runs (the `quire ci worker` flags)."""
+
+    state: Path
+    concurrency: int = 1
+    executor: str = "host"  # the default; `[repositories.<name>] executor` overrides it
+    poll_s: float = 5.0  # fallback when a wake-up is lost, and for dead workers' runs
+    retry_s: float = 5.0  # after the queue could not be written (disk full)
+    stop_grace_s: float = 10.0
+
+
+@dataclass
+class Running:
+    """A run this worker started."""
+
+    entry: Entry
+    child: process.Child
+    output: Path
+    started: float  # monotonic
+    cancel: bool = False
+
+
+class Worker:
+    """One worker process; `serve()` until a stop signal."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.me = recovery.owner()
+        self.running: dict[str, Running] = {}
+        self.unrecorded: list[tuple[Entry, Outcome]] = []  # the queue could not take them yet
+        self.retry_at = 0.0
+        self.queue: Queue | None = None
+
+    def serve(self) -> int:
+        """Run until stopped; returns the exit code (0). Raises `QueueCorrupt`."""
+        state = self.settings.state
+        with open_queue(state) as queue, Listener(state) as listener, SignalWatch() as signals:
+            self.queue = queue
+            queue.check()
+            queue.prune()
+            waiting = len([e for e in queue.active() if e.state == "queued"])
+            log.info(
+                "worker %d started: concurrency %d, executor %s, queue %s (%d queued)",
+                self.me.pid,
+                self.settings.concurrency,
+                self.settings.executor,
+                queue.path,
+                waiting,
+            )
+            try:
+                self._loop(listener, signals)
+            finally:
+                self._stop(signals)
+        log.info("worker %d stopped", self.me.pid)
+        return 0
+
+    def _loop(self, listener: Listener, signals: SignalWatch) -> None:
+        next_poll = 0.0
+        with selectors.DefaultSelector() as selector:
+            selector.register(listener, selectors.EVENT_READ)
+            selector.register(signals, selectors.EVENT_READ)
+            while not signals.stops:
+                now = time.monotonic()
+                if now >= next_poll:
+                    self._step(self._recover)
+                    next_poll = now + self.settings.poll_s
+                self._step(self._reap)
+                if now >= self.retry_at:
+                    self._step(self._fill)
+                wake_in = min(next_poll, self.retry_at if self.retry_at > now else next_poll)
+                selector.select(max(0.0, wake_in - time.monotonic()))
+                listener.drain()
+                signals.drain()
+        log.info("%s received: stopping (%d runs to interrupt)", signals.last, len(self.running))
+
+    def _step(self, action: Callable[[], None]) -> None:
+        """Run one part of the loop; a queue that cannot be written now is retried later."""
+        try:
+            action()
+        except QueueUnavailable as exc:
+            log.error("%s; retrying in %.0fs", exc, self.settings.retry_s)
+            self.retry_at = time.monotonic() + self.settings.retry_s
+
+    # --- claiming and starting -----------------------------------------------------------------
+
+    def _fill(self) -> None:
+        assert self.queue is not None
+        while len(self.running) < self.settings.concurrency:
+            entry = self.queue.claim(self.me)
+            if entry is None:
+                return
+            if not self._start(entry):
+                return
+
+    def _start(self, entry: Entry) -> bool:
+        assert self.queue is not None
+        executor = self._executor_for(entry.repo)
+        out_dir = self.settings.state / OUTPUT_DIR
+        output = out_dir / f"{entry.run_id}.log"
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            child = process.start(child_argv(entry, executor), output=output)
+        except (OSError, QuireError) as exc:
+            log.error(
+                "cannot start run %s: %s; retrying in %.0fs",
+                entry.run_id,
+                exc,
+                self.settings.retry_s,
+            )
+            self.queue.release(entry.run_id)
+            self.retry_at = time.monotonic() + self.settings.retry_s
+            return False
+        from quire.ci.store.liveness import process_start_ticks
+
+        start = process_start_ticks(child.pid)
+        entry = replace(entry, executor=executor, child_pid=child.pid, child_start=start)
+        running = Running(entry, child, output, time.monotonic())
+        self.running[entry.run_id] = running
+        running.cancel = self.queue.started(entry.run_id, executor, child.pid, start)
+        log.info(
+            "start %s: %s %s %s (executor %s, attempt %d, pid %d)",
+            entry.run_id,
+            entry.repo,
+            entry.ref,
+            entry.sha[:12],
+            executor,
+            entry.attempt,
+            child.pid,
+        )
+        if running.cancel:
+            child.signal(signal.SIGTERM)
+        return True
+
+    def _executor_for(self, repo: str) -> str:
+        from quire.config import load_config
+
+        try:
+            chosen = load_config().executor_for(repo)
+        except ConfigError as exc:
+            log.error("%s (using --executor %s)", exc, self.settings.executor)
+            return self.settings.executor
+        return chosen or self.settings.executor
+
+    # --- finishing -----------------------------------------------------------------------------
+
+    def _reap(self) -> None:
+        for run_id, running in list(self.running.items()):
+            code = running.child.poll()
+            if code is None:
+                continue
+            del self.running[run_id]
+            self._finish(running, code)
+        self._record_pending()
+
+    def _finish(self, running: Running, code: int) -> None:
+        entry = running.entry
+        cancelled = running.cancel or self._cancel_asked(entry)
+        run = outcomes.find_record(entry)
+        if run is not None and run.state in (RunState.pending, RunState.active):
+            recovery.reconcile_run(entry)  # the child died without finishing its record
+            run = outcomes.find_record(entry)
+        if run is not None:
+            result = outcomes.from_record(run, cancelled=cancelled)
+        else:
+            text = outcomes.read_output(running.output)
+            elapsed = time.monotonic() - running.started
+            result = outcomes.without_record(
+                entry, code, text, cancelled=cancelled, duration_s=elapsed
+            )
+        with contextlib.suppress(OSError):
+            running.output.unlink()
+        self.unrecorded.append((entry, result))
+
+    def _cancel_asked(self, entry: Entry) -> bool:
+        assert self.queue is not None
+        try:
+            return self.queue.get(entry.run_id).cancel
+        except QuireError:
+            return False
+
+    def _record_pending(self) -> None:
+        assert self.queue is not None
+        while self.unrecorded:
+            entry, result = self.unrecorded[0]
+            if self.queue.finish(entry.run_id, result.outcome, result.reason, result.message):
+                log.info(
+                    "done %s: %s %s: %s", entry.run_id, entry.repo, entry.ref, result.describe()
+                )
+                write_note(entry, result)
+            self.unrecorded.pop(0)
+
+    def _recover(self) -> None:
+        assert self.queue is not None
+        recovery.recover(self.queue, self.me, write_note)
+
+    # --- stopping ------------------------------------------------------------------------------
+
+    def _stop(self, signals: SignalWatch) -> None:
+        """Interrupt the children, wait for them (bounded), record what they left."""
+        for running in self.running.values():
+            running.child.signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.settings.stop_grace_s
+        stops = signals.stops
+        while self.running and time.monotonic() < deadline and signals.stops == stops:
+            for run_id, running in list(self.running.items()):
+                code = running.child.wait(0.05)
+                if code is not None:
+                    del self.running[run_id]
+                    self._finish(running, code)
+        for running in self.running.values():
+            log.warning("run %s did not stop in time: killing it", running.entry.run_id)
+            running.child.kill_group()
+            code = running.child.wait()
+            self._finish(running, -signal.SIGKILL if code is None else code)
+        self.running.clear()
+        try:
+            self._record_pending()
+        except QueueUnavailable as exc:
+            lost = ", ".join(entry.run_id for entry, _ in self.unrecorded)
+            log.error("%s: outcomes of %s not recorded in the queue", exc, lost)
+
+
+def child_argv(entry: Entry, executor: str) -> list[str]:
+    """The `quire ci run` that runs a queued push (the same records as a manual run)."""
+    return [
+        sys.executable,
+        "-m",
+        "quire",
+        "ci",
+        "run",
+        entry.sha,
+        "--repo",
+        entry.git_dir,
+        "--executor",
+        executor,
+        "--ref",
+        entry.ref,
+        "--pushed-at",
+        entry.pushed_at,
+        "--run-id",
+        entry.run_id,
+        "--quiet",
+    ]
+
+
+def write_note(entry: Entry, result: Outcome) -> None:
+    """Append the run's outcome to its commit's note; a failure is logged, never raised."""
+    if result.commit is None:
+        log.warning("run %s: %s is not a commit; no note written", entry.run_id, entry.sha)
+        return
+    note = CiNote(
+        run_id=entry.run_id,
+        state=result.outcome,
+        reason=result.reason,
+        ref=entry.ref,
+        executor=entry.executor,
+        attempt=entry.attempt,
+        duration_s=None if result.duration_s is None else round(result.duration_s, 3),
+        failed_jobs=result.failed_jobs,
+        finished_at=datetime.now(UTC),
+        message=result.message,
+    )
+    try:
+        append_note(Path(entry.git_dir), result.commit, note)
+    except QuireError as exc:
+        log.error("run %s: cannot write its git note: %s", entry.run_id, exc)
