@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -276,17 +277,15 @@ def in_process_run(sc: Scratch, sha: str, executor_name: str) -> Iterator[InProc
 
     Leaving the block tears the executor down (docker: `docker rm --force` + untag).
     """
+    from quire.ci.events import JobFinished, JobStarted
     from quire.ci.pipeline import JobDef, Pipeline
     from quire.ci.run import workspace as workspaces
-    from quire.ci.run.executors.host import HostExecutor
+    from quire.ci.run.orchestrator import make_executor, outlet_for
     from quire.ci.run.redact import Redactor
-    from quire.ci.run.report import SilentReporter
     from quire.ci.run.runtime import JobContext, Runtime
-    from quire.ci.store.logs import LogWriter
-    from quire.ci.store.records import Executor as ExecutorName
-    from quire.ci.store.records import RunMeta, utcnow
+    from quire.ci.store.records import ExecutorKind, JobState, JobStatus, RunMeta, utcnow
     from quire.ci.store.runs import RunState, RunStore
-    from quire.config import DockerSettings, Secrets
+    from quire.config import Secrets
 
     store = RunStore(sc.repo_name)
     run_dir = store.create(
@@ -298,44 +297,48 @@ def in_process_run(sc: Scratch, sha: str, executor_name: str) -> Iterator[InProc
             sha=sha,
             ref="refs/heads/main",
             pushed_at=utcnow(),
-            executor=ExecutorName(executor_name),
+            executor=ExecutorKind(executor_name),
         )
     )
     run_dir.transition(RunState.active)
     workspaces.materialize(sc.repo / ".git", sha, run_dir.workspace)
-    reporter = SilentReporter()
+    outlet = outlet_for(run_dir, Redactor(), [])
     try:
-        with LogWriter(run_dir.path / "log.jsonl") as run_log:
-            if executor_name == "docker":
-                from quire.ci.run.executors.docker import DockerExecutor
-
-                executor: object = DockerExecutor(
-                    workspace=run_dir.workspace,
-                    run_dir=run_dir,
-                    settings=DockerSettings(),
-                    run_log=run_log,
-                    reporter=reporter,
-                )
-            else:
-                executor = HostExecutor(run_dir.workspace)
-            job = JobDef(id="bench", inputs=("quire/push",), func=lambda rt: None, line=None)
-            pipeline = Pipeline(jobs={"bench": job}, order=["bench"])
-            job_log = run_dir.job_dir("bench") / "log.jsonl"
-            with executor as ex, LogWriter(job_log) as log:  # type: ignore[attr-defined]
-                ctx = JobContext(
-                    job=job,
-                    pipeline=pipeline,
-                    executor=ex,
-                    outputs={},
-                    secrets=Secrets(),
-                    redactor=Redactor(),
-                    log=log,
-                    reporter=reporter,
-                    capture_limit=4 * 1024 * 1024,
-                )
-                yield InProcessRun(ex, Runtime(ctx), job_log, run_dir.path)
+        executor = make_executor(_setup(run_dir, ExecutorKind(executor_name), outlet))
+        job = JobDef(id="bench", inputs=("quire/push",), func=lambda rt: None, line=None)
+        pipeline = Pipeline(jobs={"bench": job}, order=["bench"])
+        job_log = run_dir.path / "jobs" / "bench" / "log.jsonl"
+        with executor as ex:
+            outlet.emit(JobStarted("bench"))
+            ctx = JobContext(
+                job=job,
+                pipeline=pipeline,
+                executor=ex,
+                outputs={},
+                secrets=Secrets(),
+                outlet=outlet,
+                capture_limit=4 * 1024 * 1024,
+            )
+            yield InProcessRun(ex, Runtime(ctx), job_log, run_dir.path)
+            outlet.emit(JobFinished(JobState(job_id="bench", status=JobStatus.success)))
     finally:
+        outlet.close()
         workspaces.remove(run_dir.workspace)
+
+
+def _setup(run_dir: Any, kind: Any, outlet: Any) -> Any:
+    from quire.ci.run.executors.base import ExecutorSetup
+    from quire.config import DockerSettings
+
+    return ExecutorSetup(
+        kind=kind,
+        workspace=run_dir.workspace,
+        run_id=run_dir.run_id,
+        repo=run_dir.store.repo,
+        store_label=run_dir.store.label,
+        docker=DockerSettings(),
+        outlet=outlet,
+    )
 
 
 def _container_gone_errors() -> tuple[type[BaseException], ...]:
@@ -357,12 +360,10 @@ def docker_executor(sc: Scratch, sha: str) -> Iterator[object]:
     """
     from quire.ci.run import workspace as workspaces
     from quire.ci.run.executors.docker import DockerExecutor
-    from quire.ci.run.report import SilentReporter
-    from quire.ci.store.logs import LogWriter
-    from quire.ci.store.records import Executor as ExecutorName
-    from quire.ci.store.records import RunMeta, utcnow
+    from quire.ci.run.orchestrator import outlet_for
+    from quire.ci.run.redact import Redactor
+    from quire.ci.store.records import ExecutorKind, RunMeta, utcnow
     from quire.ci.store.runs import RunState, RunStore
-    from quire.config import DockerSettings
 
     store = RunStore(sc.repo_name)
     run_dir = store.create(
@@ -374,19 +375,14 @@ def docker_executor(sc: Scratch, sha: str) -> Iterator[object]:
             sha=sha,
             ref="refs/heads/main",
             pushed_at=utcnow(),
-            executor=ExecutorName.docker,
+            executor=ExecutorKind.docker,
         )
     )
     run_dir.transition(RunState.active)
     workspaces.materialize(sc.repo / ".git", sha, run_dir.workspace)
+    outlet = outlet_for(run_dir, Redactor(), [])
     try:
-        with LogWriter(run_dir.path / "log.jsonl") as run_log:
-            yield DockerExecutor(
-                workspace=run_dir.workspace,
-                run_dir=run_dir,
-                settings=DockerSettings(),
-                run_log=run_log,
-                reporter=SilentReporter(),
-            )
+        yield DockerExecutor(_setup(run_dir, ExecutorKind.docker, outlet))
     finally:
+        outlet.close()
         workspaces.remove(run_dir.workspace)

@@ -8,18 +8,33 @@ CLI turns them into `error: <message>` and the exit code in `exit_code`:
     1   run finished, at least one job failed            (not an exception)
     2   bad input: usage, repository, revision, pipeline, config
     3   environment: docker, Dockerfile, image, container, workspace
+    70  a bug of quire's own (an internal error)
     130 interrupted
+
+`ExitCode` holds them; nothing else in quire writes the numbers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """What quire's exit status says (the README's table)."""
+
+    ok = 0
+    jobs_failed = 1
+    bad_input = 2
+    environment = 3
+    internal = 70  # EX_SOFTWARE: not 1, which means "a job failed"
+    interrupted = 130
 
 
 class QuireError(Exception):
     """Base of every error quire reports to a person."""
 
-    exit_code = 2
+    exit_code: int = ExitCode.bad_input
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -89,7 +104,7 @@ class PipelineError(QuireError):
 class EnvironmentProblem(QuireError):
     """Something around quire (a program, the docker engine, the disk) failed."""
 
-    exit_code = 3
+    exit_code = ExitCode.environment
 
 
 class ProgramNotFound(EnvironmentProblem):
@@ -158,7 +173,7 @@ class Interrupted(KeyboardInterrupt):
     KeyboardInterrupt it must get past a job's `except Exception:`.
     """
 
-    exit_code = 130
+    exit_code = ExitCode.interrupted
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

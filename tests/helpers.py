@@ -6,6 +6,9 @@ import os
 import subprocess
 import textwrap
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 GIT_ENV = {
     "GIT_CONFIG_GLOBAL": "/dev/null",
@@ -60,3 +63,29 @@ def write_shim(bin_dir: Path, name: str, body: str) -> Path:
     shim.write_text("#!/bin/sh\n" + textwrap.dedent(body))
     shim.chmod(0o755)
     return shim
+
+
+class Collected:
+    """A subscriber of a run's outlet that keeps every event it gets, in order."""
+
+    def __init__(self) -> None:
+        from quire.ci.events import Event
+
+        self.events: list[Event] = []
+        self.closed = False
+
+    def handle(self, event: object) -> None:
+        self.events.append(event)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self.closed = True
+
+    def of(self, kind: type[T]) -> list[T]:
+        """The events of one type."""
+        return [event for event in self.events if isinstance(event, kind)]
+
+    def output(self, job: str | None = None, stream: str = "stdout") -> bytes:
+        """The output bytes of `job` on `stream`, joined."""
+        from quire.ci.events import Output
+
+        return b"".join(e.data for e in self.of(Output) if e.job == job and e.stream == stream)

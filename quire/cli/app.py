@@ -2,8 +2,8 @@
 
 Every command body runs inside `_guarded`: a `QuireError` becomes
 `error: <message>` on stderr and its exit code; Ctrl-C becomes exit 130;
-anything else is a bug, shown as one line unless `--debug` asks for the
-traceback. Heavy modules are imported inside the commands so that
+anything else is a bug (exit 70), shown as one line unless `--debug` asks
+for the traceback. Heavy modules are imported inside the commands so that
 `quire --help` starts fast.
 """
 
@@ -41,7 +41,7 @@ _debug = False
 def _guarded(func: Callable[P, int | None]) -> Callable[P, None]:
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
-        from quire.errors import QuireError
+        from quire.errors import ExitCode, QuireError
 
         try:
             code = func(*args, **kwargs) or 0
@@ -50,12 +50,12 @@ def _guarded(func: Callable[P, int | None]) -> Callable[P, None]:
             code = exc.exit_code
         except KeyboardInterrupt:
             _error("interrupted")
-            code = 130
+            code = ExitCode.interrupted
         except Exception as exc:
             if _debug:
                 raise
             _error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for details)")
-            code = 1
+            code = ExitCode.internal
         raise typer.Exit(code)
 
     return wrapper
@@ -115,22 +115,27 @@ def run_command(
 ) -> int:
     """Run the pipeline of REV.
 
-    Exit 0 complete, 1 a job failed, 2 bad input, 3 environment, 130 interrupted.
+    Exit 0 complete, 1 a job failed, 2 bad input, 3 environment, 70 internal error,
+    130 interrupted.
     """
     from quire.ci.run.orchestrator import RunRequest, run
-    from quire.ci.store.records import Executor
+    from quire.ci.store.records import ExecutorKind
     from quire.cli.console import make_reporter
 
     request = RunRequest(
         repo_path=repo,
         revision=rev,
-        executor=Executor(executor.value),
+        executor=ExecutorKind(executor.value),
         keep_workspace=keep_workspace,
         ref=ref,
         pushed_at=_parse_time(pushed_at),
         run_id=run_id,
     )
-    outcome = run(request, make_reporter(quiet=quiet))
+    reporter = make_reporter(quiet=quiet)
+    try:
+        outcome = run(request, reporter)
+    finally:
+        reporter.close()  # the live area goes, however the run ended
     if outcome.error:
         _error(outcome.error)
     return outcome.exit_code
@@ -207,6 +212,15 @@ def _register_history() -> None:
 
 
 _register_history()
+
+
+def _register_web() -> None:
+    from quire.cli import serve_command
+
+    ci.command("serve")(_guarded(serve_command.serve_command))
+
+
+_register_web()
 
 
 def main() -> None:

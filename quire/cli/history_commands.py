@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -109,7 +109,10 @@ def logs_command(
         bool, typer.Option("--follow", "-f", help="Keep printing until the run ends.")
     ] = False,
 ) -> int:
-    """Print a run's output as it was shown live (optionally one job, optionally following)."""
+    """Print a run's output as it was shown live (optionally one job, optionally following).
+
+    With --follow, end with the run's outcome and exit with the run's exit code.
+    """
     from quire.ci.store import views
     from quire.ci.store.runs import RunState
     from quire.cli.console import make_reporter
@@ -122,28 +125,15 @@ def logs_command(
     if job is not None and not (found.path / "jobs" / job).is_dir() and (finished or not follow):
         raise RunNotFound(f"run {found.run_id} has no job {job!r}")
     reporter = make_reporter(quiet=False)
-    shown: list[str | None] = [None]
-
-    def sink(job_id: str | None, event: dict[str, Any]) -> None:
-        from quire.ci.store.logs import event_bytes
-
-        if job_id != shown[0]:
-            reporter.job_started(job_id or "?")
-            shown[0] = job_id
-        kind = event.get("event")
-        if kind == "sh-start":
-            reporter.command_started(job_id or "?", str(event.get("cmd", "")))
-        elif kind in ("stdout", "stderr"):
-            reporter.output(job_id or "?", kind, event_bytes(event))
-        elif kind == "sh-exit":
-            reporter.command_finished(
-                job_id or "?", int(event.get("exit", 0)), float(event.get("duration_s", 0.0))
-            )
-
-    if follow:
-        notes = views.follow(store, found.run_id, job, sink)
-    else:
-        notes = views.replay(found, job, sink)
+    try:
+        if follow:
+            outcome, notes = views.follow(store, found.run_id, job, reporter.handle)
+            reporter.handle(outcome)
+        else:
+            notes = views.replay(found, job, reporter.handle)
+    finally:
+        reporter.close()
     for note in notes:  # to stderr: stdout stays exactly the job's output and headers
         typer.echo(f"note: {note}", err=True)
-    return 0
+    # Following a run ends like the run did: its exit code.
+    return outcome.result.exit_code if follow else 0

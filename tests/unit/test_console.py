@@ -7,11 +7,25 @@ import re
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
-from quire.ci.store.records import JobState, JobStatus
+from quire.ci.events import (
+    CommandFinished,
+    CommandStarted,
+    JobFinished,
+    JobStarted,
+    Notice,
+    Output,
+    RunFinished,
+    RunStarted,
+    StreamName,
+)
+from quire.ci.store.records import EndReason, ExecutorKind, JobState, JobStatus, RunResult
+from quire.ci.store.runs import RunState
 from quire.cli.console import PlainReporter, TerminalReporter, make_reporter
 
 T0 = datetime(2026, 5, 4, 16, 20, 1, tzinfo=UTC)
@@ -49,8 +63,45 @@ SUMMARY = (
     b"build       success   1.50s   \n"
     b"unit-tests  failed    1m02s     command `pytest` exited 1\n"
     b"deploy      skipped   -         input 'unit-tests' failed\n"
-    b"run failed (jobs-failed): /state/runs/proj/failed/RUN\n"
+    b"run failed (jobs-failed) in 1m05s: /state/runs/proj/failed/RUN\n"
 )
+
+
+@dataclass
+class feed:
+    """Hands a reporter the events the core emits during a run, by name."""
+
+    reporter: PlainReporter | TerminalReporter
+
+    def run_started(self) -> None:
+        self.reporter.handle(RunStarted("RUN", "proj", "HEAD", "abc123", ExecutorKind.host))
+
+    def notice(self, text: str) -> None:
+        self.reporter.handle(Notice(text))
+
+    def job_started(self, job: str) -> None:
+        self.reporter.handle(JobStarted(job))
+
+    def command_started(self, job: str, display: str) -> None:
+        self.reporter.handle(CommandStarted(job, display))
+
+    def output(self, job: str, stream: StreamName, data: bytes) -> None:
+        self.reporter.handle(Output(job, stream, data))
+
+    def command_finished(self, job: str, exit_code: int, duration_s: float) -> None:
+        self.reporter.handle(CommandFinished(job, exit_code, duration_s))
+
+    def job_finished(self, state: JobState) -> None:
+        self.reporter.handle(JobFinished(state))
+
+    def run_finished(self, states: list[JobState], status: str, location: str) -> None:
+        """`status` as the summary shows it: `complete`, `failed (jobs-failed)`."""
+        word, _, reason = status.rstrip(")").partition(" (")
+        code = 0 if word == "complete" else 1
+        result = RunResult(reason=EndReason(reason) if reason else None, exit_code=code)
+        self.reporter.handle(
+            RunFinished("RUN", RunState(word), result, tuple(states), 65.0, Path(location))
+        )
 
 
 class FlushRecorder(io.BytesIO):
@@ -72,23 +123,23 @@ def plain(*, quiet: bool = False) -> tuple[PlainReporter, FlushRecorder, FlushRe
 
 def play_a_run(reporter: PlainReporter | TerminalReporter) -> None:
     """What the orchestrator tells a reporter during a small run."""
-    reporter.run_started("run RUN  proj at HEAD (abc123)  executor host")
-    reporter.notice("building image")
-    reporter.job_started("build")
-    reporter.command_started("build", "make all")
-    reporter.output("build", "stdout", b"compiling \xff\n")
-    reporter.output("build", "stderr", b"warning: w1\n")
-    reporter.output("build", "stdout", b"linking")
-    reporter.output("build", "stdout", b" done\n")
-    reporter.command_finished("build", 0, 0.25)
-    reporter.job_finished(STATES[0])
-    reporter.job_started("unit-tests")
-    reporter.command_started("unit-tests", "pytest -q")
-    reporter.output("unit-tests", "stderr", b"E   boom\n")
-    reporter.command_finished("unit-tests", 1, 62.0)
-    reporter.job_finished(STATES[1])
-    reporter.job_finished(STATES[2])
-    reporter.run_finished(STATES, "failed (jobs-failed)", "/state/runs/proj/failed/RUN")
+    feed(reporter).run_started()
+    feed(reporter).notice("building image")
+    feed(reporter).job_started("build")
+    feed(reporter).command_started("build", "make all")
+    feed(reporter).output("build", "stdout", b"compiling \xff\n")
+    feed(reporter).output("build", "stderr", b"warning: w1\n")
+    feed(reporter).output("build", "stdout", b"linking")
+    feed(reporter).output("build", "stdout", b" done\n")
+    feed(reporter).command_finished("build", 0, 0.25)
+    feed(reporter).job_finished(STATES[0])
+    feed(reporter).job_started("unit-tests")
+    feed(reporter).command_started("unit-tests", "pytest -q")
+    feed(reporter).output("unit-tests", "stderr", b"E   boom\n")
+    feed(reporter).command_finished("unit-tests", 1, 62.0)
+    feed(reporter).job_finished(STATES[1])
+    feed(reporter).job_finished(STATES[2])
+    feed(reporter).run_finished(STATES, "failed (jobs-failed)", "/state/runs/proj/failed/RUN")
 
 
 # --- PlainReporter --------------------------------------------------------------------------------
@@ -117,20 +168,20 @@ def test_plain_reporter_keeps_job_stdout_on_stdout_and_job_stderr_on_stderr() ->
 def test_plain_reporter_writes_output_bytes_exactly_as_given() -> None:
     reporter, out, err = plain()
     data = bytes(range(256)) + b"\r\n\r no newline"
-    reporter.output("job", "stdout", data)
-    reporter.output("job", "stderr", data[::-1])
+    feed(reporter).output("job", "stdout", data)
+    feed(reporter).output("job", "stderr", data[::-1])
     assert out.getvalue() == data
     assert err.getvalue() == data[::-1]
 
 
 def test_plain_reporter_flushes_every_chunk_as_it_arrives() -> None:
     reporter, out, err = plain()
-    reporter.job_started("build")
+    feed(reporter).job_started("build")
     assert out.flushed_at[-1] == len(out.getvalue())
     for chunk in (b"a", b"bc\n", b"partial"):
-        reporter.output("build", "stdout", chunk)
+        feed(reporter).output("build", "stdout", chunk)
         assert out.flushed_at[-1] == len(out.getvalue())
-        reporter.output("build", "stderr", chunk)
+        feed(reporter).output("build", "stderr", chunk)
         assert err.flushed_at[-1] == len(err.getvalue())
 
 
@@ -140,13 +191,15 @@ def test_plain_reporter_flushes_every_chunk_as_it_arrives() -> None:
 )
 def test_plain_reporter_shows_only_a_non_zero_exit(exit_code: int, expected: bytes) -> None:
     reporter, out, _ = plain()
-    reporter.command_finished("job", exit_code, 1.5)
+    feed(reporter).command_finished("job", exit_code, 1.5)
     assert out.getvalue() == expected
 
 
 def test_plain_reporter_shows_a_job_skipped_while_running_with_its_reason() -> None:
     reporter, out, _ = plain()
-    reporter.job_finished(state("docs", JobStatus.skipped, 0.1, skip_reason="no docs changed"))
+    feed(reporter).job_finished(
+        state("docs", JobStatus.skipped, 0.1, skip_reason="no docs changed")
+    )
     assert out.getvalue() == b"<== docs skipped in 0.10s: no docs changed\n"
 
 
@@ -159,8 +212,8 @@ def test_plain_reporter_quiet_prints_only_the_summary() -> None:
 
 def test_plain_reporter_without_jobs_prints_just_the_closing_line() -> None:
     reporter, out, _ = plain()
-    reporter.run_finished([], "failed (error)", "/state/x")
-    assert out.getvalue() == b"\nrun failed (error): /state/x\n"
+    feed(reporter).run_finished([], "failed (error)", "/state/x")
+    assert out.getvalue() == b"\nrun failed (error) in 1m05s: /state/x\n"
 
 
 # --- TerminalReporter on a fake terminal ----------------------------------------------------------
@@ -228,8 +281,7 @@ def made() -> Iterator[list[TerminalReporter]]:
     reporters: list[TerminalReporter] = []
     yield reporters
     for reporter in reporters:
-        if reporter._status is not None:
-            reporter._status.stop()
+        reporter.close()
 
 
 def terminal_reporter(made: list[TerminalReporter], *, quiet: bool = False) -> TerminalReporter:
@@ -243,16 +295,16 @@ def test_terminal_reporter_colours_job_stderr_red_and_leaves_stdout_uncoloured(
 ) -> None:
     streams = fake_terminal(monkeypatch, no_color=False)
     reporter = terminal_reporter(made)
-    reporter.job_started("build")
-    reporter.output("build", "stdout", b"plain words\n")
-    reporter.output("build", "stderr", b"angry words\n")
-    reporter.command_finished("build", 0, 0.1)
-    reporter.run_finished(STATES[:1], "complete", "/state/x")
+    feed(reporter).job_started("build")
+    feed(reporter).output("build", "stdout", b"plain words\n")
+    feed(reporter).output("build", "stderr", b"angry words\n")
+    feed(reporter).command_finished("build", 0, 0.1)
+    feed(reporter).run_finished(STATES[:1], "complete", "/state/x")
     shown = streams["out"].text() + streams["err"].text()
     assert "\x1b[31mangry words" in shown
     line = next(line for line in shown.splitlines() if "plain words" in line)
     assert colour_codes(line) == []
-    assert "run complete: /state/x" in visible(shown)
+    assert "run complete in 1m05s: /state/x" in visible(shown)
 
 
 def test_terminal_reporter_with_no_color_set_emits_no_colour_codes(
@@ -266,7 +318,7 @@ def test_terminal_reporter_with_no_color_set_emits_no_colour_codes(
     for expected in ("==> build", "$ make all", "compiling", "warning: w1", "E   boom"):
         assert expected in text
     assert "unit-tests  failed" in text
-    assert "run failed (jobs-failed): /state/runs/proj/failed/RUN" in text
+    assert "run failed (jobs-failed) in 1m05s: /state/runs/proj/failed/RUN" in text
 
 
 def test_terminal_reporter_uses_colour_on_a_terminal_without_no_color(
@@ -282,13 +334,13 @@ def test_terminal_reporter_assembles_lines_across_chunks_and_ends_a_partial_one(
 ) -> None:
     streams = fake_terminal(monkeypatch, no_color=True)
     reporter = terminal_reporter(made)
-    reporter.job_started("build")
+    feed(reporter).job_started("build")
     data = "one\ntwo café\nno newline".encode()
     cut = data.index("é".encode()) + 1  # inside the two bytes of é
-    reporter.output("build", "stdout", data[:cut])
-    reporter.output("build", "stdout", data[cut:])
-    reporter.command_finished("build", 0, 0.1)
-    reporter.job_finished(STATES[0])
+    feed(reporter).output("build", "stdout", data[:cut])
+    feed(reporter).output("build", "stdout", data[cut:])
+    feed(reporter).command_finished("build", 0, 0.1)
+    feed(reporter).job_finished(STATES[0])
     lines = visible(streams["out"].text()).splitlines()
     assert "one" in lines
     assert "two café" in lines
@@ -302,12 +354,12 @@ def test_terminal_reporter_shows_job_output_text_unchanged(
 ) -> None:
     streams = fake_terminal(monkeypatch, no_color=True)
     reporter = terminal_reporter(made)
-    reporter.job_started("build")
+    feed(reporter).job_started("build")
     line = "at 12:30 :thumbs_up: [bold]not markup[/bold] :smile: 100%"
-    reporter.output("build", "stdout", line.encode() + b"\n")
-    reporter.output("build", "stderr", line.encode() + b"\n")
-    reporter.command_finished("build", 0, 0.1)
-    reporter.run_finished(STATES[:1], "complete", "/state/x")
+    feed(reporter).output("build", "stdout", line.encode() + b"\n")
+    feed(reporter).output("build", "stderr", line.encode() + b"\n")
+    feed(reporter).command_finished("build", 0, 0.1)
+    feed(reporter).run_finished(STATES[:1], "complete", "/state/x")
     shown = visible(streams["out"].text() + streams["err"].text())
     assert shown.count(line) == 2, shown
 
@@ -320,12 +372,12 @@ def test_terminal_reporter_sends_job_stderr_to_a_redirected_stderr_byte_for_byte
     redirected = FakeStream(tty=False)
     monkeypatch.setattr(sys, "stderr", redirected)
     reporter = terminal_reporter(made)
-    reporter.job_started("build")
-    reporter.output("build", "stdout", b"to the screen\n")
-    reporter.output("build", "stderr", b"to the file \xff\n")
-    reporter.output("build", "stderr", b"no newline")
-    reporter.command_finished("build", 1, 0.1)
-    reporter.run_finished(STATES[:1], "complete", "/state/x")
+    feed(reporter).job_started("build")
+    feed(reporter).output("build", "stdout", b"to the screen\n")
+    feed(reporter).output("build", "stderr", b"to the file \xff\n")
+    feed(reporter).output("build", "stderr", b"no newline")
+    feed(reporter).command_finished("build", 1, 0.1)
+    feed(reporter).run_finished(STATES[:1], "complete", "/state/x")
     assert redirected.raw_bytes() == b"to the file \xff\nno newline"
     screen = visible(streams["out"].text())
     assert "to the screen" in screen
@@ -341,7 +393,7 @@ def test_terminal_reporter_quiet_prints_only_the_summary(
     for hidden in ("run RUN", "building image", "==> ", "$ make", "compiling", "warning", "boom"):
         assert hidden not in shown
     assert "unit-tests  failed" in shown
-    assert "run failed (jobs-failed): /state/runs/proj/failed/RUN" in shown
+    assert "run failed (jobs-failed) in 1m05s: /state/runs/proj/failed/RUN" in shown
 
 
 def test_terminal_reporter_live_status_names_the_job_and_ticks_without_output(
@@ -349,7 +401,7 @@ def test_terminal_reporter_live_status_names_the_job_and_ticks_without_output(
 ) -> None:
     streams = fake_terminal(monkeypatch, no_color=True)
     reporter = terminal_reporter(made)
-    reporter.job_started("slow-job")
+    feed(reporter).job_started("slow-job")
     assert reporter.status_text().startswith("slow-job  0.")
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
@@ -358,8 +410,8 @@ def test_terminal_reporter_live_status_names_the_job_and_ticks_without_output(
         time.sleep(0.05)
     else:
         pytest.fail(f"no ticking status line in {streams['out'].text()!r}")
-    reporter.run_finished([], "complete", "/state/x")
-    assert reporter._status is None
+    feed(reporter).run_finished([], "complete", "/state/x")
+    assert reporter._live is None
 
 
 # --- make_reporter --------------------------------------------------------------------------------

@@ -18,15 +18,19 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import BaseModel
 from pytest_subprocess import FakeProcess
 from typer.testing import CliRunner
 
 from quire.ci.run.executors import docker as docker_executor
-from quire.ci.run.executors.base import Command
+from quire.ci.run.executors.base import Command, ExecutorSetup
 from quire.ci.run.executors.docker import DockerExecutor
-from quire.ci.run.report import SilentReporter
-from quire.ci.store.logs import LogReader, LogWriter
-from quire.ci.store.records import Executor, RunMeta, utcnow
+from quire.ci.run.orchestrator import outlet_for
+from quire.ci.run.outlet import RunOutlet
+from quire.ci.run.redact import Redactor
+from quire.ci.store import recorder
+from quire.ci.store.logs import LogReader
+from quire.ci.store.records import ExecutorKind, RunMeta, utcnow
 from quire.ci.store.runs import RunDir, RunStore
 from quire.cli.app import app
 from quire.config import DockerSettings
@@ -38,6 +42,7 @@ from quire.errors import (
     ImageBuildFailed,
 )
 from quire.tools import docker
+from tests.helpers import Collected as HelperCollected
 from tests.helpers import make_repo
 
 CID = "c0ffee" + "0" * 58
@@ -156,6 +161,7 @@ class Setup:
     run_dir: RunDir
     workspace: Path
     log_path: Path
+    seen: HelperCollected = field(default_factory=HelperCollected)
 
     @property
     def container_yml(self) -> Path:
@@ -182,7 +188,7 @@ def setup(tmp_path: Path) -> Setup:
             revision="HEAD",
             sha="0" * 40,
             pushed_at=utcnow(),
-            executor=Executor.docker,
+            executor=ExecutorKind.docker,
         )
 
     run_dir = store.create(meta)
@@ -194,22 +200,27 @@ def setup(tmp_path: Path) -> Setup:
 
 @pytest.fixture
 def executor_for(setup: Setup) -> Iterator[Callable[..., DockerExecutor]]:
-    logs: list[LogWriter] = []
+    """DockerExecutors on the run's own outlet (its logs and records), as a run makes them."""
+    outlets: list[RunOutlet] = []
 
     def make(settings: DockerSettings | None = None) -> DockerExecutor:
-        log = LogWriter(setup.log_path)
-        logs.append(log)
+        outlet = outlet_for(setup.run_dir, Redactor(), [setup.seen])
+        outlets.append(outlet)
         return DockerExecutor(
-            workspace=setup.workspace,
-            run_dir=setup.run_dir,
-            settings=settings or DockerSettings(),
-            run_log=log,
-            reporter=SilentReporter(),
+            ExecutorSetup(
+                kind=ExecutorKind.docker,
+                workspace=setup.workspace,
+                run_id=setup.run_dir.run_id,
+                repo=setup.run_dir.store.repo,
+                store_label=setup.run_dir.store.label,
+                docker=settings or DockerSettings(),
+                outlet=outlet,
+            )
         )
 
     yield make
-    for log in logs:
-        log.close()
+    for outlet in outlets:
+        outlet.close()
 
 
 class Collected:
@@ -601,8 +612,20 @@ def test_unwritable_container_yml_does_not_fail_the_session_or_skip_teardown(
         result = ex.execute(Command.from_user("true"), Collected())
     assert result.exit == 0
     assert fake_docker.argvs("rm") == [docker.remove_argv(CID)]
-    failed = [e for e in setup.run_events() if e["event"] == "record-write-failed"]
-    assert failed and failed[0]["file"] == "container.yml"
+    warned = [e["text"] for e in setup.run_events() if e["event"] == "warning"]
+    assert warned and "could not write container.yml" in warned[0]
+
+
+def break_container_yml(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writing container.yml fails as on a full disk; the other records are written."""
+    real = recorder.write_record
+
+    def broken(path: Path, record: BaseModel) -> None:
+        if path.name == "container.yml":
+            raise OSError(28, "No space left on device")
+        real(path, record)
+
+    monkeypatch.setattr(recorder, "write_record", broken)
 
 
 def test_write_record_raising_oserror_does_not_fail_the_session_or_skip_teardown(
@@ -610,10 +633,7 @@ def test_write_record_raising_oserror_does_not_fail_the_session_or_skip_teardown
     executor_for: Callable[..., DockerExecutor],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def broken(path: Path, record: object) -> None:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(docker_executor, "write_record", broken)
+    break_container_yml(monkeypatch)
     with executor_for() as ex:
         assert ex.execute(Command.from_user("true"), Collected()).exit == 0
     assert fake_docker.argvs("rm") == [docker.remove_argv(CID)]
@@ -749,10 +769,7 @@ def test_cli_env_values_never_reach_any_docker_argv(
 def test_cli_run_completes_when_container_yml_cannot_be_written(
     fake_docker: FakeDocker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(path: Path, record: object) -> None:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(docker_executor, "write_record", broken)
+    break_container_yml(monkeypatch)
     code, out, err = run_cli(docker_repo(tmp_path))
     assert code == 0, err
     assert "could not write container.yml" in out + err
@@ -785,8 +802,8 @@ def test_teardown_removes_the_container_even_when_giving_work_back_fails(
     with executor_for():
         pass
     assert fake_docker.argvs("rm") == [docker.remove_argv(CID)]
-    problems = [e for e in setup.run_events() if e["event"] == "teardown-problem"]
-    assert problems and "Operation not permitted" in problems[0]["error"]
+    problems = [e["text"] for e in setup.run_events() if e["event"] == "warning"]
+    assert problems and "Operation not permitted" in problems[0]
 
 
 LEAKY_OUTPUTS = """

@@ -436,8 +436,23 @@ def test_logs_follow_of_a_finished_run_prints_everything_and_returns(tmp_path: P
     ci_run(repo)
     result = run_in_thread("ci", "logs", "latest", "--follow", "--repo", str(repo), timeout=15)
     assert result.exit_code == 0, result.output
-    assert result.stdout_bytes == emit_header() + PAYLOAD
+    assert result.stdout_bytes.startswith(emit_header() + PAYLOAD)
     assert result.stderr_bytes == ERR_PAYLOAD
+    # It ends as the run did: the summary and the outcome, on lines of their own.
+    tail = result.stdout_bytes[len(emit_header() + PAYLOAD) :].decode()
+    assert tail.startswith("\n"), tail
+    assert re.search(r"^emit +success ", tail, re.M), tail
+    assert re.search(r"^run complete in \d+\.\d\ds: .*/complete/", tail, re.M), tail
+
+
+def test_logs_follow_exits_with_the_runs_exit_code_after_its_outcome(three_jobs: Path) -> None:
+    ci_run(three_jobs)
+    result = run_in_thread(
+        "ci", "logs", "latest", "--follow", "--repo", str(three_jobs), timeout=15
+    )
+    assert result.exit_code == 1, result.output
+    assert re.search(r"^third +skipped +- +input 'second' failed", result.stdout, re.M)
+    assert "run failed (jobs-failed) in " in result.stdout
 
 
 def test_logs_follow_of_a_finished_run_notes_a_torn_last_line(tmp_path: Path) -> None:

@@ -11,17 +11,19 @@ from types import TracebackType
 
 import pytest
 
+from quire.ci.events import JobFinished
 from quire.ci.pipeline import load_pipeline
 from quire.ci.run.executors.base import Command, ExecResult
 from quire.ci.run.executors.host import HostExecutor
 from quire.ci.run.jobs import JobRunner, JobsOutcome
+from quire.ci.run.orchestrator import outlet_for
 from quire.ci.run.redact import Redactor
-from quire.ci.run.report import SilentReporter
-from quire.ci.store.logs import LogReader, LogWriter
-from quire.ci.store.records import Executor, JobState, JobStatus, RunMeta, read_record
+from quire.ci.store.logs import LogReader
+from quire.ci.store.records import ExecutorKind, JobState, JobStatus, RunMeta, read_record
 from quire.ci.store.runs import RunDir, RunStore
 from quire.config import Secrets
 from quire.tools.process import OutputHandler
+from tests.helpers import Collected
 
 PUSH = {"sha": "a" * 40, "ref": "refs/heads/main", "branch": "main", "tag": None}
 
@@ -65,7 +67,7 @@ def run(tmp_path: Path) -> RunDir:
             revision="HEAD",
             sha="a" * 40,
             pushed_at=datetime.now(UTC),
-            executor=Executor.host,
+            executor=ExecutorKind.host,
         )
 
     return store.create(meta)
@@ -76,22 +78,22 @@ class Runner:
     run: RunDir
     executor: FakeExecutor | HostExecutor
     secrets: Secrets = field(default_factory=Secrets)
+    seen: Collected = field(default_factory=Collected)
 
     def __call__(self, source: str) -> JobsOutcome:
         pipeline = load_pipeline(textwrap.dedent(source).lstrip("\n"))
-        redactor = Redactor(self.secrets.values.values())
-        with LogWriter(self.run.path / "log.jsonl") as run_log:
+        outlet = outlet_for(self.run, Redactor(self.secrets.values.values()), [self.seen])
+        try:
             return JobRunner(
                 pipeline=pipeline,
                 executor=self.executor,
-                run=self.run,
-                run_log=run_log,
-                reporter=SilentReporter(),
+                outlet=outlet,
                 secrets=self.secrets,
-                redactor=redactor,
                 capture_limit=1024 * 1024,
                 push_outputs=PUSH,
             ).run_all()
+        finally:
+            outlet.close()
 
     def state_on_disk(self, job_id: str) -> JobState:
         return read_record(self.run.path / "jobs" / job_id / "state.yml", JobState)
@@ -123,7 +125,7 @@ def test_all_jobs_succeed_in_order_and_the_run_does_not_fail(runner: Runner) -> 
     assert statuses(outcome) == {"a": "success", "b": "success"}
     assert not outcome.failed
     assert isinstance(runner.executor, FakeExecutor)
-    assert [c.display for c in runner.executor.commands] == ["echo a", "echo b"]
+    assert [c.argv for c in runner.executor.commands] == [("echo", "a"), ("sh", "-c", "echo b")]
     state = runner.state_on_disk("b")
     assert state.status == JobStatus.success
     assert state.started_at is not None and state.finished_at is not None
@@ -336,9 +338,9 @@ def test_run_fails_if_any_job_failed(runner: Runner) -> None:
     assert outcome.fatal is None
 
 
-def test_secret_in_an_error_message_is_redacted(run: RunDir) -> None:
+def test_secret_in_an_error_message_is_masked_wherever_it_is_shown_or_stored(run: RunDir) -> None:
     runner = Runner(run, FakeExecutor(), Secrets(values={"token": "s3cr3t-value"}))
-    outcome = runner(
+    runner(
         """
         from quire.ci import job
 
@@ -347,9 +349,10 @@ def test_secret_in_an_error_message_is_redacted(run: RunDir) -> None:
             raise RuntimeError("token was " + rt.secret("token"))
         """
     )
-    error = outcome.states["leak"].error or ""
-    assert "s3cr3t-value" not in error
-    assert "token was ***" in error
+    shown = [event.state.error or "" for event in runner.seen.of(JobFinished)]
+    assert shown and "token was ***" in shown[0]
+    assert "s3cr3t-value" not in shown[0]
+    assert "token was ***" in (runner.state_on_disk("leak").error or "")
     assert "s3cr3t-value" not in (run.path / "jobs" / "leak" / "state.yml").read_text()
 
 

@@ -26,7 +26,7 @@ from quire.ci.store import reconcile as reconcile_module
 from quire.ci.store.liveness import is_alive, process_start_ticks
 from quire.ci.store.reconcile import Action, reconcile
 from quire.ci.store.records import (
-    Executor,
+    ExecutorKind,
     RunMeta,
     RunnerInfo,
     RunResult,
@@ -66,7 +66,7 @@ def make_run(
     pid: int | None = DEAD_PID,
     host: str | None = None,
     age: timedelta = timedelta(0),
-    executor: Executor = Executor.docker,
+    executor: ExecutorKind = ExecutorKind.docker,
 ) -> RunDir:
     """A run in `state` with meta (pushed `age` ago) and, unless pid is None, runner.yml."""
     store = RunStore(repo)

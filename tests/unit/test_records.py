@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from quire.ci.store.records import (
     ContainerInfo,
     EndReason,
-    Executor,
+    ExecutorKind,
     JobState,
     JobStatus,
     RecordUnreadable,
@@ -45,7 +45,7 @@ EXAMPLES: list[BaseModel] = [
         sha="0123456789abcdef0123456789abcdef01234567",
         ref="refs/heads/main",
         pushed_at=T0,
-        executor=Executor.docker,
+        executor=ExecutorKind.docker,
     ),
     RunMeta(
         run_id="r",
@@ -55,7 +55,7 @@ EXAMPLES: list[BaseModel] = [
         sha="0" * 40,
         ref=None,
         pushed_at=T0,
-        executor=Executor.host,
+        executor=ExecutorKind.host,
     ),
     RunnerInfo(pid=4242, host="builder-1", pid_start=123456789),
     RunnerInfo(pid=1, host="h"),

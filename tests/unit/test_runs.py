@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pyfakefs.fake_filesystem import FakeFilesystem
 
-from quire.ci.store.records import Executor, RunMeta, RunResult, RunTimes, read_record
+from quire.ci.store.records import ExecutorKind, RunMeta, RunResult, RunTimes, read_record
 from quire.ci.store.runs import ALLOWED, InvalidTransition, RunDir, RunState, RunStore, new_run_id
 from quire.errors import RunNotFound
 
@@ -27,7 +27,7 @@ def meta_for(run_id: str) -> RunMeta:
         sha="a" * 40,
         ref="refs/heads/main",
         pushed_at=T0,
-        executor=Executor.host,
+        executor=ExecutorKind.host,
     )
 
 

@@ -14,10 +14,11 @@ from plumbum import local
 
 from quire.ci.pipeline import Pipeline, load_pipeline
 from quire.ci.run.executors.host import HostExecutor
+from quire.ci.run.outlet import RunOutlet
 from quire.ci.run.redact import Redactor
-from quire.ci.run.report import SilentReporter
 from quire.ci.run.runtime import JobContext, Runtime
-from quire.ci.store.logs import LogWriter, event_bytes
+from quire.ci.store.eventlog import JsonLogs
+from quire.ci.store.logs import event_bytes
 from quire.config import Secrets
 from quire.errors import (
     BadCommand,
@@ -57,10 +58,18 @@ PUSH = {"sha": "a" * 40, "ref": "refs/heads/main", "branch": "main", "tag": None
 
 @dataclass
 class Harness:
+    """Runtimes of one run whose outlet writes the run's JSON Lines logs under `run_path`."""
+
     workspace: Path
-    log_path: Path
+    run_path: Path
     pipeline: Pipeline
-    log: LogWriter
+    outlet: RunOutlet
+    job: str = "c"
+
+    @property
+    def log_path(self) -> Path:
+        """The log of the job the last runtime was made for."""
+        return self.run_path / "jobs" / self.job / "log.jsonl"
 
     def runtime(
         self,
@@ -72,22 +81,22 @@ class Harness:
         deadline: float | None = None,
     ) -> Runtime:
         values = dict(secrets or {})
+        self.job = job_id
         ctx = JobContext(
             job=self.pipeline.jobs[job_id],
             pipeline=self.pipeline,
             executor=HostExecutor(self.workspace),
             outputs=outputs if outputs is not None else {"quire/push": PUSH},
             secrets=Secrets(values=values),
-            redactor=Redactor(),
-            log=self.log,
-            reporter=SilentReporter(),
+            outlet=self.outlet,
             capture_limit=capture_limit,
             deadline=deadline,
         )
         return Runtime(ctx)
 
     def events(self) -> list[dict[str, Any]]:
-        self.log._file.flush()
+        if not self.log_path.exists():  # nothing was ever logged for the job
+            return []
         return [json.loads(line) for line in self.log_path.read_text().splitlines()]
 
     def output_bytes(self, stream: str) -> bytes:
@@ -98,9 +107,13 @@ class Harness:
 def harness(tmp_path: Path) -> Iterator[Harness]:
     workspace = tmp_path / "workspace"
     workspace.mkdir()
-    log_path = tmp_path / "log.jsonl"
-    with LogWriter(log_path) as log:
-        yield Harness(workspace, log_path, load_pipeline(GRAPH), log)
+    run_path = tmp_path / "run"
+    run_path.mkdir()
+    outlet = RunOutlet(Redactor(), [JsonLogs(lambda: run_path)])
+    try:
+        yield Harness(workspace, run_path, load_pipeline(GRAPH), outlet)
+    finally:
+        outlet.close()
 
 
 def test_argv_command_runs_without_a_shell(harness: Harness) -> None:

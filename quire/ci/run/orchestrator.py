@@ -7,43 +7,47 @@ The run's life on disk:
     complete/<id>  every job succeeded or was skipped
     failed/<id>    a job failed, the environment failed, or we were interrupted
 
-Whatever happens inside, the run leaves active/ with times.yml and
-result.yml written, its workspace removed (unless kept), and its container
-gone: the finishing steps run shielded from further signals.
+Everything the run does leaves through one outlet (`RunOutlet`): the JSON
+Lines logs and the records are its first subscribers, the caller's
+reporter the last. Whatever happens inside, the run leaves active/ with
+times.yml and result.yml written, its workspace removed (unless kept), and
+its container gone: the finishing steps run shielded from further signals.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from quire import interrupts
+from quire.ci.events import JobFinished, Notice, RunFinished, RunStarted
 from quire.ci.pipeline import PIPELINE_FILE, Pipeline, load_pipeline
 from quire.ci.run import workspace as workspaces
-from quire.ci.run.executors.base import Executor
-from quire.ci.run.executors.host import HostExecutor
+from quire.ci.run.executors.base import Executor, ExecutorFactory, ExecutorSetup
 from quire.ci.run.jobs import JobRunner, JobsOutcome
+from quire.ci.run.outlet import RunOutlet, Subscriber
 from quire.ci.run.redact import Redactor
-from quire.ci.run.report import Reporter
+from quire.ci.store.eventlog import JsonLogs
 from quire.ci.store.liveness import process_start_ticks
-from quire.ci.store.logs import LogWriter
+from quire.ci.store.recorder import RunRecords
 from quire.ci.store.records import (
     EndReason,
+    ExecutorKind,
+    JobState,
+    JobStatus,
     RunMeta,
     RunnerInfo,
     RunResult,
-    RunTimes,
     utcnow,
-)
-from quire.ci.store.records import (
-    Executor as ExecutorName,
 )
 from quire.ci.store.runs import RunDir, RunState, RunStore
 from quire.config import Config, load_config
-from quire.errors import Interrupted, QuireError
+from quire.errors import ExitCode, Interrupted, QuireError
 from quire.paths import repo_segment
 from quire.tools import git
 
@@ -54,7 +58,7 @@ class RunRequest:
 
     repo_path: Path
     revision: str = "HEAD"
-    executor: ExecutorName = ExecutorName.host
+    executor: ExecutorKind = ExecutorKind.host
     keep_workspace: bool = False
     # A pushed revision (the worker): the ref and push time to record instead of
     # the ones resolving `revision` gives.
@@ -69,7 +73,7 @@ class RunOutcome:
     run_id: str | None = None
     state: RunState | None = None
     location: Path | None = None
-    error: str | None = None  # why the run ended early (not a job's own failure)
+    error: str | None = None  # why the run ended early (not a job's own failure), masked
 
 
 @dataclass(frozen=True)
@@ -88,60 +92,88 @@ def load(repo_path: Path, revision: str) -> LoadedPipeline:
     return LoadedPipeline(repo, resolved, pipeline)
 
 
-def run(request: RunRequest, reporter: Reporter) -> RunOutcome:
+def make_executor(setup: ExecutorSetup) -> Executor:
+    """The executor `setup.kind` names (docker's module is only imported for docker runs)."""
+    if setup.kind == ExecutorKind.host:
+        from quire.ci.run.executors.host import HostExecutor
+
+        return HostExecutor(setup.workspace)
+    from quire.ci.run.executors.docker import DockerExecutor
+
+    return DockerExecutor(setup)
+
+
+def run(
+    request: RunRequest, reporter: Subscriber, *, executors: ExecutorFactory = make_executor
+) -> RunOutcome:
     """Run HEAD's (or the requested revision's) pipeline; returns the exit code to use.
 
-    Raises `QuireError` for problems found before a run record exists (bad
+    `reporter` watches the run (it gets every event, masked). Raises
+    `QuireError` for problems found before a run record exists (bad
     repository, revision, pipeline or config); everything after that ends
-    up in the run's records and the returned exit code.
+    up in the run's records and the returned exit code. A bug of quire's is
+    re-raised once the run is recorded.
     """
     loaded = load(request.repo_path, request.revision)
     if loaded.pipeline is None:
-        reporter.notice(
-            f"no {PIPELINE_FILE} at {request.revision} ({loaded.revision.sha[:12]}): nothing to run"
+        reporter.handle(
+            Notice(
+                f"no {PIPELINE_FILE} at {request.revision} ({loaded.revision.sha[:12]}): "
+                "nothing to run"
+            )
         )
-        return RunOutcome(exit_code=0)
+        return RunOutcome(exit_code=ExitCode.ok)
     config = load_config()
     store = RunStore(repo_segment(loaded.repo.name_dir.name))
     # From here on a signal must unwind (not kill) us: a run may exist to record.
     with interrupts.raising():
         _reconcile_first(store, request, reporter)
-        run_dir = _create_run(store, loaded, request)
-        return _execute(run_dir, loaded, loaded.pipeline, request, config, reporter)
+        run_dir, meta = _create_run(store, loaded, request)
+        return _Run(run_dir, meta, loaded, loaded.pipeline, request, config, executors).execute(
+            reporter
+        )
 
 
-def _reconcile_first(store: RunStore, request: RunRequest, reporter: Reporter) -> None:
+def _reconcile_first(store: RunStore, request: RunRequest, reporter: Subscriber) -> None:
     """The cheap part of `quire ci reconcile`, before every run: this repository's
     orphaned runs, and (for docker runs) containers that no live run owns."""
     from quire.ci.store.reconcile import reconcile
 
     try:
         actions = reconcile(
-            [store], containers=request.executor == ExecutorName.docker, in_flight_only=True
+            [store], containers=request.executor == ExecutorKind.docker, in_flight_only=True
         )
     except QuireError:
         return  # docker trouble is reported, precisely, by the run itself
     for action in actions:
-        reporter.notice(f"reconcile: {action}")
+        reporter.handle(Notice(f"reconcile: {action}"))
 
 
-def _create_run(store: RunStore, loaded: LoadedPipeline, request: RunRequest) -> RunDir:
+def _create_run(
+    store: RunStore, loaded: LoadedPipeline, request: RunRequest
+) -> tuple[RunDir, RunMeta]:
+    made: list[RunMeta] = []
+
     def meta(run_id: str) -> RunMeta:
-        return RunMeta(
-            run_id=run_id,
-            repo=store.repo,
-            git_dir=str(loaded.repo.git_dir),
-            revision=request.revision,
-            sha=loaded.revision.sha,
-            ref=request.ref or loaded.revision.ref,
-            pushed_at=request.pushed_at or utcnow(),
-            executor=request.executor,
+        made.append(
+            RunMeta(
+                run_id=run_id,
+                repo=store.repo,
+                git_dir=str(loaded.repo.git_dir),
+                revision=request.revision,
+                sha=loaded.revision.sha,
+                ref=request.ref or loaded.revision.ref,
+                pushed_at=request.pushed_at or utcnow(),
+                executor=request.executor,
+            )
         )
+        return made[-1]
 
     runner = RunnerInfo(
         pid=os.getpid(), host=socket.gethostname(), pid_start=process_start_ticks(os.getpid())
     )
-    return store.create(meta, runner, run_id=request.run_id)
+    run_dir = store.create(meta, runner, run_id=request.run_id)
+    return run_dir, made[-1]
 
 
 def push_outputs(meta: RunMeta) -> dict[str, str | None]:
@@ -159,103 +191,142 @@ def push_outputs(meta: RunMeta) -> dict[str, str | None]:
     }
 
 
-def _make_executor(
-    request: RunRequest, run_dir: RunDir, config: Config, run_log: LogWriter, reporter: Reporter
-) -> Executor:
-    if request.executor == ExecutorName.host:
-        return HostExecutor(run_dir.workspace)
-    from quire.ci.run.executors.docker import DockerExecutor  # only docker runs pay for it
+def outlet_for(run_dir: RunDir, redactor: Redactor, watchers: Sequence[Subscriber]) -> RunOutlet:
+    """The outlet of `run_dir`: its logs and records first, then `watchers` (the reporter)."""
 
-    return DockerExecutor(
-        workspace=run_dir.workspace,
-        run_dir=run_dir,
-        settings=config.docker,
-        run_log=run_log,
-        reporter=reporter,
-    )
+    def path() -> Path:  # the run's directory moves between state directories
+        return run_dir.path
+
+    def warn(text: str) -> None:  # a record that could not be written, told to all
+        outlet.warning(text)
+
+    # Durable subscribers first: a record is on disk before the screen says so.
+    outlet = RunOutlet(redactor, [JsonLogs(path), RunRecords(path, warn), *watchers])
+    return outlet
 
 
-def _execute(
-    run_dir: RunDir,
-    loaded: LoadedPipeline,
-    pipeline: Pipeline,
-    request: RunRequest,
-    config: Config,
-    reporter: Reporter,
-) -> RunOutcome:
-    meta = run_dir.meta()
-    redactor = Redactor(config.secrets.values.values())
-    run_dir.transition(RunState.active)
-    times = RunTimes(started_at=utcnow())
-    run_dir.write_times(times)
-    reporter.run_started(
-        f"run {run_dir.run_id}  {run_dir.store.repo} at {request.revision} "
-        f"({meta.sha[:12]})  executor {request.executor.value}"
-    )
-    outcome: JobsOutcome | None = None
-    internal: Exception | None = None
-    result: RunResult
-    with LogWriter(run_dir.path / "log.jsonl") as run_log:
-        run_log.event(
-            "run-start", run_id=run_dir.run_id, sha=meta.sha, executor=request.executor.value
-        )
+@dataclass
+class _Run:
+    """One run being executed: start, run the jobs, finish."""
+
+    run_dir: RunDir
+    meta: RunMeta
+    loaded: LoadedPipeline
+    pipeline: Pipeline
+    request: RunRequest
+    config: Config
+    executors: ExecutorFactory
+
+    def execute(self, reporter: Subscriber) -> RunOutcome:
+        self.run_dir.transition(RunState.active)
+        t0 = time.monotonic()
+        outlet = self._outlet(reporter)
         try:
-            with interrupts.raising():
-                workspaces.materialize(loaded.repo.git_dir, meta.sha, run_dir.workspace)
-                with _make_executor(request, run_dir, config, run_log, reporter) as executor:
-                    outcome = JobRunner(
-                        pipeline=pipeline,
-                        executor=executor,
-                        run=run_dir,
-                        run_log=run_log,
-                        reporter=reporter,
-                        secrets=config.secrets,
-                        redactor=redactor,
-                        capture_limit=config.output.capture_limit,
-                        push_outputs=push_outputs(meta),
-                    ).run_all()
-            result = _result_of(outcome)
-        except (Interrupted, KeyboardInterrupt) as exc:
-            message = str(exc) if isinstance(exc, Interrupted) else "interrupted by SIGINT"
-            result = RunResult(reason=EndReason.interrupted, error=message, exit_code=130)
-        except QuireError as exc:
-            result = RunResult(
-                reason=EndReason.error, error=redactor.redact(str(exc)), exit_code=exc.exit_code
+            outlet.emit(
+                RunStarted(
+                    self.run_dir.run_id,
+                    self.run_dir.store.repo,
+                    self.request.revision,
+                    self.meta.sha,
+                    self.request.executor,
+                )
             )
-        except Exception as exc:  # a bug of ours: still record the run, then let the CLI show it
-            internal = exc
-            result = RunResult(
-                reason=EndReason.error,
-                error=redactor.redact(f"internal error: {type(exc).__name__}: {exc}"),
-                exit_code=1,
-            )
+            outcome = JobsOutcome()
+            result, internal = self._run_jobs(outlet, outcome)
+            finished = self._finish(outlet, outcome, result, time.monotonic() - t0)
         finally:
             with interrupts.shielded():
-                if not request.keep_workspace:
-                    workspaces.remove(run_dir.workspace)
+                outlet.close()
+        if internal is not None:
+            raise internal
+        error = finished.result.error if result.reason != EndReason.jobs_failed else None
+        state = finished.state
+        return RunOutcome(result.exit_code, self.run_dir.run_id, state, self.run_dir.path, error)
+
+    def _outlet(self, reporter: Subscriber) -> RunOutlet:
+        redactor = Redactor(self.config.secrets.values.values())
+        return outlet_for(self.run_dir, redactor, [reporter])
+
+    def _run_jobs(
+        self, outlet: RunOutlet, outcome: JobsOutcome
+    ) -> tuple[RunResult, Exception | None]:
+        """Materialize, set the executor up, run the jobs, tear down; how it ended."""
+        try:
+            with interrupts.raising():
+                workspaces.materialize(self.loaded.repo.git_dir, self.meta.sha, self.workspace)
+                with self.executors(self._setup(outlet)) as executor:
+                    JobRunner(
+                        pipeline=self.pipeline,
+                        executor=executor,
+                        outlet=outlet,
+                        secrets=self.config.secrets,
+                        capture_limit=self.config.output.capture_limit,
+                        push_outputs=push_outputs(self.meta),
+                        outcome=outcome,
+                    ).run_all()
+            return _result_of(outcome), None
+        except (Interrupted, KeyboardInterrupt) as exc:
+            message = str(exc) if isinstance(exc, Interrupted) else "interrupted by SIGINT"
+            return _ended(EndReason.interrupted, message, ExitCode.interrupted), None
+        except QuireError as exc:
+            return _ended(EndReason.error, str(exc), exc.exit_code), None
+        except Exception as exc:  # a bug of ours: still record the run, then let the CLI show it
+            message = f"internal error: {type(exc).__name__}: {exc}"
+            return _ended(EndReason.error, message, ExitCode.internal), exc
+        finally:
+            with interrupts.shielded():
+                if not self.request.keep_workspace:
+                    workspaces.remove(self.workspace)
+
+    @property
+    def workspace(self) -> Path:
+        return self.run_dir.workspace
+
+    def _setup(self, outlet: RunOutlet) -> ExecutorSetup:
+        return ExecutorSetup(
+            kind=self.request.executor,
+            workspace=self.workspace,
+            run_id=self.run_dir.run_id,
+            repo=self.run_dir.store.repo,
+            store_label=self.run_dir.store.label,
+            docker=self.config.docker,
+            outlet=outlet,
+        )
+
+    def _finish(
+        self, outlet: RunOutlet, outcome: JobsOutcome, result: RunResult, duration_s: float
+    ) -> RunFinished:
+        """Jobs that never started become skipped; times, result and the final move."""
         with interrupts.shielded():
-            run_log.event("run-end", exit_code=result.exit_code, reason=result.reason)
-            times.finished_at = utcnow()
-            run_dir.write_times(times)
-            run_dir.write_result(result)
-            run_dir.transition(RunState.complete if result.exit_code == 0 else RunState.failed)
-    if internal is not None:
-        raise internal
-    states = list(outcome.states.values()) if outcome else run_dir.job_states()
-    status = run_dir.state.value + (f" ({result.reason.value})" if result.reason else "")
-    reporter.run_finished(states, status, str(run_dir.path))
-    error = result.error if result.reason != EndReason.jobs_failed else None
-    return RunOutcome(result.exit_code, run_dir.run_id, run_dir.state, run_dir.path, error)
+            for job_id in self.pipeline.order:
+                if job_id not in outcome.states:
+                    reason = f"not run: {result.reason.value if result.reason else 'run ended'}"
+                    state = JobState(job_id=job_id, status=JobStatus.skipped, skip_reason=reason)
+                    outcome.states[job_id] = state
+                    outlet.emit(JobFinished(state))
+            target = RunState.complete if result.exit_code == ExitCode.ok else RunState.failed
+            finished = outlet.emit(
+                RunFinished(
+                    run_id=self.run_dir.run_id,
+                    state=target,
+                    result=result,
+                    jobs=tuple(outcome.states[job_id] for job_id in self.pipeline.order),
+                    duration_s=duration_s,
+                    location=self.run_dir.store.root / target.value / self.run_dir.run_id,
+                )
+            )
+            self.run_dir.transition(target)
+        return finished
+
+
+def _ended(reason: EndReason, error: str, code: int) -> RunResult:
+    return RunResult(reason=reason, error=error, exit_code=code)
 
 
 def _result_of(outcome: JobsOutcome) -> RunResult:
     if outcome.fatal is not None:
-        return RunResult(
-            reason=EndReason.error, error=str(outcome.fatal), exit_code=outcome.fatal.exit_code
-        )
+        return _ended(EndReason.error, str(outcome.fatal), outcome.fatal.exit_code)
     if outcome.failed:
-        failed = [s.job_id for s in outcome.states.values() if s.status.value == "failed"]
-        return RunResult(
-            reason=EndReason.jobs_failed, error=f"failed: {', '.join(failed)}", exit_code=1
-        )
-    return RunResult(exit_code=0)
+        failed = [s.job_id for s in outcome.states.values() if s.status == JobStatus.failed]
+        return _ended(EndReason.jobs_failed, f"failed: {', '.join(failed)}", ExitCode.jobs_failed)
+    return RunResult(exit_code=ExitCode.ok)

@@ -1,14 +1,13 @@
-"""The Runtime a job function receives: `sh`, `secret`, `jobs`.
+"""The Runtime a job function receives: `sh`, `secret`, `jobs`, `log`.
 
 Each `rt.sh` output chunk takes two roads: the raw bytes go to the
 `ShOutput` the job gets back (the last `capture_limit` bytes of each
-stream), and the redacted bytes go to the job's log.jsonl and the terminal
-as they arrive.
+stream), and the same bytes go to the run's outlet, which masks secrets
+and hands them to the logs and the terminal as they arrive.
 """
 
 from __future__ import annotations
 
-import shlex
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -16,11 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from quire.ci.events import CommandFinished, CommandStarted, Message, StreamName
 from quire.ci.pipeline import JobDef, Pipeline
 from quire.ci.run.executors.base import Command, Executor
-from quire.ci.run.redact import Redactor, StreamRedactor
-from quire.ci.run.report import Reporter, StreamName
-from quire.ci.store.logs import ChunkEncoder, LogWriter
+from quire.ci.run.outlet import RunOutlet
 from quire.config import Secrets
 from quire.errors import (
     BadCommand,
@@ -79,49 +77,29 @@ class TailBuffer:
 
 @dataclass
 class JobContext:
-    """Everything a Runtime needs about the run around its job."""
+    """What a Runtime needs about the run around its job."""
 
     job: JobDef
     pipeline: Pipeline
     executor: Executor
     outputs: Mapping[str, Mapping[str, Any]]
     secrets: Secrets
-    redactor: Redactor
-    log: LogWriter
-    reporter: Reporter
+    outlet: RunOutlet
     capture_limit: int
     deadline: float | None = None  # time.monotonic() the job must end by
 
 
 class _OutputSink:
-    """Fans one command's output out to capture, log and terminal."""
+    """One command's output: kept for its ShOutput, and handed to the outlet."""
 
     def __init__(self, ctx: JobContext) -> None:
-        self._ctx = ctx
+        self._job = ctx.job.id
+        self._outlet = ctx.outlet
         self.captured = {s: TailBuffer(ctx.capture_limit) for s in ("stdout", "stderr")}
-        self._redactors: dict[str, StreamRedactor] = {
-            s: ctx.redactor.stream() for s in ("stdout", "stderr")
-        }
-        self._encoders = {s: ChunkEncoder() for s in ("stdout", "stderr")}
 
     def __call__(self, stream: StreamName, chunk: bytes) -> None:
         self.captured[stream].write(chunk)
-        self._emit(stream, self._redactors[stream].feed(chunk))
-
-    def _emit(self, stream: StreamName, safe: bytes) -> None:
-        if not safe:
-            return
-        fields = self._encoders[stream].feed(safe)
-        if fields:
-            self._ctx.log.event(stream, **fields)
-        self._ctx.reporter.output(self._ctx.job.id, stream, safe)
-
-    def close(self) -> None:
-        for stream in ("stdout", "stderr"):
-            self._emit(stream, self._redactors[stream].flush())
-            fields = self._encoders[stream].flush()
-            if fields:
-                self._ctx.log.event(stream, **fields)
+        self._outlet.output(self._job, stream, chunk)
 
 
 class Runtime:
@@ -153,16 +131,15 @@ class Runtime:
         ctx = self._ctx
         limit, by_job = self._timeout(timeout)
         command = Command.from_user(self._checked(cmd), self._checked_env(env), limit)
-        display = self._display(cmd)
-        ctx.log.event("sh-start", cmd=display, env=sorted(command.env))
-        ctx.reporter.command_started(ctx.job.id, display)
+        shown = ctx.outlet.emit(
+            CommandStarted(ctx.job.id, _as_given(cmd), tuple(sorted(command.env)))
+        )
+        display = shown.display  # masked: fit for error messages
         sink = _OutputSink(ctx)
-        try:
-            result = ctx.executor.execute(command, sink)
-        finally:
-            sink.close()
-        ctx.log.event("sh-exit", exit=result.exit, duration_s=round(result.duration_s, 6))
-        ctx.reporter.command_finished(ctx.job.id, result.exit, result.duration_s)
+        result = ctx.executor.execute(command, sink)
+        ctx.outlet.emit(
+            CommandFinished(ctx.job.id, result.exit, result.duration_s, result.timed_out)
+        )
         out = ShOutput(
             cmd=cmd if isinstance(cmd, str) else list(cmd),
             exit=result.exit,
@@ -179,12 +156,10 @@ class Runtime:
             raise CommandFailed(f"command `{display}` exited {result.exit}")
         return out
 
-    def _display(self, cmd: str | Sequence[str]) -> str:
-        """The command as shown and logged; each argv part is masked BEFORE quoting,
-        since quoting could split a secret holding a quote."""
-        if isinstance(cmd, str):
-            return self._ctx.redactor.redact(cmd)
-        return shlex.join(self._ctx.redactor.redact(part) for part in cmd)
+    def log(self, message: str) -> None:
+        """Show `message` as a line of this job's output (logged, masked, quiet under
+        `--quiet` like the rest of the job's output)."""
+        self._ctx.outlet.emit(Message(self.job_id, str(message)))
 
     def _checked(self, cmd: object) -> str | Sequence[str]:
         if isinstance(cmd, str) and cmd.strip():
@@ -230,7 +205,7 @@ class Runtime:
         The value is hidden (`***`) everywhere quire shows or stores text.
         """
         value = self._ctx.secrets.get(name)
-        self._ctx.redactor.add(value)
+        self._ctx.outlet.hide(value)
         return value
 
     def jobs(self, name: str) -> Mapping[str, Any]:
@@ -244,3 +219,7 @@ class Runtime:
                 f"{ctx.job.id!r}'s inputs, directly or transitively"
             )
         return ctx.outputs.get(name, {})
+
+
+def _as_given(cmd: str | Sequence[str]) -> str | tuple[str, ...]:
+    return cmd if isinstance(cmd, str) else tuple(cmd)

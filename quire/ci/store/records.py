@@ -42,7 +42,9 @@ class Record(BaseModel):
     model_config = ConfigDict(extra="ignore", defer_build=True)
 
 
-class Executor(StrEnum):
+class ExecutorKind(StrEnum):
+    """Where a run's commands run (the executor classes are in quire.ci.run.executors)."""
+
     host = "host"
     docker = "docker"
 
@@ -57,7 +59,7 @@ class RunMeta(Record):
     sha: str
     ref: str | None = None
     pushed_at: datetime
-    executor: Executor
+    executor: ExecutorKind
 
 
 class RunnerInfo(Record):

@@ -14,9 +14,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from quire.ci.events import Event, JobStarted, RunFinished
+from quire.ci.store.eventlog import job_event
 from quire.ci.store.logs import LogReader
 from quire.ci.store.records import (
     ContainerInfo,
+    EndReason,
     JobState,
     RecordUnreadable,
     RunMeta,
@@ -118,7 +121,7 @@ def list_runs(store: RunStore, limit: int | None) -> list[RunSummary]:
 
 # --- logs ---------------------------------------------------------------------------------------
 
-EventSink = Callable[[str | None, dict[str, Any]], None]
+EventSink = Callable[[Event], None]
 
 
 def job_order(run: RunDir) -> list[str]:
@@ -136,16 +139,34 @@ def job_order(run: RunDir) -> list[str]:
     return order
 
 
+class _Headed:
+    """Passes a job's events on, each job's first one after a JobStarted header."""
+
+    def __init__(self, sink: EventSink) -> None:
+        self._sink = sink
+        self._shown: str | None = None
+
+    def __call__(self, job: str, line: dict[str, Any]) -> None:
+        event = job_event(job, line)
+        if event is None:
+            return
+        if job != self._shown:
+            self._sink(JobStarted(job))
+            self._shown = job
+        self._sink(event)
+
+
 def replay(run: RunDir, job: str | None, sink: EventSink) -> list[str]:
-    """Hand every output event of `run` (or of one job) to `sink`; returns torn-log notes."""
+    """Hand every job event of `run` (or of one job) to `sink`; returns torn-log notes."""
     notes = []
+    headed = _Headed(sink)
     for job_id in [job] if job else job_order(run):
         path = run.path / "jobs" / job_id / "log.jsonl"
         if not path.exists():
             continue
         reader = LogReader(path)
-        for event in reader:
-            sink(job_id, event)
+        for line in reader:
+            headed(job_id, line)
         if reader.torn:
             notes.append(_torn_note(path))
     return notes
@@ -155,6 +176,22 @@ def _torn_note(path: Path) -> str:
     return f"{path}: the last line is incomplete (the run was cut off mid-write)"
 
 
+def finished(run: RunDir) -> RunFinished:
+    """A finished run's outcome, from its records, as the live run reported it."""
+    result = _result(run) or RunResult(
+        reason=EndReason.unreadable, error="result.yml is missing or unreadable", exit_code=1
+    )
+    summary = summarize(run)
+    return RunFinished(
+        run_id=run.run_id,
+        state=run.state,
+        result=result,
+        jobs=tuple(run.job_states()),
+        duration_s=summary.duration_s or 0.0,
+        location=run.path,
+    )
+
+
 def follow(
     store: RunStore,
     run_id: str,
@@ -162,12 +199,14 @@ def follow(
     sink: EventSink,
     *,
     poll_s: float = 0.1,
-) -> list[str]:
-    """Stream the output of a run as it is written, until the run leaves active/;
-    returns torn-log notes for logs whose last line was still incomplete at the end."""
+) -> tuple[RunFinished, list[str]]:
+    """Stream the job events of a run as they are written, until the run leaves active/;
+    returns its outcome, and torn-log notes for logs whose last line was still
+    incomplete at the end."""
     # Keyed by job id, not path: the run directory moves when the run ends.
     offsets: dict[str, int] = {}
     torn: dict[str, Path] = {}
+    headed = _Headed(sink)
 
     def drain(run: RunDir) -> None:
         jobs_dir = run.path / "jobs"
@@ -181,8 +220,8 @@ def follow(
             reader = LogReader(path)
             with open(path, "rb") as handle:
                 handle.seek(offsets.get(job_id, 0))
-                for event in reader.read_from(handle):
-                    sink(job_id, event)
+                for line in reader.read_from(handle):
+                    headed(job_id, line)
                 offsets[job_id] = handle.tell()
             if reader.torn:
                 torn[job_id] = path
@@ -191,8 +230,8 @@ def follow(
 
     while True:
         run = store.find(run_id)
-        finished = run.state in (RunState.complete, RunState.failed)
+        done = run.state in (RunState.complete, RunState.failed)
         drain(run)
-        if finished:
-            return [_torn_note(path) for path in torn.values()]
+        if done:
+            return finished(run), [_torn_note(path) for path in torn.values()]
         time.sleep(poll_s)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
 
+from quire.ci.store.records import ExecutorKind
+from quire.config import DockerSettings
+
 if TYPE_CHECKING:
+    from quire.ci.run.outlet import RunOutlet
     from quire.tools.process import OutputHandler
 
 
@@ -18,7 +22,6 @@ class Command:
     """One `rt.sh` call, ready to run: argv (a string became `sh -c`), extra env, limit."""
 
     argv: tuple[str, ...]
-    display: str
     env: Mapping[str, str] = field(default_factory=dict)
     timeout: float | None = None
 
@@ -30,9 +33,8 @@ class Command:
         timeout: float | None = None,
     ) -> Command:
         """Build from what a job passed to `rt.sh` (already checked by the runtime)."""
-        if isinstance(cmd, str):
-            return cls(("sh", "-c", cmd), cmd, dict(env or {}), timeout)
-        return cls(tuple(cmd), shlex.join(cmd), dict(env or {}), timeout)
+        argv = ("sh", "-c", cmd) if isinstance(cmd, str) else tuple(cmd)
+        return cls(argv, dict(env or {}), timeout)
 
 
 @dataclass(frozen=True)
@@ -62,3 +64,22 @@ class Executor(Protocol):
     def execute(self, command: Command, on_output: OutputHandler) -> ExecResult:
         """Run `command`, streaming its output to `on_output`; never raises for its exit."""
         ...
+
+
+@dataclass(frozen=True)
+class ExecutorSetup:
+    """What an executor is built from: the run's identity, its tree, and its outlet."""
+
+    kind: ExecutorKind
+    workspace: Path
+    run_id: str
+    repo: str
+    store_label: str  # the `quire.store` label: the state dir the run belongs to
+    docker: DockerSettings
+    outlet: RunOutlet
+
+
+class ExecutorFactory(Protocol):
+    """The orchestrator's seam: tests hand it a fake executor."""
+
+    def __call__(self, setup: ExecutorSetup) -> Executor: ...

@@ -19,18 +19,23 @@ from pathlib import Path
 from types import TracebackType
 
 from quire import interrupts
-from quire.ci.run.executors.base import Command, ExecResult
-from quire.ci.run.report import Reporter, StreamName
-from quire.ci.store.logs import LogWriter
-from quire.ci.store.records import ContainerInfo, utcnow, write_record
-from quire.ci.store.runs import RunDir
-from quire.config import DockerSettings
+from quire.ci.events import (
+    ContainerDied as ContainerDiedEvent,
+)
+from quire.ci.events import (
+    ContainerRemoved,
+    ContainerStarted,
+    ContainerStopping,
+    ImageBuildFinished,
+    ImageBuildStarted,
+    StreamName,
+)
+from quire.ci.run.executors.base import Command, ExecResult, ExecutorSetup
 from quire.errors import ContainerDied, DockerfileMissing, QuireError
 from quire.tools import docker, process
 from quire.tools.process import OutputHandler
 
 DOCKERFILE = ".quire/Dockerfile"
-BUILD_OUTPUT_JOB = "(image build)"
 
 
 def image_repository(repo: str) -> str:
@@ -42,23 +47,12 @@ class DockerExecutor:
 
     name = "docker"
 
-    def __init__(
-        self,
-        *,
-        workspace: Path,
-        run_dir: RunDir,
-        settings: DockerSettings,
-        run_log: LogWriter,
-        reporter: Reporter,
-    ) -> None:
-        self.workspace = workspace
-        self.run_dir = run_dir
-        self.settings = settings
-        self.run_log = run_log
-        self.reporter = reporter
-        self.image_tag = f"{image_repository(run_dir.store.repo)}:{run_dir.run_id}"
+    def __init__(self, setup: ExecutorSetup) -> None:
+        self.setup = setup
+        self.workspace: Path = setup.workspace
+        self.outlet = setup.outlet
+        self.image_tag = f"{image_repository(setup.repo)}:{setup.run_id}"
         self.container_id: str | None = None
-        self.record = ContainerInfo(image_tag=self.image_tag)
         self._built = False
         self._starting = False
 
@@ -85,39 +79,34 @@ class DockerExecutor:
         self._start()
 
     def _build(self, dockerfile: Path) -> None:
-        self.record.build_started_at = utcnow()
-        self._save()
-        self.run_log.event("image-build-start", image=self.image_tag)
-        self.reporter.notice(f"building image {self.image_tag} from {DOCKERFILE}")
+        self.outlet.emit(ImageBuildStarted(self.image_tag, DOCKERFILE))
 
         def show(stream: StreamName, chunk: bytes) -> None:
-            self.reporter.output(BUILD_OUTPUT_JOB, stream, chunk)
+            self.outlet.output(None, stream, chunk)
 
         try:
-            tags = [self.image_tag, f"{image_repository(self.run_dir.store.repo)}:latest"]
+            tags = [self.image_tag, f"{image_repository(self.setup.repo)}:latest"]
             docker.build(dockerfile, self.workspace, tags, show)
         except QuireError as exc:
-            self.run_log.event("image-build-end", image=self.image_tag, ok=False, error=str(exc))
+            self.outlet.emit(ImageBuildFinished(self.image_tag, ok=False, error=str(exc)))
             raise
         self._built = True
-        self.record.build_finished_at = utcnow()
-        self._save()
-        self.run_log.event("image-build-end", image=self.image_tag, ok=True)
+        self.outlet.emit(ImageBuildFinished(self.image_tag, ok=True))
 
     def _start(self) -> None:
-        settings = self.settings
         self._starting = True
-        self.container_id = self._run_container(settings)
-        self._started()
+        self.container_id = self._run_container()
+        self.outlet.emit(ContainerStarted(self.container_id, self.image_tag))
 
-    def _run_container(self, settings: DockerSettings) -> str:
+    def _run_container(self) -> str:
+        settings = self.setup.docker
         return docker.run_detached(
             self.image_tag,
             mount_source=self.workspace,
             labels={
-                docker.RUN_ID_LABEL: self.run_dir.run_id,
-                docker.REPO_LABEL: self.run_dir.store.repo,
-                docker.STORE_LABEL: self.run_dir.store.label,
+                docker.RUN_ID_LABEL: self.setup.run_id,
+                docker.REPO_LABEL: self.setup.repo,
+                docker.STORE_LABEL: self.setup.store_label,
             },
             ceiling_s=settings.ceiling,
             limits=docker.Limits(
@@ -127,14 +116,6 @@ class DockerExecutor:
                 labels=settings.labels,
             ),
         )
-
-    def _started(self) -> None:
-        assert self.container_id is not None
-        self.record.container_id = self.container_id
-        self.record.container_started_at = utcnow()
-        self._save()
-        self.run_log.event("container-start", container=self.container_id, image=self.image_tag)
-        self.reporter.notice(f"container {self.container_id[:12]} from image {self.image_tag}")
 
     # --- commands -------------------------------------------------------------------------------
 
@@ -162,11 +143,12 @@ class DockerExecutor:
             why = f"status {state.status}, exit code {state.exit_code}"
             if state.oom_killed:
                 why += ", killed for running out of memory (OOM)"
-        self.run_log.event(
-            "container-died",
-            container=self.container_id,
-            exit_code=None if state is None else state.exit_code,
-            oom_killed=None if state is None else state.oom_killed,
+        self.outlet.emit(
+            ContainerDiedEvent(
+                self.container_id,
+                exit_code=None if state is None else state.exit_code,
+                oom_killed=None if state is None else state.oom_killed,
+            )
         )
         raise ContainerDied(f"the run's container {self.container_id[:12]} died: {why}")
 
@@ -187,15 +169,13 @@ class DockerExecutor:
             if self.container_id is None and not self._built:
                 return
             if self.container_id is not None:
-                self.record.container_stopped_at = utcnow()
-                self._save()
+                self.outlet.emit(ContainerStopping(self.container_id))
                 self._give_back_workdir()
             problems = self._remove()
             if self.container_id is not None:
-                self.run_log.event("container-end", container=self.container_id)
+                self.outlet.emit(ContainerRemoved(self.container_id))
             for problem in problems:
-                self.run_log.event("teardown-problem", error=problem)
-                self.reporter.notice(f"warning: teardown: {problem}")
+                self.outlet.warning(f"teardown: {problem}")
 
     def _find_started_container(self, wait_s: float = 1.0) -> str | None:
         """The container a `docker run` we interrupted may still be creating.
@@ -206,7 +186,7 @@ class DockerExecutor:
         deadline = time.monotonic() + wait_s
         while True:
             try:
-                found = docker.labelled_containers(self.run_dir.store.label, self.run_dir.run_id)
+                found = docker.labelled_containers(self.setup.store_label, self.setup.run_id)
             except QuireError:
                 return None
             if found or time.monotonic() >= deadline:
@@ -227,11 +207,4 @@ class DockerExecutor:
         try:
             docker.chown_workdir(self.container_id, os.geteuid(), os.getegid())
         except QuireError as exc:
-            self.run_log.event("teardown-problem", error=str(exc))
-
-    def _save(self) -> None:
-        try:
-            write_record(self.run_dir.path / "container.yml", self.record)
-        except OSError as exc:
-            self.run_log.event("record-write-failed", file="container.yml", error=str(exc))
-            self.reporter.notice(f"warning: could not write container.yml: {exc}")
+            self.outlet.warning(f"teardown: {exc}")

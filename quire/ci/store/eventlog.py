@@ -1,0 +1,189 @@
+"""A run's events in JSON Lines: written as they happen, read back as the same events.
+
+    <run>/log.jsonl            run-start, job-start, job-end, image-build-start,
+                               image-build-output, image-build-end, container-start,
+                               container-stop, container-died, container-end,
+                               notice, warning, run-end
+    <run>/jobs/<id>/log.jsonl  sh-start, stdout, stderr, message, sh-exit
+
+`JsonLogs` is the outlet's subscriber that writes them (one flushed line per
+event, so another process can follow a live run by tailing); `job_event`
+turns a job log's line back into the event it came from. Lines of older
+versions have the same names and fields (new fields were only added), so old
+runs read back as they always did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from quire.ci.events import (
+    CommandFinished,
+    CommandStarted,
+    ContainerDied,
+    ContainerRemoved,
+    ContainerStarted,
+    ContainerStopping,
+    Event,
+    ImageBuildFinished,
+    ImageBuildStarted,
+    JobFinished,
+    JobStarted,
+    Message,
+    Notice,
+    Output,
+    RunFinished,
+    RunStarted,
+    StreamName,
+)
+from quire.ci.store.logs import ChunkEncoder, LogWriter, event_bytes
+
+
+class JsonLogs:
+    """Writes a run's events to its log.jsonl files (a subscriber of the run's outlet)."""
+
+    def __init__(self, run_path: Callable[[], Path]) -> None:
+        # A callable: the run's directory moves between state directories.
+        self._run_path = run_path
+        self._run_log = LogWriter(run_path() / "log.jsonl")
+        self._job_logs: dict[str, LogWriter] = {}
+        self._encoders: dict[tuple[str | None, StreamName], ChunkEncoder] = {}
+
+    def handle(self, event: Event) -> None:
+        if isinstance(event, Output):
+            self._output(event)
+        elif isinstance(event, CommandStarted | CommandFinished | Message):
+            self._job_event(event)
+        else:
+            self._run_event(event)
+
+    def _output(self, event: Output) -> None:
+        key = (event.job, event.stream)
+        encoder = self._encoders.get(key)
+        if encoder is None:
+            encoder = self._encoders[key] = ChunkEncoder()
+        fields = encoder.feed(event.data)
+        if fields:
+            self._write_output(event.job, event.stream, fields)
+
+    def _write_output(self, job: str | None, stream: StreamName, fields: dict[str, str]) -> None:
+        if job is None:
+            self._run_log.event("image-build-output", stream=stream, **fields)
+        else:
+            self._job_log(job).event(stream, **fields)
+
+    def _job_event(self, event: CommandStarted | CommandFinished | Message) -> None:
+        log = self._job_log(event.job)
+        if isinstance(event, CommandStarted):
+            log.event("sh-start", cmd=event.display, env=list(event.env_names))
+        elif isinstance(event, Message):
+            log.event("message", text=event.text)
+        else:
+            self._flush(event.job)
+            extra = {"timed_out": True} if event.timed_out else {}
+            log.event("sh-exit", exit=event.exit, duration_s=round(event.duration_s, 6), **extra)
+
+    def _run_event(self, event: Event) -> None:
+        name, fields = _run_line(event)
+        if isinstance(event, JobStarted):
+            self._job_log(event.job)
+        elif isinstance(event, JobFinished):
+            self._flush(event.job)
+            log = self._job_logs.pop(event.job, None)
+            if log is not None:
+                log.close()
+        elif isinstance(event, ImageBuildFinished):
+            self._flush(None)
+        elif isinstance(event, RunFinished):
+            self._flush_all()
+        if name:
+            self._run_log.event(name, **fields)
+
+    def _job_log(self, job: str) -> LogWriter:
+        log = self._job_logs.get(job)
+        if log is None:
+            directory = self._run_path() / "jobs" / job
+            directory.mkdir(parents=True, exist_ok=True)
+            log = self._job_logs[job] = LogWriter(directory / "log.jsonl")
+        return log
+
+    def _flush(self, job: str | None) -> None:
+        """Bytes of an incomplete character held at the end of a command or build."""
+        for stream in ("stdout", "stderr"):
+            encoder = self._encoders.pop((job, stream), None)
+            fields = encoder.flush() if encoder else None
+            if fields:
+                self._write_output(job, stream, fields)
+
+    def _flush_all(self) -> None:
+        for job in {job for job, _ in self._encoders}:
+            self._flush(job)
+
+    def close(self) -> None:
+        try:
+            self._flush_all()
+        finally:
+            for log in self._job_logs.values():
+                log.close()
+            self._job_logs.clear()
+            self._run_log.close()
+
+
+def _run_line(event: Event) -> tuple[str | None, dict[str, Any]]:
+    """The run log line of a run-level event (name None: it has none)."""
+    match event:
+        case RunStarted():
+            return "run-start", {
+                "run_id": event.run_id,
+                "sha": event.sha,
+                "executor": event.executor.value,
+            }
+        case RunFinished():
+            return "run-end", {"exit_code": event.result.exit_code, "reason": event.result.reason}
+        case JobStarted():
+            return "job-start", {"job": event.job}
+        case JobFinished():
+            return "job-end", {"job": event.job, "status": event.state.status.value}
+        case Notice():
+            return event.level.value, {"text": event.text}
+        case ImageBuildStarted():
+            return "image-build-start", {"image": event.image}
+        case ImageBuildFinished():
+            extra = {} if event.error is None else {"error": event.error}
+            return "image-build-end", {"image": event.image, "ok": event.ok, **extra}
+        case ContainerStarted():
+            return "container-start", {"container": event.container, "image": event.image}
+        case ContainerStopping():
+            return "container-stop", {"container": event.container}
+        case ContainerDied():
+            return "container-died", {
+                "container": event.container,
+                "exit_code": event.exit_code,
+                "oom_killed": event.oom_killed,
+            }
+        case ContainerRemoved():
+            return "container-end", {"container": event.container}
+    return None, {}
+
+
+def job_event(job: str, line: dict[str, Any]) -> Event | None:
+    """The event a job log line records (None for kinds a reader does not show)."""
+    kind = line.get("event")
+    if kind in ("stdout", "stderr"):
+        stream: StreamName = "stdout" if kind == "stdout" else "stderr"
+        return Output(job, stream, event_bytes(line))
+    if kind == "sh-start":
+        env = line.get("env") or []
+        return CommandStarted(job, str(line.get("cmd", "")), tuple(str(name) for name in env))
+    if kind == "sh-exit":
+        return CommandFinished(
+            job,
+            int(line.get("exit", 0)),
+            float(line.get("duration_s", 0.0)),
+            bool(line.get("timed_out", False)),
+        )
+    if kind == "message":
+        return Message(job, str(line.get("text", "")))
+    return None
