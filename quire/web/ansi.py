@@ -18,8 +18,8 @@ import html
 import re
 from dataclasses import dataclass, replace
 
-# CSI (ESC [ params final), OSC (ESC ] ... BEL or ESC \), and two-byte escapes.
-_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
+# CSI (ESC [ params final), OSC (ESC ] ... BEL or ESC \), and two-byte escapes (ESC 7, ESC c).
+_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[0-~]")
 # An escape sequence that may still be completed by the next chunk.
 _PARTIAL = re.compile(r"\x1b(?:\[[0-?]*[ -/]*|\][^\x07\x1b]*\x1b?)?\Z")
 _SGR = re.compile(r"\x1b\[([0-9;:]*)m")

@@ -1,0 +1,112 @@
+"""Following a running run: output from an offset, job changes, the move at the end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from quire.ci.store.views import RunDetails
+from quire.web import live
+from quire.web.live import RunFollower, parse_offsets
+from quire.web.lookup import StoreView
+from tests.unit.test_web_support import Store, line, out, run_id
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(tmp_path / "state")
+
+
+def rows(run: RunDetails) -> str:
+    return ",".join(f"{job.job_id}={job.status.value}" for job in run.jobs)
+
+
+def follower(store: Store, **kwargs: object) -> RunFollower:
+    view = StoreView(store.state / "runs")
+    return RunFollower(view, view.run("proj", run_id(1)), rows, **kwargs)  # type: ignore[arg-type]
+
+
+def append(path: Path, data: bytes) -> None:
+    with open(path, "ab") as handle:
+        handle.write(data)
+
+
+def outputs(messages: list[live.Message]) -> str:
+    return "".join(data["html"] for name, data in messages if name == "output")
+
+
+def test_follows_output_as_it_is_appended_then_ends_after_the_move(store: Store) -> None:
+    path = store.add(1, state="active", jobs={"build": line("sh-start", cmd="make")})
+    log = path / "jobs" / "build" / "log.jsonl"
+    watcher = follower(store)
+    first = watcher.poll()
+    assert ("jobs", {"state": "active", "html": "build=running"}) in first
+    assert "$ make" in outputs(first)
+    assert watcher.poll() == []  # nothing new
+    append(log, out("compiling\n") + b'{"t": "x", "event": "stdout", "da')  # torn: not yet
+    assert outputs(watcher.poll()) == "compiling\n"
+    append(log, b'ta": "linked\\n"}\n' + line("sh-exit", exit=0))
+    Store.write_job(path, "build", "success")
+    finished = path.parent.parent / "complete" / path.name
+    finished.parent.mkdir()
+    path.rename(finished)  # the run ends: its directory moves; the open log follows
+    last = watcher.poll()
+    assert "linked\n" in outputs(last) and "exit 0" in outputs(last)
+    assert ("jobs", {"state": "complete", "html": "build=success"}) in last
+    assert last[-1] == ("end", {"state": "complete"})
+    assert watcher.finished
+    watcher.close()
+
+
+def test_a_job_that_starts_later_is_followed_from_its_first_line(store: Store) -> None:
+    path = store.add(1, state="active", jobs={"a": out("a1\n")})
+    watcher = follower(store, offsets={"a": len(out("a1\n"))})
+    assert outputs(watcher.poll()) == ""
+    Store.write_job(path, "b", "running", 1)
+    (path / "jobs" / "b" / "log.jsonl").write_bytes(out("b1\n"))
+    messages = watcher.poll()
+    assert [(d["job"], d["html"]) for n, d in messages if n == "output"] == [("b", "b1\n")]
+    assert ("jobs", {"state": "active", "html": "a=running,b=running"}) in messages
+    watcher.close()
+
+
+def test_one_job_only_when_asked(store: Store) -> None:
+    store.add(1, state="active", jobs={"a": out("from a\n"), "b": out("from b\n")})
+    watcher = follower(store, job="b")
+    assert outputs(watcher.poll()) == "from b\n"
+    watcher.close()
+
+
+def test_a_follower_far_behind_skips_to_the_tail_and_says_so(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(live, "SKIP_BYTES", 10_000)
+    monkeypatch.setattr(live, "TAIL_BYTES", 1_000)
+    chunks = b"".join(out(f"{i:04d}\n") for i in range(2000))
+    store.add(1, state="active", jobs={"a": chunks})
+    watcher = follower(store)
+    html = outputs(watcher.poll())
+    assert "MiB of log not shown here" in html
+    assert "1999\n" in html and "0000\n" not in html
+    watcher.close()
+
+
+def test_a_run_that_disappears_ends_the_stream(store: Store) -> None:
+    import shutil
+
+    path = store.add(1, state="active", jobs={"a": out("x\n")})
+    watcher = follower(store)
+    watcher.poll()
+    shutil.rmtree(path)
+    assert watcher.poll() == [("end", {"state": "gone"})]
+    assert watcher.finished
+    watcher.close()
+
+
+def test_parse_offsets_accepts_only_job_names_to_byte_offsets() -> None:
+    assert parse_offsets(None) == {}
+    assert parse_offsets('{"a": 3, "b c": 0}') == {"a": 3, "b c": 0}
+    for bad in ('{"a": -1}', '{"a": "3"}', '{"a": true}', "[1]", '{"a": 1.5}'):
+        with pytest.raises(ValueError):
+            parse_offsets(bad)
