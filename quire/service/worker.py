@@ -88,7 +88,7 @@ class Worker:
         with open_queue(state) as queue, Listener(state) as listener, SignalWatch() as signals:
             self.queue = queue
             queue.check()
-            queue.prune()
+            self._step(lambda: log.debug("pruned %d finished rows", queue.prune()))
             waiting = len([e for e in queue.active() if e.state == "queued"])
             log.info(
                 "worker %d started: concurrency %d, executor %s, queue %s (%d queued)",
