@@ -73,6 +73,11 @@ class LabelledContainer:
     repo: str
 
 
+def image_repository(repo: str) -> str:
+    """The image name of a repository's run images: `quire-ci/<repo>`."""
+    return f"quire-ci/{repo}"
+
+
 # --- argv builders (pure) -----------------------------------------------------------------------
 
 
@@ -279,6 +284,29 @@ def teardown(container_id: str | None, untag: str | None) -> list[str]:
         if not result.ok and "no such" not in stderr.lower() and "in progress" not in stderr:
             problems.append(f"`{' '.join(result.argv)}` exited {result.exit}: {stderr}")
     return problems
+
+
+def image_gone(stderr: str) -> bool:
+    """Whether docker's (or podman's) stderr says the image or tag does not exist."""
+    lowered = stderr.lower()
+    return "no such image" in lowered or "image not known" in lowered
+
+
+def remove_tag(tag: str) -> bool:
+    """`docker image rm --no-prune TAG`: untag one image (layers other tags hold stay).
+
+    Returns False if there was no such image. Raises `DockerUnavailable` when
+    the engine cannot be reached, `ToolFailed` with docker's words otherwise.
+    """
+    result = _run(untag_argv(tag))
+    if result.ok:
+        return True
+    stderr = result.stderr_tail(3)
+    if image_gone(stderr):
+        return False
+    if daemon_unreachable(stderr):
+        raise DockerUnavailable(f"docker is unavailable: {stderr}")
+    raise ToolFailed(f"`{' '.join(result.argv)}` exited {result.exit}: {stderr or '(no output)'}")
 
 
 def kill_processes(container_id: str) -> None:

@@ -249,3 +249,20 @@ def test_list_argv_finds_the_run_containers_of_one_state_directory() -> None:
         "--format",
         '{{.ID}}\t{{.Label "quire.run-id"}}\t{{.Label "quire.repo"}}',
     ]
+
+
+@pytest.mark.parametrize(
+    ("stderr", "gone"),
+    [
+        ("Error response from daemon: No such image: quire-ci/example:1", True),
+        ("Error: No such image: quire-ci/example:1", True),
+        ("Error: quire-ci/example:1: image not known", True),  # podman
+        ("Error response from daemon: conflict: unable to remove repository reference", False),
+        ("Cannot connect to the Docker daemon at unix:///var/run/docker.sock", False),
+        ("", False),
+    ],
+)
+def test_image_gone_recognizes_docker_and_podman_saying_there_is_no_such_image(
+    stderr: str, gone: bool
+) -> None:
+    assert docker.image_gone(stderr) is gone

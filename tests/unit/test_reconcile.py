@@ -3,17 +3,16 @@
 Process liveness is faked by replacing `quire.ci.store.reconcile.is_alive` (pids
 named in a set are alive); docker is faked with pytest-subprocess, whose
 exact argv match also pins the `docker ps` filter. The liveness check
-itself is tested against real processes (a zombie, a reused pid).
+itself is tested against real processes in test_liveness.py; here, the
+runs whose runner.yml names this very process use the real one, so that
+reconcile is seen to pass the recorded start time along.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -23,10 +22,13 @@ from pytest_subprocess import FakeProcess
 from typer.testing import CliRunner
 
 from quire.ci.store import reconcile as reconcile_module
-from quire.ci.store.liveness import is_alive, process_start_ticks
-from quire.ci.store.reconcile import Action, reconcile
+from quire.ci.store.liveness import process_start_ticks
+from quire.ci.store.reconcile import Action, live_run_ids, reconcile
 from quire.ci.store.records import (
+    ContainerInfo,
     ExecutorKind,
+    JobState,
+    JobStatus,
     RunMeta,
     RunnerInfo,
     RunResult,
@@ -64,6 +66,7 @@ def make_run(
     state: RunState = RunState.active,
     *,
     pid: int | None = DEAD_PID,
+    pid_start: int | None = 123,
     host: str | None = None,
     age: timedelta = timedelta(0),
     executor: ExecutorKind = ExecutorKind.docker,
@@ -86,7 +89,7 @@ def make_run(
     if pid is not None:
         write_record(
             run.path / "runner.yml",
-            RunnerInfo(pid=pid, host=host or socket.gethostname(), pid_start=123),
+            RunnerInfo(pid=pid, host=host or socket.gethostname(), pid_start=pid_start),
         )
     if state != RunState.pending:
         run.transition(RunState.active)
@@ -181,6 +184,129 @@ def test_only_the_given_stores_runs_are_reconciled(alive: set[int]) -> None:
     assert where(other) == RunState.active
 
 
+# --- the runner's start time: a live pid that started at another time is a reused pid ------------
+
+
+def my_start() -> int:
+    start = process_start_ticks(os.getpid())
+    assert start is not None
+    return start
+
+
+@pytest.mark.parametrize("state", [RunState.pending, RunState.active])
+def test_a_run_whose_pid_is_alive_but_started_at_another_time_fails_as_orphaned(
+    state: RunState,
+) -> None:
+    # No fake here: this very process holds the pid, but runner.yml says another
+    # process (started one tick later) owned the run, so its runner is gone.
+    run = make_run(state=state, pid=os.getpid(), pid_start=my_start() + 1)
+    actions = reconcile(containers=False)
+    assert actions == [Action("orphaned", f"proj/{run.run_id}", "its runner is gone")]
+    assert where(run) == RunState.failed
+    assert result(run).reason.value == "orphaned"  # type: ignore[union-attr]
+
+
+def test_a_run_whose_pid_and_start_time_match_a_live_process_is_left_untouched() -> None:
+    run = make_run(pid=os.getpid(), pid_start=my_start())
+    assert reconcile(containers=False) == []
+    assert where(run) == RunState.active
+
+
+def test_a_run_whose_runner_yml_has_no_start_time_trusts_a_live_pid() -> None:
+    run = make_run(pid=os.getpid(), pid_start=None)
+    assert reconcile(containers=False) == []
+    assert where(run) == RunState.active
+
+
+def test_a_reused_pid_does_not_keep_a_runs_containers_alive() -> None:
+    reused = make_run(pid=os.getpid(), pid_start=my_start() + 1)
+    live = make_run(pid=os.getpid(), pid_start=my_start())
+    assert live_run_ids([RunStore("proj")]) == {live.run_id}
+    assert where(reused) == RunState.active  # judged, not moved
+
+
+def test_reconcile_checks_liveness_with_the_recorded_start_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asked: list[tuple[int, int | None]] = []
+
+    def fake_is_alive(pid: int, start: int | None) -> bool:
+        asked.append((pid, start))
+        return True
+
+    monkeypatch.setattr(reconcile_module, "is_alive", fake_is_alive)
+    make_run(pid=DEAD_PID, pid_start=98765)
+    assert reconcile(containers=False) == []
+    assert asked == [(DEAD_PID, 98765)]
+
+
+# --- an orphaned run's jobs -----------------------------------------------------------------------
+
+
+def write_job(run: RunDir, job_id: str, status: JobStatus, **fields: object) -> None:
+    state = JobState(job_id=job_id, status=status, **fields)  # type: ignore[arg-type]
+    write_record(run.job_dir(job_id) / "state.yml", state)
+
+
+def job_state(run: RunDir, job_id: str) -> JobState:
+    return read_record(moved(run).path / "jobs" / job_id / "state.yml", JobState)
+
+
+@pytest.mark.parametrize("state", [RunState.pending, RunState.active])
+def test_an_orphaned_runs_unfinished_jobs_fail_as_orphaned(
+    alive: set[int], state: RunState
+) -> None:
+    run = make_run(state=state, pid=DEAD_PID)
+    started = utcnow() - HOUR
+    write_job(run, "build", JobStatus.running, started_at=started)
+    write_job(run, "deploy", JobStatus.pending)
+    (action,) = reconcile(containers=False)
+    assert action.kind == "orphaned"
+    for job_id in ("build", "deploy"):
+        got = job_state(run, job_id)
+        assert got.status == JobStatus.failed
+        assert got.error == "orphaned: the runner died"
+        assert got.finished_at is not None
+    assert job_state(run, "build").started_at == started
+    run_end = read_record(moved(run).path / "times.yml", RunTimes).finished_at
+    assert job_state(run, "build").finished_at == run_end
+    leftovers = [p.name for p in (moved(run).path / "jobs" / "build").iterdir()]
+    assert leftovers == ["state.yml"]  # written atomically: no temporary file left
+
+
+def test_an_orphaned_runs_finished_jobs_keep_their_state(alive: set[int]) -> None:
+    run = make_run(pid=DEAD_PID)
+    done = utcnow() - HOUR
+    write_job(run, "lint", JobStatus.success, finished_at=done, outputs={"n": 1})
+    write_job(run, "unit", JobStatus.failed, finished_at=done, error="tests failed")
+    write_job(run, "docs", JobStatus.skipped, skip_reason="input 'unit' failed")
+    before = {job: job_state(run, job) for job in ("lint", "unit", "docs")}
+    reconcile(containers=False)
+    assert {job: job_state(run, job) for job in before} == before
+
+
+def test_an_orphaned_runs_unreadable_job_state_is_left_and_the_rest_still_fail(
+    alive: set[int],
+) -> None:
+    run = make_run(pid=DEAD_PID)
+    (run.job_dir("torn") / "state.yml").write_text("status: [unterminated\n")
+    run.job_dir("not-started")  # a job directory without a state.yml
+    write_job(run, "build", JobStatus.running, started_at=utcnow())
+    (action,) = reconcile(containers=False)
+    assert action.kind == "orphaned"
+    assert where(run) == RunState.failed
+    assert job_state(run, "build").status == JobStatus.failed
+    torn = moved(run).path / "jobs" / "torn" / "state.yml"
+    assert torn.read_text() == "status: [unterminated\n"
+
+
+def test_a_live_runs_running_job_is_left_running(alive: set[int]) -> None:
+    run = make_run(pid=LIVE_PID)
+    write_job(run, "build", JobStatus.running, started_at=utcnow())
+    assert reconcile(containers=False) == []
+    assert job_state(run, "build").status == JobStatus.running
+
+
 # --- unreadable records: quarantine ---------------------------------------------------------------
 
 
@@ -273,6 +399,7 @@ def test_containers_of_live_runs_stay_and_the_others_are_removed(
     fp.register(ps_argv(fp), stdout=listing)
     fp.register([fp.program("docker"), "rm", "--force", cid(2)], stdout=cid(2))
     fp.register([fp.program("docker"), "rm", "--force", cid(3)], stdout=cid(3))
+    fp.register(untag_argv(fp, run_tag(dead)))
     actions = reconcile([RunStore("proj")])
     removed = sorted(a.target for a in actions if a.kind == "container-removed")
     assert removed == [cid(2)[:12], cid(3)[:12]]
@@ -346,6 +473,140 @@ def quick(rt):
 """
 
 
+# --- the per-run image tag of an orphaned docker run ----------------------------------------------
+
+
+def untag_argv(fp: FakeProcess, tag: str) -> list[object]:
+    return [fp.program("docker"), "image", "rm", "--no-prune", tag]
+
+
+def run_tag(run: RunDir) -> str:
+    return f"quire-ci/{run.store.repo}:{run.run_id}"
+
+
+def test_an_orphaned_docker_runs_image_tag_is_removed_after_its_container(
+    alive: set[int], fp: FakeProcess
+) -> None:
+    orphan = make_run(pid=DEAD_PID)
+    write_record(
+        orphan.path / "container.yml", ContainerInfo(image_tag=run_tag(orphan), container_id=cid(8))
+    )
+    fp.register(ps_argv(fp), stdout=f"{cid(8)}\t{orphan.run_id}\tproj\n")
+    fp.register([fp.program("docker"), "rm", "--force", cid(8)], stdout=cid(8))
+    fp.register(untag_argv(fp, run_tag(orphan)), stdout=f"Untagged: {run_tag(orphan)}\n")
+    actions = reconcile()
+    assert [a.kind for a in actions] == ["orphaned", "container-removed", "image-untagged"]
+    assert actions[-1].target == run_tag(orphan)
+    assert fp.call_count(untag_argv(fp, run_tag(orphan))) == 1
+    subcommands = [list(call)[1] for call in fp.calls]
+    assert subcommands == ["ps", "rm", "image"]  # untagged once its container is gone
+
+
+def test_the_tag_recorded_in_container_yml_is_the_one_removed(
+    alive: set[int], fp: FakeProcess
+) -> None:
+    orphan = make_run(pid=DEAD_PID)
+    recorded = "quire-ci/renamed:some-other-tag"
+    write_record(orphan.path / "container.yml", ContainerInfo(image_tag=recorded))
+    fp.register(ps_argv(fp), stdout="")
+    fp.register(untag_argv(fp, recorded))
+    (_, untagged) = reconcile()
+    assert untagged == Action("image-untagged", recorded, f"run {orphan.run_id} is over")
+
+
+def test_an_orphaned_docker_run_that_never_built_untags_the_tag_named_for_it(
+    alive: set[int], fp: FakeProcess
+) -> None:
+    orphan = make_run(pid=DEAD_PID)  # no container.yml: the runner died before the build
+    fp.register(ps_argv(fp), stdout="")
+    fp.register(
+        untag_argv(fp, run_tag(orphan)),
+        stderr=f"Error response from daemon: No such image: {run_tag(orphan)}\n",
+        returncode=1,
+    )
+    actions = reconcile()
+    assert actions == [Action("orphaned", f"proj/{orphan.run_id}", "its runner is gone")]
+    assert fp.call_count(untag_argv(fp, run_tag(orphan))) == 1
+
+
+def test_podmans_image_not_known_is_no_news_either(alive: set[int], fp: FakeProcess) -> None:
+    orphan = make_run(pid=DEAD_PID)
+    fp.register(ps_argv(fp), stdout="")
+    fp.register(
+        untag_argv(fp, run_tag(orphan)),
+        stderr=f"Error: {run_tag(orphan)}: image not known\n",
+        returncode=1,
+    )
+    assert [a.kind for a in reconcile()] == ["orphaned"]
+
+
+def test_an_untag_that_fails_is_reported_as_a_problem(alive: set[int], fp: FakeProcess) -> None:
+    orphan = make_run(pid=DEAD_PID)
+    fp.register(ps_argv(fp), stdout="")
+    fp.register(
+        untag_argv(fp, run_tag(orphan)),
+        stderr="Error response from daemon: permission denied\n",
+        returncode=1,
+    )
+    orphaned, problem = reconcile()
+    assert orphaned.kind == "orphaned"
+    assert (problem.kind, problem.target) == ("problem", run_tag(orphan))
+    assert "permission denied" in problem.detail
+    assert where(orphan) == RunState.failed
+
+
+def test_an_orphaned_host_run_has_no_image_to_untag(alive: set[int], fp: FakeProcess) -> None:
+    make_run(pid=DEAD_PID, executor=ExecutorKind.host)
+    fp.register(ps_argv(fp), stdout="")
+    assert [a.kind for a in reconcile()] == ["orphaned"]
+    assert fp.call_count([fp.program("docker"), "image", fp.any()]) == 0
+
+
+def test_a_quarantined_in_flight_docker_run_untags_its_recorded_image(
+    alive: set[int], fp: FakeProcess
+) -> None:
+    broken = make_run(pid=DEAD_PID)
+    write_record(broken.path / "container.yml", ContainerInfo(image_tag=run_tag(broken)))
+    (broken.path / "meta.yml").write_text(":::\n")
+    fp.register(ps_argv(fp), stdout="")
+    fp.register(untag_argv(fp, run_tag(broken)))
+    assert [a.kind for a in reconcile()] == ["quarantined", "image-untagged"]
+
+
+def test_a_quarantined_finished_run_keeps_its_jobs_and_image(
+    alive: set[int], fp: FakeProcess
+) -> None:
+    # Its runner finished (and tore down) long ago: only its unreadable records are news.
+    broken = make_run(state=RunState.complete, pid=DEAD_PID)
+    write_record(broken.path / "container.yml", ContainerInfo(image_tag=run_tag(broken)))
+    write_job(broken, "build", JobStatus.running, started_at=utcnow())
+    (broken.path / "meta.yml").write_text(":::\n")
+    fp.register(ps_argv(fp), stdout="")
+    assert [a.kind for a in reconcile()] == ["quarantined"]
+    assert fp.call_count([fp.program("docker"), "image", fp.any()]) == 0
+    assert job_state(broken, "build").status == JobStatus.running
+
+
+def test_a_finished_docker_run_is_not_untagged_again(alive: set[int], fp: FakeProcess) -> None:
+    make_run(state=RunState.complete, pid=DEAD_PID)
+    make_run(state=RunState.failed, pid=DEAD_PID)
+    fp.register(ps_argv(fp), stdout="")
+    assert reconcile() == []
+    assert fp.call_count([fp.program("docker"), "image", fp.any()]) == 0
+
+
+def test_reconcile_without_containers_never_calls_docker_to_untag(
+    alive: set[int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = tmp_path / "docker-calls"
+    shim = write_shim(tmp_path / "rec-bin", "docker", f'echo "$@" >> {calls}\nexit 1\n')
+    monkeypatch.setenv("QUIRE_DOCKER", str(shim))
+    orphan = make_run(pid=DEAD_PID)
+    assert [a.kind for a in reconcile(containers=False)] == ["orphaned"]
+    assert where(orphan) == RunState.failed
+    assert not calls.exists()
+
+
 # --- the CLI --------------------------------------------------------------------------------------
 
 
@@ -353,10 +614,12 @@ def test_cli_reconcile_prints_what_it_did(alive: set[int], fp: FakeProcess) -> N
     orphan = make_run(pid=DEAD_PID)
     fp.register(ps_argv(fp), stdout=f"{cid(7)}\t{orphan.run_id}\tproj\n")
     fp.register([fp.program("docker"), "rm", "--force", cid(7)])
+    fp.register(untag_argv(fp, run_tag(orphan)))
     done = CliRunner().invoke(app, ["ci", "reconcile"])
     assert done.exit_code == 0, done.output
     assert f"orphaned: proj/{orphan.run_id} (its runner is gone)" in done.stdout
     assert f"container-removed: {cid(7)[:12]}" in done.stdout
+    assert f"image-untagged: {run_tag(orphan)} (run {orphan.run_id} is over)" in done.stdout
 
 
 def test_cli_reconcile_says_nothing_to_reconcile(alive: set[int], fp: FakeProcess) -> None:
@@ -432,39 +695,3 @@ def test_concurrent_reconciles_report_each_orphan_once_and_raise_nothing(
     assert sorted(a.target for a in actions) == sorted(f"proj/{r.run_id}" for r in runs)
     assert all(where(r) == RunState.failed for r in runs)
     assert all(result(r).reason.value == "orphaned" for r in runs)  # type: ignore[union-attr]
-
-
-# --- liveness, against real processes -------------------------------------------------------------
-
-
-def test_this_process_is_alive_and_a_reused_pid_is_not() -> None:
-    me = os.getpid()
-    start = process_start_ticks(me)
-    assert start is not None
-    assert is_alive(me, start)
-    assert is_alive(me, None)
-    assert not is_alive(me, start + 1)  # same pid, another process
-
-
-def test_a_process_that_exited_is_not_alive() -> None:
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    start = process_start_ticks(child.pid)
-    child.wait()
-    assert not is_alive(child.pid, start)
-
-
-def test_a_killed_but_unreaped_runner_is_not_alive() -> None:
-    # kill -9 of a runner whose parent has not waited for it yet: a zombie.
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        start = process_start_ticks(child.pid)
-        assert is_alive(child.pid, start)
-        os.kill(child.pid, 9)
-        deadline = time.monotonic() + 10
-        while Path(f"/proc/{child.pid}/stat").read_text().split(") ")[1][0] != "Z":
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        assert not is_alive(child.pid, start)
-    finally:
-        child.kill()
-        child.wait()

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from pyfakefs.fake_filesystem import FakeFilesystem
+from pyfakefs.helpers import reset_ids, set_uid
 
 from quire.ci.store.records import ExecutorKind, RunMeta, RunResult, RunTimes, read_record
 from quire.ci.store.runs import ALLOWED, InvalidTransition, RunDir, RunState, RunStore, new_run_id
-from quire.errors import RunNotFound
+from quire.errors import QuireError, RunNotFound
 
 ROOT = Path("/state/runs/example")
 CACHE = Path("/cache/runs/example")
@@ -321,3 +324,109 @@ def test_run_dir_for_a_found_run_reads_the_same_records(store: RunStore) -> None
     run = store.create(meta_for)
     again = RunDir(store, run.run_id, RunState.pending)
     assert again.meta() == run.meta()
+
+
+# --- `latest` when what it names is gone, or when it is not a link at all -------------------------
+
+
+def debris(store: RunStore) -> list[str]:
+    return sorted(p.name for p in store.root.iterdir() if p.name.startswith(".latest"))
+
+
+def test_latest_goes_back_to_an_older_run_when_the_newer_one_it_names_was_deleted(
+    store: RunStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids_counting_up(monkeypatch)
+    older = store.create(meta_for)
+    newer = store.create(meta_for)
+    shutil.rmtree(newer.path)
+    older.transition(RunState.active)
+    assert latest_target(store) == f"active/{older.run_id}"
+    assert store.find("latest").run_id == older.run_id
+
+
+@pytest.mark.parametrize(
+    "junk",
+    [
+        lambda link: (link.mkdir(), (link / "left-over.txt").write_text("x\n")),
+        lambda link: link.mkdir(),
+        lambda link: link.write_text("not a link\n"),
+        lambda link: link.symlink_to("../../nowhere/zzzz-not-a-run"),
+    ],
+    ids=["directory", "empty-directory", "file", "link-to-no-run"],
+)
+def test_a_junk_latest_is_replaced_by_the_link_and_leaves_no_debris(
+    store: RunStore, junk: Callable[[Path], object]
+) -> None:
+    ROOT.mkdir(parents=True)
+    junk(ROOT / "latest")
+    run = store.create(meta_for)
+    assert latest_target(store) == f"pending/{run.run_id}"
+    assert debris(store) == []
+    run.transition(RunState.active)
+    assert latest_target(store) == f"active/{run.run_id}"
+    assert store.find("latest").run_id == run.run_id
+
+
+def test_a_latest_that_cannot_be_replaced_raises_a_clear_error_and_leaves_no_debris(
+    store: RunStore,
+) -> None:
+    stuck = ROOT / "latest" / "locked"
+    stuck.mkdir(parents=True)
+    (stuck / "file").write_text("x\n")
+    stuck.chmod(0o555)  # its file cannot be removed, so neither can `latest`
+    ROOT.chmod(0o777)  # the store itself stays writable for the user below
+    set_uid(1000)
+    try:
+        with pytest.raises(QuireError) as caught:
+            store.create(meta_for)
+    finally:
+        reset_ids()
+    message = str(caught.value)
+    assert str(ROOT / "latest") in message
+    assert "remove it" in message
+    assert debris(store) == []
+
+
+def test_find_latest_falls_back_to_the_newest_run_when_the_link_is_missing(
+    store: RunStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids_counting_up(monkeypatch)
+    store.create(meta_for)
+    newest = store.create(meta_for)
+    (ROOT / "latest").unlink()
+    assert store.find("latest").run_id == newest.run_id
+
+
+def test_find_latest_falls_back_to_the_newest_run_when_the_link_names_a_deleted_run(
+    store: RunStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids_counting_up(monkeypatch)
+    older = store.create(meta_for)
+    newer = store.create(meta_for)
+    shutil.rmtree(newer.path)
+    assert store.find("latest").run_id == older.run_id
+
+
+@pytest.mark.parametrize(
+    "junk",
+    [lambda link: link.mkdir(), lambda link: link.write_text("x\n")],
+    ids=["directory", "file"],
+)
+def test_find_latest_falls_back_to_the_newest_run_when_latest_is_junk(
+    store: RunStore, monkeypatch: pytest.MonkeyPatch, junk: Callable[[Path], object]
+) -> None:
+    ids_counting_up(monkeypatch)
+    store.create(meta_for)
+    newest = store.create(meta_for)
+    newest.transition(RunState.active)
+    (ROOT / "latest").unlink()
+    junk(ROOT / "latest")
+    found = store.find("latest")
+    assert (found.run_id, found.state) == (newest.run_id, RunState.active)
+
+
+def test_find_latest_with_junk_and_no_runs_says_there_are_no_runs_yet(store: RunStore) -> None:
+    (ROOT / "latest").mkdir(parents=True)
+    with pytest.raises(RunNotFound, match="no runs yet"):
+        store.find("latest")

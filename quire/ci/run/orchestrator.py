@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from types import TracebackType
 
 from quire import interrupts
 from quire.ci.events import JobFinished, Notice, RunFinished, RunStarted
@@ -254,7 +255,7 @@ class _Run:
         try:
             with interrupts.raising():
                 workspaces.materialize(self.loaded.repo.git_dir, self.meta.sha, self.workspace)
-                with self.executors(self._setup(outlet)) as executor:
+                with _ShieldedExit(self.executors(self._setup(outlet))) as executor:
                     JobRunner(
                         pipeline=self.pipeline,
                         executor=executor,
@@ -317,6 +318,26 @@ class _Run:
             )
             self.run_dir.transition(target)
         return finished
+
+
+class _ShieldedExit:
+    """Enters an executor as it is; leaves it (its teardown) shielded from signals, so a
+    second Ctrl-C cannot leave a container behind."""
+
+    def __init__(self, executor: Executor) -> None:
+        self._executor = executor
+
+    def __enter__(self) -> Executor:
+        return self._executor.__enter__()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with interrupts.shielded():
+            self._executor.__exit__(exc_type, exc, tb)
 
 
 def _ended(reason: EndReason, error: str, code: int) -> RunResult:

@@ -2,11 +2,15 @@
 
 - A run in pending/ or active/ whose runner (pid + start time, from
   runner.yml, on this host) is gone moves to failed/ with reason
-  `orphaned`, and its workspace is removed.
+  `orphaned`, and its workspace is removed. A pid that is alive but
+  started at another time than runner.yml says is a reused pid: gone.
 - A run directory whose meta.yml cannot be read (outside failed/) is
   quarantined into failed/ with reason `unreadable`.
+- The jobs such a run (pending/active, runner gone) left `running` or
+  `pending` fail with "orphaned: the runner died".
 - A container labelled `quire.run-id` whose run is not owned by a live
-  runner is removed.
+  runner is removed; then, for the docker runs failed above, the run's
+  image tag `quire-ci/<repo>:<run-id>` (their teardown never ran).
 
 Nothing owned by a live quire process is touched. Runs recorded by another
 host are left alone: their pids mean nothing here.
@@ -15,13 +19,18 @@ host are left alone: their pids mean nothing here.
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from quire.ci.run import workspace as workspaces
 from quire.ci.store.liveness import is_alive
 from quire.ci.store.records import (
+    ContainerInfo,
     EndReason,
+    ExecutorKind,
+    JobState,
+    JobStatus,
     RecordUnreadable,
     RunMeta,
     RunnerInfo,
@@ -32,6 +41,7 @@ from quire.ci.store.records import (
     write_record,
 )
 from quire.ci.store.runs import RunDir, RunState, RunStore
+from quire.errors import ExitCode, QuireError
 from quire.paths import state_dir
 
 if TYPE_CHECKING:
@@ -42,7 +52,7 @@ if TYPE_CHECKING:
 class Action:
     """One thing reconcile did, for the report."""
 
-    kind: str  # orphaned | quarantined | container-removed | problem
+    kind: str  # orphaned | quarantined | container-removed | image-untagged | problem
     target: str
     detail: str
 
@@ -79,10 +89,26 @@ def _young(run: RunDir, seconds: float = 60.0) -> bool:
     return (utcnow() - meta.pushed_at).total_seconds() < seconds
 
 
+ORPHANED_JOB_ERROR = "orphaned: the runner died"
+_UNFINISHED_JOBS = (JobStatus.running, JobStatus.pending)
+
+
+@dataclass
+class _Reconciled:
+    """What one store's pass did, and the runs it failed whose runner was gone."""
+
+    actions: list[Action] = field(default_factory=list)
+    abandoned: list[RunDir] = field(default_factory=list)
+
+
 def reconcile_store(store: RunStore, *, in_flight_only: bool = False) -> list[Action]:
     """Fix the records of one repository's runs (only pending/active ones if asked:
     the cheap pass before every run does not re-read every finished run)."""
-    actions: list[Action] = []
+    return _reconcile_runs(store, in_flight_only=in_flight_only).actions
+
+
+def _reconcile_runs(store: RunStore, *, in_flight_only: bool) -> _Reconciled:
+    done = _Reconciled()
     for run in list(store.runs()):
         if run.state == RunState.failed:
             continue
@@ -94,16 +120,22 @@ def reconcile_store(store: RunStore, *, in_flight_only: bool = False) -> list[Ac
         try:
             read_record(run.path / "meta.yml", RunMeta)
         except RecordUnreadable as exc:
-            actions += _finish(
-                run, EndReason.unreadable, f"records unreadable: {exc}", "quarantined"
-            )
-            continue
-        if in_flight:
-            actions += _finish(run, EndReason.orphaned, "its runner is gone", "orphaned")
-    return actions
+            reason, detail, kind = EndReason.unreadable, f"records unreadable: {exc}", "quarantined"
+        else:
+            if not in_flight:
+                continue
+            reason, detail, kind = EndReason.orphaned, "its runner is gone", "orphaned"
+        actions = _finish(run, reason, detail, kind, abandoned=in_flight)
+        done.actions += actions
+        if in_flight and any(action.kind == kind for action in actions):
+            done.abandoned.append(run)
+    return done
 
 
-def _finish(run: RunDir, reason: EndReason, detail: str, kind: str) -> list[Action]:
+def _finish(
+    run: RunDir, reason: EndReason, detail: str, kind: str, *, abandoned: bool
+) -> list[Action]:
+    """Move `run` to failed/ with `reason`; an `abandoned` run's unfinished jobs fail too."""
     label = f"{run.store.repo}/{run.run_id}"
     try:
         times_path = run.path / "times.yml"
@@ -113,7 +145,12 @@ def _finish(run: RunDir, reason: EndReason, detail: str, kind: str) -> list[Acti
             times = RunTimes(started_at=utcnow())
         times.finished_at = times.finished_at or utcnow()
         write_record(times_path, times)
-        write_record(run.path / "result.yml", RunResult(reason=reason, error=detail, exit_code=1))
+        if abandoned:
+            _fail_unfinished_jobs(run, times.finished_at)
+        write_record(
+            run.path / "result.yml",
+            RunResult(reason=reason, error=detail, exit_code=ExitCode.environment),
+        )
         if reason == EndReason.unreadable:
             run.quarantine()
         else:
@@ -124,6 +161,28 @@ def _finish(run: RunDir, reason: EndReason, detail: str, kind: str) -> list[Acti
         return [Action("problem", label, f"could not move it to failed/: {exc}")]
     workspaces.remove(run.workspace)
     return [Action(kind, label, detail)]
+
+
+def _fail_unfinished_jobs(run: RunDir, finished_at: datetime) -> None:
+    """Jobs left running (or pending) by a dead runner fail: nobody will finish them.
+
+    A job whose state.yml cannot be read is left as it is.
+    """
+    jobs = run.path / "jobs"
+    if not jobs.is_dir():
+        return
+    for entry in sorted(jobs.iterdir()):
+        path = entry / "state.yml"
+        try:
+            state = read_record(path, JobState)
+        except RecordUnreadable:
+            continue
+        if state.status not in _UNFINISHED_JOBS:
+            continue
+        state.status = JobStatus.failed
+        state.error = ORPHANED_JOB_ERROR
+        state.finished_at = state.finished_at or finished_at
+        write_record(path, state)
 
 
 def live_run_ids(stores: list[RunStore]) -> set[str]:
@@ -170,24 +229,74 @@ def reconcile_containers(
     return actions
 
 
+def image_tag(run: RunDir) -> str | None:
+    """The per-run image tag of a docker run (None for a host run, or if unknown).
+
+    container.yml names the tag the run built; without it (the runner died
+    before the build) the tag is the one the docker executor would have used.
+    """
+    try:
+        return read_record(run.path / "container.yml", ContainerInfo).image_tag
+    except RecordUnreadable:
+        pass
+    try:
+        meta = read_record(run.path / "meta.yml", RunMeta)
+    except RecordUnreadable:
+        return None
+    if meta.executor != ExecutorKind.docker:
+        return None
+    from quire.tools.docker import image_repository
+
+    return f"{image_repository(run.store.repo)}:{run.run_id}"
+
+
+def remove_image_tags(runs: list[RunDir]) -> list[Action]:
+    """Untag the images of docker runs whose runner died before its teardown could.
+
+    An image already gone is no news; any other failure is a `problem`.
+    """
+    from quire.tools import docker
+
+    actions = []
+    for run in runs:
+        tag = image_tag(run)
+        if tag is None:
+            continue
+        try:
+            removed = docker.remove_tag(tag)
+        except QuireError as exc:
+            actions.append(Action("problem", tag, f"could not untag it: {exc}"))
+            continue
+        if removed:
+            actions.append(Action("image-untagged", tag, f"run {run.run_id} is over"))
+    return actions
+
+
 def reconcile(
     stores: list[RunStore] | None = None,
     *,
     containers: bool = True,
     in_flight_only: bool = False,
 ) -> list[Action]:
-    """Reconcile records (of `stores`, default all) and, if asked, docker containers.
+    """Reconcile records (of `stores`, default all) and, if asked, docker containers
+    and the image tags of the docker runs it failed.
 
     Container decisions always look at every repository's runs: a container
-    of another repository's live run must stay.
+    of another repository's live run must stay. Without `containers`, docker
+    is never called (and an orphaned run's image tag stays).
     """
     # Listed first: docker being unavailable raises before any record changes
     # (so the caller can retry without containers and lose no report), and
     # every listed container's run already exists when the runs are read.
     listed = list_containers() if containers else None
     actions: list[Action] = []
+    abandoned: list[RunDir] = []
     for store in all_stores() if stores is None else stores:
-        actions += reconcile_store(store, in_flight_only=in_flight_only)
+        done = _reconcile_runs(store, in_flight_only=in_flight_only)
+        actions += done.actions
+        abandoned += done.abandoned
     if listed is not None:
         actions += reconcile_containers(all_stores(), listed)
+        # After the containers: an image a container still uses may refuse to go.
+        actions += remove_image_tags(abandoned)
     return actions

@@ -13,8 +13,10 @@ concurrent runs never collide.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,7 +33,7 @@ from quire.ci.store.records import (
     read_record,
     write_record,
 )
-from quire.errors import QuireError, RunNotFound
+from quire.errors import EnvironmentProblem, QuireError, RunNotFound
 from quire.paths import cache_dir, state_dir
 
 
@@ -52,6 +54,10 @@ ALLOWED: dict[RunState, frozenset[RunState]] = {
 
 class InvalidTransition(QuireError):
     """A run was asked to move between states the table does not allow."""
+
+
+class LatestLinkFailed(EnvironmentProblem):
+    """The store's `latest` link cannot be created or replaced."""
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -176,14 +182,28 @@ class RunStore:
         return run
 
     def update_latest(self, run: RunDir) -> None:
-        """Point `latest` at `run` unless a newer run already holds it."""
+        """Point `latest` at `run` unless a newer run that still exists holds it.
+
+        Whatever else sits at `latest` (a directory, a file, a link to no run)
+        is replaced. Raises `LatestLinkFailed` if that cannot be done; no
+        temporary link is ever left behind.
+        """
         link = self.root / "latest"
         current = _link_run_id(link)
         if current is not None and current > run.run_id and self._exists(current):
             return
         tmp = self.root / f".latest.{os.getpid()}.{secrets.token_hex(3)}"
-        os.symlink(f"{run.state.value}/{run.run_id}", tmp)
-        os.replace(tmp, link)
+        try:
+            os.symlink(f"{run.state.value}/{run.run_id}", tmp)
+            _replace_link(tmp, link)
+        except OSError as exc:
+            raise LatestLinkFailed(
+                f"cannot point {link} at run {run.run_id}: {exc.strerror or exc}; "
+                f"{link} should be a symlink quire manages: remove it and run again"
+            ) from exc
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()  # gone already unless something above failed
 
     def _exists(self, run_id: str) -> bool:
         return any((self.root / s.value / run_id).is_dir() for s in RunState)
@@ -205,10 +225,7 @@ class RunStore:
     def find(self, ref: str) -> RunDir:
         """The run named `latest`, by full id, or by a unique id prefix; raises `RunNotFound`."""
         if ref == "latest":
-            current = _link_run_id(self.root / "latest")
-            if current is None:
-                raise RunNotFound(f"no runs yet for repository {self.repo!r} (in {self.root})")
-            ref = current
+            return self._latest()
         matches = [run for run in self.runs() if run.run_id.startswith(ref)]
         exact = [run for run in matches if run.run_id == ref]
         if exact:
@@ -220,6 +237,18 @@ class RunStore:
         ids = ", ".join(run.run_id for run in matches[:5])
         raise RunNotFound(f"run prefix {ref!r} is ambiguous: {ids}")
 
+    def _latest(self) -> RunDir:
+        """The run `latest` names; the newest run if the link is missing, broken or junk."""
+        current = _link_run_id(self.root / "latest")
+        newest: RunDir | None = None
+        for run in self.runs():
+            if run.run_id == current:
+                return run
+            newest = newest or run
+        if newest is None:
+            raise RunNotFound(f"no runs yet for repository {self.repo!r} (in {self.root})")
+        return newest
+
 
 def store_for(repo_path: Path) -> RunStore:
     """The run store of the repository at `repo_path`; raises `NotARepository`."""
@@ -227,6 +256,29 @@ def store_for(repo_path: Path) -> RunStore:
     from quire.tools import git
 
     return RunStore(repo_segment(git.open_repository(repo_path).name_dir.name))
+
+
+def _replace_link(tmp: Path, link: Path, attempts: int = 3) -> None:
+    """`os.replace(tmp, link)`, first clearing a directory or file squatting at `link`.
+
+    `latest` is quire's own name in the store: a directory or file there is
+    debris (a copy, a failed tool), never a record. Several attempts, since a
+    concurrent run may be clearing the same debris.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            os.replace(tmp, link)
+            return
+        except OSError:
+            if attempt == attempts or link.is_symlink():
+                raise
+        try:
+            if link.is_dir():
+                shutil.rmtree(link)
+            else:
+                link.unlink()
+        except FileNotFoundError:
+            pass  # someone else cleared it
 
 
 def _link_run_id(link: Path) -> str | None:

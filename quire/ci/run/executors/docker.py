@@ -38,10 +38,6 @@ from quire.tools.process import OutputHandler
 DOCKERFILE = ".quire/Dockerfile"
 
 
-def image_repository(repo: str) -> str:
-    return f"quire-ci/{repo}"
-
-
 class DockerExecutor:
     """Runs a run's commands in its own container."""
 
@@ -51,7 +47,7 @@ class DockerExecutor:
         self.setup = setup
         self.workspace: Path = setup.workspace
         self.outlet = setup.outlet
-        self.image_tag = f"{image_repository(setup.repo)}:{setup.run_id}"
+        self.image_tag = f"{docker.image_repository(setup.repo)}:{setup.run_id}"
         self.container_id: str | None = None
         self._built = False
         self._starting = False
@@ -85,7 +81,7 @@ class DockerExecutor:
             self.outlet.output(None, stream, chunk)
 
         try:
-            tags = [self.image_tag, f"{image_repository(self.setup.repo)}:latest"]
+            tags = [self.image_tag, f"{docker.image_repository(self.setup.repo)}:latest"]
             docker.build(dockerfile, self.workspace, tags, show)
         except QuireError as exc:
             self.outlet.emit(ImageBuildFinished(self.image_tag, ok=False, error=str(exc)))

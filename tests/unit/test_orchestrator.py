@@ -1,0 +1,319 @@
+"""Whole runs through the orchestrator with a fake executor and an in-memory subscriber.
+
+A real repository in tmp, the real run store, logs and records; only the
+executor is fake (the orchestrator's `executors=` seam), so these pin what
+the orchestrator itself owes a run: its records, its workspace, its exit
+codes, its shields, and the order of what it tells its watchers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+
+import pytest
+
+from quire.ci.events import (
+    CommandStarted,
+    ContainerRemoved,
+    ContainerStarted,
+    ContainerStopping,
+    JobFinished,
+    JobStarted,
+    Output,
+    RunFinished,
+)
+from quire.ci.run.executors.base import Command, ExecResult, ExecutorSetup
+from quire.ci.run.orchestrator import RunRequest, run
+from quire.ci.store.records import EndReason, JobState, JobStatus, RunResult, read_record
+from quire.ci.store.runs import RunState, RunStore, store_for
+from quire.errors import DockerfileMissing, ExitCode
+from quire.tools.process import OutputHandler
+from tests.helpers import Collected, commit, make_repo
+
+TWO_JOBS = """
+from quire.ci import job
+
+@job(inputs=["quire/push"])
+def build(rt):
+    rt.sh(["make"])
+
+@job(inputs=["build"])
+def test(rt):
+    rt.sh(["make", "test"])
+"""
+
+
+@dataclass
+class FakeExecutor:
+    """Answers commands with exit 0 and a line of output; says when it is set up and torn
+    down, as the docker executor does. Hooks let a test misbehave at each step."""
+
+    setup: ExecutorSetup
+    on_enter: Callable[[FakeExecutor], None] | None = None
+    on_execute: Callable[[FakeExecutor, Command], None] | None = None
+    on_exit: Callable[[FakeExecutor], None] | None = None
+    torn_down: bool = False
+    workspace_seen: bool = False
+    commands: list[Command] = field(default_factory=list)
+
+    def __enter__(self) -> FakeExecutor:
+        self.workspace_seen = (self.setup.workspace / ".quire" / "ci.py").is_file()
+        if self.on_enter:
+            self.on_enter(self)
+        self.setup.outlet.emit(ContainerStarted("c0ffee" * 10, "quire-ci/proj:run"))
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.setup.outlet.emit(ContainerStopping("c0ffee" * 10))
+        if self.on_exit:
+            self.on_exit(self)
+        self.torn_down = True
+        self.setup.outlet.emit(ContainerRemoved("c0ffee" * 10))
+
+    def execute(self, command: Command, on_output: OutputHandler) -> ExecResult:
+        self.commands.append(command)
+        if self.on_execute:
+            self.on_execute(self, command)
+        on_output("stdout", f"ran {' '.join(command.argv)}\n".encode())
+        return ExecResult(0, datetime.now(UTC), 0.01)
+
+
+@dataclass
+class Harness:
+    repo: Path
+    made: list[FakeExecutor] = field(default_factory=list)
+    seen: Collected = field(default_factory=Collected)
+    hooks: dict[str, Callable[..., None]] = field(default_factory=dict)
+
+    def factory(self, setup: ExecutorSetup) -> FakeExecutor:
+        executor = FakeExecutor(
+            setup,
+            on_enter=self.hooks.get("enter"),
+            on_execute=self.hooks.get("execute"),
+            on_exit=self.hooks.get("exit"),
+        )
+        self.made.append(executor)
+        return executor
+
+    def run_unbroken(self, **request: object) -> int:
+        """`run`, failing the test (not stopping pytest) if a signal escapes the run."""
+        try:
+            return self.run(**request)
+        except KeyboardInterrupt as exc:  # Interrupted is one
+            pytest.fail(f"a signal escaped the run: {exc!r}")
+
+    def run(self, **request: object) -> int:
+        request_ = RunRequest(self.repo, **request)  # type: ignore[arg-type]
+        return run(request_, self.seen, executors=self.factory).exit_code
+
+    @property
+    def store(self) -> RunStore:
+        return store_for(self.repo)
+
+    def only_run(self) -> tuple[RunState, Path]:
+        (found,) = list(self.store.runs())
+        return found.state, found.path
+
+    def result(self) -> RunResult:
+        _, path = self.only_run()
+        return read_record(path / "result.yml", RunResult)
+
+    def job(self, job_id: str) -> JobState:
+        _, path = self.only_run()
+        return read_record(path / "jobs" / job_id / "state.yml", JobState)
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Harness:
+    repo = tmp_path / "proj"
+    make_repo(repo, {".quire/ci.py": TWO_JOBS})
+    return Harness(repo)
+
+
+def kill_self(sig: signal.Signals = signal.SIGTERM) -> None:
+    os.kill(os.getpid(), sig)
+
+
+def test_a_clean_run_tells_its_watchers_everything_in_order(harness: Harness) -> None:
+    assert harness.run() == ExitCode.ok
+    kinds = [type(event).__name__ for event in harness.seen.events]
+    assert kinds == [
+        "RunStarted",
+        "ContainerStarted",
+        "JobStarted",
+        "CommandStarted",
+        "Output",
+        "CommandFinished",
+        "JobFinished",
+        "JobStarted",
+        "CommandStarted",
+        "Output",
+        "CommandFinished",
+        "JobFinished",
+        "ContainerStopping",
+        "ContainerRemoved",
+        "RunFinished",
+    ]
+    jobs = [e.job for e in harness.seen.events if isinstance(e, JobStarted | JobFinished)]
+    assert jobs == ["build", "build", "test", "test"]
+    assert harness.seen.output("test") == b"ran make test\n"
+    assert harness.only_run()[0] == RunState.complete
+
+
+def test_records_are_on_disk_before_the_reporter_hears_the_run_ended(harness: Harness) -> None:
+    found: dict[str, bool] = {}
+
+    class Watcher(Collected):
+        def handle(self, event: object) -> None:
+            if isinstance(event, RunFinished):
+                active = event.location.parent.parent / "active" / event.run_id
+                found["result"] = (active / "result.yml").exists()
+            super().handle(event)
+
+    harness.seen = Watcher()
+    harness.run()
+    assert found == {"result": True}
+
+
+def test_the_workspace_holds_the_commit_during_the_run_and_is_removed_after(
+    harness: Harness,
+) -> None:
+    harness.run()
+    (executor,) = harness.made
+    assert executor.workspace_seen
+    assert not executor.setup.workspace.exists()
+
+
+def test_keep_workspace_leaves_the_tree_in_place(harness: Harness) -> None:
+    harness.run(keep_workspace=True)
+    (executor,) = harness.made
+    assert (executor.setup.workspace / ".quire" / "ci.py").is_file()
+
+
+def test_the_executor_gets_the_runs_identity_and_the_stores_label(harness: Harness) -> None:
+    harness.run()
+    (executor,) = harness.made
+    _, path = harness.only_run()
+    assert executor.setup.run_id == path.name
+    assert executor.setup.repo == "proj"
+    assert executor.setup.store_label == str(harness.store.root.parent.parent)
+
+
+def test_an_internal_error_is_raised_after_the_run_is_recorded_failed(harness: Harness) -> None:
+    def bug(executor: FakeExecutor) -> None:
+        raise ValueError("a bug of quire's")
+
+    harness.hooks["enter"] = bug
+    with pytest.raises(ValueError, match="a bug of quire's"):
+        harness.run()
+    state, _ = harness.only_run()
+    assert state == RunState.failed
+    result = harness.result()
+    assert result.reason == EndReason.error
+    assert result.exit_code == ExitCode.internal
+    assert result.error == "internal error: ValueError: a bug of quire's"
+    (finished,) = harness.seen.of(RunFinished)
+    assert finished.result.exit_code == ExitCode.internal
+
+
+def test_an_environment_error_ends_the_run_with_its_code_and_every_job_skipped(
+    harness: Harness,
+) -> None:
+    def missing(executor: FakeExecutor) -> None:
+        raise DockerfileMissing("no .quire/Dockerfile")
+
+    harness.hooks["enter"] = missing
+    assert harness.run() == ExitCode.environment
+    assert harness.result().error == "no .quire/Dockerfile"
+    for job_id in ("build", "test"):
+        state = harness.job(job_id)
+        assert state.status == JobStatus.skipped
+        assert state.skip_reason == "not run: error"
+    (finished,) = harness.seen.of(RunFinished)
+    assert [job.job_id for job in finished.jobs] == ["build", "test"]
+
+
+def test_an_interrupt_is_recorded_as_interrupted_with_130_and_unstarted_jobs_skipped(
+    harness: Harness,
+) -> None:
+    harness.hooks["execute"] = lambda executor, command: kill_self(signal.SIGTERM)
+    assert harness.run() == ExitCode.interrupted
+    state, _ = harness.only_run()
+    assert state == RunState.failed
+    result = harness.result()
+    assert result.reason == EndReason.interrupted
+    assert result.exit_code == 130
+    assert result.error == "interrupted by SIGTERM"
+    assert harness.job("build").status == JobStatus.failed
+    assert harness.job("test").status == JobStatus.skipped
+    assert harness.job("test").skip_reason == "not run: interrupted"
+    (executor,) = harness.made
+    assert executor.torn_down
+    assert not executor.setup.workspace.exists()
+
+
+def test_teardown_is_shielded_from_a_second_signal(harness: Harness) -> None:
+    harness.hooks["execute"] = lambda executor, command: kill_self(signal.SIGINT)
+    harness.hooks["exit"] = lambda executor: kill_self(signal.SIGTERM)
+    assert harness.run_unbroken() == ExitCode.interrupted
+    (executor,) = harness.made
+    assert executor.torn_down  # the second signal did not cut the teardown short
+    assert harness.seen.of(ContainerRemoved)
+    assert harness.result().reason == EndReason.interrupted
+
+
+def test_the_final_records_are_shielded_from_a_signal(harness: Harness) -> None:
+    class SignalsOnTheEnd(Collected):
+        def handle(self, event: object) -> None:
+            super().handle(event)
+            if isinstance(event, RunFinished):
+                kill_self(signal.SIGTERM)  # while the run is being finished
+
+    harness.seen = SignalsOnTheEnd()
+    assert harness.run_unbroken() == ExitCode.ok
+    state, _ = harness.only_run()
+    assert state == RunState.complete
+    assert harness.result().exit_code == 0
+    assert harness.seen.of(RunFinished)
+
+
+def test_signal_handlers_are_back_as_they_were_after_a_run(harness: Harness) -> None:
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    harness.run()
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_a_secret_in_a_commands_argv_is_masked_in_what_watchers_see(
+    harness: Harness, isolated_dirs: Path
+) -> None:
+    isolated_dirs.mkdir(parents=True, exist_ok=True)
+    (isolated_dirs / "config.toml").write_text('[secrets]\ntoken = "hunter22"\n')
+    commit(
+        harness.repo,
+        {
+            ".quire/ci.py": """
+            from quire.ci import job
+
+            @job(inputs=["quire/push"])
+            def leak(rt):
+                print("printed", rt.secret("token"))
+                rt.sh(["curl", "-H", "auth: hunter22"])
+            """
+        },
+    )
+    harness.run()
+    (started,) = harness.seen.of(CommandStarted)
+    assert started.display == "curl -H 'auth: ***'"
+    assert harness.seen.output("leak") == b"printed ***\nran curl -H auth: ***\n"
+    assert b"hunter22" not in b"".join(e.data for e in harness.seen.of(Output))
