@@ -2,17 +2,19 @@
 
 The socket is bound here, before uvicorn starts, so that the URL printed is
 the real one (also with `--port 0`) and a port in use is a plain error.
-Logs go to stderr. On a signal uvicorn stops accepting, gives open
-connections (live streams never end on their own) `GRACE_S` seconds, and
-returns.
+Logs go to stderr. On SIGINT or SIGTERM uvicorn stops accepting, gives
+open connections (live streams never end on their own) `GRACE_S` seconds,
+and returns; the command then exits 0.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import signal
 import socket
 import sys
 from pathlib import Path
+from types import FrameType
 
 from quire.errors import EnvironmentProblem
 
@@ -86,12 +88,22 @@ def serve(state: Path, host: str, port: int, *, rebuild_index: bool = False) -> 
         server_header=False,
     )
     server = uvicorn.Server(config)
+    # uvicorn handles SIGINT/SIGTERM itself, then raises the signal again for the
+    # handler it found installed. A signal is how serving normally ends, so that
+    # handler ignores it and `quire ci serve` exits 0 instead of dying by SIGTERM.
+    previous = {sig: signal.signal(sig, _ignore) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.run(sockets=[sock])
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         sock.close()
         web.index.close()
     return 0
+
+
+def _ignore(signum: int, frame: FrameType | None) -> None:
+    """Swallows the signal uvicorn raises again once it has shut down."""
 
 
 def _say(line: str) -> None:

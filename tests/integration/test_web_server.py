@@ -1,0 +1,127 @@
+"""`quire ci serve` as a process: the printed URL, a clean stop on SIGTERM, the public warning.
+
+No browser and no docker needed; `serve()` is also how the browser tests
+start their server (a free port, the test's private QUIRE_STATE_DIR,
+stopped by pid).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from quire.paths import state_dir
+
+pytestmark = pytest.mark.integration
+
+STOP_TIMEOUT_S = 15
+
+
+@pytest.fixture(autouse=True)
+def no_container_left_behind() -> None:
+    """Overrides the suite's docker leak check: nothing here starts a container."""
+
+
+@dataclass
+class Served:
+    url: str
+    state: Path
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
+@contextmanager
+def serve(log: Path, *args: str) -> Iterator[Served]:
+    """`quire ci serve --port 0` on the test's state dir; stopped with SIGTERM by pid."""
+    with open(log, "wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "quire", "ci", "serve", "--port", "0", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+            env=dict(os.environ),
+        )
+    try:
+        url = _printed_url(proc, log)
+        yield Served(url, state_dir(), proc, log)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _printed_url(proc: subprocess.Popen[bytes], log: Path) -> str:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        found = re.search(r"at (http://\S+/) ", log.read_text(errors="replace"))
+        if found:
+            return found.group(1)
+        if proc.poll() is not None:
+            raise AssertionError(f"quire ci serve exited {proc.returncode}:\n{log.read_text()}")
+        time.sleep(0.05)
+    raise AssertionError(f"quire ci serve printed no URL:\n{log.read_text()}")
+
+
+def test_serve_prints_its_url_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    with serve(tmp_path / "serve.log") as served:
+        assert served.url.startswith("http://127.0.0.1:")
+        with urllib.request.urlopen(served.url, timeout=10) as response:
+            assert response.status == 200
+            assert "no runs yet" in response.read().decode()
+        # A live stream never ends by itself: SIGTERM must still stop the server.
+        stream = urllib.request.urlopen(served.url + "live/runs", timeout=10)
+        assert stream.readline().startswith(b"retry:")
+        served.proc.send_signal(signal.SIGTERM)
+        code = served.proc.wait(STOP_TIMEOUT_S)
+        stream.close()
+    assert code == 0, served.log.read_text()
+    assert "Shutting down" in served.log.read_text()
+
+
+def test_serve_warns_when_listening_beyond_loopback(tmp_path: Path) -> None:
+    with serve(tmp_path / "serve.log", "--host", "0.0.0.0") as served:
+        text = served.log.read_text()
+        assert "warning: listening on 0.0.0.0" in text
+        port = served.url.rsplit(":", 1)[1]
+        # Not bound to loopback: any Host header is accepted.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}", timeout=10) as response:
+            assert response.status == 200
+
+
+def test_serve_on_loopback_prints_no_warning(tmp_path: Path) -> None:
+    with serve(tmp_path / "serve.log") as served:
+        assert "warning" not in served.log.read_text()
+
+
+def test_a_port_in_use_is_exit_3_with_a_message(tmp_path: Path) -> None:
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "quire", "ci", "serve", "--port", str(taken.getsockname()[1])],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=dict(os.environ),
+        )
+    finally:
+        taken.close()
+    assert done.returncode == 3
+    assert "error: cannot listen on 127.0.0.1" in done.stderr
