@@ -85,25 +85,48 @@ class Worker:
     def serve(self) -> int:
         """Run until stopped; returns the exit code (0). Raises `QueueCorrupt`."""
         state = self.settings.state
-        with open_queue(state) as queue, Listener(state) as listener, SignalWatch() as signals:
-            self.queue = queue
-            queue.check()
-            self._step(lambda: log.debug("pruned %d finished rows", queue.prune()))
-            waiting = len([e for e in queue.active() if e.state == "queued"])
-            log.info(
-                "worker %d started: concurrency %d, executor %s, queue %s (%d queued)",
-                self.me.pid,
-                self.settings.concurrency,
-                self.settings.executor,
-                queue.path,
-                waiting,
-            )
-            try:
-                self._loop(listener, signals)
-            finally:
-                self._stop(signals)
+        with SignalWatch() as signals:
+            queue = self._open(signals)
+            if queue is None:
+                return 0  # asked to stop before the queue could be opened
+            with queue, Listener(state) as listener:
+                self.queue = queue
+                self._step(lambda: log.debug("pruned %d finished rows", queue.prune()))
+                waiting = len([e for e in queue.active() if e.state == "queued"])
+                log.info(
+                    "worker %d started: concurrency %d, executor %s, queue %s (%d queued)",
+                    self.me.pid,
+                    self.settings.concurrency,
+                    self.settings.executor,
+                    queue.path,
+                    waiting,
+                )
+                try:
+                    self._loop(listener, signals)
+                finally:
+                    self._stop(signals)
         log.info("worker %d stopped", self.me.pid)
         return 0
+
+    def _open(self, signals: SignalWatch) -> Queue | None:
+        """The queue, checked; while it cannot be opened (disk full), report and retry."""
+        while not signals.stops:
+            try:
+                queue = open_queue(self.settings.state)
+            except QueueUnavailable as exc:
+                log.error("%s; retrying in %.0fs", exc, self.settings.retry_s)
+                with selectors.DefaultSelector() as selector:
+                    selector.register(signals, selectors.EVENT_READ)
+                    selector.select(self.settings.retry_s)
+                signals.drain()
+                continue
+            try:
+                queue.check()
+            except BaseException:
+                queue.close()
+                raise
+            return queue
+        return None
 
     def _loop(self, listener: Listener, signals: SignalWatch) -> None:
         next_poll = 0.0

@@ -75,8 +75,11 @@ def push(work: Path, *refspecs: str) -> str:
 
 
 @contextmanager
-def worker(tmp_path: Path, *args: str, name: str = "worker") -> Iterator[subprocess.Popen[bytes]]:
-    """A running `quire ci worker`; stopped (TERM, then KILL) by pid when the block ends."""
+def worker(
+    tmp_path: Path, *args: str, name: str = "worker", ready: str = "started"
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A running `quire ci worker` (once its log says `ready`); stopped (TERM, then KILL)
+    by pid when the block ends."""
     log = (tmp_path / f"{name}.log").open("wb")
     proc = subprocess.Popen(
         [*QUIRE, "ci", "worker", *args],
@@ -85,7 +88,7 @@ def worker(tmp_path: Path, *args: str, name: str = "worker") -> Iterator[subproc
         env={**os.environ, **GIT_ENV},
     )
     try:
-        wait_for(lambda: "started" in worker_log(tmp_path, name), "the worker to start", proc=proc)
+        wait_for(lambda: ready in worker_log(tmp_path, name), "the worker to start", proc=proc)
         yield proc
     finally:
         if proc.poll() is None:
