@@ -435,3 +435,83 @@ def test_make_reporter_is_the_terminal_one_on_a_terminal(
     assert isinstance(reporter, TerminalReporter)
     made.append(reporter)
     assert reporter.quiet is True
+
+
+# --- unfinished lines, progress bars, the live area --------------------------------------------
+
+
+def test_plain_reporter_ends_a_jobs_unfinished_line_before_its_own_next_line() -> None:
+    reporter, out, err = plain()
+    feed(reporter).job_started("build")
+    feed(reporter).output("build", "stdout", b"no newline")
+    feed(reporter).output("build", "stderr", b"half an error")
+    feed(reporter).command_finished("build", 2, 0.5)
+    assert out.getvalue() == b"==> build\nno newline\n(exit 2 after 0.50s)\n"
+    assert err.getvalue() == b"half an error\n"
+
+
+def test_plain_reporter_adds_no_newline_after_a_finished_line() -> None:
+    reporter, out, _ = plain()
+    feed(reporter).output("build", "stdout", b"whole line\n")
+    feed(reporter).command_finished("build", 2, 0.5)
+    assert out.getvalue() == b"whole line\n(exit 2 after 0.50s)\n"
+
+
+def test_terminal_reporter_shows_an_unfinished_line_as_it_arrives(
+    monkeypatch: pytest.MonkeyPatch, made: list[TerminalReporter]
+) -> None:
+    streams = fake_terminal(monkeypatch, no_color=True)
+    reporter = terminal_reporter(made)
+    feed(reporter).job_started("build")
+    feed(reporter).output("build", "stdout", b"downloading")
+    assert reporter.partial_lines() == [("downloading", None)]
+    assert "downloading" in visible(streams["out"].text())  # drawn in the live area
+    feed(reporter).command_started("build", "next")  # never glued onto the header
+    lines = visible(streams["out"].text()).splitlines()
+    assert "downloading" in lines
+    assert "$ next" in lines
+    assert reporter.partial_lines() == []
+
+
+def test_terminal_reporter_shows_carriage_return_progress_as_progress(
+    monkeypatch: pytest.MonkeyPatch, made: list[TerminalReporter]
+) -> None:
+    streams = fake_terminal(monkeypatch, no_color=True)
+    reporter = terminal_reporter(made)
+    feed(reporter).job_started("build")
+    feed(reporter).output("build", "stdout", b"\r 10%\r 50%")
+    assert reporter.partial_lines() == [(" 50%", None)]
+    feed(reporter).output("build", "stdout", b"\r100%\n")
+    feed(reporter).command_finished("build", 0, 0.1)
+    shown = streams["out"].text()
+    assert " 10%\r 50%" not in shown
+    assert "100%" in visible(shown).splitlines()
+
+
+def test_visible_line_is_what_a_terminal_leaves_of_a_line() -> None:
+    from quire.cli.console import visible_line
+
+    assert visible_line("a\rb\rc") == "c"
+    assert visible_line("windows line\r") == "windows line"
+    assert visible_line("plain") == "plain"
+
+
+def test_terminal_reporter_close_clears_the_live_area_and_can_repeat(
+    monkeypatch: pytest.MonkeyPatch, made: list[TerminalReporter]
+) -> None:
+    fake_terminal(monkeypatch, no_color=True)
+    reporter = terminal_reporter(made)
+    feed(reporter).job_started("build")
+    assert reporter._live is not None and reporter._live.is_started
+    live = reporter._live
+    reporter.close()
+    assert reporter._live is None and not live.is_started
+    reporter.close()
+
+
+def test_the_summary_lists_every_job_and_the_runs_time() -> None:
+    reporter, out, _ = plain(quiet=True)
+    feed(reporter).run_finished(STATES, "failed (interrupted)", "/state/x")
+    text = out.getvalue().decode()
+    assert "deploy      skipped" in text
+    assert text.endswith("run failed (interrupted) in 1m05s: /state/x\n")

@@ -436,3 +436,38 @@ def test_sys_exit_in_a_job_fails_only_that_job(runner: Runner) -> None:
         pytest.fail("SystemExit from a job escaped the job runner")
     assert statuses(outcome) == {"quits": "failed", "other": "success"}
     assert "SystemExit" in (outcome.states["quits"].error or "")
+
+
+def test_a_jobs_print_and_rt_log_land_in_its_log_in_order_with_its_commands(
+    run: RunDir,
+) -> None:
+    runner = Runner(run, FakeExecutor(stdout=b"from the command\n"))
+    runner(
+        """
+        from quire.ci import job
+
+        @job(inputs=["quire/push"])
+        def talk(rt):
+            print("before", end="")
+            print(" the command")
+            rt.sh(["true"])
+            rt.log("a message")
+            print("after")
+        """
+    )
+    lines = list(LogReader(run.path / "jobs" / "talk" / "log.jsonl"))
+    shown = [
+        (line["event"], line.get("data") or line.get("text") or line.get("cmd"))
+        for line in lines
+    ]
+    assert shown == [
+        ("stdout", "before"),
+        ("stdout", " the command"),
+        ("stdout", "\n"),
+        ("sh-start", "true"),
+        ("stdout", "from the command\n"),
+        ("sh-exit", None),
+        ("message", "a message"),
+        ("stdout", "after"),
+        ("stdout", "\n"),
+    ]

@@ -16,6 +16,7 @@ runs read back as they always did.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from quire.ci.events import (
     ImageBuildStarted,
     JobFinished,
     JobStarted,
+    Level,
     Message,
     Notice,
     Output,
@@ -147,7 +149,7 @@ def _run_line(event: Event) -> tuple[str | None, dict[str, Any]]:
         case JobFinished():
             return "job-end", {"job": event.job, "status": event.state.status.value}
         case Notice():
-            return event.level.value, {"text": event.text}
+            return ("warning" if event.level == Level.warning else "notice"), {"text": event.text}
         case ImageBuildStarted():
             return "image-build-start", {"image": event.image}
         case ImageBuildFinished():
@@ -174,16 +176,21 @@ def job_event(job: str, line: dict[str, Any]) -> Event | None:
     if kind in ("stdout", "stderr"):
         stream: StreamName = "stdout" if kind == "stdout" else "stderr"
         return Output(job, stream, event_bytes(line))
+    at = _time_of(line)
     if kind == "sh-start":
-        env = line.get("env") or []
-        return CommandStarted(job, str(line.get("cmd", "")), tuple(str(name) for name in env))
+        env = tuple(str(name) for name in line.get("env") or [])
+        return CommandStarted(job, str(line.get("cmd", "")), env, at=at)
     if kind == "sh-exit":
-        return CommandFinished(
-            job,
-            int(line.get("exit", 0)),
-            float(line.get("duration_s", 0.0)),
-            bool(line.get("timed_out", False)),
-        )
+        exit_code, duration = int(line.get("exit", 0)), float(line.get("duration_s", 0.0))
+        return CommandFinished(job, exit_code, duration, bool(line.get("timed_out")), at=at)
     if kind == "message":
-        return Message(job, str(line.get("text", "")))
+        return Message(job, str(line.get("text", "")), at=at)
     return None
+
+
+def _time_of(line: dict[str, Any]) -> datetime:
+    """The line's `t` (when it was written); the epoch for a line without one."""
+    try:
+        return datetime.fromisoformat(str(line["t"]).replace("Z", "+00:00"))
+    except (KeyError, ValueError):
+        return datetime.fromtimestamp(0, UTC)

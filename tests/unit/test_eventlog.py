@@ -1,0 +1,91 @@
+"""The JSON Lines form of a run's events: written as they happen, read back as the same events."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from quire.ci.events import (
+    CommandFinished,
+    CommandStarted,
+    ContainerStarted,
+    JobFinished,
+    JobStarted,
+    Message,
+    Notice,
+    Output,
+)
+from quire.ci.store.eventlog import JsonLogs, job_event
+from quire.ci.store.logs import LogReader
+from quire.ci.store.records import JobState, JobStatus
+
+
+def write(tmp_path: Path, *events: object) -> JsonLogs:
+    logs = JsonLogs(lambda: tmp_path)
+    for event in events:
+        logs.handle(event)  # type: ignore[arg-type]
+    logs.close()
+    return logs
+
+
+def test_a_jobs_events_read_back_as_the_events_written(tmp_path: Path) -> None:
+    written = [
+        CommandStarted("build", ("make", "all"), ("TOKEN",)),
+        Output("build", "stdout", b"compiling\n"),
+        Output("build", "stderr", b"\xff not utf-8\n"),
+        CommandFinished("build", 2, 0.25, timed_out=True),
+        Message("build", "a note"),
+    ]
+    write(tmp_path, JobStarted("build"), *written)
+    lines = list(LogReader(tmp_path / "jobs" / "build" / "log.jsonl"))
+    read = [job_event("build", line) for line in lines]
+    assert read[0] == CommandStarted("build", "make all", ("TOKEN",), at=T(lines[0]))
+    assert read[1:3] == written[1:3]
+    assert read[3] == CommandFinished("build", 2, 0.25, True, at=T(lines[3]))
+    assert read[4] == Message("build", "a note", at=T(lines[4]))
+
+
+def test_an_incomplete_character_at_a_commands_end_is_kept_as_base64(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        JobStarted("build"),
+        Output("build", "stdout", "é".encode()[:1]),
+        CommandFinished("build", 0, 0.1),
+    )
+    lines = list(LogReader(tmp_path / "jobs" / "build" / "log.jsonl"))
+    assert lines[0] == {**lines[0], "event": "stdout", "encoding": "base64"}
+    assert job_event("build", lines[0]) == Output("build", "stdout", b"\xc3")
+
+
+def test_run_events_go_to_the_run_log_with_the_names_older_versions_used(tmp_path: Path) -> None:
+    state = JobState(job_id="build", status=JobStatus.success)
+    write(
+        tmp_path,
+        ContainerStarted("c0ffee", "quire-ci/proj:1"),
+        JobStarted("build"),
+        JobFinished(state),
+        Notice("reconcile: something"),
+        Output(None, "stdout", b"Step 1/2\n"),
+    )
+    names = [(line["event"], line.get("job")) for line in LogReader(tmp_path / "log.jsonl")]
+    assert names == [
+        ("container-start", None),
+        ("job-start", "build"),
+        ("job-end", "build"),
+        ("notice", None),
+        ("image-build-output", None),
+    ]
+
+
+def test_a_line_of_an_older_version_without_newer_fields_still_reads() -> None:
+    when = "2026-05-04T16:20:01.123Z"
+    started = {"t": when, "event": "sh-start", "cmd": "make"}
+    assert job_event("build", started) == CommandStarted("build", "make", (), at=T(started))
+    ended = {"t": when, "event": "sh-exit", "exit": 1, "duration_s": 0.5}
+    assert job_event("build", ended) == CommandFinished("build", 1, 0.5, False, at=T(ended))
+    assert job_event("build", {"t": when, "event": "something-new"}) is None
+
+
+def T(line: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(line["t"].replace("Z", "+00:00"))
