@@ -8,6 +8,7 @@ the commands: `quire --help` must stay fast.
 from __future__ import annotations
 
 import json
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -123,13 +124,13 @@ def queue_command(
     from quire.paths import state_dir
     from quire.service.queue import open_queue, queue_path
 
-    if not queue_path(state_dir()).exists():
+    if not os.path.exists(queue_path(state_dir())):
         entries: list[Entry] = []
     else:
         with open_queue(state_dir()) as queue:
             entries = queue.active() + (queue.recent(finished) if finished else [])
     if as_json:
-        typer.echo(json.dumps([e.as_json() for e in entries], indent=2))
+        typer.echo(json.dumps([e.shown() for e in entries], indent=2))
         return 0
     if not entries:
         typer.echo("the queue is empty")
@@ -169,7 +170,6 @@ def cancel_command(
     run: Annotated[str, typer.Argument(help="A queued or running run's id, or a unique prefix.")],
 ) -> int:
     """Remove a queued run from the queue, or interrupt a running one."""
-    import os
     import signal
     import socket
 
@@ -178,7 +178,7 @@ def cancel_command(
     from quire.service.errors import QueueEntryNotFound
     from quire.service.queue import open_queue, queue_path
 
-    if not queue_path(state_dir()).exists():
+    if not os.path.exists(queue_path(state_dir())):
         raise QueueEntryNotFound(f"no run {run!r}: the queue is empty")
     with open_queue(state_dir()) as queue:
         entry = queue.cancel(queue.find_active(run).run_id)

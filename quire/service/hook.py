@@ -6,23 +6,23 @@ installed script runs `python -I -S` on this module's `main`, with the
 state directory and ref patterns it was installed with as arguments.
 
 It must add next to nothing to a push, so this path imports only the
-standard library, `quire.errors`, `quire.paths` and the queue and wake
-modules (no typer, pydantic, plumbum or yaml). It never fails the push:
+standard library's cheap corner (no pathlib, typing or re), `quire.errors`
+and the queue and wake modules (no typer, pydantic, plumbum or yaml). It never fails the push:
 any problem (disk full, a damaged queue) becomes a warning to the pusher.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
-from typing import TextIO
 
-from quire.paths import repo_segment
 from quire.service.queue import Push, open_queue, utc_text
 from quire.service.wake import wake_all
+
+TYPE_CHECKING = False  # typing, pathlib and re cost the hook milliseconds: none here
+if TYPE_CHECKING:
+    from typing import TextIO
 
 ZERO = frozenset("0")
 DEFAULT_REFS = ("refs/heads/", "refs/tags/")
@@ -37,6 +37,8 @@ def wanted(ref: str, patterns: Sequence[str]) -> bool:
     """
     if not patterns:
         return ref.startswith(DEFAULT_REFS)
+    import fnmatch  # only when there are patterns: the hook's start-up time counts
+
     for pattern in patterns:
         if pattern.startswith("refs/"):
             if fnmatch.fnmatchcase(ref, pattern):
@@ -62,14 +64,7 @@ def parse_updates(text: str) -> list[tuple[str, str]]:
     return updates
 
 
-def repository_name(git_dir: Path) -> str:
-    """The store's name of the repository at `git_dir` (proj.git -> proj, x/.git -> x)."""
-    return repo_segment(git_dir.parent.name if git_dir.name == ".git" else git_dir.name)
-
-
-def queue_pushes(
-    state: Path, git_dir: Path, updates: Sequence[tuple[str, str]], out: TextIO
-) -> int:
+def queue_pushes(state: str, git_dir: str, updates: Sequence[tuple[str, str]], out: TextIO) -> int:
     """Queue `updates` and wake the workers, reporting to the pusher on `out`.
 
     Never raises: a run that could not be queued is a warning with what to do.
@@ -77,8 +72,7 @@ def queue_pushes(
     if not updates:
         return 0
     pushed_at = utc_text()
-    name = repository_name(git_dir)
-    pushes = [Push(str(git_dir), name, ref, sha, pushed_at) for sha, ref in updates]
+    pushes = [Push(git_dir, ref, sha, pushed_at) for sha, ref in updates]
     try:
         with open_queue(state) as queue:
             entries = queue.enqueue(pushes)
@@ -101,13 +95,13 @@ def queue_pushes(
     return len(entries)
 
 
-def _parse_args(argv: Sequence[str]) -> tuple[Path, list[str]]:
-    state: Path | None = None
+def _parse_args(argv: Sequence[str]) -> tuple[str, list[str]]:
+    state: str | None = None
     patterns: list[str] = []
     args = iter(argv)
     for arg in args:
         if arg == "--state-dir":
-            state = Path(next(args))
+            state = next(args)
         elif arg == "--pattern":
             patterns.append(next(args))
         else:
@@ -121,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The hook's entry point; always exits 0 (post-receive cannot undo a push anyway)."""
     try:
         state, patterns = _parse_args(sys.argv[1:] if argv is None else argv)
-        git_dir = Path(os.path.realpath(os.environ.get("GIT_DIR", ".")))
+        git_dir = os.path.realpath(os.environ.get("GIT_DIR", "."))
         updates = [
             (sha, ref) for sha, ref in parse_updates(sys.stdin.read()) if wanted(ref, patterns)
         ]

@@ -8,7 +8,6 @@ Schema (version 1, kept in `PRAGMA user_version`):
         seq          INTEGER PRIMARY KEY AUTOINCREMENT,  -- arrival order: oldest first
         run_id       TEXT NOT NULL UNIQUE,   -- the run's id in the store (new per attempt)
         git_dir      TEXT NOT NULL,          -- absolute path of the pushed repository
-        repo         TEXT NOT NULL,          -- its name in the store (proj.git -> proj)
         ref          TEXT NOT NULL,          -- refs/heads/main, refs/tags/v1
         sha          TEXT NOT NULL,          -- the pushed object (a commit, or an annotated tag)
         pushed_at    TEXT NOT NULL,          -- RFC 3339, UTC
@@ -32,21 +31,25 @@ never twice) -> done. A running row whose worker died is put back to
 queued once, with a new run id (`requeue`); the second time it is done
 with reason `abandoned`. Done rows stay as a short history.
 
-Standard library only: the post-receive hook imports this on every push.
+Standard library only, and only its cheap corner: the post-receive hook
+imports this on every push (no dataclasses, secrets or typing at run time).
 """
 
 from __future__ import annotations
 
-import secrets
+import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
 
 from quire.service.errors import QueueCorrupt, QueueEntryNotFound, QueueUnavailable
+
+TYPE_CHECKING = False  # typing itself costs the hook milliseconds
+if TYPE_CHECKING:
+    from typing import Any
+
+    StrPath = str | os.PathLike[str]
 
 QUEUE_FILE = "queue.sqlite3"
 SCHEMA_VERSION = 1
@@ -59,7 +62,6 @@ _SCHEMA = (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     run_id TEXT NOT NULL UNIQUE,
     git_dir TEXT NOT NULL,
-    repo TEXT NOT NULL,
     ref TEXT NOT NULL,
     sha TEXT NOT NULL,
     pushed_at TEXT NOT NULL,
@@ -87,9 +89,18 @@ _SCHEMA = (
 _CORRUPT = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 
 
-def queue_path(state: Path) -> Path:
+def queue_path(state: StrPath) -> str:
     """The queue database of the state directory `state`."""
-    return state / QUEUE_FILE
+    return os.path.join(state, QUEUE_FILE)
+
+
+def repository_name(git_dir: str) -> str:
+    """The store's name of the repository at `git_dir` (proj.git -> proj, x/.git -> x)."""
+    from quire.paths import repo_segment  # not on the hook's path: it costs `re`, `pathlib`
+
+    git_dir = os.path.normpath(git_dir)
+    name = os.path.basename(git_dir)
+    return repo_segment(os.path.basename(os.path.dirname(git_dir)) if name == ".git" else name)
 
 
 def utc_text(when: datetime | None = None) -> str:
@@ -105,37 +116,59 @@ def new_run_id(now: datetime | None = None) -> str:
     yaml); tests/unit/test_queue.py checks that the two agree.
     """
     now = (now or datetime.now(UTC)).astimezone(UTC)
-    return now.strftime("%Y%m%d-%H%M%S-%f-") + secrets.token_hex(3)
+    return now.strftime("%Y%m%d-%H%M%S-%f-") + os.urandom(3).hex()
 
 
-@dataclass(frozen=True)
 class Push:
     """One updated ref of one push, as the hook saw it."""
 
-    git_dir: str
-    repo: str
-    ref: str
-    sha: str
-    pushed_at: str
+    __slots__ = ("git_dir", "pushed_at", "ref", "sha")
+
+    def __init__(self, git_dir: str, ref: str, sha: str, pushed_at: str) -> None:
+        self.git_dir, self.ref, self.sha, self.pushed_at = git_dir, ref, sha, pushed_at
 
 
-@dataclass(frozen=True)
 class Owner:
     """The worker process that claims rows: pid, its /proc start time, and host."""
 
-    pid: int
-    start: int | None
-    host: str
+    __slots__ = ("host", "pid", "start")
+
+    def __init__(self, pid: int, start: int | None, host: str) -> None:
+        self.pid, self.start, self.host = pid, start, host
 
 
-@dataclass(frozen=True)
+ENTRY_FIELDS = (
+    "seq",
+    "run_id",
+    "git_dir",
+    "ref",
+    "sha",
+    "pushed_at",
+    "state",
+    "attempt",
+    "retry_of",
+    "executor",
+    "worker_pid",
+    "worker_start",
+    "worker_host",
+    "child_pid",
+    "child_start",
+    "claimed_at",
+    "finished_at",
+    "cancel",
+    "outcome",
+    "reason",
+    "message",
+)
+
+
 class Entry:
-    """One row of the queue."""
+    """One row of the queue (a snapshot: changing it changes nothing in the database)."""
 
+    __slots__ = ENTRY_FIELDS
     seq: int
     run_id: str
     git_dir: str
-    repo: str
     ref: str
     sha: str
     pushed_at: str
@@ -155,15 +188,37 @@ class Entry:
     reason: str | None
     message: str | None
 
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        for name in ENTRY_FIELDS:
+            setattr(self, name, values[name])
+        self.cancel = bool(self.cancel)
+
+    @property
+    def repo(self) -> str:
+        """The repository's name in the run store."""
+        return repository_name(self.git_dir)
+
+    def replaced(self, **changes: Any) -> Entry:
+        """A copy with some fields changed."""
+        return Entry({**self.as_json(), **changes})
+
     def as_json(self) -> dict[str, Any]:
         """The row as plain data (for `quire ci queue --json`)."""
-        return dict(self.__dict__)
+        return {name: getattr(self, name) for name in ENTRY_FIELDS}
+
+    def shown(self) -> dict[str, Any]:
+        """The row and the repository's name, for people."""
+        return {**self.as_json(), "repo": self.repo}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Entry) and self.as_json() == other.as_json()
+
+    def __repr__(self) -> str:
+        return f"Entry({self.as_json()!r})"
 
 
 def _entry(row: sqlite3.Row) -> Entry:
-    data = dict(zip(row.keys(), row, strict=True))
-    data["cancel"] = bool(data["cancel"])
-    return Entry(**data)
+    return Entry(dict(zip(row.keys(), row, strict=True)))
 
 
 class Queue:
@@ -176,10 +231,10 @@ class Queue:
     `QueueUnavailable` when it cannot be written now (disk full, locked).
     """
 
-    def __init__(self, path: Path, *, timeout: float = 10.0) -> None:
-        self.path = path
+    def __init__(self, path: StrPath, *, timeout: float = 10.0) -> None:
+        self.path = os.fspath(path)
         with self._translated("open"):
-            path.parent.mkdir(parents=True, exist_ok=True)
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
             self._db = sqlite3.connect(path, timeout=timeout, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         try:
@@ -270,9 +325,9 @@ class Queue:
             for push in pushes:
                 run_id = new_run_id()
                 db.execute(
-                    "INSERT INTO queue (run_id, git_dir, repo, ref, sha, pushed_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (run_id, push.git_dir, push.repo, push.ref, push.sha, push.pushed_at),
+                    "INSERT INTO queue (run_id, git_dir, ref, sha, pushed_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (run_id, push.git_dir, push.ref, push.sha, push.pushed_at),
                 )
                 run_ids.append(run_id)
         return [self.get(run_id) for run_id in run_ids]
@@ -415,7 +470,7 @@ class Queue:
         return gone.rowcount
 
 
-def corrupt_message(path: Path, detail: str) -> str:
+def corrupt_message(path: str, detail: str) -> str:
     """What to do about a damaged queue database."""
     return (
         f"the queue database {path} is damaged ({detail}). Stop every `quire ci worker`, "
@@ -425,6 +480,6 @@ def corrupt_message(path: Path, detail: str) -> str:
     )
 
 
-def open_queue(state: Path) -> Queue:
+def open_queue(state: StrPath) -> Queue:
     """The queue of state directory `state`, created if missing."""
     return Queue(queue_path(state))

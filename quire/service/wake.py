@@ -14,23 +14,27 @@ Standard library only: the post-receive hook imports this on every push.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import socket
-from pathlib import Path
 
 WAKE_DIR = "queue.wake"
 
+TYPE_CHECKING = False  # typing itself costs the hook milliseconds
+if TYPE_CHECKING:
+    StrPath = str | os.PathLike[str]
 
-def _address(state: Path, pid: int) -> str:
-    digest = hashlib.sha1(str(state).encode(), usedforsecurity=False).hexdigest()[:16]
-    return f"\0quire-wake-{digest}-{pid}"
+
+def _address(state: StrPath, pid: int) -> str:
+    # The state directory's device and inode name it (cheaper than hashing its path,
+    # and the same whichever path leads to it).
+    found = os.stat(state)
+    return f"\0quire-wake-{found.st_dev:x}-{found.st_ino:x}-{pid}"
 
 
-def wake_all(state: Path) -> int:
+def wake_all(state: StrPath) -> int:
     """Nudge every worker of `state`; returns how many are listening."""
     try:
-        names = os.listdir(state / WAKE_DIR)
+        names = os.listdir(os.path.join(state, WAKE_DIR))
     except OSError:
         return 0
     woken = 0
@@ -53,13 +57,15 @@ def wake_all(state: Path) -> int:
 class Listener:
     """A worker's wake-up socket (a context manager); `fileno()` for a selector."""
 
-    def __init__(self, state: Path) -> None:
+    def __init__(self, state: StrPath) -> None:
+        from pathlib import Path  # the worker's side only
+
         self.state = state
         self.pid = os.getpid()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.setblocking(False)
         self._sock.bind(_address(state, self.pid))
-        self._marker = state / WAKE_DIR / str(self.pid)
+        self._marker = Path(state, WAKE_DIR, str(self.pid))
         self._marker.parent.mkdir(parents=True, exist_ok=True)
         self._marker.touch()
         self._forget_dead_workers()

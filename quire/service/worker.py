@@ -27,7 +27,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -187,7 +187,7 @@ class Worker:
         from quire.ci.store.liveness import process_start_ticks
 
         start = process_start_ticks(child.pid)
-        entry = replace(entry, executor=executor, child_pid=child.pid, child_start=start)
+        entry = entry.replaced(executor=executor, child_pid=child.pid, child_start=start)
         running = Running(entry, child, output, time.monotonic())
         self.running[entry.run_id] = running
         running.cancel = self.queue.started(entry.run_id, executor, child.pid, start)

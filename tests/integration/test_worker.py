@@ -125,7 +125,7 @@ def wait_for(
 
 
 def rows() -> list[Entry]:
-    path = queue_path(state_dir())
+    path = Path(queue_path(state_dir()))
     if not path.exists():
         return []
     with Queue(path) as queue:
@@ -340,7 +340,7 @@ def test_cancel_removes_a_queued_run_and_interrupts_a_running_one(tmp_path: Path
 
 
 def test_a_corrupt_queue_stops_the_worker_with_a_message(tmp_path: Path) -> None:
-    path = queue_path(state_dir())
+    path = Path(queue_path(state_dir()))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"not a database " * 500)
     done = subprocess.run(

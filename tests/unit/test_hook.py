@@ -81,7 +81,7 @@ def push(work: Path, *refspecs: str) -> subprocess.CompletedProcess[str]:
 
 
 def queued() -> list[tuple[str, str]]:
-    path = queue_path(state_dir())
+    path = Path(queue_path(state_dir()))
     if not path.exists():
         return []
     with Queue(path) as queue:
@@ -147,7 +147,7 @@ def test_the_hook_imports_no_heavy_module(tmp_path: Path) -> None:
 
 def test_a_corrupt_queue_warns_the_pusher_and_the_push_succeeds(tmp_path: Path) -> None:
     bare, work = setup_push(tmp_path)
-    path = queue_path(state_dir())
+    path = Path(queue_path(state_dir()))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"garbage " * 1000)
     sha = commit(work, {"a": "1"})

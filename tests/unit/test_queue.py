@@ -16,7 +16,7 @@ ME = Owner(pid=100, start=1, host="here")
 
 
 def push(ref: str = "refs/heads/main", sha: str = "a" * 40, git_dir: str = "/srv/p.git") -> Push:
-    return Push(git_dir, "p", ref, sha, "2026-11-24T10:00:00.000000Z")
+    return Push(git_dir, ref, sha, "2026-11-24T10:00:00.000000Z")
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def test_the_same_ref_of_another_repository_runs_at_the_same_time(queue: Queue) 
 
 
 def test_concurrent_claimers_never_share_a_run(tmp_path: Path) -> None:
-    path = queue_path(tmp_path / "state")
+    path = Path(queue_path(tmp_path / "state"))
     with Queue(path) as q:
         entries = q.enqueue([push(f"refs/heads/b{i}") for i in range(60)])
     claimed: list[str] = []
@@ -119,14 +119,14 @@ def test_find_active_rejects_unknown_and_finished_runs(queue: Queue) -> None:
 
 
 def test_a_file_that_is_not_a_database_is_reported_corrupt(tmp_path: Path) -> None:
-    path = queue_path(tmp_path)
+    path = Path(queue_path(tmp_path))
     path.write_bytes(b"this is not sqlite at all, " * 100)
     with pytest.raises(QueueCorrupt, match="move it aside"):
         Queue(path)
 
 
 def test_a_damaged_database_fails_its_check(tmp_path: Path) -> None:
-    path = queue_path(tmp_path)
+    path = Path(queue_path(tmp_path))
     with Queue(path) as q:
         q.enqueue([push(f"refs/heads/b{i}") for i in range(200)])
         q._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -142,7 +142,7 @@ def test_a_damaged_database_fails_its_check(tmp_path: Path) -> None:
 
 
 def test_a_queue_from_a_newer_quire_is_refused(tmp_path: Path) -> None:
-    path = queue_path(tmp_path)
+    path = Path(queue_path(tmp_path))
     with Queue(path) as q:
         q._db.execute("PRAGMA user_version = 99")
     with pytest.raises(QueueCorrupt, match="upgrade quire"):

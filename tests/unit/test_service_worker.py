@@ -30,7 +30,6 @@ def entry(**fields: object) -> Entry:
         "seq": 1,
         "run_id": "20261124-100000-000000-abcdef",
         "git_dir": "/srv/p.git",
-        "repo": "p",
         "ref": "refs/heads/main",
         "sha": "a" * 40,
         "pushed_at": "2026-11-24T10:00:00.000000Z",
@@ -51,7 +50,7 @@ def entry(**fields: object) -> Entry:
         "message": None,
     }
     base.update(fields)
-    return Entry(**base)  # type: ignore[arg-type]
+    return Entry(base)
 
 
 def dead_pid() -> int:
