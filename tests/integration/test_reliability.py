@@ -407,7 +407,9 @@ def test_a_signal_during_a_job_exits_130_within_2s_and_removes_the_container(
     run = assert_interrupted(started, signum, sent)
     slow = read_record(run.path / "jobs" / "slow" / "state.yml", JobState)
     assert slow.status.value == "failed"
-    assert not (run.path / "jobs" / "later" / "state.yml").exists()
+    later = read_record(run.path / "jobs" / "later" / "state.yml", JobState)
+    assert (later.status.value, later.started_at) == ("skipped", None)
+    assert later.skip_reason == "not run: interrupted"
     record = read_record(run.path / "container.yml", ContainerInfo)
     assert record.container_id is not None
     assert record.container_stopped_at is not None

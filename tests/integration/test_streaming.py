@@ -358,8 +358,12 @@ def test_logs_follow_started_mid_run_prints_the_output_live_and_returns_when_the
     assert first is not None and last is not None
     assert first < printed[TICKS], (first, printed)
     assert last - printed[TICKS] < 1.0, (last, printed)
-    # And it is just what `logs` shows once the run is over.
+    # It is what `logs` shows once the run is over, then the run's outcome.
     replay = quire("ci", "logs", "latest", "--repo", str(repo))
     assert replay.wait(30) == 0
-    assert bytes(replay.out.data) == followed_out
+    replayed = bytes(replay.out.data)
+    assert followed_out.startswith(replayed)
+    assert re.search(
+        rb"^run complete in [\d.]+s: .*/complete/", followed_out[len(replayed) :], re.M
+    )
     assert bytes(replay.err.data) == followed_err

@@ -457,8 +457,7 @@ def test_a_jobs_print_and_rt_log_land_in_its_log_in_order_with_its_commands(
     )
     lines = list(LogReader(run.path / "jobs" / "talk" / "log.jsonl"))
     shown = [
-        (line["event"], line.get("data") or line.get("text") or line.get("cmd"))
-        for line in lines
+        (line["event"], line.get("data") or line.get("text") or line.get("cmd")) for line in lines
     ]
     assert shown == [
         ("stdout", "before"),
