@@ -223,6 +223,21 @@ def _register_web() -> None:
 _register_web()
 
 
+def _register_service() -> None:
+    from quire.cli import service_commands as service
+
+    hook = service.hook_app
+    hook.command("install")(_guarded(service.hook_install_command))
+    hook.command("uninstall")(_guarded(service.hook_uninstall_command))
+    ci.add_typer(hook, name="hook")
+    ci.command("worker")(_guarded(service.worker_command))
+    ci.command("queue")(_guarded(service.queue_command))
+    ci.command("cancel")(_guarded(service.cancel_command))
+
+
+_register_service()
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="quire")
