@@ -2,6 +2,8 @@
 
 During a run, any of the three raises `Interrupted` in the main thread, so
 the run unwinds through its context managers (container teardown, records).
+The signal is also remembered: job code that catches the exception cannot
+make the run go on (`check` raises it again at the next command or job).
 Inside `shielded()`, a signal is ignored: a second Ctrl-C while tearing
 down must not skip the teardown.
 """
@@ -20,12 +22,35 @@ from quire.errors import Interrupted
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 _shield_depth = 0
+# The signal that interrupted the run, once one has: job code may catch the
+# Interrupted it raised, but the run stays interrupted (see `check`).
+_received: str | None = None
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
+    global _received
+    message = f"interrupted by {signal.Signals(signum).name}"
+    _received = _received or message
     if _shield_depth:
         return  # teardown and the final records go on; the run is failing already
-    raise Interrupted(f"interrupted by {signal.Signals(signum).name}")
+    raise Interrupted(message)
+
+
+def received() -> Interrupted | None:
+    """The interrupt this process received (since `clear`), or None."""
+    return None if _received is None else Interrupted(_received)
+
+
+def check() -> None:
+    """Raise `Interrupted` again if a signal arrived, whatever job code did with it."""
+    if _received is not None:
+        raise Interrupted(_received)
+
+
+def clear() -> None:
+    """Forget a received interrupt (a new run starts)."""
+    global _received
+    _received = None
 
 
 @contextmanager

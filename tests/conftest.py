@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from plumbum import local
 
+from quire import interrupts
 from tests.helpers import GIT_ENV
 
 
@@ -29,6 +30,8 @@ def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("NO_COLOR", raising=False)
     local.clear_program_cache()
+    interrupts.clear()  # a signal a test sent is not the next test's
     with local.env(**values):
         yield home
     local.clear_program_cache()
+    interrupts.clear()

@@ -19,6 +19,7 @@ file and line too, never a traceback.
 from __future__ import annotations
 
 import difflib
+import re
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -100,6 +101,11 @@ def job(
     return register
 
 
+# Job ids name directories and log lines: a name, never a path or a line break.
+JOB_ID_MAX = 64
+JOB_ID = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{JOB_ID_MAX - 1}}}")
+
+
 def _check_arguments(
     job_id: object, inputs: object, timeout: object, line: int | None
 ) -> Iterator[PipelineProblem]:
@@ -107,6 +113,12 @@ def _check_arguments(
         yield PipelineProblem(f"job id must be a non-empty string, got {job_id!r}", line)
     elif "/" in job_id:
         yield PipelineProblem(f"job id {job_id!r} contains '/' (reserved for sources)", line)
+    elif not JOB_ID.fullmatch(job_id):
+        yield PipelineProblem(
+            f"job id {job_id[:80]!r} is not a valid name: use letters, digits, '.', '_' and '-', "
+            f"starting with a letter or digit, at most {JOB_ID_MAX} characters",
+            line,
+        )
     if inputs is None or (isinstance(inputs, list | tuple) and not inputs):
         yield PipelineProblem(
             f"job {job_id!r} has no inputs (add inputs=['quire/push'] to run it on every push)",

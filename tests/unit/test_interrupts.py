@@ -218,3 +218,24 @@ def test_shielded_leaves_the_signal_mask_as_it_found_it(previous: Recorder) -> N
     with shielded():
         assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before
     assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before
+
+
+def test_a_caught_interrupt_is_remembered_until_cleared(previous: Recorder) -> None:
+    with interrupts.raising():
+        try:
+            send(signal.SIGTERM)
+        except Interrupted:
+            pass  # job code swallowing it
+        with pytest.raises(Interrupted, match="interrupted by SIGTERM"):
+            interrupts.check()
+        assert str(interrupts.received()) == "interrupted by SIGTERM"
+    interrupts.clear()
+    assert interrupts.received() is None
+    interrupts.check()  # nothing to raise
+
+
+def test_a_signal_during_a_shield_is_remembered_too(previous: Recorder) -> None:
+    with interrupts.shielded():
+        send(signal.SIGHUP)
+    assert str(interrupts.received()) == "interrupted by SIGHUP"
+    interrupts.clear()

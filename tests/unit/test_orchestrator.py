@@ -317,3 +317,39 @@ def test_a_secret_in_a_commands_argv_is_masked_in_what_watchers_see(
     assert started.display == "curl -H 'auth: ***'"
     assert harness.seen.output("leak") == b"printed ***\nran curl -H auth: ***\n"
     assert b"hunter22" not in b"".join(e.data for e in harness.seen.of(Output))
+
+
+SWALLOWS = """
+from quire.ci import job
+
+@job(inputs=["quire/push"])
+def greedy(rt):
+    try:
+        rt.sh(["sleep", "30"])
+    except {caught}:
+        pass
+    {after}
+
+@job(inputs=["quire/push"])
+def later(rt):
+    rt.sh(["echo", "never"])
+"""
+
+
+@pytest.mark.parametrize("caught", ["BaseException", "KeyboardInterrupt", ""])
+@pytest.mark.parametrize("after", ["rt.sh(['echo', 'after'])", "return None"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_job_that_swallows_the_interrupt_cannot_keep_the_run_going(
+    harness: Harness, caught: str, after: str, sig: signal.Signals
+) -> None:
+    source = SWALLOWS.format(caught=caught, after=after).replace("except :", "except:")
+    commit(harness.repo, {".quire/ci.py": source})
+    harness.hooks["execute"] = lambda executor, command: kill_self(sig)
+    assert harness.run_unbroken() == ExitCode.interrupted
+    (executor,) = harness.made
+    assert [c.argv for c in executor.commands] == [("sleep", "30")]  # nothing after the signal
+    result = harness.result()
+    assert (result.reason, result.exit_code) == (EndReason.interrupted, 130)
+    assert result.error == f"interrupted by {sig.name}"
+    assert harness.job("greedy").status == JobStatus.failed
+    assert harness.job("later").skip_reason == "not run: interrupted"

@@ -87,6 +87,50 @@ def test_slash_in_job_id_is_a_problem() -> None:
     assert "'build/linux' contains '/'" in found[0][1]
 
 
+def test_job_ids_that_are_not_names_are_each_a_problem_with_their_line() -> None:
+    long_id = "x" * 65
+    found = problems_of(
+        f"""
+        from quire.ci import job
+
+        @job("..", inputs=["quire/push"])
+        def up(rt):
+            pass
+
+        @job(".", inputs=["quire/push"])
+        def here(rt):
+            pass
+
+        @job("a\\nb", inputs=["quire/push"])
+        def newline(rt):
+            pass
+
+        @job("a\\x00b", inputs=["quire/push"])
+        def nul(rt):
+            pass
+
+        @job("{long_id}", inputs=["quire/push"])
+        def long(rt):
+            pass
+
+        @job("-flag", inputs=["quire/push"])
+        def dash(rt):
+            pass
+
+        @job("{"y" * 64}", inputs=["quire/push"])
+        def longest_allowed(rt):
+            pass
+
+        @job("Unit_tests.v2-1", inputs=["quire/push"])
+        def fine(rt):
+            pass
+        """
+    )
+    assert [line for line, _ in found] == [3, 7, 11, 15, 19, 23]
+    assert all("is not a valid name" in text for _, text in found)
+    assert "at most 64 characters" in found[0][1]
+
+
 def test_empty_job_id_is_a_problem() -> None:
     found = problems_of(
         """

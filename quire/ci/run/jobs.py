@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from quire import interrupts
 from quire.ci.events import JobFinished, JobStarted
 from quire.ci.pipeline import PIPELINE_FILE, JobDef, Pipeline, Skip, pipeline_line
 from quire.ci.run.capture import captured_output
@@ -61,6 +62,7 @@ class JobRunner:
         outcome = self.outcome
         outputs: dict[str, Mapping[str, Any]] = {"quire/push": self.push_outputs}
         for job_id in self.pipeline.order:
+            interrupts.check()  # no job starts after a signal, caught or not
             defined = self.pipeline.jobs[job_id]
             reason = self._skip_reason(defined, outcome)
             if reason is not None:
@@ -110,8 +112,10 @@ class JobRunner:
         try:
             with captured_output(self.outlet, defined.id):
                 result = defined.func(Runtime(ctx))
+            interrupts.check()  # the job caught the signal's exception: still interrupted
             state.outputs = self._checked_outputs(defined, result)
         except Skip as exc:
+            _unless_interrupted(finish, exc)
             finish(JobStatus.skipped, str(exc) or "skipped")
         except Interrupted as exc:  # SIGINT/SIGTERM/SIGHUP: record, then unwind the run
             finish(JobStatus.failed, str(exc))
@@ -120,6 +124,7 @@ class JobRunner:
             outcome.fatal = exc
             finish(JobStatus.failed, str(exc))
         except (Exception, SystemExit) as exc:  # sys.exit() in a job fails that job
+            _unless_interrupted(finish, exc)
             finish(JobStatus.failed, describe_failure(exc))
         except BaseException:  # KeyboardInterrupt outside `interrupts.raising()`
             finish(JobStatus.failed, "interrupted")
@@ -148,6 +153,17 @@ class JobRunner:
             state.finished_at = utcnow()
         self.outcome.states[state.job_id] = state
         self.outlet.emit(JobFinished(state.model_copy()))
+
+
+def _unless_interrupted(
+    finish: Callable[[JobStatus, str | None], None], exc: BaseException
+) -> None:
+    """A signal arrived and the job turned it into something else: record the job as
+    interrupted and go on unwinding the run."""
+    received = interrupts.received()
+    if received is not None:
+        finish(JobStatus.failed, str(received))
+        raise received from exc
 
 
 def describe_failure(exc: BaseException) -> str:

@@ -127,6 +127,7 @@ def run(
     config = load_config()
     store = RunStore(repo_segment(loaded.repo.name_dir.name))
     # From here on a signal must unwind (not kill) us: a run may exist to record.
+    interrupts.clear()
     with interrupts.raising():
         _reconcile_first(store, request, reporter)
         run_dir, meta = _create_run(store, loaded, request)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from quire import interrupts
 from quire.ci.events import CommandFinished, CommandStarted, Message, StreamName
 from quire.ci.pipeline import JobDef, Pipeline
 from quire.ci.run.executors.base import Command, Executor
@@ -128,6 +129,7 @@ class Runtime:
         running past `timeout` seconds (or past the job's timeout) is
         killed and raises `CommandTimedOut`.
         """
+        interrupts.check()  # a caught Ctrl-C still stops the run: no command after it
         ctx = self._ctx
         limit, by_job = self._timeout(timeout)
         command = Command.from_user(self._checked(cmd), self._checked_env(env), limit)
