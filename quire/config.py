@@ -16,7 +16,8 @@ labels = { team = "infra" }
 [output]
 capture_limit = 4194304   # bytes of stdout/stderr kept in ShOutput
 
-[repositories.proj]       # a repository by its name in the store (proj.git -> proj)
+[repositories.proj]       # a repository by its folder name (proj.git -> proj), or by
+                          # its store name (proj-1a2b3c4d) where two folders share a name
 executor = "docker"       # where `quire ci worker` runs its pushes (default: --executor)
 ```
 
@@ -116,8 +117,12 @@ class Config:
     path: Path | None = None
 
     def executor_for(self, repo: str) -> str | None:
-        """The executor configured for repository `repo` (its store name), if any."""
+        """The executor configured for repository `repo` (its store name `proj-1a2b3c4d`,
+        or, less precisely, its folder name `proj`), if any."""
+        name, _, digest = repo.rpartition("-")
         settings = self.repositories.get(repo)
+        if settings is None and len(digest) == 8:
+            settings = self.repositories.get(name)
         return settings.executor if settings else None
 
 

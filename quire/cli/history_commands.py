@@ -80,6 +80,7 @@ def show_command(
         return 0
     state = f"{info.state.value} ({info.reason})" if info.reason else info.state.value
     typer.echo(f"run       {info.id}")
+    typer.echo(f"repo      {info.repo}")
     typer.echo(f"state     {state}")
     typer.echo(
         f"revision  {info.revision} {info.sha or '?'}" + (f" ({info.ref})" if info.ref else "")

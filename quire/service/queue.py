@@ -95,12 +95,13 @@ def queue_path(state: StrPath) -> str:
 
 
 def repository_name(git_dir: str) -> str:
-    """The store's name of the repository at `git_dir` (proj.git -> proj, x/.git -> x)."""
-    from quire.paths import repo_segment  # not on the hook's path: it costs `re`, `pathlib`
+    """The store's name of the repository at `git_dir` (`proj-<hash>` for proj.git or
+    proj/.git: see `quire.paths.repo_id`)."""
+    from quire.paths import repo_id  # not on the hook's path: it costs `re`, `pathlib`
 
     git_dir = os.path.normpath(git_dir)
     name = os.path.basename(git_dir)
-    return repo_segment(os.path.basename(os.path.dirname(git_dir)) if name == ".git" else name)
+    return repo_id(os.path.basename(os.path.dirname(git_dir)) if name == ".git" else name, git_dir)
 
 
 def utc_text(when: datetime | None = None) -> str:

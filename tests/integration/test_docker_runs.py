@@ -23,8 +23,7 @@ import pytest
 import yaml
 
 from quire.ci.store.logs import LogReader, event_bytes
-from quire.ci.store.runs import RunDir, RunStore
-from quire.paths import repo_segment
+from quire.ci.store.runs import RunDir, store_for
 from tests.helpers import make_repo
 from tests.integration.support import BASE_IMAGE, SESSION_PREFIX, docker_cli
 
@@ -42,7 +41,7 @@ class Quire:
     repo: Path
 
     def run(self) -> RunDir:
-        return RunStore(repo_segment(self.repo.name)).find("latest")
+        return store_for(self.repo).find("latest")
 
     def outputs(self, job: str) -> dict[str, Any]:
         state = yaml.safe_load((self.run().path / "jobs" / job / "state.yml").read_text())
@@ -300,7 +299,7 @@ def test_two_jobs_share_one_container_and_container_yml_is_complete(tmp_path: Pa
         "container_stopped_at",
     }
     assert all(record.values()), record
-    repo = repo_segment(done.repo.name)
+    repo = store_for(done.repo).repo
     assert record["image_tag"] == f"quire-ci/{repo}:{run.run_id}"
     assert record["container_id"].startswith(first["hostname"])
     assert (
@@ -424,7 +423,7 @@ def test_a_signal_mid_command_exits_130_and_removes_the_container(
         errors="replace",
     )
     try:
-        store = RunStore(repo_segment(repo.name))
+        store = store_for(repo)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             logs = list(store.root.glob("active/*/jobs/slow/log.jsonl"))

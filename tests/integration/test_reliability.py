@@ -38,8 +38,8 @@ from quire.ci.store.records import (
     RunTimes,
     read_record,
 )
-from quire.ci.store.runs import RunDir, RunState, RunStore
-from quire.paths import cache_dir, repo_segment, state_dir
+from quire.ci.store.runs import RunDir, RunState, RunStore, store_for
+from quire.paths import cache_dir, state_dir
 from tests.integration.support import BASE_IMAGE, docker_cli
 from tests.integration.test_docker_runs import DOCKERFILE, QUIRE_RUN, image_exists, repo_with
 
@@ -133,7 +133,7 @@ class Started:
 
     @property
     def store(self) -> RunStore:
-        return RunStore(repo_segment(self.repo.name))
+        return store_for(self.repo)
 
     def run_dir(self) -> RunDir | None:
         """This process's run: the newest of its repository's runs made since launch."""
@@ -176,7 +176,7 @@ def start(tmp_path: Path) -> Any:
 
     def launch(repo: Path, *args: str, env: dict[str, str] | None = None) -> Started:
         n = len(started)
-        store = RunStore(repo_segment(repo.name))
+        store = store_for(repo)
         before = frozenset(run.run_id for run in store.runs())
         out, err = tmp_path / f"quire-{n}.out", tmp_path / f"quire-{n}.err"
         with out.open("wb") as stdout, err.open("wb") as stderr:
@@ -629,7 +629,7 @@ def test_concurrent_runs_on_one_repo_and_another_all_complete_in_their_own_dirs(
     for started in runs:
         code, out, err = started.wait(120)
         assert code == 0, out + err
-    busy, elsewhere = RunStore(repo_segment(one.name)), RunStore(repo_segment(other.name))
+    busy, elsewhere = store_for(one), store_for(other)
     busy_runs, other_runs = list(busy.runs()), list(elsewhere.runs())
     assert len(busy_runs) == 3 and len(other_runs) == 1
     assert len({r.path for r in busy_runs + other_runs}) == 4

@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 from quire.ci.store.logs import LogReader, event_bytes
-from quire.ci.store.runs import RunDir, RunStore
-from quire.paths import repo_segment, state_dir
+from quire.ci.store.runs import RunDir, store_for
+from quire.paths import state_dir
 from tests.integration.test_docker_runs import DOCKERFILE, repo_with
 
 pytestmark = pytest.mark.integration
@@ -112,7 +112,7 @@ def make(tmp_path: Path, name: str, ci: str, **extra: str | bytes) -> Path:
 
 
 def latest(repo: Path) -> RunDir:
-    return RunStore(repo_segment(repo.name)).find("latest")
+    return store_for(repo).find("latest")
 
 
 def job_events(repo: Path, job: str) -> list[dict[str, Any]]:
@@ -321,7 +321,7 @@ def ticker(rt):
 
 
 def wait_for_active_run(repo: Path, run: Running, timeout: float) -> None:
-    active = state_dir() / "runs" / repo_segment(repo.name) / "active"
+    active = store_for(repo).root / "active"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if active.is_dir() and any(not p.name.startswith(".") for p in active.iterdir()):

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from quire.ci.store.records import RunMeta, RunResult, read_record
-from quire.ci.store.runs import RunDir, RunState, RunStore
-from quire.paths import repo_segment, state_dir
+from quire.ci.store.runs import RunDir, RunState, RunStore, store_for
+from quire.paths import state_dir
 from quire.service.notes import read_notes
 from quire.service.queue import Entry, Queue, queue_path
 from tests.helpers import GIT_ENV, commit, git, make_repo
@@ -137,7 +137,7 @@ def all_done(count: int) -> Callable[[], bool]:
 
 
 def runs_of(bare: Path) -> list[RunDir]:
-    return list(RunStore(repo_segment(bare.name)).runs())
+    return list(store_for(bare).runs())
 
 
 def meta(run: RunDir) -> RunMeta:
@@ -175,7 +175,7 @@ def test_the_config_file_sends_a_repositorys_pushes_to_docker(tmp_path: Path) ->
     bare, work = pushable(tmp_path, "docker", files)
     config = Path(os.environ["QUIRE_CONFIG"])
     config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(f'[repositories."{repo_segment(bare.name)}"]\nexecutor = "docker"\n')
+    config.write_text(f'[repositories."{store_for(bare).repo}"]\nexecutor = "docker"\n')
     with worker(tmp_path, "--executor", "host") as proc:
         push(work, "HEAD:main")
         wait_for(all_done(1), "the docker run", proc=proc)

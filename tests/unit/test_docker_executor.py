@@ -31,7 +31,7 @@ from quire.ci.run.redact import Redactor
 from quire.ci.store import recorder
 from quire.ci.store.logs import LogReader
 from quire.ci.store.records import ExecutorKind, RunMeta, utcnow
-from quire.ci.store.runs import RunDir, RunStore
+from quire.ci.store.runs import RunDir, RunStore, store_for
 from quire.cli.app import app
 from quire.config import DockerSettings
 from quire.errors import (
@@ -705,7 +705,7 @@ def test_cli_exits_3_with_the_error_for_each_setup_failure(
     assert "exec" not in fake_docker.subcommands()
     assert "rm" not in fake_docker.subcommands()  # no container was ever started
     assert ("image rm" in fake_docker.subcommands()) is untagged
-    (run,) = RunStore("proj").runs()
+    (run,) = store_for(tmp_path / "proj").runs()
     assert run.state.value == "failed"
     result = run.result()
     assert result is not None and result.exit_code == 3
@@ -825,6 +825,6 @@ def test_a_secret_in_a_jobs_outputs_never_reaches_its_state_record(
     code, out, err = run_cli(docker_repo(tmp_path, LEAKY_OUTPUTS))
     assert code == 0, err
     assert "hunter2" not in out + err
-    (run,) = RunStore("proj").runs()
+    (run,) = store_for(tmp_path / "proj").runs()
     state = (run.path / "jobs" / "publish" / "state.yml").read_text()
     assert "hunter2" not in state

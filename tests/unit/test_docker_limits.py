@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from quire.ci.store.runs import RunStore
+from quire.ci.store.runs import store_for
 from quire.paths import state_dir
 from tests.unit.test_docker_executor import (  # noqa: F401  (fake_docker is a fixture)
     FakeDocker,
@@ -52,11 +52,12 @@ def test_config_limits_reach_the_docker_run_argv(
     assert flag(run, "--cpus") == "1.5"
     assert flag(run, "--memory") == "512m"
     assert flag(run, "--network") == "none"
-    (recorded,) = RunStore("proj").runs()
+    store = store_for(tmp_path / "proj")
+    (recorded,) = store.runs()
     assert labels(run) == {
         "team": "infra",
         "quire.run-id": recorded.run_id,  # a configured label cannot forge the run's own
-        "quire.repo": "proj",
+        "quire.repo": store.repo,
         "quire.store": str(state_dir()),
     }
     assert run[-2:] == ["sleep", "120"]

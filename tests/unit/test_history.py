@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from typer.testing import CliRunner, Result
 
+from quire.ci.store.runs import store_for
 from quire.cli.app import app
 from tests.helpers import commit, make_repo
 
@@ -463,3 +465,58 @@ def test_logs_follow_of_a_finished_run_notes_a_torn_last_line(tmp_path: Path) ->
     assert result.exit_code == 0, result.output
     assert result.stdout_bytes.startswith(emit_header() + PAYLOAD)
     assert f"{log}: the last line is incomplete" in result.stdout + result.stderr
+
+
+# --- which repository a run belongs to ------------------------------------------------------------
+
+
+def test_two_repositories_whose_folders_share_a_name_keep_their_own_history(
+    tmp_path: Path,
+) -> None:
+    one, two = tmp_path / "a" / "proj", tmp_path / "b" / "proj"
+    make_repo(one, {".quire/ci.py": THREE_JOBS})
+    make_repo(two, {".quire/ci.py": THREE_JOBS.replace("one from first", "from b")})
+    ci_run(one)
+    ci_run(two)
+    shown = {repo: quire("ci", "show", "latest", "--repo", str(repo)) for repo in (one, two)}
+    ids = {
+        repo: json.loads(quire("ci", "runs", "--json", "--repo", str(repo)).stdout)
+        for repo in (one, two)
+    }
+    assert len(ids[one]) == len(ids[two]) == 1
+    assert ids[one][0]["id"] != ids[two][0]["id"]
+    assert ids[one][0]["id"] in shown[one].stdout
+    assert ids[two][0]["id"] not in shown[one].stdout
+    logs = quire("ci", "logs", "latest", "first", "--repo", str(one))
+    assert "one from first" in logs.stdout and "from b" not in logs.stdout
+
+
+def test_runs_an_older_version_recorded_under_the_folder_name_are_adopted(
+    tmp_path: Path,
+) -> None:
+    from quire.ci.store.records import RunMeta, write_record
+    from quire.paths import state_dir
+
+    repo = tmp_path / "proj"
+    make_repo(repo, {".quire/ci.py": THREE_JOBS})
+    other = tmp_path / "elsewhere" / "proj"
+    make_repo(other, {".quire/ci.py": THREE_JOBS})
+    ci_run(repo)
+    (recorded,) = runs_json(repo)
+    # Move it where an older version kept it, beside a run of the other `proj`.
+    new_root = store_for(repo).root
+    legacy = state_dir() / "runs" / "proj"
+    (legacy / "failed").mkdir(parents=True)
+    (new_root / "failed" / recorded["id"]).rename(legacy / "failed" / recorded["id"])
+    (new_root / "latest").unlink()
+    foreign = legacy / "complete" / "20200101-000000-000000-aaaaaa"
+    foreign.mkdir(parents=True)
+    meta = (legacy / "failed" / recorded["id"] / "meta.yml").read_text()
+    write_record(
+        foreign / "meta.yml",
+        RunMeta.model_validate({**yaml.safe_load(meta), "git_dir": str(other / ".git")}),
+    )
+    assert runs_json(repo) == [recorded]  # adopted on first use, with its latest link
+    assert quire("ci", "show", "latest", "--repo", str(repo)).exit_code == 0
+    assert foreign.is_dir()  # the other repository's run stays where it was
+    assert not (legacy / "failed" / recorded["id"]).exists()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from quire.ci.store.runs import store_for
 from quire.paths import state_dir
 from quire.service.errors import HookConflict
 from quire.service.hook import parse_updates, wanted
@@ -104,7 +105,7 @@ def test_a_push_queues_one_run_per_branch_and_tag(tmp_path: Path) -> None:
     with Queue(queue_path(state_dir())) as queue:
         entry = queue.active()[0]
     assert entry.git_dir == str(bare.resolve())
-    assert entry.repo == "work"
+    assert entry.repo == store_for(bare).repo  # the store the run will be recorded in
     assert entry.pushed_at.endswith("Z")
 
 

@@ -206,7 +206,8 @@ def test_the_executor_gets_the_runs_identity_and_the_stores_label(harness: Harne
     (executor,) = harness.made
     _, path = harness.only_run()
     assert executor.setup.run_id == path.name
-    assert executor.setup.repo == "proj"
+    assert executor.setup.repo == harness.store.repo
+    assert executor.setup.repo.startswith("proj-")
     assert executor.setup.store_label == str(harness.store.root.parent.parent)
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from quire.paths import cache_dir, config_file, repo_segment, state_dir
+from quire.paths import cache_dir, config_file, repo_id, repo_segment, state_dir
 
 
 @pytest.mark.parametrize(
@@ -90,3 +91,42 @@ def test_dirs_are_resolved_on_every_call(tmp_path: Path, monkeypatch: pytest.Mon
     assert state_dir() == tmp_path / "one"
     monkeypatch.setenv("QUIRE_STATE_DIR", str(tmp_path / "two"))
     assert state_dir() == tmp_path / "two"
+
+
+DOCKER_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "proj (copy)",
+        "proj",
+        "proj.git",
+        "My_Proj",
+        "a..b",
+        "__init__",
+        "日本",
+        "x" * 80,
+        "-a-",
+        "a._b",
+    ],
+)
+def test_repo_id_is_always_a_valid_image_name_component(name: str) -> None:
+    ident = repo_id(name, f"/srv/git/{name}")
+    assert DOCKER_COMPONENT.fullmatch(ident), ident
+    assert len(ident) <= 49
+
+
+def test_repo_id_keeps_a_readable_name_and_tells_same_named_folders_apart() -> None:
+    one, two = repo_id("proj", "/a/proj/.git"), repo_id("proj", "/b/proj/.git")
+    assert one.startswith("proj-") and two.startswith("proj-")
+    assert one != two
+    assert repo_id("proj (copy)", "/x").startswith("proj-copy-")
+    assert repo_id("proj.git", "/srv/proj.git").startswith("proj-")
+
+
+def test_repo_id_follows_the_git_dirs_real_path(tmp_path: Path) -> None:
+    real = tmp_path / "real.git"
+    real.mkdir()
+    (tmp_path / "link.git").symlink_to(real)
+    assert repo_id("p", tmp_path / "link.git") == repo_id("p", real)

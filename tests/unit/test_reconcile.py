@@ -37,7 +37,7 @@ from quire.ci.store.records import (
     utcnow,
     write_record,
 )
-from quire.ci.store.runs import RunDir, RunState, RunStore
+from quire.ci.store.runs import RunDir, RunState, RunStore, store_for
 from quire.cli.app import app
 from quire.paths import state_dir
 from tests.helpers import make_repo, write_shim
@@ -456,10 +456,11 @@ def test_host_runs_only_reconcile_records_without_calling_docker(
     shim = write_shim(tmp_path / "rec-bin", "docker", f'echo "$@" >> {calls}\nexit 1\n')
     monkeypatch.setenv("QUIRE_DOCKER", str(shim))
     make_repo(tmp_path / "proj", {".quire/ci.py": QUICK})
-    orphan = make_run("proj", pid=DEAD_PID)
+    store = store_for(tmp_path / "proj")
+    orphan = make_run(store.repo, pid=DEAD_PID)
     result_ = CliRunner().invoke(app, ["ci", "run", "--repo", str(tmp_path / "proj")])
     assert result_.exit_code == 0, result_.output
-    assert f"reconcile: orphaned: proj/{orphan.run_id}" in result_.stdout
+    assert f"reconcile: orphaned: {store.repo}/{orphan.run_id}" in result_.stdout
     assert where(orphan) == RunState.failed
     assert not calls.exists()
 

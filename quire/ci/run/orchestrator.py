@@ -46,10 +46,9 @@ from quire.ci.store.records import (
     RunResult,
     utcnow,
 )
-from quire.ci.store.runs import RunDir, RunState, RunStore
+from quire.ci.store.runs import RunDir, RunState, RunStore, store_of
 from quire.config import Config, load_config
 from quire.errors import ExitCode, Interrupted, QuireError
-from quire.paths import repo_segment
 from quire.tools import git
 
 
@@ -125,7 +124,7 @@ def run(
         )
         return RunOutcome(exit_code=ExitCode.ok)
     config = load_config()
-    store = RunStore(repo_segment(loaded.repo.name_dir.name))
+    store = store_of(loaded.repo)
     # From here on a signal must unwind (not kill) us: a run may exist to record.
     interrupts.clear()
     with interrupts.raising():

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from quire.ci.store.records import (
     JobState,
@@ -35,6 +36,9 @@ from quire.ci.store.records import (
 )
 from quire.errors import EnvironmentProblem, QuireError, RunNotFound
 from quire.paths import cache_dir, state_dir
+
+if TYPE_CHECKING:
+    from quire.tools.git import Repository
 
 
 class RunState(StrEnum):
@@ -252,10 +256,67 @@ class RunStore:
 
 def store_for(repo_path: Path) -> RunStore:
     """The run store of the repository at `repo_path`; raises `NotARepository`."""
-    from quire.paths import repo_segment
     from quire.tools import git
 
-    return RunStore(repo_segment(git.open_repository(repo_path).name_dir.name))
+    return store_of(git.open_repository(repo_path))
+
+
+def store_of(repo: Repository) -> RunStore:
+    """The run store of `repo`, named `<folder>-<hash of its git dir>`; runs an older
+    version recorded under the bare folder name are moved in first."""
+    from quire.paths import repo_id, repo_segment
+
+    store = RunStore(repo_id(repo.name_dir.name, repo.git_dir))
+    adopt_legacy_runs(store, repo_segment(repo.name_dir.name), repo.git_dir)
+    return store
+
+
+def adopt_legacy_runs(store: RunStore, legacy_name: str, git_dir: Path) -> list[str]:
+    """Move this repository's finished runs from the store an older version named
+    `legacy_name` (shared by every folder of that name) into `store`; returns their ids.
+
+    Only runs whose meta.yml names this git dir move; runs in flight stay
+    (their runner still writes there), as do other repositories' runs.
+    """
+    legacy = store.root.parent / legacy_name
+    if legacy == store.root or not legacy.is_dir():
+        return []
+    mine = os.path.realpath(git_dir)
+    moved: list[RunDir] = []
+    for state in (RunState.complete, RunState.failed):
+        directory = legacy / state.value
+        for entry in sorted(directory.iterdir()) if directory.is_dir() else []:
+            if entry.name.startswith(".") or not _recorded_for(entry, mine):
+                continue
+            target = store.root / state.value / entry.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(entry, target)
+            moved.append(RunDir(store, entry.name, state))
+    for run in moved:
+        store.update_latest(run)
+    _remove_if_empty(legacy)
+    return [run.run_id for run in moved]
+
+
+def _recorded_for(run_path: Path, git_dir: str) -> bool:
+    try:
+        meta = read_record(run_path / "meta.yml", RunMeta)
+    except RecordUnreadable:
+        return False
+    return os.path.realpath(meta.git_dir) == git_dir
+
+
+def _remove_if_empty(root: Path) -> None:
+    """Remove a legacy store left with no runs (its dangling latest link with it)."""
+    states = [root / state.value for state in RunState]
+    if any(directory.is_dir() and any(directory.iterdir()) for directory in states):
+        return
+    with contextlib.suppress(OSError):
+        (root / "latest").unlink()
+        for directory in states:
+            if directory.is_dir():
+                directory.rmdir()
+        root.rmdir()
 
 
 def _replace_link(tmp: Path, link: Path, attempts: int = 3) -> None:
