@@ -12,6 +12,8 @@ memory = "2g"       # docker run --memory
 network = false     # docker run --network none
 ceiling = 21600     # seconds the container lives at most (safety net)
 labels = { team = "infra" }
+workspace = "copy"  # "bind" (mount the local tree) | "copy" (copy it in); default:
+                    # copy for tcp:// and ssh:// engines, else bind
 
 [output]
 capture_limit = 4194304   # bytes of stdout/stderr kept in ShOutput
@@ -28,12 +30,13 @@ A missing file means defaults and no secrets; a malformed one raises
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from quire.errors import ConfigError, UnknownSecret
 from quire.paths import config_file
@@ -49,8 +52,16 @@ class EnvSecret(BaseModel):
     env: str
 
 
+# What docker and podman take for --memory: a number and a unit (b, k, m, g; kb, mib...).
+_MEMORY = re.compile(r"^\d+(\.\d+)?\s?([bkmgtp]|[kmgtp]i?b)?$", re.IGNORECASE)
+
+
 class DockerSettings(BaseModel):
-    """Resource limits and labels for the run's container (`docker run` flags)."""
+    """Resource limits, labels and the workspace mode of the run's container.
+
+    Checked when the config file is read (exit 2 naming the key), not by
+    `docker run` after the image is built.
+    """
 
     model_config = ConfigDict(extra="forbid", defer_build=True)
     cpus: float | None = Field(default=None, gt=0)
@@ -60,6 +71,28 @@ class DockerSettings(BaseModel):
     # The container's PID 1 sleeps this long at most: a safety net should a
     # runner die without tearing down (reconcile removes such containers too).
     ceiling: int = Field(default=6 * 3600, gt=0)
+    # How the tree reaches /work: "bind" mounts the local workspace (the engine must
+    # see this machine's files), "copy" copies it into the container. None: copy for
+    # tcp:// and ssh:// engines, bind otherwise.
+    workspace: Literal["bind", "copy"] | None = None
+
+    @field_validator("memory")
+    @classmethod
+    def _memory_is_a_size(cls, value: str | None) -> str | None:
+        if value is not None and not _MEMORY.match(value.strip()):
+            raise ValueError(
+                f"{value!r} is not a memory size: use a number with a unit, e.g. "
+                '"512m" or "2g" (b, k, m, g)'
+            )
+        return None if value is None else value.strip()
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_are_plain(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not key or "=" in key or any(ch.isspace() for ch in key):
+                raise ValueError(f"label name {key!r} must be non-empty, without '=' or spaces")
+        return value
 
 
 class OutputSettings(BaseModel):

@@ -1,18 +1,31 @@
 """docker, as quire uses it. Nothing else in quire builds a docker argv or spawns docker.
 
-The binary is `$QUIRE_DOCKER` (so `podman` works) or `docker`; DOCKER_HOST
-and contexts pass through untouched. argv builders are pure functions;
-the wrappers run them through `tools.process` and raise `QuireError`s
-carrying docker's stderr tail.
+The binary is `$QUIRE_DOCKER` or `docker`; DOCKER_HOST and contexts pass
+through untouched. Every format string and flag here works on both docker
+(20.10+) and podman (4.3+): the engine's version comes from `version`
+(podman's `info` has no `.ServerVersion`), containers are listed by id with
+`ps --quiet` and their labels read with `inspect` (podman's `ps` has no
+`.Label`), and containers stop with SIGKILL (podman's `rm --force` would
+otherwise wait out a 10 s SIGTERM grace on the `sleep` PID 1).
+
+The run's tree reaches /work in one of two ways (`[docker] workspace`):
+`bind`, a bind mount of the local workspace (the engine must see this
+machine's files), or `copy`, a tar stream into the created container
+(`docker cp -`) before it starts, for an engine elsewhere.
+
+argv builders are pure functions; the wrappers run them through
+`tools.process` and raise `QuireError`s carrying docker's stderr tail.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, TypedDict
 
 from quire.errors import (
     ContainerStartFailed,
@@ -21,7 +34,7 @@ from quire.errors import (
     ProgramNotFound,
     ToolFailed,
 )
-from quire.tools import process
+from quire.tools import process, tar
 from quire.tools.process import OutputHandler
 
 RUN_ID_LABEL = "quire.run-id"
@@ -29,7 +42,17 @@ REPO_LABEL = "quire.repo"
 # The run store a container belongs to: reconcile only judges containers of
 # its own store (other users, other QUIRE_STATE_DIRs share the engine).
 STORE_LABEL = "quire.store"
+# The host whose quire owns the container: hosts sharing one engine (and maybe one
+# state path, e.g. on NFS) must not judge each other's containers.
+HOST_LABEL = "quire.host"
 WORKDIR = "/work"
+# PID 1 only sleeps: kill it outright. Docker's `rm --force` kills anyway; podman's
+# sends the stop signal and waits 10 s for a `sleep` that ignores SIGTERM.
+STOP_SIGNAL = "SIGKILL"
+
+WorkspaceMode = Literal["bind", "copy"]
+# Engines reached over the network cannot see this machine's files.
+_REMOTE_SCHEMES = ("tcp://", "ssh://")
 
 # Markers docker (and podman) print when the engine itself cannot be reached.
 _DAEMON_GONE = (
@@ -46,6 +69,33 @@ def binary() -> str:
     return os.environ.get("QUIRE_DOCKER") or "docker"
 
 
+def engine_host() -> str | None:
+    """Where the CLI says the engine is: `$DOCKER_HOST` (docker) or `$CONTAINER_HOST`
+    (podman's remote client), if set."""
+    return os.environ.get("DOCKER_HOST") or os.environ.get("CONTAINER_HOST") or None
+
+
+def engine_name() -> str:
+    """The engine as a person would name it in a message: `docker at tcp://host:2375`."""
+    host = engine_host()
+    return f"{binary()} at {host}" if host else binary()
+
+
+def default_workspace_mode(host: str | None = None) -> WorkspaceMode:
+    """`copy` for an engine reached over tcp:// or ssh://, else `bind`."""
+    host = (engine_host() or "") if host is None else host
+    return "copy" if host.startswith(_REMOTE_SCHEMES) else "bind"
+
+
+class WorkspaceNotVisible(ContainerStartFailed):
+    """The engine does not see this machine's workspace (a remote engine, another
+    mount namespace): a bind mount would give the jobs an empty or wrong /work."""
+
+
+class WorkspaceCopyFailed(ContainerStartFailed):
+    """Copying the workspace into, or back out of, the run's container failed."""
+
+
 @dataclass(frozen=True)
 class Limits:
     """Resource limits and extra labels for `docker run`."""
@@ -54,6 +104,14 @@ class Limits:
     memory: str | None = None
     network: bool = True
     labels: Mapping[str, str] | None = None
+
+
+class ContainerSpec(TypedDict):
+    """What `run_detached` and `create` share: the container's labels, life and limits."""
+
+    labels: Mapping[str, str]
+    ceiling_s: int
+    limits: Limits | None
 
 
 @dataclass(frozen=True)
@@ -78,11 +136,33 @@ def image_repository(repo: str) -> str:
     return f"quire-ci/{repo}"
 
 
+# podman keeps an unqualified name under `localhost/` (`localhost/quire-ci/x:tag`).
+_LOCAL_PREFIXES = ("localhost/", "docker.io/library/", "docker.io/")
+
+
+def short_image_name(name: str) -> str:
+    """An image name as quire writes it: podman's `localhost/` (and docker.io) prefix off."""
+    for prefix in _LOCAL_PREFIXES:
+        if name.startswith(prefix):
+            return name[len(prefix) :]
+    return name
+
+
+def is_run_image(name: str, repo: str | None = None) -> bool:
+    """Whether `name` (as docker or podman lists it) is one of quire's run images
+    (of repository `repo`, if given)."""
+    short = short_image_name(name)
+    if repo is None:
+        return short.startswith("quire-ci/")
+    return short.split(":", 1)[0] == image_repository(repo)
+
+
 # --- argv builders (pure) -----------------------------------------------------------------------
 
 
-def info_argv() -> list[str]:
-    return [binary(), "info", "--format", "{{.ServerVersion}}"]
+def version_argv() -> list[str]:
+    """The server's version: fails when the engine cannot be reached (docker and podman)."""
+    return [binary(), "version", "--format", "{{.Server.Version}}"]
 
 
 def build_argv(dockerfile: Path, context: Path, tags: Sequence[str]) -> list[str]:
@@ -101,6 +181,26 @@ def _mount_field(value: str) -> str:
     return value
 
 
+def _container_flags(
+    labels: Mapping[str, str], limits: Limits | None, mount_source: Path | None
+) -> list[str]:
+    limits = limits or Limits()
+    argv = ["--rm", "--stop-signal", STOP_SIGNAL]
+    for key, value in {**(limits.labels or {}), **labels}.items():
+        argv += ["--label", f"{key}={value}"]
+    if mount_source is not None:
+        mount = ["type=bind", _mount_field(f"src={mount_source}"), f"dst={WORKDIR}"]
+        argv += ["--mount", ",".join(mount)]
+    argv += ["--workdir", WORKDIR]
+    if limits.cpus is not None:
+        argv += ["--cpus", f"{limits.cpus:g}"]
+    if limits.memory is not None:
+        argv += ["--memory", limits.memory]
+    if not limits.network:
+        argv += ["--network", "none"]
+    return argv
+
+
 def run_argv(
     image: str,
     *,
@@ -109,24 +209,44 @@ def run_argv(
     ceiling_s: int,
     limits: Limits | None = None,
 ) -> list[str]:
-    """`docker run --detach` of a container that only sleeps; commands come by `docker exec`."""
-    limits = limits or Limits()
-    argv = [binary(), "run", "--detach", "--rm"]
-    for key, value in {**(limits.labels or {}), **labels}.items():
-        argv += ["--label", f"{key}={value}"]
-    argv += [
-        "--mount",
-        ",".join(["type=bind", _mount_field(f"src={mount_source}"), f"dst={WORKDIR}"]),
-        "--workdir",
-        WORKDIR,
-    ]
-    if limits.cpus is not None:
-        argv += ["--cpus", f"{limits.cpus:g}"]
-    if limits.memory is not None:
-        argv += ["--memory", limits.memory]
-    if not limits.network:
-        argv += ["--network", "none"]
-    return [*argv, image, "sleep", str(ceiling_s)]
+    """`docker run --detach` of a container that only sleeps, the workspace bind-mounted
+    at /work; commands come by `docker exec`."""
+    flags = _container_flags(labels, limits, mount_source)
+    return [binary(), "run", "--detach", *flags, image, "sleep", str(ceiling_s)]
+
+
+def create_argv(
+    image: str,
+    *,
+    labels: Mapping[str, str],
+    ceiling_s: int,
+    limits: Limits | None = None,
+) -> list[str]:
+    """`docker create` of the same sleeping container without a mount (copy mode: the
+    tree is copied in before `docker start`)."""
+    flags = _container_flags(labels, limits, None)
+    return [binary(), "create", *flags, image, "sleep", str(ceiling_s)]
+
+
+def start_argv(container_id: str) -> list[str]:
+    return [binary(), "start", container_id]
+
+
+def copy_in_argv(container_id: str) -> list[str]:
+    """`docker cp -`: a tar stream on stdin (entries under `work/`) extracted at the
+    container's root, so /work is created whether or not the image has it."""
+    return [binary(), "cp", "-", f"{container_id}:/"]
+
+
+def copy_out_argv(container_id: str, destination: Path) -> list[str]:
+    """The contents of /work (`/.`: not /work itself) into the existing `destination`."""
+    return [binary(), "cp", f"{container_id}:{WORKDIR}/.", str(destination)]
+
+
+def probe_argv(container_id: str, name: str) -> list[str]:
+    """`docker cp` of /work/<name> to stdout (as tar): does the container see that file?
+    The engine reads its filesystem: no program in the image is needed."""
+    return [binary(), "cp", f"{container_id}:{WORKDIR}/{name}", "-"]
 
 
 def exec_argv(
@@ -160,19 +280,35 @@ def inspect_argv(container_id: str) -> list[str]:
     return [binary(), "container", "inspect", "--format", "{{json .State}}", container_id]
 
 
-def list_argv(store: str, run_id: str | None = None) -> list[str]:
+def list_argv(store: str, host: str, run_id: str | None = None) -> list[str]:
+    """Full ids of every container (running or not) of run store `store` made by quire
+    on `host` (and of run `run_id` only, if given). Ids only: podman's `ps` cannot
+    format labels; `labels_argv` reads them."""
     run_filter = f"label={RUN_ID_LABEL}" + (f"={run_id}" if run_id else "")
     return [
         binary(),
         "ps",
         "--all",
+        "--quiet",
         "--no-trunc",
         "--filter",
         run_filter,
         "--filter",
         f"label={STORE_LABEL}={store}",
+        "--filter",
+        f"label={HOST_LABEL}={host}",
+    ]
+
+
+def labels_argv(container_ids: Sequence[str]) -> list[str]:
+    """Each container's full id and its labels as JSON, one line each (docker and podman)."""
+    return [
+        binary(),
+        "container",
+        "inspect",
         "--format",
-        '{{.ID}}\t{{.Label "' + RUN_ID_LABEL + '"}}\t{{.Label "' + REPO_LABEL + '"}}',
+        "{{.Id}}\t{{json .Config.Labels}}",
+        *container_ids,
     ]
 
 
@@ -196,22 +332,52 @@ def daemon_unreachable(stderr: str) -> bool:
 
 
 def check_available() -> None:
-    """`docker info`; raises `DockerUnavailable` with docker's own words."""
-    result = _run(info_argv())
+    """`docker version`; raises `DockerUnavailable` with the engine's own words."""
+    result = _run(version_argv())
     if not result.ok:
         raise DockerUnavailable(
-            f"docker is unavailable (`{binary()} info` exited {result.exit}): "
-            f"{result.stderr_tail(3) or '(no output)'}"
+            f"docker is unavailable (`{binary()} version` exited {result.exit}"
+            f"{_at_host()}): {result.stderr_tail(3) or '(no output)'}"
         )
 
 
+def _at_host() -> str:
+    host = engine_host()
+    return f", engine at {host}" if host else ""
+
+
+# What the legacy builder and the CLI print around the real error of a failed build.
+_BUILD_NOISE = re.compile(
+    r"^(DEPRECATED: The legacy builder is deprecated.*"
+    r"|\s+Install the buildx component.*"
+    r"|\s+https://docs\.docker\.com/go/buildx/?"
+    r"|Usage:\s+docker build .*"
+    r"|Run '\S+ build --help' for more information)$"
+)
+
+
+def build_error(stderr: bytes, output: bytes, lines: int = 12) -> str:
+    """The part of a failed build's output that says why: stderr without the legacy
+    builder's DEPRECATED banner and the CLI's usage lines; the output's tail if
+    stderr says nothing else."""
+    text = stderr.decode("utf-8", errors="replace")
+    kept = [line for line in text.splitlines() if line.strip() and not _BUILD_NOISE.match(line)]
+    if kept:
+        return "\n".join(kept[-lines:])
+    return process.tail_text(output, lines) or "(no output)"
+
+
 def build(dockerfile: Path, context: Path, tags: Sequence[str], on_output: OutputHandler) -> None:
-    """`docker build`, streaming its output; raises `ImageBuildFailed` with its tail."""
+    """`docker build`, streaming its output; raises `ImageBuildFailed` with docker's error."""
     tail = bytearray()
+    errors = bytearray()
 
     def keep(stream: process.StreamName, chunk: bytes) -> None:
         tail.extend(chunk)
         del tail[:-8192]
+        if stream == "stderr":
+            errors.extend(chunk)
+            del errors[:-8192]
         on_output(stream, chunk)
 
     try:
@@ -221,8 +387,25 @@ def build(dockerfile: Path, context: Path, tags: Sequence[str], on_output: Outpu
     if result.exit != 0:
         raise ImageBuildFailed(
             f"building image {tags[0]} from {dockerfile} failed (exit {result.exit}):\n"
-            f"{process.tail_text(bytes(tail), 12)}"
+            f"{build_error(bytes(errors), bytes(tail))}"
         )
+
+
+# How docker (`bind source path does not exist`) and podman (`statfs <src>: no such
+# file or directory`) refuse a bind mount whose source the engine cannot find.
+_MISSING_SOURCE = ("bind source path does not exist", "statfs ")
+
+
+def not_visible_message(workspace: Path, container_id: str | None = None) -> str:
+    """Why a bind mount cannot work here, and what to do about it."""
+    where = f" (container {container_id[:12]})" if container_id else ""
+    return (
+        f"the container engine ({engine_name()}) does not see this machine's files: "
+        f"the workspace {workspace} is not there on the engine's side{where}, so a bind "
+        "mount would give the jobs an empty or wrong /work. Copy the tree into the "
+        'container instead: set `workspace = "copy"` under [docker] in the config file '
+        "(the default for tcp:// and ssh:// engines)"
+    )
 
 
 def run_detached(
@@ -233,18 +416,111 @@ def run_detached(
     ceiling_s: int,
     limits: Limits | None = None,
 ) -> str:
-    """Start the run's container; returns its id. Raises `ContainerStartFailed`."""
+    """Start the run's container, the workspace bind-mounted; returns its id.
+
+    Raises `WorkspaceNotVisible` when the engine cannot find the mount's source,
+    `ContainerStartFailed` otherwise.
+    """
     argv = run_argv(
         image, mount_source=mount_source, labels=labels, ceiling_s=ceiling_s, limits=limits
     )
     result = _run(argv)
     container_id = result.stdout.decode(errors="replace").strip().splitlines()
     if not result.ok or not container_id:
+        stderr = result.stderr_tail(5)
+        if any(marker in stderr for marker in _MISSING_SOURCE) and str(mount_source) in stderr:
+            raise WorkspaceNotVisible(f"{not_visible_message(mount_source)}. {binary()}: {stderr}")
         raise ContainerStartFailed(
             f"starting a container from {image} failed (exit {result.exit}): "
+            f"{stderr or '(no output)'}"
+        )
+    return container_id[-1]
+
+
+def create(
+    image: str,
+    *,
+    labels: Mapping[str, str],
+    ceiling_s: int,
+    limits: Limits | None = None,
+) -> str:
+    """`docker create` the run's container (copy mode); returns its id.
+
+    Raises `ContainerStartFailed`.
+    """
+    result = _run(create_argv(image, labels=labels, ceiling_s=ceiling_s, limits=limits))
+    container_id = result.stdout.decode(errors="replace").strip().splitlines()
+    if not result.ok or not container_id:
+        raise ContainerStartFailed(
+            f"creating a container from {image} failed (exit {result.exit}{_at_host()}): "
             f"{result.stderr_tail(5) or '(no output)'}"
         )
     return container_id[-1]
+
+
+def copy_in(container_id: str, workspace: Path) -> None:
+    """Stream the workspace's tree into the created container's /work:
+    `tar --create ... | docker cp - <id>:/`, no temporary tarball.
+
+    Raises `WorkspaceCopyFailed` naming the stage that failed.
+    """
+    try:
+        packed, copied = process.pipe(
+            tar.create_argv(workspace, WORKDIR.lstrip("/")), copy_in_argv(container_id)
+        )
+    except ProgramNotFound as exc:
+        raise WorkspaceCopyFailed(f"copying {workspace} into the container: {exc}") from exc
+    for stage in (packed, copied):
+        if not stage.ok:
+            raise WorkspaceCopyFailed(
+                f"copying {workspace} into container {container_id[:12]} ({engine_name()}) "
+                f"failed: `{' '.join(stage.argv[:2])}` exited {stage.exit}: "
+                f"{stage.stderr_tail(5) or '(no output)'}"
+            )
+
+
+def start(container_id: str) -> None:
+    """`docker start` the created container; raises `ContainerStartFailed`."""
+    result = _run(start_argv(container_id))
+    if not result.ok:
+        raise ContainerStartFailed(
+            f"starting container {container_id[:12]} ({engine_name()}) failed "
+            f"(exit {result.exit}): {result.stderr_tail(5) or '(no output)'}"
+        )
+
+
+def copy_out(container_id: str, destination: Path) -> None:
+    """Copy /work's contents into the existing directory `destination`.
+
+    Raises `WorkspaceCopyFailed`.
+    """
+    result = _run(copy_out_argv(container_id, destination))
+    if not result.ok:
+        raise WorkspaceCopyFailed(
+            f"copying {WORKDIR} of container {container_id[:12]} back to {destination} "
+            f"failed (exit {result.exit}): {result.stderr_tail(3) or '(no output)'}"
+        )
+
+
+# docker: `Could not find the file ... in container`; podman: `... could not be found on
+# container ...: no such file or directory` (which alone would read as a lost engine).
+_FILE_NOT_FOUND = ("could not find the file", "could not be found on container")
+
+
+def sees_file(container_id: str, name: str) -> bool:
+    """Whether /work/<name> exists in the container (read through the engine).
+
+    Raises `DockerUnavailable` when the engine cannot be reached.
+    """
+    result = _run(probe_argv(container_id, name))
+    if result.ok:
+        return True
+    stderr = result.stderr_tail(3)
+    lowered = stderr.lower()
+    not_found = name in stderr or any(marker in lowered for marker in _FILE_NOT_FOUND)
+    if not not_found and daemon_unreachable(stderr):
+        raise DockerUnavailable(f"lost the docker daemon: {stderr}")
+    return False
 
 
 def inspect_state(container_id: str) -> ContainerState | None:
@@ -323,15 +599,47 @@ def chown_workdir(container_id: str, uid: int, gid: int) -> None:
         )
 
 
-def labelled_containers(store: str, run_id: str | None = None) -> list[LabelledContainer]:
-    """Every container (running or not) of run store `store` with a quire run-id label
-    (that of `run_id` only, if given)."""
-    result = _run(list_argv(store, run_id))
-    if not result.ok:
-        raise DockerUnavailable(f"docker is unavailable: {result.stderr_tail(3)}")
+def labelled_containers(
+    store: str, host: str, run_id: str | None = None
+) -> list[LabelledContainer]:
+    """Every container (running or not) of run store `store` made on `host` with a quire
+    run-id label (that of `run_id` only, if given).
+
+    Raises `DockerUnavailable` when the engine cannot be reached.
+    """
+    listed = _run(list_argv(store, host, run_id))
+    if not listed.ok:
+        raise DockerUnavailable(f"docker is unavailable: {listed.stderr_tail(3)}")
+    ids = listed.stdout.decode(errors="replace").split()
+    if not ids:
+        return []
+    # One may go between the two calls: inspect still prints the others (and exits 1).
+    inspected = _run(labels_argv(ids))
+    if not inspected.ok and daemon_unreachable(inspected.stderr_tail(3)):
+        raise DockerUnavailable(f"docker is unavailable: {inspected.stderr_tail(3)}")
     found = []
-    for line in result.stdout.decode(errors="replace").splitlines():
-        parts = line.split("\t")
-        if len(parts) == 3 and parts[0]:
-            found.append(LabelledContainer(*parts))
+    for line in inspected.stdout.decode(errors="replace").splitlines():
+        container = _labelled(line, store, host)
+        if container is not None:
+            found.append(container)
     return found
+
+
+def _labelled(line: str, store: str, host: str) -> LabelledContainer | None:
+    """One `labels_argv` line, if it is a quire container of `store` on `host`."""
+    container_id, _, raw = line.partition("\t")
+    try:
+        labels = json.loads(raw)
+    except ValueError:
+        return None
+    if not container_id or not isinstance(labels, dict):
+        return None  # `null` (no labels at all), or a line that is not ours
+    run_id = labels.get(RUN_ID_LABEL)
+    if not isinstance(run_id, str) or not run_id:
+        return None
+    # The engine filtered already; an engine that ignored a filter must not make us judge
+    # another store's or another host's container.
+    if labels.get(STORE_LABEL) != store or labels.get(HOST_LABEL) != host:
+        return None
+    repo = labels.get(REPO_LABEL)
+    return LabelledContainer(container_id, run_id, repo if isinstance(repo, str) else "")

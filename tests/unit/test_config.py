@@ -157,3 +157,60 @@ def test_out_of_range_setting_is_a_config_error(tmp_path: Path) -> None:
     path = write_config(tmp_path / "c.toml", "[docker]\ncpus = 0\n")
     with pytest.raises(ConfigError, match=r"docker\.cpus"):
         load_config(path)
+
+
+# --- [docker]: checked when the file is read ------------------------------------------------------
+
+
+@pytest.mark.parametrize("memory", ["512m", "2g", "2G", "1024", "1.5g", "64mb", "1gib", "100 m"])
+def test_docker_memory_accepts_what_docker_and_podman_accept(tmp_path: Path, memory: str) -> None:
+    path = write_config(tmp_path / "c.toml", f'[docker]\nmemory = "{memory}"\n')
+    assert load_config(path).docker.memory == memory.strip()
+
+
+@pytest.mark.parametrize("memory", ["lots", "", "2 gigs", "-1g", "g", "1.2.3m"])
+def test_docker_memory_that_is_not_a_size_is_a_config_error_naming_file_and_key(
+    tmp_path: Path, memory: str
+) -> None:
+    path = write_config(tmp_path / "c.toml", f'[docker]\nmemory = "{memory}"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert str(path) in message
+    assert "docker.memory" in message
+    assert "512m" in message  # says what a valid value looks like
+    assert caught.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("cpus = 0", "docker.cpus"),
+        ("ceiling = -5", "docker.ceiling"),
+        ('network = "maybe"', "docker.network"),
+        ('workspace = "nfs"', "docker.workspace"),
+        ('labels = { "a=b" = "x" }', "docker.labels"),
+        ('labels = { "with space" = "x" }', "docker.labels"),
+        ('labels = { "" = "x" }', "docker.labels"),
+        ("cpu = 2", "docker.cpu"),
+    ],
+)
+def test_every_bad_docker_setting_is_a_config_error_naming_its_key(
+    tmp_path: Path, text: str, key: str
+) -> None:
+    path = write_config(tmp_path / "c.toml", f"[docker]\n{text}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(path) in str(caught.value)
+    assert key in str(caught.value)
+
+
+@pytest.mark.parametrize("mode", ["bind", "copy"])
+def test_docker_workspace_mode_is_read(tmp_path: Path, mode: str) -> None:
+    path = write_config(tmp_path / "c.toml", f'[docker]\nworkspace = "{mode}"\n')
+    assert load_config(path).docker.workspace == mode
+
+
+def test_docker_workspace_mode_defaults_to_none_meaning_by_engine(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "c.toml", "[docker]\ncpus = 1\n")
+    assert load_config(path).docker.workspace is None

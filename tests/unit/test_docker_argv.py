@@ -31,8 +31,9 @@ def test_binary_ignores_an_empty_quire_docker(monkeypatch: pytest.MonkeyPatch) -
     assert docker.binary() == "docker"
 
 
-def test_info_argv_asks_the_server_for_its_version() -> None:
-    assert docker.info_argv() == ["docker", "info", "--format", "{{.ServerVersion}}"]
+def test_version_argv_asks_the_server_for_its_version_as_docker_and_podman_both_can() -> None:
+    # podman's `info` has no .ServerVersion; `version`'s .Server.Version works on both.
+    assert docker.version_argv() == ["docker", "version", "--format", "{{.Server.Version}}"]
 
 
 def test_build_argv_removes_intermediate_containers_and_names_file_tags_and_context() -> None:
@@ -64,6 +65,8 @@ def test_run_argv_labels_the_container_and_mounts_the_workspace_at_work() -> Non
         "run",
         "--detach",
         "--rm",
+        "--stop-signal",
+        "SIGKILL",
         "--label",
         "quire.run-id=20260504-162001-000001-abc123",
         "--label",
@@ -88,6 +91,8 @@ def test_run_argv_adds_limits_and_extra_labels_before_the_image() -> None:
         "run",
         "--detach",
         "--rm",
+        "--stop-signal",
+        "SIGKILL",
         "--label",
         "team=infra",
         "--label",
@@ -236,19 +241,145 @@ def test_inspect_argv_asks_for_the_state_as_json() -> None:
     ]
 
 
-def test_list_argv_finds_the_run_containers_of_one_state_directory() -> None:
-    assert docker.list_argv("/home/u/.local/state/quire") == [
+def test_list_argv_lists_only_ids_of_one_state_directory_and_host() -> None:
+    # Ids only: podman's `ps` cannot format {{.Label}}; labels come from `inspect`.
+    assert docker.list_argv("/home/u/.local/state/quire", "build-1") == [
         "docker",
         "ps",
         "--all",
+        "--quiet",
         "--no-trunc",
         "--filter",
         "label=quire.run-id",
         "--filter",
         "label=quire.store=/home/u/.local/state/quire",
-        "--format",
-        '{{.ID}}\t{{.Label "quire.run-id"}}\t{{.Label "quire.repo"}}',
+        "--filter",
+        "label=quire.host=build-1",
     ]
+
+
+def test_list_argv_of_one_run_filters_by_its_run_id() -> None:
+    argv = docker.list_argv("/s", "h", "20260504-1")
+    assert argv[argv.index("--filter") + 1] == "label=quire.run-id=20260504-1"
+
+
+def test_labels_argv_reads_id_and_labels_as_json_of_every_container() -> None:
+    assert docker.labels_argv([CID, "abc"]) == [
+        "docker",
+        "container",
+        "inspect",
+        "--format",
+        "{{.Id}}\t{{json .Config.Labels}}",
+        CID,
+        "abc",
+    ]
+
+
+def test_create_argv_is_run_without_detach_and_without_a_mount() -> None:
+    limits = docker.Limits(cpus=1, memory="1g", network=False, labels={"team": "x"})
+    argv = docker.create_argv("img", labels=RUN_LABELS, ceiling_s=60, limits=limits)
+    assert argv == [
+        "docker",
+        "create",
+        "--rm",
+        "--stop-signal",
+        "SIGKILL",
+        "--label",
+        "team=x",
+        "--label",
+        "quire.run-id=20260504-162001-000001-abc123",
+        "--label",
+        "quire.repo=example",
+        "--workdir",
+        "/work",
+        "--cpus",
+        "1",
+        "--memory",
+        "1g",
+        "--network",
+        "none",
+        "img",
+        "sleep",
+        "60",
+    ]
+
+
+def test_start_argv_starts_the_created_container() -> None:
+    assert docker.start_argv(CID) == ["docker", "start", CID]
+
+
+def test_copy_in_argv_extracts_a_tar_from_stdin_at_the_containers_root() -> None:
+    assert docker.copy_in_argv(CID) == ["docker", "cp", "-", f"{CID}:/"]
+
+
+def test_copy_out_argv_copies_the_contents_of_work_into_a_directory() -> None:
+    assert docker.copy_out_argv(CID, Path("/cache/run 1/workspace")) == [
+        "docker",
+        "cp",
+        f"{CID}:/work/.",
+        "/cache/run 1/workspace",
+    ]
+
+
+def test_probe_argv_reads_one_file_of_work_through_the_engine() -> None:
+    assert docker.probe_argv(CID, ".quire-mount-check-1") == [
+        "docker",
+        "cp",
+        f"{CID}:/work/.quire-mount-check-1",
+        "-",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("host", "mode"),
+    [
+        ("", "bind"),
+        ("unix:///var/run/docker.sock", "bind"),
+        ("unix:///run/podman/podman.sock", "bind"),
+        ("tcp://10.0.0.5:2375", "copy"),
+        ("ssh://ci@builder", "copy"),
+    ],
+)
+def test_default_workspace_mode_copies_for_tcp_and_ssh_engines(host: str, mode: str) -> None:
+    assert docker.default_workspace_mode(host) == mode
+
+
+@pytest.mark.parametrize("variable", ["DOCKER_HOST", "CONTAINER_HOST"])
+def test_default_workspace_mode_reads_docker_host_or_podmans_container_host(
+    variable: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    monkeypatch.delenv("CONTAINER_HOST", raising=False)
+    assert docker.default_workspace_mode() == "bind"
+    monkeypatch.setenv(variable, "tcp://127.0.0.1:2375")
+    assert docker.default_workspace_mode() == "copy"
+    assert docker.engine_name() == "docker at tcp://127.0.0.1:2375"
+
+
+@pytest.mark.parametrize(
+    ("name", "repo", "ours"),
+    [
+        ("quire-ci/example:1", "example", True),
+        ("localhost/quire-ci/example:1", "example", True),  # podman
+        ("docker.io/library/quire-ci/example:latest", "example", True),
+        ("localhost/quire-ci/example-2:1", "example", False),
+        ("localhost/quire-ci/example:1", None, True),
+        ("localhost/other/quire-ci:1", None, False),
+        ("quire-itest-base:latest", None, False),
+    ],
+)
+def test_is_run_image_knows_quires_images_as_docker_and_podman_name_them(
+    name: str, repo: str | None, ours: bool
+) -> None:
+    assert docker.is_run_image(name, repo) is ours
+
+
+def test_short_image_name_drops_podmans_localhost_prefix() -> None:
+    assert docker.short_image_name("localhost/quire-ci/x:1") == "quire-ci/x:1"
+    assert docker.short_image_name("quire-ci/x:1") == "quire-ci/x:1"
+    assert docker.short_image_name("registry.example/quire-ci/x:1") == (
+        "registry.example/quire-ci/x:1"
+    )
 
 
 @pytest.mark.parametrize(

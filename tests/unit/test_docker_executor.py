@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,15 @@ if watched and os.path.isfile(watched):
 key = args[0] if args else ""
 if key in ("container", "image") and len(args) > 1:
     key = key + " " + args[1]
+if key == "cp":  # cp in (tar on stdin), cp probe (a file to stdout), cp out (to a directory)
+    key = "cp in" if args[1] == "-" else "cp probe" if args[2] == "-" else "cp out"
+    if key == "cp in":
+        with open(os.path.join(STATE, "copied-in.tar"), "wb") as handle:
+            handle.write(sys.stdin.buffer.read())
+    if key == "cp out":
+        for name, text in config.get("work", {{}}).items():
+            with open(os.path.join(args[2], name), "w") as handle:
+                handle.write(text)
 if key == "exec":
     i = 1
     while i < len(args) and args[i].startswith("--"):
@@ -91,14 +101,17 @@ class Call:
 class FakeDocker:
     """A `docker` shim on $QUIRE_DOCKER that records calls and answers per subcommand.
 
-    Keys are the subcommand (`info`, `build`, `run`, `exec`, `rm`, `ps`,
-    `container inspect`, `image rm`) or `exec:<program>` for one program.
+    Keys are the subcommand (`version`, `build`, `run`, `create`, `start`, `exec`,
+    `rm`, `ps`, `container inspect`, `image rm`), `cp in` / `cp probe` / `cp out`,
+    or `exec:<program>` for one program. `cp in` keeps the tar it was given
+    (`copied_in()`); `cp out` writes the files of `work` into its destination.
     """
 
     state: Path
     path: Path
     answers: dict[str, dict[str, Any]] = field(default_factory=dict)
     watch: Path | None = None
+    work: dict[str, str] = field(default_factory=dict)
 
     def answer(self, key: str, *, stdout: str = "", stderr: str = "", exit: int = 0) -> None:
         self.answers[key] = {"stdout": stdout, "stderr": stderr, "exit": exit}
@@ -109,8 +122,26 @@ class FakeDocker:
         self.watch = path
         self._save()
 
+    def container_work(self, files: dict[str, str]) -> None:
+        """What `cp out` finds in the container's /work."""
+        self.work = files
+        self._save()
+
+    def copied_in(self) -> dict[str, bytes]:
+        """The regular files of the tar `cp in` was given, by member name."""
+        with tarfile.open(self.state / "copied-in.tar") as archive:
+            return {
+                member.name: archive.extractfile(member).read()  # type: ignore[union-attr]
+                for member in archive.getmembers()
+                if member.isfile()
+            }
+
     def _save(self) -> None:
-        config = {"answers": self.answers, "watch": None if self.watch is None else str(self.watch)}
+        config = {
+            "answers": self.answers,
+            "watch": None if self.watch is None else str(self.watch),
+            "work": self.work,
+        }
         (self.state / "answers.json").write_text(json.dumps(config))
 
     def calls(self) -> list[Call]:
@@ -146,7 +177,7 @@ def fake_docker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeDocker:
     )
     shim.chmod(0o755)
     fake = FakeDocker(state, shim)
-    fake.answer("info", stdout="20.10.24\n")
+    fake.answer("version", stdout="20.10.24\n")
     fake.answer("build", stdout="Step 1/1 : FROM base\nSuccessfully built 5bfcee739c51\n")
     fake.answer("run", stdout=CID + "\n")
     fake.answer("container inspect", stdout=RUNNING + "\n")
@@ -203,7 +234,9 @@ def executor_for(setup: Setup) -> Iterator[Callable[..., DockerExecutor]]:
     """DockerExecutors on the run's own outlet (its logs and records), as a run makes them."""
     outlets: list[RunOutlet] = []
 
-    def make(settings: DockerSettings | None = None) -> DockerExecutor:
+    def make(
+        settings: DockerSettings | None = None, *, keep_workspace: bool = False
+    ) -> DockerExecutor:
         outlet = outlet_for(setup.run_dir, Redactor(), [setup.seen])
         outlets.append(outlet)
         return DockerExecutor(
@@ -215,6 +248,8 @@ def executor_for(setup: Setup) -> Iterator[Callable[..., DockerExecutor]]:
                 store_label=setup.run_dir.store.label,
                 docker=settings or DockerSettings(),
                 outlet=outlet,
+                keep_workspace=keep_workspace,
+                host="builder-7",
             )
         )
 
@@ -239,7 +274,7 @@ class Collected:
 
 def test_check_available_raises_docker_unavailable_with_dockers_words(fp: FakeProcess) -> None:
     fp.register(
-        [fp.program("docker"), "info", "--format", "{{.ServerVersion}}"],
+        [fp.program("docker"), "version", "--format", "{{.Server.Version}}"],
         stderr="Cannot connect to the Docker daemon at unix:///x.sock. Is it running?\n",
         returncode=1,
     )
@@ -251,9 +286,9 @@ def test_check_available_raises_docker_unavailable_with_dockers_words(fp: FakePr
 
 
 def test_check_available_passes_when_docker_info_succeeds(fp: FakeProcess) -> None:
-    fp.register([fp.program("docker"), "info", fp.any()], stdout="20.10.24\n")
+    fp.register([fp.program("docker"), "version", fp.any()], stdout="20.10.24\n")
     docker.check_available()
-    assert fp.call_count([fp.program("docker"), "info", fp.any()]) == 1
+    assert fp.call_count([fp.program("docker"), "version", fp.any()]) == 1
 
 
 @pytest.mark.parametrize("binary", ["/nonexistent/bin/docker", "no-such-docker-cli-xyz"])
@@ -347,14 +382,70 @@ def test_teardown_reports_other_failures_as_problems(fp: FakeProcess) -> None:
     assert "permission denied" in problems[0]
 
 
-def test_labelled_containers_parses_id_run_and_repo(fp: FakeProcess) -> None:
-    fp.register(
-        [fp.program("docker"), "ps", fp.any()],
-        stdout=f"{CID}\t20260504-1\texample\nbad line\n",
+def labels_json(run_id: str, *, store: str = "/state", host: str = "h1", repo: str = "ex") -> str:
+    return json.dumps(
+        {"quire.run-id": run_id, "quire.store": store, "quire.host": host, "quire.repo": repo}
     )
-    assert docker.labelled_containers("/state") == [
-        docker.LabelledContainer(CID, "20260504-1", "example")
+
+
+def test_labelled_containers_lists_ids_then_reads_their_labels(fp: FakeProcess) -> None:
+    other = "ab" * 32
+    fp.register(docker.list_argv("/state", "h1"), stdout=f"{CID}\n{other}\n")
+    fp.register(
+        [*docker.labels_argv([CID, other])],
+        stdout=f"{CID}\t{labels_json('20260504-1')}\n{other}\t{labels_json('20260504-2')}\n",
+    )
+    assert docker.labelled_containers("/state", "h1") == [
+        docker.LabelledContainer(CID, "20260504-1", "ex"),
+        docker.LabelledContainer(other, "20260504-2", "ex"),
     ]
+
+
+def test_labelled_containers_without_any_listed_never_inspects(fp: FakeProcess) -> None:
+    fp.register(docker.list_argv("/state", "h1", "r1"), stdout="")
+    assert docker.labelled_containers("/state", "h1", "r1") == []
+    assert fp.call_count([fp.program("docker"), "container", fp.any()]) == 0
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"{CID}\t{labels_json('r1', host='other-host')}",  # an engine that ignored the filter
+        f"{CID}\t{labels_json('r1', store='/elsewhere')}",
+        f"{CID}\t{json.dumps({'quire.store': '/state', 'quire.host': 'h1'})}",  # no run id
+        f"{CID}\tnull",  # no labels at all
+        f"{CID}\t<no value>",  # docker's rendering of a missing key
+        "garbage",
+    ],
+)
+def test_labelled_containers_ignores_lines_not_of_this_store_and_host(
+    fp: FakeProcess, line: str
+) -> None:
+    fp.register(docker.list_argv("/state", "h1"), stdout=f"{CID}\n")
+    fp.register(docker.labels_argv([CID]), stdout=line + "\n")
+    assert docker.labelled_containers("/state", "h1") == []
+
+
+def test_labelled_containers_keeps_the_others_when_one_went_in_between(fp: FakeProcess) -> None:
+    gone = "ab" * 32
+    fp.register(docker.list_argv("/state", "h1"), stdout=f"{gone}\n{CID}\n")
+    fp.register(
+        docker.labels_argv([gone, CID]),
+        stdout=f"{CID}\t{labels_json('r2')}\n",
+        stderr=f"Error: No such container: {gone}\n",
+        returncode=1,
+    )
+    assert docker.labelled_containers("/state", "h1") == [docker.LabelledContainer(CID, "r2", "ex")]
+
+
+def test_labelled_containers_raises_docker_unavailable_when_ps_fails(fp: FakeProcess) -> None:
+    fp.register(
+        docker.list_argv("/state", "h1"),
+        stderr="Cannot connect to the Docker daemon at unix:///x.sock\n",
+        returncode=1,
+    )
+    with pytest.raises(DockerUnavailable, match="Cannot connect"):
+        docker.labelled_containers("/state", "h1")
 
 
 # --- the executor, against the shim --------------------------------------------------------------
@@ -406,11 +497,11 @@ def test_session_passes_the_configured_limits_to_docker_run(
 def test_docker_unavailable_stops_before_build_and_tears_nothing_down(
     fake_docker: FakeDocker, executor_for: Callable[..., DockerExecutor]
 ) -> None:
-    fake_docker.answer("info", stderr="Cannot connect to the Docker daemon\n", exit=1)
+    fake_docker.answer("version", stderr="Cannot connect to the Docker daemon\n", exit=1)
     with pytest.raises(DockerUnavailable) as caught, executor_for():
         pytest.fail("the with-block must not be entered")
     assert caught.value.exit_code == 3
-    assert fake_docker.subcommands() == ["info"]
+    assert fake_docker.subcommands() == ["version"]
 
 
 def test_missing_dockerfile_raises_dockerfile_missing_naming_it(
@@ -421,7 +512,7 @@ def test_missing_dockerfile_raises_dockerfile_missing_naming_it(
         pytest.fail("the with-block must not be entered")
     assert ".quire/Dockerfile" in str(caught.value)
     assert caught.value.exit_code == 3
-    assert fake_docker.subcommands() == ["info"]
+    assert fake_docker.subcommands() == ["version"]
 
 
 def test_failed_build_raises_image_build_failed_with_dockers_stderr_tail(
@@ -438,7 +529,7 @@ def test_failed_build_raises_image_build_failed_with_dockers_stderr_tail(
     assert "The command '/bin/sh -c exit 3' returned a non-zero code: 3" in str(caught.value)
     assert caught.value.exit_code == 3
     # No container, and a failed build tagged nothing: nothing to tear down.
-    assert fake_docker.subcommands() == ["info", "build"]
+    assert fake_docker.subcommands() == ["version", "build"]
     record = setup.record()
     assert record["image_tag"] == f"quire-ci/example:{setup.run_dir.run_id}"
     assert record["build_started_at"] is not None
@@ -475,7 +566,7 @@ def test_container_yml_grows_phase_by_phase(
     with executor_for() as ex:
         ex.execute(Command.from_user("true"), Collected())
     seen = {call.key: call.record for call in fake_docker.calls()}
-    assert seen["info"] is None
+    assert seen["version"] is None
     assert seen["build"] is not None
     assert seen["build"]["build_started_at"] is not None
     assert seen["build"]["build_finished_at"] is None
@@ -669,7 +760,7 @@ def docker_repo(tmp_path: Path, ci: str = ONE_JOB, *, dockerfile: bool = True) -
     ("key", "answer", "message", "untagged"),
     [
         (
-            "info",
+            "version",
             {"stderr": "Cannot connect to the Docker daemon\n", "exit": 1},
             "docker is unavailable",
             False,

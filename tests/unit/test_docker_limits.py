@@ -7,6 +7,7 @@ shim of test_docker_executor.py records the argv DockerExecutor builds.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 from quire.ci.store.runs import store_for
@@ -59,6 +60,7 @@ def test_config_limits_reach_the_docker_run_argv(
         "quire.run-id": recorded.run_id,  # a configured label cannot forge the run's own
         "quire.repo": store.repo,
         "quire.store": str(state_dir()),
+        "quire.host": socket.gethostname(),
     }
     assert run[-2:] == ["sleep", "120"]
     # Limits are flags of the container, never of the commands run in it.

@@ -10,6 +10,7 @@ reconcile is seen to pass the recorded start time along.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -365,19 +366,51 @@ def test_unreadable_run_does_not_stop_the_others_being_reconciled(alive: set[int
 
 
 def ps_argv(fp: FakeProcess) -> list[object]:
-    """`docker ps` exactly as reconcile must call it: only this state dir's containers."""
+    """`docker ps` exactly as reconcile must call it: only this state dir's and this
+    host's containers, ids only (podman's `ps` cannot format labels)."""
     return [
         fp.program("docker"),
         "ps",
         "--all",
+        "--quiet",
         "--no-trunc",
         "--filter",
         "label=quire.run-id",
         "--filter",
         f"label=quire.store={state_dir()}",
-        "--format",
-        '{{.ID}}\t{{.Label "quire.run-id"}}\t{{.Label "quire.repo"}}',
+        "--filter",
+        f"label=quire.host={socket.gethostname()}",
     ]
+
+
+def register_listing(
+    fp: FakeProcess,
+    listing: str,
+    *,
+    callback: Callable[[object], None] | None = None,
+    host: str | None = None,
+) -> None:
+    """`docker ps` answers the ids of `listing` ("id<TAB>run-id<TAB>repo" lines), and
+    `docker container inspect` their labels (as made on `host`, default this one)."""
+    rows = [line.split("\t") for line in listing.splitlines() if line]
+    fp.register(ps_argv(fp), stdout="".join(f"{row[0]}\n" for row in rows), callback=callback)
+    if not rows:
+        return
+    labels = "".join(
+        f"{row[0]}\t"
+        + json.dumps(
+            {
+                "quire.run-id": row[1],
+                "quire.repo": row[2],
+                "quire.store": str(state_dir()),
+                "quire.host": host or socket.gethostname(),
+            }
+        )
+        + "\n"
+        for row in rows
+    )
+    inspect = [fp.program("docker"), "container", "inspect", "--format", fp.any(min=1)]
+    fp.register(inspect, stdout=labels)
 
 
 def cid(n: int) -> str:
@@ -396,7 +429,7 @@ def test_containers_of_live_runs_stay_and_the_others_are_removed(
         f"{cid(3)}\t20200101-000000-000000-abcdef\tgone\n"
         f"{cid(4)}\t{elsewhere.run_id}\tother\n"
     )
-    fp.register(ps_argv(fp), stdout=listing)
+    register_listing(fp, listing)
     fp.register([fp.program("docker"), "rm", "--force", cid(2)], stdout=cid(2))
     fp.register([fp.program("docker"), "rm", "--force", cid(3)], stdout=cid(3))
     fp.register(untag_argv(fp, run_tag(dead)))
@@ -410,17 +443,37 @@ def test_containers_of_live_runs_stay_and_the_others_are_removed(
 
 def test_only_this_state_dirs_containers_are_listed(alive: set[int], fp: FakeProcess) -> None:
     # Registered with the exact filter: any other `docker ps` argv would not be answered.
-    fp.register(ps_argv(fp), stdout="")
+    register_listing(fp, "")
     assert reconcile() == []
     assert fp.call_count(ps_argv(fp)) == 1
     (call,) = [c for c in fp.calls if "ps" in list(c)]
     assert f"label=quire.store={state_dir()}" in list(call)
 
 
+def test_only_this_hosts_containers_are_listed(alive: set[int], fp: FakeProcess) -> None:
+    register_listing(fp, "")
+    assert reconcile() == []
+    (call,) = [c for c in fp.calls if "ps" in list(c)]
+    assert f"label=quire.host={socket.gethostname()}" in list(call)
+
+
+def test_another_hosts_container_on_a_shared_engine_and_store_is_never_removed(
+    alive: set[int], fp: FakeProcess
+) -> None:
+    # Host B shares the engine and the state path (a shared disk); its live run's
+    # runner.yml names host B, so reconcile here cannot know it is alive. Even an
+    # engine that ignored the host filter must not make us remove its container.
+    theirs = make_run(pid=DEAD_PID, host="host-b.invalid")
+    register_listing(fp, f"{cid(9)}\t{theirs.run_id}\tproj\n", host="host-b.invalid")
+    assert reconcile() == []
+    assert fp.call_count([fp.program("docker"), "rm", fp.any()]) == 0
+    assert where(theirs) == RunState.active
+
+
 def test_a_container_whose_removal_fails_is_reported_as_a_problem(
     alive: set[int], fp: FakeProcess
 ) -> None:
-    fp.register(ps_argv(fp), stdout=f"{cid(5)}\t20200101-000000-000000-abcdef\tgone\n")
+    register_listing(fp, f"{cid(5)}\t20200101-000000-000000-abcdef\tgone\n")
     fp.register(
         [fp.program("docker"), "rm", "--force", cid(5)],
         stderr="Error response from daemon: permission denied\n",
@@ -443,7 +496,7 @@ def test_a_container_of_a_run_that_starts_while_reconciling_is_kept(
     def run_appears(process: object) -> None:
         os.rename(hidden, newcomer.path)
 
-    fp.register(ps_argv(fp), stdout=f"{cid(6)}\t{newcomer.run_id}\tproj\n", callback=run_appears)
+    register_listing(fp, f"{cid(6)}\t{newcomer.run_id}\tproj\n", callback=run_appears)
     fp.register([fp.program("docker"), "rm", "--force", cid(6)])
     assert reconcile() == []
     assert fp.call_count([fp.program("docker"), "rm", fp.any()]) == 0
@@ -492,7 +545,7 @@ def test_an_orphaned_docker_runs_image_tag_is_removed_after_its_container(
     write_record(
         orphan.path / "container.yml", ContainerInfo(image_tag=run_tag(orphan), container_id=cid(8))
     )
-    fp.register(ps_argv(fp), stdout=f"{cid(8)}\t{orphan.run_id}\tproj\n")
+    register_listing(fp, f"{cid(8)}\t{orphan.run_id}\tproj\n")
     fp.register([fp.program("docker"), "rm", "--force", cid(8)], stdout=cid(8))
     fp.register(untag_argv(fp, run_tag(orphan)), stdout=f"Untagged: {run_tag(orphan)}\n")
     actions = reconcile()
@@ -500,7 +553,7 @@ def test_an_orphaned_docker_runs_image_tag_is_removed_after_its_container(
     assert actions[-1].target == run_tag(orphan)
     assert fp.call_count(untag_argv(fp, run_tag(orphan))) == 1
     subcommands = [list(call)[1] for call in fp.calls]
-    assert subcommands == ["ps", "rm", "image"]  # untagged once its container is gone
+    assert subcommands == ["ps", "container", "rm", "image"]  # untagged once its container is gone
 
 
 def test_the_tag_recorded_in_container_yml_is_the_one_removed(
@@ -509,7 +562,7 @@ def test_the_tag_recorded_in_container_yml_is_the_one_removed(
     orphan = make_run(pid=DEAD_PID)
     recorded = "quire-ci/renamed:some-other-tag"
     write_record(orphan.path / "container.yml", ContainerInfo(image_tag=recorded))
-    fp.register(ps_argv(fp), stdout="")
+    register_listing(fp, "")
     fp.register(untag_argv(fp, recorded))
     (_, untagged) = reconcile()
     assert untagged == Action("image-untagged", recorded, f"run {orphan.run_id} is over")
@@ -519,7 +572,7 @@ def test_an_orphaned_docker_run_that_never_built_untags_the_tag_named_for_it(
     alive: set[int], fp: FakeProcess
 ) -> None:
     orphan = make_run(pid=DEAD_PID)  # no container.yml: the runner died before the build
-    fp.register(ps_argv(fp), stdout="")
+    register_listing(fp, "")
     fp.register(
         untag_argv(fp, run_tag(orphan)),
         stderr=f"Error response from daemon: No such image: {run_tag(orphan)}\n",
@@ -532,7 +585,7 @@ def test_an_orphaned_docker_run_that_never_built_untags_the_tag_named_for_it(
 
 def test_podmans_image_not_known_is_no_news_either(alive: set[int], fp: FakeProcess) -> None:
     orphan = make_run(pid=DEAD_PID)
-    fp.register(ps_argv(fp), stdout="")
+    register_listing(fp, "")
     fp.register(
         untag_argv(fp, run_tag(orphan)),
         stderr=f"Error: {run_tag(orphan)}: image not known\n",
@@ -543,7 +596,7 @@ def test_podmans_image_not_known_is_no_news_either(alive: set[int], fp: FakeProc
 
 def test_an_untag_that_fails_is_reported_as_a_problem(alive: set[int], fp: FakeProcess) -> None:
     orphan = make_run(pid=DEAD_PID)
-    fp.register(ps_argv(fp), stdout="")
+    register_listing(fp, "")
     fp.register(
         untag_argv(fp, run_tag(orphan)),
         stderr="Error response from daemon: permission denied\n",
@@ -558,7 +611,7 @@ def test_an_untag_that_fails_is_reported_as_a_problem(alive: set[int], fp: FakeP
 
 def test_an_orphaned_host_run_has_no_image_to_untag(alive: set[int], fp: FakeProcess) -> None:
     make_run(pid=DEAD_PID, executor=ExecutorKind.host)
-    fp.register(ps_argv(fp), stdout="")
+    register_listing(fp, "")
     assert [a.kind for a in reconcile()] == ["orphaned"]
     assert fp.call_count([fp.program("docker"), "image", fp.any()]) == 0
 
@@ -569,7 +622,7 @@ def test_a_quarantined_in_flight_docker_run_untags_its_recorded_image(
     broken = make_run(pid=DEAD_PID)
     write_record(broken.path / "container.yml", ContainerInfo(image_tag=run_tag(broken)))
     (broken.path / "meta.yml").write_text(":::\n")
-    fp.register(ps_argv(fp), stdout="")
+    register_listing(fp, "")
     fp.register(untag_argv(fp, run_tag(broken)))
     assert [a.kind for a in reconcile()] == ["quarantined", "image-untagged"]
 
@@ -582,7 +635,7 @@ def test_a_quarantined_finished_run_keeps_its_jobs_and_image(
     write_record(broken.path / "container.yml", ContainerInfo(image_tag=run_tag(broken)))
     write_job(broken, "build", JobStatus.running, started_at=utcnow())
     (broken.path / "meta.yml").write_text(":::\n")
-    fp.register(ps_argv(fp), stdout="")
+    register_listing(fp, "")
     assert [a.kind for a in reconcile()] == ["quarantined"]
     assert fp.call_count([fp.program("docker"), "image", fp.any()]) == 0
     assert job_state(broken, "build").status == JobStatus.running
@@ -591,7 +644,7 @@ def test_a_quarantined_finished_run_keeps_its_jobs_and_image(
 def test_a_finished_docker_run_is_not_untagged_again(alive: set[int], fp: FakeProcess) -> None:
     make_run(state=RunState.complete, pid=DEAD_PID)
     make_run(state=RunState.failed, pid=DEAD_PID)
-    fp.register(ps_argv(fp), stdout="")
+    register_listing(fp, "")
     assert reconcile() == []
     assert fp.call_count([fp.program("docker"), "image", fp.any()]) == 0
 
@@ -613,7 +666,7 @@ def test_reconcile_without_containers_never_calls_docker_to_untag(
 
 def test_cli_reconcile_prints_what_it_did(alive: set[int], fp: FakeProcess) -> None:
     orphan = make_run(pid=DEAD_PID)
-    fp.register(ps_argv(fp), stdout=f"{cid(7)}\t{orphan.run_id}\tproj\n")
+    register_listing(fp, f"{cid(7)}\t{orphan.run_id}\tproj\n")
     fp.register([fp.program("docker"), "rm", "--force", cid(7)])
     fp.register(untag_argv(fp, run_tag(orphan)))
     done = CliRunner().invoke(app, ["ci", "reconcile"])
@@ -625,7 +678,7 @@ def test_cli_reconcile_prints_what_it_did(alive: set[int], fp: FakeProcess) -> N
 
 def test_cli_reconcile_says_nothing_to_reconcile(alive: set[int], fp: FakeProcess) -> None:
     make_run(pid=LIVE_PID)
-    fp.register(ps_argv(fp), stdout="")
+    register_listing(fp, "")
     done = CliRunner().invoke(app, ["ci", "reconcile"])
     assert done.exit_code == 0
     assert done.stdout.strip() == "nothing to reconcile"

@@ -292,6 +292,8 @@ class _Run:
             store_label=self.run_dir.store.label,
             docker=self.config.docker,
             outlet=outlet,
+            keep_workspace=self.request.keep_workspace,
+            host=socket.gethostname(),
         )
 
     def _finish(

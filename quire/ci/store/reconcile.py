@@ -8,8 +8,9 @@
   quarantined into failed/ with reason `unreadable`.
 - The jobs such a run (pending/active, runner gone) left `running` or
   `pending` fail with "orphaned: the runner died".
-- A container labelled `quire.run-id` whose run is not owned by a live
-  runner is removed; then, for the docker runs failed above, the run's
+- A container labelled `quire.run-id`, of this state directory
+  (`quire.store`) and this host (`quire.host`), whose run is not owned by a
+  live runner is removed; then, for the docker runs failed above, the run's
   image tag `quire-ci/<repo>:<run-id>` (their teardown never ran).
 
 Nothing owned by a live quire process is touched. Runs recorded by another
@@ -196,10 +197,14 @@ def live_run_ids(stores: list[RunStore]) -> set[str]:
 
 
 def list_containers() -> list[LabelledContainer]:
-    """This state directory's quire containers; raises `DockerUnavailable`."""
+    """This host's quire containers of this state directory; raises `DockerUnavailable`.
+
+    Another host sharing the engine (even with the same state path, on a shared
+    disk) judges its own: its live runs are not in our records as live.
+    """
     from quire.tools import docker  # host-only users never pay for it
 
-    return docker.labelled_containers(str(state_dir()))
+    return docker.labelled_containers(str(state_dir()), socket.gethostname())
 
 
 def reconcile_containers(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -77,6 +78,10 @@ class ExecutorSetup:
     store_label: str  # the `quire.store` label: the state dir the run belongs to
     docker: DockerSettings
     outlet: RunOutlet
+    # Whether the user keeps the workspace: a copied-in /work is copied back out then.
+    keep_workspace: bool = False
+    # The `quire.host` label: the host whose quire owns the run (runner.yml's host).
+    host: str = field(default_factory=socket.gethostname)
 
 
 class ExecutorFactory(Protocol):

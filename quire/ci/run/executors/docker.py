@@ -1,11 +1,20 @@
 """DockerExecutor: one container per run, every command through `docker exec`.
 
-Entering: `docker info`, `.quire/Dockerfile` present, build the image
+Entering: `docker version`, `.quire/Dockerfile` present, build the image
 (`quire-ci/<repo>:<run-id>`, plus `:latest` so the next run's build is
-cached), start a container that sleeps, with the workspace bind-mounted at
-/work. Leaving, however it happens: stamp `container_stopped_at`, give /work
-back to an unprivileged quire, `docker rm --force` (no SIGTERM grace period
-to wait out) and untag the run's image.
+cached), then the container that sleeps, its tree at /work by the
+workspace mode (`[docker] workspace`, default by engine):
+
+- bind: `docker run` with the workspace bind-mounted, then a check that the
+  container sees a marker file quire wrote there (an engine that does not
+  see this machine's files may silently mount an empty directory);
+- copy: `docker create`, the workspace streamed in (`tar | docker cp -`),
+  `docker start`.
+
+Leaving, however it happens: stamp `container_stopped_at`; bind: give /work
+back to an unprivileged quire; copy with --keep-workspace: copy /work back
+into the workspace; `docker rm --force` (the container stops with SIGKILL:
+no grace period to wait out) and untag the run's image.
 
 container.yml grows with each phase; a failure to write it is logged and
 never fails the run or skips teardown.
@@ -14,6 +23,8 @@ never fails the run or skips teardown.
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 import time
 from pathlib import Path
 from types import TracebackType
@@ -49,8 +60,10 @@ class DockerExecutor:
         self.outlet = setup.outlet
         self.image_tag = f"{docker.image_repository(setup.repo)}:{setup.run_id}"
         self.container_id: str | None = None
+        self.mode: docker.WorkspaceMode = setup.docker.workspace or docker.default_workspace_mode()
         self._built = False
         self._starting = False
+        self._started = False
 
     # --- setup ----------------------------------------------------------------------------------
 
@@ -91,27 +104,55 @@ class DockerExecutor:
 
     def _start(self) -> None:
         self._starting = True
-        self.container_id = self._run_container()
-        self.outlet.emit(ContainerStarted(self.container_id, self.image_tag))
+        if self.mode == "copy":
+            container_id = docker.create(self.image_tag, **self._container_spec())
+            self.container_id = container_id
+            docker.copy_in(container_id, self.workspace)
+            docker.start(container_id)
+        else:
+            container_id = self._run_bind_mounted()
+        self._started = True
+        self.outlet.emit(ContainerStarted(container_id, self.image_tag))
 
-    def _run_container(self) -> str:
+    def _run_bind_mounted(self) -> str:
+        """`docker run` with the bind mount, then make sure the engine mounted OUR tree.
+
+        An engine on another filesystem (or in another mount namespace) may create a
+        missing source as an empty directory, or find a stale one at the same path;
+        a marker with a fresh name tells either apart from the real workspace.
+        """
+        marker = self.workspace / f".quire-mount-check-{secrets.token_hex(8)}"
+        marker.write_text(self.setup.run_id)
+        try:
+            container_id = docker.run_detached(
+                self.image_tag, mount_source=self.workspace, **self._container_spec()
+            )
+            self.container_id = container_id
+            if not docker.sees_file(container_id, marker.name):
+                raise docker.WorkspaceNotVisible(
+                    docker.not_visible_message(self.workspace, container_id)
+                )
+        finally:
+            marker.unlink(missing_ok=True)
+        return container_id
+
+    def _container_spec(self) -> docker.ContainerSpec:
         settings = self.setup.docker
-        return docker.run_detached(
-            self.image_tag,
-            mount_source=self.workspace,
-            labels={
+        return {
+            "labels": {
                 docker.RUN_ID_LABEL: self.setup.run_id,
                 docker.REPO_LABEL: self.setup.repo,
                 docker.STORE_LABEL: self.setup.store_label,
+                docker.HOST_LABEL: self.setup.host,
             },
-            ceiling_s=settings.ceiling,
-            limits=docker.Limits(
+            "ceiling_s": settings.ceiling,
+            "limits": docker.Limits(
                 cpus=settings.cpus,
                 memory=settings.memory,
                 network=settings.network,
                 labels=settings.labels,
             ),
-        )
+        }
 
     # --- commands -------------------------------------------------------------------------------
 
@@ -166,7 +207,10 @@ class DockerExecutor:
                 return
             if self.container_id is not None:
                 self.outlet.emit(ContainerStopping(self.container_id))
-                self._give_back_workdir()
+                if self.mode == "copy":
+                    self._copy_back()
+                else:
+                    self._give_back_workdir()
             problems = self._remove()
             if self.container_id is not None:
                 self.outlet.emit(ContainerRemoved(self.container_id))
@@ -182,7 +226,9 @@ class DockerExecutor:
         deadline = time.monotonic() + wait_s
         while True:
             try:
-                found = docker.labelled_containers(self.setup.store_label, self.setup.run_id)
+                found = docker.labelled_containers(
+                    self.setup.store_label, self.setup.host, self.setup.run_id
+                )
             except QuireError:
                 return None
             if found or time.monotonic() >= deadline:
@@ -204,3 +250,22 @@ class DockerExecutor:
             docker.chown_workdir(self.container_id, os.geteuid(), os.getegid())
         except QuireError as exc:
             self.outlet.warning(f"teardown: {exc}")
+
+    def _copy_back(self) -> None:
+        """--keep-workspace in copy mode: the kept workspace is what /work became.
+
+        Copied into a fresh directory that replaces the workspace only once complete;
+        a failure is a warning and leaves the tree as it was materialized.
+        """
+        if not (self.setup.keep_workspace and self._started and self.container_id):
+            return
+        fresh = self.workspace.with_name(self.workspace.name + ".from-container")
+        try:
+            shutil.rmtree(fresh, ignore_errors=True)
+            fresh.mkdir(parents=True)
+            docker.copy_out(self.container_id, fresh)
+            shutil.rmtree(self.workspace)
+            fresh.rename(self.workspace)
+        except (QuireError, OSError) as exc:
+            shutil.rmtree(fresh, ignore_errors=True)
+            self.outlet.warning(f"teardown: {self.workspace} keeps the tree as it was: {exc}")
