@@ -190,7 +190,7 @@ def output_bytes(path: Path) -> Iterator[bytes]:
     with open(path, "rb") as handle:
         offset = 0
         while True:
-            window = read_after(handle, offset, limit=1024 * 1024)
+            window = read_after(handle, offset, limit=PAGE_BYTES)
             if window.end == window.start:
                 return
             chunk = b"".join(

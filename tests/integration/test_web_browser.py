@@ -143,6 +143,14 @@ def run_to_end(repo: Path) -> None:
     assert proc.returncode in (0, 1), err.decode(errors="replace")
 
 
+def store_repo(served: Served, folder: str) -> str | None:
+    """The store's name of the repository in `folder` (the folder name, maybe with a suffix)."""
+    runs = served.state / "runs"
+    names = [p.name for p in runs.iterdir()] if runs.is_dir() else []
+    found = [n for n in names if n == folder or n.startswith(folder + "-")]
+    return found[0] if found else None
+
+
 def latest_id(served: Served, repo: str) -> str:
     return Path(os.readlink(served.state / "runs" / repo / "latest")).name
 
@@ -174,7 +182,9 @@ def finished_run(tmp_path: Path, server: Served) -> tuple[str, str]:
     repo = tmp_path / "webproj"
     make_repo(repo, {".quire/ci.py": FINISHED})
     run_to_end(repo)
-    return "webproj", latest_id(server, "webproj")
+    name = store_repo(server, "webproj")
+    assert name is not None
+    return name, latest_id(server, name)
 
 
 def test_runs_page_lists_a_finished_run(
@@ -272,11 +282,12 @@ def test_a_line_printed_by_a_running_job_appears_in_open_pages(
     make_repo(repo, {".quire/ci.py": LIVE.replace("{go!r}", repr(str(go)))})
     proc = start_run(repo)
     try:
-        wait_for(lambda: (server.state / "runs" / "liveproj" / "latest").exists(), "the run")
-        run_id = latest_id(server, "liveproj")
+        name = wait_for(lambda: store_repo(server, "liveproj"), "the run")
+        wait_for(lambda: (server.state / "runs" / name / "latest").exists(), "the run")
+        run_id = latest_id(server, name)
         watchers = [browsers(), browsers()]  # several browsers on the same run
         for driver in watchers:
-            driver.get(f"{server.url}runs/liveproj/{run_id}")
+            driver.get(f"{server.url}runs/{name}/{run_id}")
             wait_for(lambda d=driver: "waiting for the browser" in text_of(d, "pre.log"), "start")
             wait_for(lambda d=driver: "live" in text_of(d, "#live-status"), "the stream")
             driver.execute_script(OBSERVE)

@@ -113,6 +113,7 @@ def test_run_page_shows_revision_jobs_errors_outputs_and_container(
     assert "built\n" in text
     assert '<span class="err">3 failed\n</span>' in text
     assert "data-live" not in text  # finished: nothing to follow
+    assert re.search(r"<title>[^<]*</title>", text)
 
 
 def test_running_run_page_points_the_browser_at_its_stream(
