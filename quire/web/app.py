@@ -185,8 +185,14 @@ class Web:
         html = self.templates.get_template(name).render(state_dir=str(self.state), **context)
         return HTMLResponse(html, status_code=status_code)
 
-    def render_jobs(self, run: RunDetails) -> str:
-        return self.templates.get_template("_jobs_rows.html").render(run=run)
+    def render_jobs(self, run: RunDetails) -> dict[str, str]:
+        """What a live run page replaces when the records change: jobs table and facts."""
+        return {
+            "html": self.templates.get_template("_jobs_rows.html").render(run=run),
+            "facts": self.templates.get_template("_facts.html").render(
+                run=run, branch=branch_of(run.ref)
+            ),
+        }
 
     # --- runs list ---
 

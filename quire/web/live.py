@@ -3,7 +3,7 @@
 One `RunFollower` per watching browser; `poll()` is called every `POLL_S`
 (in a worker thread: it reads files) and returns the messages to send:
 
-    jobs    {"state", "html"}           the jobs table changed (status, times, error)
+    jobs    {"state", "html", ...}      the jobs table (and the run's facts) changed
     output  {"job", "html", "offset"}   new output of a job, rendered; offset = where it ends
     end     {"state"}                   the run finished and every log has been sent
 
@@ -89,7 +89,7 @@ class RunFollower:
         self,
         view: StoreView,
         run: RunDir,
-        render_jobs: Callable[[RunDetails], str],
+        render_jobs: Callable[[RunDetails], dict[str, str]],
         *,
         offsets: dict[str, int] | None = None,
         job: str | None = None,
@@ -102,7 +102,7 @@ class RunFollower:
         self._offsets = dict(offsets or {})
         self._tails: dict[str, _JobTail] = {}
         self._signature: object = None
-        self._jobs_html: str | None = None
+        self._jobs_html: dict[str, str] | None = None
 
     def poll(self) -> list[Message]:
         """What changed since the last poll; sets `finished` once the run ended and all
@@ -132,7 +132,7 @@ class RunFollower:
         if html == self._jobs_html:
             return []
         self._jobs_html = html
-        return [("jobs", {"state": self.run.state.value, "html": html})]
+        return [("jobs", {"state": self.run.state.value, **html})]
 
     def _records_signature(self) -> object:
         """Changes whenever anything the jobs table shows may have changed."""

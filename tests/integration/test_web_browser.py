@@ -309,6 +309,7 @@ def test_a_line_printed_by_a_running_job_appears_in_open_pages(
             wait_for(lambda d=driver: text_of(d, "#run-state") == "complete", "the run's end")
             assert re.search(r"slow\s+success", text_of(driver, "#jobs"))
             assert text_of(driver, "#live-status") == "finished"
+            assert "exit code" in text_of(driver, "#facts")  # the run's facts updated too
             assert text_of(driver, "pre.log").count("LIVE-LINE ") == 1  # no line twice
     finally:
         Path(str(go) + ".end").touch()

@@ -114,6 +114,7 @@ def test_run_page_shows_revision_jobs_errors_outputs_and_container(
     assert '<span class="err">3 failed\n</span>' in text
     assert "data-live" not in text  # finished: nothing to follow
     assert re.search(r"<title>[^<]*</title>", text)
+    assert text.count("Container</h2>") == 1 and text.count("Run events") == 1
 
 
 def test_running_run_page_points_the_browser_at_its_stream(
@@ -298,6 +299,8 @@ def test_stream_of_a_finished_run_sends_jobs_output_and_end(
     assert names == ["jobs", "output", "end"]
     output = orjson.loads(events[1][1])
     assert output["job"] == "a" and output["offset"] == len(log)
+    jobs = orjson.loads(events[0][1])
+    assert "exit code" in jobs["facts"] and 'data-job="a"' in jobs["html"]
     assert "&lt;i&gt;hello&lt;/i&gt;" in output["html"]
 
 

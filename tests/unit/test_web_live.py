@@ -18,8 +18,8 @@ def store(tmp_path: Path) -> Store:
     return Store(tmp_path / "state")
 
 
-def rows(run: RunDetails) -> str:
-    return ",".join(f"{job.job_id}={job.status.value}" for job in run.jobs)
+def rows(run: RunDetails) -> dict[str, str]:
+    return {"html": ",".join(f"{job.job_id}={job.status.value}" for job in run.jobs)}
 
 
 def follower(store: Store, **kwargs: object) -> RunFollower:

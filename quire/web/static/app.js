@@ -72,6 +72,8 @@
       var data = JSON.parse(e.data);
       var body = document.getElementById("jobs");
       if (body) body.innerHTML = data.html;
+      var facts = document.getElementById("facts");
+      if (facts && data.facts) facts.innerHTML = data.facts;
       setState(data.state);
     });
     source.addEventListener("runs", function (e) {
