@@ -16,6 +16,7 @@ CLI turns them into `error: <message>` and the exit code in `exit_code`:
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Sequence
 from enum import IntEnum
 
@@ -160,6 +161,19 @@ class BadCommand(JobError):
 
 class JobAccessError(JobError):
     """`rt.jobs(name)` asked for a job that is not a transitive input."""
+
+
+class StoreWriteFailed(EnvironmentProblem):
+    """A run's records or logs could not be written (a full disk, a read-only state dir)."""
+
+    @classmethod
+    def of(cls, path: object, exc: OSError) -> StoreWriteFailed:
+        """The error for `exc` while writing `path`, saying what a person can do."""
+        why = exc.strerror or str(exc)
+        hint = ""
+        if exc.errno == errno.ENOSPC:
+            hint = " (the disk is full: free some space; `quire ci reconcile` then tidies up)"
+        return cls(f"cannot write {path}: {why}{hint}")
 
 
 class ContainerDied(EnvironmentProblem):

@@ -9,6 +9,7 @@ for the traceback. Heavy modules are imported inside the commands so that
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 from collections.abc import Callable
@@ -48,6 +49,12 @@ def _guarded(func: Callable[P, int | None]) -> Callable[P, None]:
         except QuireError as exc:
             _error(str(exc))
             code = exc.exit_code
+        except BrokenPipeError:
+            # The reader went away (`quire ci show | head`): stop quietly, no error.
+            from quire.cli.console import silence_closed_streams
+
+            silence_closed_streams()
+            code = ExitCode.ok
         except KeyboardInterrupt:
             _error("interrupted")
             code = ExitCode.interrupted
@@ -62,7 +69,8 @@ def _guarded(func: Callable[P, int | None]) -> Callable[P, None]:
 
 
 def _error(message: str) -> None:
-    sys.stdout.flush()
+    with contextlib.suppress(BrokenPipeError, ValueError):
+        sys.stdout.flush()  # what came before goes first, if anyone still reads it
     sys.stderr.write(f"error: {message}\n")
     sys.stderr.flush()
 
@@ -120,7 +128,7 @@ def run_command(
     """
     from quire.ci.run.orchestrator import RunRequest, run
     from quire.ci.store.records import ExecutorKind
-    from quire.cli.console import make_reporter
+    from quire.cli.console import PipeSafe, make_reporter
 
     request = RunRequest(
         repo_path=repo,
@@ -131,7 +139,7 @@ def run_command(
         pushed_at=_parse_time(pushed_at),
         run_id=run_id,
     )
-    reporter = make_reporter(quiet=quiet)
+    reporter = PipeSafe(make_reporter(quiet=quiet))  # a closed pipe stops the screen only
     try:
         outcome = run(request, reporter)
     finally:

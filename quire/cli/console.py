@@ -354,6 +354,49 @@ class _LiveArea:
         return Group(*partial, self._spinner)
 
 
+class PipeSafe:
+    """A reporter whose terminal may go away (`quire ci run | head -1`, quitting `less`):
+    from then on it shows nothing, and the run goes on, logged and recorded."""
+
+    def __init__(self, inner: PlainReporter | TerminalReporter) -> None:
+        self.inner = inner
+        self.gone = False
+
+    def handle(self, event: Event) -> None:
+        if self.gone:
+            return
+        try:
+            self.inner.handle(event)
+        except BrokenPipeError:
+            self._gone()
+
+    def close(self) -> None:
+        try:
+            self.inner.close()
+        except BrokenPipeError:
+            self._gone()
+
+    def _gone(self) -> None:
+        self.gone = True
+        silence_closed_streams()
+
+
+def silence_closed_streams() -> None:
+    """Point a closed stdout (and stderr) at /dev/null, so that nothing written later
+    (or flushed at exit) fails again."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, ValueError):
+            null = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(null, stream.fileno())
+            except (OSError, ValueError):
+                pass
+            finally:
+                os.close(null)
+
+
 def make_reporter(*, quiet: bool) -> PlainReporter | TerminalReporter:
     """A TerminalReporter when stdout is a terminal, else a PlainReporter."""
     if sys.stdout.isatty():

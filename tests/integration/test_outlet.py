@@ -8,10 +8,13 @@ the state dir or the cache dir; a job's print() is part of its logged output.
 from __future__ import annotations
 
 import secrets
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from quire.ci.store.runs import store_for
 from quire.paths import cache_dir, state_dir
 from tests.integration.test_docker_runs import DOCKERFILE, Quire, quire_run, repo_with
 from tests.integration.test_streaming import files_under, quire, write_config
@@ -98,3 +101,68 @@ def test_a_secret_quoted_by_a_failing_builds_error_is_masked_everywhere(
     assert "***" in run.stderr
     assert value not in run.stdout + run.stderr
     assert_nowhere_on_disk(value)
+
+
+CHATTY = """
+from quire.ci import job
+
+@job(inputs=["quire/push"])
+def chatty(rt):
+    rt.sh("i=0; while [ $i -lt 20000 ]; do echo line $i; i=$((i+1)); done")
+
+@job(inputs=["chatty"])
+def after(rt):
+    rt.sh("echo the next job ran")
+"""
+
+
+def test_a_closed_terminal_pipe_stops_the_screen_only_the_run_goes_on(
+    tmp_path: Path, docker_engine: str
+) -> None:
+    repo = repo_with(tmp_path, "head", {".quire/ci.py": CHATTY})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "quire", "ci", "run", "--repo", str(repo)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()  # `| head -1`
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(60) == 0, err
+    assert first.startswith(b"run ")
+    assert b"error" not in err and b"Traceback" not in err, err
+    done = quire_run(repo, "--executor", "host")  # a second run, read whole
+    assert done.code == 0
+    shown = quire("ci", "show", latest_but_one(repo), "--repo", str(repo))
+    assert shown.wait(30) == 0
+    assert b"state     complete" in bytes(shown.out.data)
+    logs = quire("ci", "logs", latest_but_one(repo), "after", "--repo", str(repo))
+    assert logs.wait(30) == 0
+    assert b"the next job ran" in bytes(logs.out.data)
+
+
+def latest_but_one(repo: Path) -> str:
+    runs = sorted(run.run_id for run in store_for(repo).runs())
+    return runs[-2]
+
+
+@pytest.mark.parametrize("command", [["show", "latest"], ["logs", "latest"], ["runs"]])
+def test_a_reader_that_stops_early_ends_history_commands_quietly(
+    tmp_path: Path, docker_engine: str, command: list[str]
+) -> None:
+    repo = repo_with(tmp_path, "reader", {".quire/ci.py": CHATTY})
+    assert quire_run(repo, "--executor", "host").code == 0
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "quire", "ci", *command, "--repo", str(repo)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(60) == 0, err
+    assert err == b""

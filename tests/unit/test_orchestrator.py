@@ -8,6 +8,7 @@ codes, its shields, and the order of what it tells its watchers.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from pathlib import Path
 from types import TracebackType
 
 import pytest
+from pydantic import BaseModel
 
 from quire.ci.events import (
     CommandStarted,
@@ -25,14 +27,18 @@ from quire.ci.events import (
     ContainerStopping,
     JobFinished,
     JobStarted,
+    Level,
+    Notice,
     Output,
     RunFinished,
 )
 from quire.ci.run.executors.base import Command, ExecResult, ExecutorSetup
 from quire.ci.run.orchestrator import RunRequest, run
+from quire.ci.store import recorder
+from quire.ci.store.eventlog import JsonLogs
 from quire.ci.store.records import EndReason, JobState, JobStatus, RunResult, read_record
 from quire.ci.store.runs import RunState, RunStore, store_for
-from quire.errors import DockerfileMissing, ExitCode
+from quire.errors import DockerfileMissing, ExitCode, StoreWriteFailed
 from quire.tools.process import OutputHandler
 from tests.helpers import Collected, commit, make_repo
 
@@ -354,3 +360,71 @@ def test_a_job_that_swallows_the_interrupt_cannot_keep_the_run_going(
     assert result.error == f"interrupted by {sig.name}"
     assert harness.job("greedy").status == JobStatus.failed
     assert harness.job("later").skip_reason == "not run: interrupted"
+
+
+def test_the_state_dir_is_the_users_alone_logs_included(harness: Harness) -> None:
+    harness.run()
+    _, path = harness.only_run()
+    state = path.parents[3]
+    assert state.stat().st_mode & 0o777 == 0o700
+    for entry in [path, *path.rglob("*")]:
+        mode = entry.stat().st_mode & 0o777
+        expected = 0o700 if entry.is_dir() else 0o600
+        assert mode == expected, (entry, oct(mode))
+
+
+# --- a state dir that cannot be written -----------------------------------------------------------
+
+
+def no_space(path: object) -> StoreWriteFailed:
+    return StoreWriteFailed.of(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+
+
+def test_a_log_that_cannot_be_written_stops_the_run_with_exit_3_and_records_it(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = JsonLogs.handle
+
+    def full(self: JsonLogs, event: object) -> None:
+        if isinstance(event, Output):
+            raise no_space("/state/x/log.jsonl")
+        real(self, event)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(JsonLogs, "handle", full)
+    assert harness.run_unbroken() == ExitCode.environment
+    (executor,) = harness.made
+    assert len(executor.commands) == 1  # the next job never ran
+    state, _ = harness.only_run()
+    assert state == RunState.failed
+    result = harness.result()
+    assert result.exit_code == 3
+    assert (
+        result.error and "cannot write /state/x/log.jsonl: No space left on device" in result.error
+    )
+    assert "the disk is full" in result.error
+    assert harness.job("build").status == JobStatus.failed
+    assert harness.job("test").status == JobStatus.skipped
+    warnings = [n.text for n in harness.seen.of(Notice) if n.level == Level.warning]
+    assert warnings == [f"{no_space('/state/x/log.jsonl')}; the run stops"]
+    assert harness.seen.output("build") == b"ran make\n"  # the terminal still showed it
+
+
+def test_a_run_whose_end_cannot_be_written_stays_for_reconcile_and_says_so(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = recorder.write_record
+
+    def full(path: Path, record: BaseModel) -> None:
+        if path.name == "result.yml":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(path, record)
+
+    monkeypatch.setattr(recorder, "write_record", full)
+    assert harness.run_unbroken() == ExitCode.environment
+    state, path = harness.only_run()
+    assert state == RunState.active
+    assert not (path / "result.yml").exists()
+    warnings = [n.text for n in harness.seen.of(Notice) if n.level == Level.warning]
+    assert any(
+        "could not be recorded" in text and "quire ci reconcile" in text for text in warnings
+    )

@@ -24,7 +24,14 @@ from quire.ci.run.outlet import RunOutlet
 from quire.ci.run.runtime import JobContext, Runtime
 from quire.ci.store.records import JobState, JobStatus, utcnow
 from quire.config import Secrets
-from quire.errors import ContainerDied, DockerUnavailable, Interrupted, JobError, QuireError
+from quire.errors import (
+    ContainerDied,
+    DockerUnavailable,
+    Interrupted,
+    JobError,
+    QuireError,
+    StoreWriteFailed,
+)
 
 
 @dataclass
@@ -113,6 +120,7 @@ class JobRunner:
             with captured_output(self.outlet, defined.id):
                 result = defined.func(Runtime(ctx))
             interrupts.check()  # the job caught the signal's exception: still interrupted
+            self.outlet.check()  # ... or the error of a write that failed
             state.outputs = self._checked_outputs(defined, result)
         except Skip as exc:
             _unless_interrupted(finish, exc)
@@ -120,11 +128,13 @@ class JobRunner:
         except Interrupted as exc:  # SIGINT/SIGTERM/SIGHUP: record, then unwind the run
             finish(JobStatus.failed, str(exc))
             raise
-        except (ContainerDied, DockerUnavailable) as exc:
+        except (ContainerDied, DockerUnavailable, StoreWriteFailed) as exc:
             outcome.fatal = exc
             finish(JobStatus.failed, str(exc))
         except (Exception, SystemExit) as exc:  # sys.exit() in a job fails that job
             _unless_interrupted(finish, exc)
+            if self.outlet.failure is not None:  # whatever the job made of it
+                outcome.fatal = self.outlet.failure
             finish(JobStatus.failed, describe_failure(exc))
         except BaseException:  # KeyboardInterrupt outside `interrupts.raising()`
             finish(JobStatus.failed, "interrupted")

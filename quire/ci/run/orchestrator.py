@@ -20,7 +20,7 @@ import os
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -241,8 +241,13 @@ class _Run:
         if internal is not None:
             raise internal
         error = finished.result.error if result.reason != EndReason.jobs_failed else None
-        state = finished.state
-        return RunOutcome(result.exit_code, self.run_dir.run_id, state, self.run_dir.path, error)
+        return RunOutcome(
+            finished.result.exit_code,
+            self.run_dir.run_id,
+            self.run_dir.state,
+            self.run_dir.path,
+            error,
+        )
 
     def _outlet(self, reporter: Subscriber) -> RunOutlet:
         redactor = Redactor(self.config.secrets.values.values())
@@ -265,7 +270,7 @@ class _Run:
                         push_outputs=push_outputs(self.meta),
                         outcome=outcome,
                     ).run_all()
-            return _result_of(outcome), None
+            return _result_of(outcome, outlet), None
         except (Interrupted, KeyboardInterrupt) as exc:
             message = str(exc) if isinstance(exc, Interrupted) else "interrupted by SIGINT"
             return _ended(EndReason.interrupted, message, ExitCode.interrupted), None
@@ -299,7 +304,11 @@ class _Run:
     def _finish(
         self, outlet: RunOutlet, outcome: JobsOutcome, result: RunResult, duration_s: float
     ) -> RunFinished:
-        """Jobs that never started become skipped; times, result and the final move."""
+        """Jobs that never started become skipped; times, result and the final move.
+
+        A run whose end cannot be written (a full disk) stays in active/, said
+        on the terminal: `quire ci reconcile` fails it once its runner is gone.
+        """
         with interrupts.shielded():
             for job_id in self.pipeline.order:
                 if job_id not in outcome.states:
@@ -307,7 +316,10 @@ class _Run:
                     state = JobState(job_id=job_id, status=JobStatus.skipped, skip_reason=reason)
                     outcome.states[job_id] = state
                     outlet.emit(JobFinished(state))
+            if outlet.failure is not None and result.exit_code in _NOT_ENVIRONMENT:
+                result = _ended(EndReason.error, str(outlet.failure), outlet.failure.exit_code)
             target = RunState.complete if result.exit_code == ExitCode.ok else RunState.failed
+            failed_before = len(outlet.failures)
             finished = outlet.emit(
                 RunFinished(
                     run_id=self.run_dir.run_id,
@@ -318,6 +330,14 @@ class _Run:
                     location=self.run_dir.store.root / target.value / self.run_dir.run_id,
                 )
             )
+            if len(outlet.failures) > failed_before:
+                failure = outlet.failures[failed_before]
+                outlet.warning(
+                    f"the end of run {self.run_dir.run_id} could not be recorded; it stays in "
+                    f"{self.run_dir.path} until `quire ci reconcile` marks it failed"
+                )
+                ended = _ended(EndReason.error, str(failure), failure.exit_code)
+                return replace(finished, state=RunState.active, result=ended)
             self.run_dir.transition(target)
         return finished
 
@@ -342,13 +362,19 @@ class _ShieldedExit:
             self._executor.__exit__(exc_type, exc, tb)
 
 
+# Exit codes a failed write of the run's records overrides: the run did not
+# end the way they say.
+_NOT_ENVIRONMENT = (ExitCode.ok, ExitCode.jobs_failed)
+
+
 def _ended(reason: EndReason, error: str, code: int) -> RunResult:
     return RunResult(reason=reason, error=error, exit_code=code)
 
 
-def _result_of(outcome: JobsOutcome) -> RunResult:
-    if outcome.fatal is not None:
-        return _ended(EndReason.error, str(outcome.fatal), outcome.fatal.exit_code)
+def _result_of(outcome: JobsOutcome, outlet: RunOutlet) -> RunResult:
+    fatal = outcome.fatal or outlet.failure  # a record that failed during setup or teardown
+    if fatal is not None:
+        return _ended(EndReason.error, str(fatal), fatal.exit_code)
     if outcome.failed:
         failed = [s.job_id for s in outcome.states.values() if s.status == JobStatus.failed]
         return _ended(EndReason.jobs_failed, f"failed: {', '.join(failed)}", ExitCode.jobs_failed)

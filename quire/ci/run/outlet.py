@@ -11,9 +11,11 @@
    log.jsonl   state.yml ...
 
 Subscribers are called in order, the durable ones first, so a record is on
-disk before the terminal says it happened. A subscriber may call back into
-the outlet (a warning about a record it could not write): the lock is
-re-entrant. Output bytes are masked per (job, stream) across chunk
+disk before the terminal says it happened. A subscriber that cannot write
+(`StoreWriteFailed`: a full disk) does not stop the others: the outlet keeps
+the failure, warns once, and the run's parts stop the run (`failure`).
+A subscriber may call back into the outlet (a warning about a record it
+could not write): the lock is re-entrant. Output bytes are masked per (job, stream) across chunk
 boundaries; what a stream still holds back is let out before the next event
 of the same job (or at the end), so the order of a job's events never
 changes.
@@ -35,6 +37,7 @@ from quire.ci.events import (
     TextEvent,
 )
 from quire.ci.run.redact import Redactor, StreamRedactor
+from quire.errors import StoreWriteFailed
 
 
 class Subscriber(Protocol):
@@ -60,6 +63,18 @@ class RunOutlet:
         # Re-entrant: a subscriber may report trouble through the outlet itself.
         self._lock = threading.RLock()
         self._closed = False
+        self.failures: list[StoreWriteFailed] = []
+        self._warning = False
+
+    @property
+    def failure(self) -> StoreWriteFailed | None:
+        """The first write that failed (the run cannot be recorded whole), or None."""
+        return self.failures[0] if self.failures else None
+
+    def check(self) -> None:
+        """Raise the first failed write, if any: a run that cannot be recorded stops."""
+        if self.failures:
+            raise self.failures[0]
 
     def hide(self, value: str) -> None:
         """Mask `value` from now on (a secret a job asked for)."""
@@ -115,7 +130,20 @@ class RunOutlet:
 
     def _deliver(self, event: Event) -> None:
         for subscriber in self._subscribers:
-            subscriber.handle(event)
+            try:
+                subscriber.handle(event)
+            except StoreWriteFailed as exc:
+                self._failed(exc)
+
+    def _failed(self, exc: StoreWriteFailed) -> None:
+        self.failures.append(exc)
+        if len(self.failures) > 1 or self._warning:
+            return
+        self._warning = True  # the warning itself may fail to be written: say it once
+        try:
+            self._deliver(Notice(f"{exc}; the run stops", Level.warning))
+        finally:
+            self._warning = False
 
 
 def _close_all(subscribers: Iterable[Subscriber]) -> None:

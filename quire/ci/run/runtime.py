@@ -101,6 +101,7 @@ class _OutputSink:
     def __call__(self, stream: StreamName, chunk: bytes) -> None:
         self.captured[stream].write(chunk)
         self._outlet.output(self._job, stream, chunk)
+        self._outlet.check()  # output that cannot be logged stops the command
 
 
 class Runtime:
@@ -131,6 +132,7 @@ class Runtime:
         """
         interrupts.check()  # a caught Ctrl-C still stops the run: no command after it
         ctx = self._ctx
+        ctx.outlet.check()  # nor after the run's logs could not be written
         limit, by_job = self._timeout(timeout)
         command = Command.from_user(self._checked(cmd), self._checked_env(env), limit)
         shown = ctx.outlet.emit(

@@ -41,6 +41,7 @@ from quire.ci.events import (
     StreamName,
 )
 from quire.ci.store.logs import ChunkEncoder, LogWriter, event_bytes
+from quire.errors import StoreWriteFailed
 
 
 class JsonLogs:
@@ -107,7 +108,10 @@ class JsonLogs:
         log = self._job_logs.get(job)
         if log is None:
             directory = self._run_path() / "jobs" / job
-            directory.mkdir(parents=True, exist_ok=True)
+            try:
+                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreWriteFailed.of(directory, exc) from exc
             log = self._job_logs[job] = LogWriter(directory / "log.jsonl")
         return log
 

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import base64
 import codecs
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
+
+from quire.errors import StoreWriteFailed
 
 
 def timestamp() -> str:
@@ -31,18 +34,33 @@ def timestamp() -> str:
 
 
 class LogWriter:
-    """Appends events to one log.jsonl; each line is flushed as it is written."""
+    """Appends events to one log.jsonl; each line is written at once, in one write.
+
+    The file is the user's alone (0600): it holds everything the jobs printed.
+    A failed write raises `StoreWriteFailed` naming the file.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._file: BinaryIO = open(path, "ab")  # noqa: SIM115 - closed in close()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StoreWriteFailed.of(path, exc) from exc
+        # Unbuffered: one write per line, nothing held in Python to be retried
+        # half-written after a failure.
+        self._file: BinaryIO = os.fdopen(fd, "ab", buffering=0)
 
     def event(self, event: str, **fields: Any) -> None:
-        """Append `{"t": ..., "event": event, **fields}`."""
+        """Append `{"t": ..., "event": event, **fields}`; raises `StoreWriteFailed`."""
         # orjson encodes newline-heavy output ~40x faster than json.dumps (which
         # made logging the bottleneck of a chatty command) and writes UTF-8 as is.
-        self._file.write(orjson.dumps({"t": timestamp(), "event": event, **fields}) + b"\n")
-        self._file.flush()
+        line = orjson.dumps({"t": timestamp(), "event": event, **fields}) + b"\n"
+        view = memoryview(line)
+        try:
+            while view:  # a filling disk may take part of a line before it refuses
+                view = view[self._file.write(view) or 0 :]
+        except OSError as exc:
+            raise StoreWriteFailed.of(self.path, exc) from exc
 
     def close(self) -> None:
         self._file.close()

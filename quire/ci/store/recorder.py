@@ -7,13 +7,16 @@
 
 A failure to write container.yml is reported (through `warn`) and never
 fails the run or skips teardown; the other records are the run's truth, so
-a failure to write them goes up.
+a failure to write them goes up as `StoreWriteFailed` (the outlet reports
+it and the run stops).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+
+from pydantic import BaseModel
 
 from quire.ci.events import (
     ContainerStarted,
@@ -27,6 +30,7 @@ from quire.ci.events import (
     RunStarted,
 )
 from quire.ci.store.records import ContainerInfo, JobState, JobStatus, RunTimes, write_record
+from quire.errors import StoreWriteFailed
 
 
 class RunRecords:
@@ -43,7 +47,7 @@ class RunRecords:
         match event:
             case RunStarted():
                 self._times = RunTimes(started_at=event.at)
-                write_record(self._path() / "times.yml", self._times)
+                _write(self._path() / "times.yml", self._times)
             case JobStarted():
                 state = JobState(job_id=event.job, status=JobStatus.running, started_at=event.at)
                 self._write_state(state)
@@ -52,8 +56,8 @@ class RunRecords:
             case RunFinished():
                 times = self._times or RunTimes(started_at=event.at)
                 times.finished_at = event.at
-                write_record(self._path() / "times.yml", times)
-                write_record(self._path() / "result.yml", event.result)
+                _write(self._path() / "times.yml", times)
+                _write(self._path() / "result.yml", event.result)
             case ImageBuildStarted():
                 self._container = ContainerInfo(image_tag=event.image, build_started_at=event.at)
                 self._save_container()
@@ -68,8 +72,11 @@ class RunRecords:
 
     def _write_state(self, state: JobState) -> None:
         directory = self._path() / "jobs" / state.job_id
-        directory.mkdir(parents=True, exist_ok=True)
-        write_record(directory / "state.yml", state)
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreWriteFailed.of(directory, exc) from exc
+        _write(directory / "state.yml", state)
 
     def _update_container(self, **changes: object) -> None:
         if self._container is None:
@@ -87,3 +94,10 @@ class RunRecords:
 
     def close(self) -> None:
         pass
+
+
+def _write(path: Path, record: BaseModel) -> None:
+    try:
+        write_record(path, record)
+    except OSError as exc:
+        raise StoreWriteFailed.of(path, exc) from exc

@@ -64,6 +64,26 @@ class LatestLinkFailed(EnvironmentProblem):
     """The store's `latest` link cannot be created or replaced."""
 
 
+def private_dir(path: Path) -> None:
+    """Create `path` and its missing parents, each readable by the user alone (0700):
+    the store holds everything the jobs printed."""
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o700, exist_ok=True)
+
+
+def make_private(state: Path) -> None:
+    """The state directory is the user's: create it 0700, or close one an older
+    version left open to others."""
+    private_dir(state)
+    mode = state.stat().st_mode
+    if mode & 0o077 and state.stat().st_uid == os.geteuid():
+        state.chmod(mode & 0o700)
+
+
 def new_run_id(now: datetime | None = None) -> str:
     """A time-sortable id: 20261124-161905-123456-3fa9c1 (UTC, microseconds, random)."""
     now = (now or datetime.now(UTC)).astimezone(UTC)
@@ -88,7 +108,7 @@ class RunDir:
 
     def job_dir(self, job_id: str) -> Path:
         path = self.path / "jobs" / job_id
-        path.mkdir(parents=True, exist_ok=True)
+        private_dir(path)
         return path
 
     def transition(self, target: RunState) -> None:
@@ -110,7 +130,7 @@ class RunDir:
 
     def _rename_to(self, target: RunState) -> None:
         destination = self.store.root / target.value / self.run_id
-        destination.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(destination.parent)
         os.rename(self.path, destination)
         self.state = target
         self.store.update_latest(self)
@@ -172,11 +192,13 @@ class RunStore:
         it can name the run before it starts); by default a new one.
         """
         pending = self.root / RunState.pending.value
-        pending.mkdir(parents=True, exist_ok=True)
+        if not self.root.is_dir():  # a new repository: its state dir may be new too
+            make_private(Path(self.label))
+        private_dir(pending)
         run_id = run_id or new_run_id()
         # Build it under a dot-name, then rename: a reader never sees a run without meta.
         staging = pending / f".{run_id}.new"
-        (staging / "jobs").mkdir(parents=True)
+        private_dir(staging / "jobs")
         write_record(staging / "meta.yml", meta_for(run_id))
         if runner is not None:
             write_record(staging / "runner.yml", runner)
@@ -289,7 +311,7 @@ def adopt_legacy_runs(store: RunStore, legacy_name: str, git_dir: Path) -> list[
             if entry.name.startswith(".") or not _recorded_for(entry, mine):
                 continue
             target = store.root / state.value / entry.name
-            target.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(target.parent)
             os.rename(entry, target)
             moved.append(RunDir(store, entry.name, state))
     for run in moved:
