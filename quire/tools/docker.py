@@ -503,24 +503,31 @@ def copy_out(container_id: str, destination: Path) -> None:
 
 
 # docker: `Could not find the file ... in container`; podman: `... could not be found on
-# container ...: no such file or directory` (which alone would read as a lost engine).
-_FILE_NOT_FOUND = ("could not find the file", "could not be found on container")
+# container ...: no such file or directory`; docker's CLI against podman's API: `Error
+# response from daemon: no such file or directory`. An answer of the daemon is not a
+# lost daemon, whatever it says.
+_FILE_NOT_FOUND = (
+    "could not find the file",
+    "could not be found on container",
+    "error response from daemon",
+)
 
 
-def sees_file(container_id: str, name: str) -> bool:
-    """Whether /work/<name> exists in the container (read through the engine).
+def why_unseen(container_id: str, name: str) -> str | None:
+    """None if /work/<name> exists in the container (read through the engine), else the
+    engine's words on why not.
 
     Raises `DockerUnavailable` when the engine cannot be reached.
     """
     result = _run(probe_argv(container_id, name))
     if result.ok:
-        return True
+        return None
     stderr = result.stderr_tail(3)
     lowered = stderr.lower()
     not_found = name in stderr or any(marker in lowered for marker in _FILE_NOT_FOUND)
     if not not_found and daemon_unreachable(stderr):
         raise DockerUnavailable(f"lost the docker daemon: {stderr}")
-    return False
+    return stderr or f"`{binary()} cp` exited {result.exit}"
 
 
 def inspect_state(container_id: str) -> ContainerState | None:

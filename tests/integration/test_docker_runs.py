@@ -25,7 +25,7 @@ import yaml
 from quire.ci.store.logs import LogReader, event_bytes
 from quire.ci.store.runs import RunDir, store_for
 from tests.helpers import make_repo
-from tests.integration.support import BASE_IMAGE, SESSION_PREFIX, docker_cli
+from tests.integration.support import BASE_IMAGE, SESSION_PREFIX, Engine, docker_cli
 
 pytestmark = pytest.mark.integration
 
@@ -104,6 +104,7 @@ def probe(rt):
 """
 
 
+@pytest.mark.engines("docker", "podman")
 def test_job_runs_in_the_container_and_sees_the_workspace(tmp_path: Path) -> None:
     done = pipeline(tmp_path, "probe", PROBE, **{"hello.txt": "hi\n", "src/main.c": "int x;\n"})
     assert done.code == 0, done.stderr
@@ -186,6 +187,7 @@ def env(rt):
 """
 
 
+@pytest.mark.engines("docker", "podman")
 def test_env_values_with_spaces_quotes_and_newlines_arrive_intact(tmp_path: Path) -> None:
     done = pipeline(tmp_path, "env", ENV)
     assert done.code == 0, done.stdout + done.stderr
@@ -223,10 +225,13 @@ def exits(rt):
 """
 
 
-def test_exit_codes_propagate_to_sh_output(tmp_path: Path) -> None:
+@pytest.mark.engines("docker", "podman")
+def test_exit_codes_propagate_to_sh_output(tmp_path: Path, engine: Engine) -> None:
     done = pipeline(tmp_path, "exits", EXITS)
     assert done.code == 0, done.stderr
-    assert done.outputs("exits") == {"seven": 7, "argv": 255, "ok": 0, "missing": 126}
+    # `docker exec` reports a program it cannot find as 126, `podman exec` as 127.
+    missing = 127 if engine.is_podman else 126
+    assert done.outputs("exits") == {"seven": 7, "argv": 255, "ok": 0, "missing": missing}
 
 
 CHECKED = """
@@ -282,6 +287,7 @@ def second(rt):
 """
 
 
+@pytest.mark.engines("docker", "podman")
 def test_two_jobs_share_one_container_and_container_yml_is_complete(tmp_path: Path) -> None:
     done = pipeline(tmp_path, "two-jobs", TWO_JOBS)
     assert done.code == 0, done.stderr
@@ -410,6 +416,7 @@ def slow(rt):
 """
 
 
+@pytest.mark.engines("docker", "podman")
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_mid_command_exits_130_and_removes_the_container(
     tmp_path: Path, signum: signal.Signals
@@ -481,13 +488,14 @@ def test_a_timed_out_command_is_killed_inside_the_container_too(tmp_path: Path) 
 
 
 VANISHING = """
-import subprocess
+import os, subprocess
 from quire.ci import job
 
 @job(inputs=["quire/push"])
 def vanish(rt):
     me = rt.sh(["hostname"], check=True).stdout.strip()
-    subprocess.run(["docker", "rm", "--force", me], check=True, capture_output=True)
+    engine = os.environ.get("QUIRE_DOCKER", "docker")
+    subprocess.run([engine, "rm", "--force", me], check=True, capture_output=True)
     rt.sh(["true"])
 
 @job(inputs=["quire/push"])
@@ -496,6 +504,7 @@ def later(rt):
 """
 
 
+@pytest.mark.engines("docker", "podman")
 def test_a_container_that_disappears_mid_run_fails_the_run_with_exit_3(tmp_path: Path) -> None:
     done = pipeline(tmp_path, "vanish", VANISHING)
     assert done.code == 3, done.stdout + done.stderr

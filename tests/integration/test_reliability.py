@@ -40,7 +40,7 @@ from quire.ci.store.records import (
 )
 from quire.ci.store.runs import RunDir, RunState, RunStore, store_for
 from quire.paths import cache_dir, state_dir
-from tests.integration.support import BASE_IMAGE, docker_cli
+from tests.integration.support import BASE_IMAGE, docker_cli, engine
 from tests.integration.test_docker_runs import DOCKERFILE, QUIRE_RUN, image_exists, repo_with
 
 pytestmark = pytest.mark.integration
@@ -230,10 +230,12 @@ def command_started(started: Started, job: str) -> Callable[[], bool]:
 
 
 def docker_shim(tmp_path: Path, name: str, body: str) -> Path:
-    """A QUIRE_DOCKER wrapper around the real docker, to stretch one phase."""
+    """A QUIRE_DOCKER wrapper around the real engine CLI (docker or podman), to stretch
+    one phase."""
     shim = tmp_path / "shims" / name
     shim.parent.mkdir(parents=True, exist_ok=True)
-    shim.write_text(f"#!/bin/sh\nDOCKER={REAL_DOCKER}\n{body}")
+    real = shutil.which(engine().binary) or REAL_DOCKER
+    shim.write_text(f"#!/bin/sh\nDOCKER={real}\n{body}")
     shim.chmod(0o755)
     return shim
 
@@ -369,6 +371,7 @@ def test_a_signal_while_docker_run_is_creating_the_container_still_removes_it(
     assert_nothing_left()
 
 
+@pytest.mark.engines("docker", "podman")
 @pytest.mark.parametrize("signum", SIGNALS, ids=lambda s: s.name)
 def test_a_signal_after_docker_run_created_the_container_but_before_it_returned_removes_it(
     tmp_path: Path, start: Any, signum: signal.Signals
@@ -395,6 +398,7 @@ def test_a_signal_after_docker_run_created_the_container_but_before_it_returned_
     assert_nothing_left()
 
 
+@pytest.mark.engines("docker", "podman")
 @pytest.mark.parametrize("signum", SIGNALS, ids=lambda s: s.name)
 def test_a_signal_during_a_job_exits_130_within_2s_and_removes_the_container(
     tmp_path: Path, start: Any, signum: signal.Signals
@@ -500,6 +504,7 @@ def unrelated(rt):
 """
 
 
+@pytest.mark.engines("docker", "podman")
 def test_docker_kill_mid_job_fails_the_run_within_5s_naming_the_dead_container(
     tmp_path: Path, start: Any
 ) -> None:
@@ -548,6 +553,7 @@ def kill_9_mid_job(tmp_path: Path, start: Any, name: str) -> tuple[Started, RunD
     return started, run, container
 
 
+@pytest.mark.engines("docker", "podman")
 def test_kill_9_mid_job_then_reconcile_fails_the_run_as_orphaned_and_removes_its_container(
     tmp_path: Path, start: Any
 ) -> None:
@@ -573,6 +579,7 @@ def test_kill_9_mid_job_then_reconcile_fails_the_run_as_orphaned_and_removes_its
     assert_nothing_left()
 
 
+@pytest.mark.engines("docker", "podman")
 def test_the_next_run_reconciles_a_killed_runs_leftovers_first(tmp_path: Path, start: Any) -> None:
     started, run, container = kill_9_mid_job(tmp_path, start, "orphan-next")
     quick = start(started.repo)  # same repository, same pipeline: SLOW_JOB, interrupted below

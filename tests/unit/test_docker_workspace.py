@@ -121,6 +121,7 @@ def test_an_engine_that_mounted_an_empty_work_is_an_error_naming_the_copy_mode(
     assert 'workspace = "copy"' in message
     assert str(setup.workspace) in message
     assert CID[:12] in message
+    assert stderr.format(name="x", cid=CID) in message  # the engine's own words
     assert fake_docker.argvs("rm") == [docker.remove_argv(CID)]
     assert "exec" not in fake_docker.subcommands()
     assert not [p for p in setup.workspace.iterdir() if p.name.startswith(".quire-mount")]
@@ -350,11 +351,31 @@ def test_an_invalid_docker_memory_exits_2_naming_the_file_and_key_before_any_doc
     assert fake_docker.subcommands() == []
 
 
-def test_sees_file_raises_docker_unavailable_when_the_engine_is_gone(fp: FakeProcess) -> None:
+def test_why_unseen_raises_docker_unavailable_when_the_engine_is_gone(fp: FakeProcess) -> None:
     fp.register(
         docker.probe_argv(CID, ".m"),
         stderr="Cannot connect to the Docker daemon at unix:///x.sock\n",
         returncode=1,
     )
     with pytest.raises(docker.DockerUnavailable):
-        docker.sees_file(CID, ".m")
+        docker.why_unseen(CID, ".m")
+
+
+@pytest.mark.parametrize(
+    "stderr",
+    [
+        "Error response from daemon: no such file or directory",  # docker CLI, podman API
+        "Error response from daemon: Could not find the file /work/.m in container x",
+        'Error: "/work/.m" could not be found on container x: no such file or directory',
+    ],
+)
+def test_why_unseen_gives_the_engines_words_for_a_missing_file(
+    fp: FakeProcess, stderr: str
+) -> None:
+    fp.register(docker.probe_argv(CID, ".m"), stderr=stderr + "\n", returncode=1)
+    assert docker.why_unseen(CID, ".m") == stderr
+
+
+def test_why_unseen_is_none_when_the_container_sees_the_file(fp: FakeProcess) -> None:
+    fp.register(docker.probe_argv(CID, ".m"), stdout="tar bytes")
+    assert docker.why_unseen(CID, ".m") is None

@@ -128,9 +128,11 @@ class DockerExecutor:
                 self.image_tag, mount_source=self.workspace, **self._container_spec()
             )
             self.container_id = container_id
-            if not docker.sees_file(container_id, marker.name):
+            unseen = docker.why_unseen(container_id, marker.name)
+            if unseen is not None:
                 raise docker.WorkspaceNotVisible(
-                    docker.not_visible_message(self.workspace, container_id)
+                    f"{docker.not_visible_message(self.workspace, container_id)}. Looking for "
+                    f"{docker.WORKDIR}/{marker.name}, which quire wrote there: {unseen}"
                 )
         finally:
             marker.unlink(missing_ok=True)
