@@ -17,6 +17,7 @@ workspace = "copy"  # "bind" (mount the local tree) | "copy" (copy it in); defau
 
 [output]
 capture_limit = 4194304   # bytes of stdout/stderr kept in ShOutput
+outputs_limit = 1048576   # bytes of JSON a job may return as its outputs
 
 [repositories.proj]       # a repository by its folder name (proj.git -> proj), or by
                           # its store name (proj-1a2b3c4d) where two folders share a name
@@ -98,6 +99,8 @@ class DockerSettings(BaseModel):
 class OutputSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", defer_build=True)
     capture_limit: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # A job's returned outputs, as JSON: records stay small and `show` fast.
+    outputs_limit: int = Field(default=1024 * 1024, ge=1024)
 
 
 class RepositorySettings(BaseModel):

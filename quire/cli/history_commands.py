@@ -92,6 +92,10 @@ def show_command(
         typer.echo(f"container {short_id}  image {info.container.image_tag}")
     if info.error:
         typer.echo(f"error     {info.error}")
+    if info.problem:
+        typer.echo(
+            f"warning: some records of run {info.id} cannot be read: {info.problem}", err=True
+        )
     typer.echo(f"records   {info.path}")
     for job in info.jobs:
         typer.echo(f"\n  {job.job_id}: {job.status.value} in {format_duration(job.duration_s)}")

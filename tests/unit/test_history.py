@@ -17,7 +17,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner, Result
 
-from quire.ci.store.runs import store_for
+from quire.ci.store.runs import RunState, store_for
 from quire.cli.app import app
 from tests.helpers import commit, make_repo
 
@@ -520,3 +520,42 @@ def test_runs_an_older_version_recorded_under_the_folder_name_are_adopted(
     assert quire("ci", "show", "latest", "--repo", str(repo)).exit_code == 0
     assert foreign.is_dir()  # the other repository's run stays where it was
     assert not (legacy / "failed" / recorded["id"]).exists()
+
+
+def test_logs_follow_of_a_run_whose_runner_died_says_so_and_exits_3(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+
+    from quire.ci.store.records import RunnerInfo
+
+    repo = tmp_path / "proj"
+    make_repo(repo, {".quire/ci.py": THREE_JOBS})
+    ci_run(repo)
+    store = store_for(repo)
+    meta = store.find("latest").meta()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    killed = store.create(
+        lambda run_id: meta.model_copy(update={"run_id": run_id}),
+        RunnerInfo(pid=dead.pid, host=socket.gethostname(), pid_start=1),
+    )
+    killed.transition(RunState.active)
+    (killed.job_dir("first") / "log.jsonl").write_text(
+        '{"t": "2026-01-01T00:00:00.000Z", "event": "stdout", "data": "half done\\n"}\n'
+    )
+    result = run_in_thread("ci", "logs", killed.run_id, "--follow", "--repo", str(repo), timeout=15)
+    assert result.exit_code == 3, result.output
+    assert "half done" in result.stdout
+    assert f"run {killed.run_id} has no runner any more" in result.stderr
+    assert "quire ci reconcile" in result.stderr
+
+
+def test_show_lists_a_job_with_a_corrupt_state_as_unreadable_and_warns(three_jobs: Path) -> None:
+    run = store_for(three_jobs).find("latest")
+    (run.path / "jobs" / "second" / "state.yml").write_text("status: [not, a, state\n")
+    result = quire("ci", "show", "latest", "--repo", str(three_jobs))
+    assert result.exit_code == 0, result.output
+    assert "second: unreadable" in result.stdout
+    assert "warning: some records of run" in result.stderr and "job second" in result.stderr
+    data = json.loads(quire("ci", "show", "latest", "--json", "--repo", str(three_jobs)).stdout)
+    assert {job["job_id"]: job["status"] for job in data["jobs"]}["second"] == "unreadable"

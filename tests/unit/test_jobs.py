@@ -470,3 +470,26 @@ def test_a_jobs_print_and_rt_log_land_in_its_log_in_order_with_its_commands(
         ("stdout", "after"),
         ("stdout", "\n"),
     ]
+
+
+def test_outputs_past_the_limit_fail_the_job_with_a_clear_message(run: RunDir) -> None:
+    runner = Runner(run, FakeExecutor())
+    outcome = runner(
+        """
+        from quire.ci import job
+
+        @job(inputs=["quire/push"])
+        def big(rt):
+            return {"blob": "x" * (2 * 1024 * 1024)}
+
+        @job(inputs=["big"])
+        def reader(rt):
+            pass
+        """
+    )
+    assert statuses(outcome) == {"big": "failed", "reader": "skipped"}
+    state = runner.state_on_disk("big")
+    assert "2,097,164 bytes of outputs, more than the 1,048,576 allowed" in (state.error or "")
+    assert "outputs_limit" in (state.error or "")
+    assert state.outputs == {}
+    assert (run.path / "jobs" / "big" / "state.yml").stat().st_size < 4096

@@ -62,6 +62,7 @@ class JobRunner:
     secrets: Secrets
     capture_limit: int
     push_outputs: Mapping[str, Any]
+    outputs_limit: int = 1024 * 1024
     outcome: JobsOutcome = field(default_factory=JobsOutcome)
 
     def run_all(self) -> JobsOutcome:
@@ -152,9 +153,16 @@ class JobRunner:
             )
         try:
             # Round trip: outputs are stored and handed on as plain JSON data.
-            data: dict[str, Any] = json.loads(json.dumps(dict(result)))
+            text = json.dumps(dict(result))
         except (TypeError, ValueError) as exc:
             raise JobError(f"job {defined.id!r} returned outputs that are not JSON: {exc}") from exc
+        if len(text) > self.outputs_limit:
+            raise JobError(
+                f"job {defined.id!r} returned {len(text):,} bytes of outputs, more than the "
+                f"{self.outputs_limit:,} allowed ([output] outputs_limit in the config file); "
+                "keep outputs small and write large data to a file in the workspace"
+            )
+        data: dict[str, Any] = json.loads(text)
         return data
 
     def _finish(self, state: JobState) -> None:

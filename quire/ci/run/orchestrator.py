@@ -268,6 +268,7 @@ class _Run:
                         secrets=self.config.secrets,
                         capture_limit=self.config.output.capture_limit,
                         push_outputs=push_outputs(self.meta),
+                        outputs_limit=self.config.output.outputs_limit,
                         outcome=outcome,
                     ).run_all()
             return _result_of(outcome, outlet), None

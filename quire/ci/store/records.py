@@ -109,6 +109,7 @@ class JobStatus(StrEnum):
     success = "success"
     failed = "failed"
     skipped = "skipped"
+    unreadable = "unreadable"  # only ever read back: its state.yml is torn or corrupt
 
 
 class JobState(Record):

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from quire.ci.store.records import (
     JobState,
+    JobStatus,
     RecordUnreadable,
     RunMeta,
     RunnerInfo,
@@ -152,16 +153,22 @@ class RunDir:
         return read_record(path, RunResult) if path.exists() else None
 
     def job_states(self) -> list[JobState]:
-        """Job states in the order the jobs started (their directories' mtimes)."""
+        """Job states in the order the jobs started; a job whose state.yml cannot be read
+        is `unreadable`, with the reason as its error (never silently left out)."""
         jobs = self.path / "jobs"
         if not jobs.is_dir():
             return []
         states = []
         for entry in jobs.iterdir():
+            if not entry.is_dir() or entry.name.startswith("."):
+                continue
             try:
                 states.append(read_record(entry / "state.yml", JobState))
-            except RecordUnreadable:
-                continue
+            except RecordUnreadable as exc:
+                unreadable = JobState(
+                    job_id=entry.name, status=JobStatus.unreadable, error=str(exc)
+                )
+                states.append(unreadable)
         return sorted(states, key=lambda s: (s.started_at is None, s.started_at or 0))
 
 

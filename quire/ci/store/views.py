@@ -21,6 +21,7 @@ from quire.ci.store.records import (
     ContainerInfo,
     EndReason,
     JobState,
+    JobStatus,
     RecordUnreadable,
     RunMeta,
     RunResult,
@@ -28,6 +29,11 @@ from quire.ci.store.records import (
     read_record,
 )
 from quire.ci.store.runs import RunDir, RunState, RunStore
+from quire.errors import EnvironmentProblem
+
+
+class RunnerGone(EnvironmentProblem):
+    """A followed run's runner died without finishing it (killed with -9, a crash)."""
 
 
 class RunSummary(BaseModel):
@@ -103,13 +109,19 @@ def details(run: RunDir) -> RunDetails:
             container = read_record(container_path, ContainerInfo)
         except RecordUnreadable:
             container = None
+    jobs = run.job_states()
+    unreadable = [
+        f"job {job.job_id}: {job.error}" for job in jobs if job.status == JobStatus.unreadable
+    ]
+    if unreadable:
+        summary.problem = "; ".join(filter(None, [summary.problem, *unreadable]))
     return RunDetails(
         **summary.model_dump(),
         repo=run.store.repo,
         path=str(run.path),
         error=result.error if result else None,
         exit_code=result.exit_code if result else None,
-        jobs=run.job_states(),
+        jobs=jobs,
         container=container,
     )
 
@@ -199,10 +211,11 @@ def follow(
     sink: EventSink,
     *,
     poll_s: float = 0.1,
+    liveness_s: float = 1.0,
 ) -> tuple[RunFinished, list[str]]:
     """Stream the job events of a run as they are written, until the run leaves active/;
     returns its outcome, and torn-log notes for logs whose last line was still
-    incomplete at the end."""
+    incomplete at the end. Raises `RunnerGone` if the run's runner dies first."""
     # Keyed by job id, not path: the run directory moves when the run ends.
     offsets: dict[str, int] = {}
     torn: dict[str, Path] = {}
@@ -228,10 +241,22 @@ def follow(
             else:
                 torn.pop(job_id, None)
 
+    from quire.ci.store.reconcile import owner_alive
+
+    next_check = time.monotonic() + liveness_s
     while True:
         run = store.find(run_id)
         done = run.state in (RunState.complete, RunState.failed)
         drain(run)
         if done:
             return finished(run), [_torn_note(path) for path in torn.values()]
+        if time.monotonic() >= next_check:
+            # A runner killed with -9 never moves its run: stop waiting for it.
+            if not owner_alive(run) and store.find(run_id).state == run.state:
+                drain(run)
+                raise RunnerGone(
+                    f"run {run_id} has no runner any more (its quire process is gone); "
+                    "`quire ci reconcile` records it as failed (orphaned)"
+                )
+            next_check = time.monotonic() + liveness_s
         time.sleep(poll_s)
