@@ -89,3 +89,22 @@ class Collected:
         from quire.ci.events import Output
 
         return b"".join(e.data for e in self.of(Output) if e.job == job and e.stream == stream)
+
+
+def host_executor(workspace: Path, outlet: object) -> object:
+    """A HostExecutor for `workspace` whose events go to `outlet` (a RunOutlet)."""
+    from quire.ci.run.executors.base import ExecutorSetup
+    from quire.ci.run.executors.host import HostExecutor
+    from quire.ci.store.records import ExecutorKind
+    from quire.config import DockerSettings
+
+    setup = ExecutorSetup(
+        kind=ExecutorKind.host,
+        workspace=workspace,
+        run_id="test-run",
+        repo="test",
+        store_label="/nonexistent",
+        docker=DockerSettings(),
+        outlet=outlet,  # type: ignore[arg-type]
+    )
+    return HostExecutor(setup)

@@ -226,6 +226,16 @@ class ContainerRemoved:
         return self
 
 
+@dataclass(frozen=True, slots=True)
+class ProcessesRunning:
+    """The host processes a job has running now (pid, start time), for the records."""
+
+    processes: tuple[tuple[int, int], ...]
+
+    def redacted(self, redactor: Redactor) -> ProcessesRunning:
+        return self
+
+
 # Every event but Output: the ones the outlet masks field by field.
 TextEvent = (
     RunStarted
@@ -242,6 +252,7 @@ TextEvent = (
     | ContainerStopping
     | ContainerDied
     | ContainerRemoved
+    | ProcessesRunning
 )
 Event = TextEvent | Output
 

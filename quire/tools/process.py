@@ -27,12 +27,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 from plumbum import local
 from plumbum.commands.processes import CommandNotFound
 
 from quire.errors import ProgramNotFound
+from quire.tools import proctree
+from quire.tools.drain import Drainer
 
 StreamName = Literal["stdout", "stderr"]
 OutputHandler = Callable[[StreamName, bytes], None]
@@ -160,56 +162,113 @@ def stream(
     cwd: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
     timeout: float | None = None,
+    leftovers: Drainer | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> Streamed:
     """Run `argv`, handing each chunk of stdout/stderr to `on_output` as it arrives.
 
     Both pipes are drained together (no deadlock when a command fills one
-    while we wait on the other). On timeout the whole process group is
-    killed and `timed_out` is set. If anything interrupts us (Ctrl-C, an
-    exception from `on_output`), the process group is killed before the
-    exception goes on. Raises `ProgramNotFound`.
+    while we wait on the other). With `leftovers`, the command ends when its
+    own process exits: what is already in the pipes is read, and pipes that
+    background children still hold are handed to `leftovers` to go on
+    reading; without it, the command ends at EOF on both pipes. On timeout
+    the command's process group and every descendant are killed and
+    `timed_out` is set. If anything interrupts us (Ctrl-C, an exception from
+    `on_output`), the same happens before the exception goes on. `on_start`
+    gets the pid once the process runs. Raises `ProgramNotFound`.
     """
     started_at = datetime.now(UTC)
     t0 = time.monotonic()
     proc = _popen(argv, cwd=cwd, env=env)
     timed_out = False
     try:
-        timed_out = _pump(proc, on_output, None if timeout is None else t0 + timeout)
+        if on_start is not None:
+            on_start(proc.pid)
+        deadline = None if timeout is None else t0 + timeout
+        timed_out, held = _pump(proc, on_output, deadline, until_exit=leftovers is not None)
         if timed_out:
             _kill(proc)
         proc.wait()
     except BaseException:
         _kill(proc)
         raise
+    for pipe, name in held:
+        assert leftovers is not None
+        leftovers.adopt(pipe, name, on_output, owner=proc)
     return Streamed(proc.returncode, started_at, time.monotonic() - t0, timed_out)
 
 
-def _pump(proc: subprocess.Popen[bytes], on_output: OutputHandler, deadline: float | None) -> bool:
-    """Read both pipes until EOF; True if the deadline passed first."""
+def _pump(
+    proc: subprocess.Popen[bytes],
+    on_output: OutputHandler,
+    deadline: float | None,
+    *,
+    until_exit: bool,
+) -> tuple[bool, list[tuple[IO[bytes], StreamName]]]:
+    """Read both pipes until EOF (or, `until_exit`, until the process exits); returns
+    whether the deadline passed first, and the pipes still open (held by others)."""
     assert proc.stdout is not None and proc.stderr is not None
-    names: dict[int, StreamName] = {proc.stdout.fileno(): "stdout", proc.stderr.fileno(): "stderr"}
-    for fd in names:
+    pipes: dict[int, tuple[IO[bytes], StreamName]] = {
+        proc.stdout.fileno(): (proc.stdout, "stdout"),
+        proc.stderr.fileno(): (proc.stderr, "stderr"),
+    }
+    for fd in pipes:
         _grow_pipe(fd)
-    with selectors.DefaultSelector() as sel:
-        for fd in names:
-            sel.register(fd, selectors.EVENT_READ)
-        while names:
-            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-            events = sel.select(wait)
-            if not events and deadline is not None and time.monotonic() >= deadline:
-                return True
-            for key, _ in events:
-                fd = key.fd
-                assert isinstance(fd, int)
-                data = os.read(fd, _CHUNK)
-                if data:
-                    on_output(names[fd], data)
-                else:
-                    sel.unregister(fd)
-                    del names[fd]
-    proc.stdout.close()
-    proc.stderr.close()
+    exit_fd = os.pidfd_open(proc.pid) if until_exit else None
+    try:
+        with selectors.DefaultSelector() as sel:
+            for fd in pipes:
+                sel.register(fd, selectors.EVENT_READ)
+            if exit_fd is not None:
+                sel.register(exit_fd, selectors.EVENT_READ)
+            while pipes or exit_fd is not None:
+                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+                events = sel.select(wait)
+                if not events and deadline is not None and time.monotonic() >= deadline:
+                    return True, []
+                fds = [key.fd for key, _ in events]
+                for fd in fds:
+                    if fd == exit_fd:
+                        continue
+                    assert isinstance(fd, int)
+                    if not _read_some(fd, pipes, on_output):
+                        sel.unregister(fd)
+                if exit_fd is not None and exit_fd in fds:
+                    return False, _what_is_left(pipes, on_output)
+    finally:
+        if exit_fd is not None:
+            os.close(exit_fd)
+    return False, []
+
+
+def _read_some(
+    fd: int, pipes: dict[int, tuple[IO[bytes], StreamName]], on_output: OutputHandler
+) -> bool:
+    """One read of a ready pipe; False (and the pipe closed) at EOF."""
+    pipe, name = pipes[fd]
+    data = os.read(fd, _CHUNK)
+    if data:
+        on_output(name, data)
+        return True
+    pipe.close()
+    del pipes[fd]
     return False
+
+
+def _what_is_left(
+    pipes: dict[int, tuple[IO[bytes], StreamName]], on_output: OutputHandler
+) -> list[tuple[IO[bytes], StreamName]]:
+    """The process exited: what its pipes already hold is its output; pipes still open
+    afterwards are held by its background children."""
+    for fd in list(pipes):
+        os.set_blocking(fd, False)
+        while fd in pipes:
+            try:
+                if not _read_some(fd, pipes, on_output):
+                    break
+            except BlockingIOError:
+                break
+    return list(pipes.values())
 
 
 def _grow_pipe(fd: int) -> None:
@@ -219,10 +278,11 @@ def _grow_pipe(fd: int) -> None:
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
-    """Kill the child's whole process group and reap it."""
+    """Kill the child's process group and all its descendants (also ones that left the
+    group), and reap it."""
     if proc.poll() is None:
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
+            proctree.kill_group_and_tree(proc.pid)
         except (ProcessLookupError, PermissionError):
             proc.kill()
     proc.wait()

@@ -3,27 +3,28 @@
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import pytest
 
 from quire.ci.events import JobFinished
 from quire.ci.pipeline import load_pipeline
 from quire.ci.run.executors.base import Command, ExecResult
-from quire.ci.run.executors.host import HostExecutor
 from quire.ci.run.jobs import JobRunner, JobsOutcome
 from quire.ci.run.orchestrator import outlet_for
+from quire.ci.run.outlet import RunOutlet
 from quire.ci.run.redact import Redactor
 from quire.ci.store.logs import LogReader
 from quire.ci.store.records import ExecutorKind, JobState, JobStatus, RunMeta, read_record
 from quire.ci.store.runs import RunDir, RunStore
 from quire.config import Secrets
 from quire.tools.process import OutputHandler
-from tests.helpers import Collected
+from tests.helpers import Collected, host_executor
 
 PUSH = {"sha": "a" * 40, "ref": "refs/heads/main", "branch": "main", "tag": None}
 
@@ -36,6 +37,7 @@ class FakeExecutor:
     stdout: bytes = b""
     commands: list[Command] = field(default_factory=list)
     name: str = "fake"
+    jobs_ended: int = 0
 
     def __enter__(self) -> FakeExecutor:
         return self
@@ -47,6 +49,9 @@ class FakeExecutor:
         tb: TracebackType | None,
     ) -> None:
         return None
+
+    def end_job(self) -> None:
+        self.jobs_ended += 1
 
     def execute(self, command: Command, on_output: OutputHandler) -> ExecResult:
         self.commands.append(command)
@@ -76,17 +81,20 @@ def run(tmp_path: Path) -> RunDir:
 @dataclass
 class Runner:
     run: RunDir
-    executor: FakeExecutor | HostExecutor
+    executor: FakeExecutor | Callable[[RunOutlet], Any]
     secrets: Secrets = field(default_factory=Secrets)
     seen: Collected = field(default_factory=Collected)
 
     def __call__(self, source: str) -> JobsOutcome:
         pipeline = load_pipeline(textwrap.dedent(source).lstrip("\n"))
         outlet = outlet_for(self.run, Redactor(self.secrets.values.values()), [self.seen])
+        executor = (
+            self.executor if isinstance(self.executor, FakeExecutor) else self.executor(outlet)
+        )
         try:
             return JobRunner(
                 pipeline=pipeline,
-                executor=self.executor,
+                executor=executor,
                 outlet=outlet,
                 secrets=self.secrets,
                 capture_limit=1024 * 1024,
@@ -384,7 +392,7 @@ def test_run_log_records_job_start_and_end(runner: Runner) -> None:
 def test_job_commands_go_to_the_jobs_own_log(run: RunDir, tmp_path: Path) -> None:
     workspace = tmp_path / "ws"
     workspace.mkdir()
-    runner = Runner(run, HostExecutor(workspace))
+    runner = Runner(run, lambda outlet: host_executor(workspace, outlet))
     outcome = runner(
         """
         from quire.ci import job

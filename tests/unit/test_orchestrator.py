@@ -67,6 +67,7 @@ class FakeExecutor:
     torn_down: bool = False
     workspace_seen: bool = False
     commands: list[Command] = field(default_factory=list)
+    jobs_ended: int = 0
 
     def __enter__(self) -> FakeExecutor:
         self.workspace_seen = (self.setup.workspace / ".quire" / "ci.py").is_file()
@@ -86,6 +87,9 @@ class FakeExecutor:
             self.on_exit(self)
         self.torn_down = True
         self.setup.outlet.emit(ContainerRemoved("c0ffee" * 10))
+
+    def end_job(self) -> None:
+        self.jobs_ended += 1
 
     def execute(self, command: Command, on_output: OutputHandler) -> ExecResult:
         self.commands.append(command)

@@ -13,7 +13,6 @@ import pytest
 from plumbum import local
 
 from quire.ci.pipeline import Pipeline, load_pipeline
-from quire.ci.run.executors.host import HostExecutor
 from quire.ci.run.outlet import RunOutlet
 from quire.ci.run.redact import Redactor
 from quire.ci.run.runtime import JobContext, Runtime
@@ -28,6 +27,7 @@ from quire.errors import (
     JobTimedOut,
     UnknownSecret,
 )
+from tests.helpers import host_executor
 
 GRAPH = """
 from quire.ci import job
@@ -85,7 +85,7 @@ class Harness:
         ctx = JobContext(
             job=self.pipeline.jobs[job_id],
             pipeline=self.pipeline,
-            executor=HostExecutor(self.workspace),
+            executor=host_executor(self.workspace, self.outlet),  # type: ignore[arg-type]
             outputs=outputs if outputs is not None else {"quire/push": PUSH},
             secrets=Secrets(values=values),
             outlet=self.outlet,

@@ -119,7 +119,10 @@ class JobRunner:
         )
         try:
             with captured_output(self.outlet, defined.id):
-                result = defined.func(Runtime(ctx))
+                try:
+                    result = defined.func(Runtime(ctx))
+                finally:
+                    self.executor.end_job()  # what the job started ends with it
             interrupts.check()  # the job caught the signal's exception: still interrupted
             self.outlet.check()  # ... or the error of a write that failed
             state.outputs = self._checked_outputs(defined, result)

@@ -97,7 +97,7 @@ def make_executor(setup: ExecutorSetup) -> Executor:
     if setup.kind == ExecutorKind.host:
         from quire.ci.run.executors.host import HostExecutor
 
-        return HostExecutor(setup.workspace)
+        return HostExecutor(setup)
     from quire.ci.run.executors.docker import DockerExecutor
 
     return DockerExecutor(setup)

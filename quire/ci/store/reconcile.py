@@ -30,6 +30,7 @@ from quire.ci.store.records import (
     ContainerInfo,
     EndReason,
     ExecutorKind,
+    HostProcesses,
     JobState,
     JobStatus,
     RecordUnreadable,
@@ -53,7 +54,8 @@ if TYPE_CHECKING:
 class Action:
     """One thing reconcile did, for the report."""
 
-    kind: str  # orphaned | quarantined | container-removed | image-untagged | problem
+    # orphaned | quarantined | processes-killed | container-removed | image-untagged | problem
+    kind: str
     target: str
     detail: str
 
@@ -138,6 +140,7 @@ def _finish(
 ) -> list[Action]:
     """Move `run` to failed/ with `reason`; an `abandoned` run's unfinished jobs fail too."""
     label = f"{run.store.repo}/{run.run_id}"
+    ended = _end_recorded_processes(run) if abandoned else []
     try:
         times_path = run.path / "times.yml"
         try:
@@ -160,8 +163,26 @@ def _finish(
         return []  # another reconcile (or the runner itself) got there first
     except OSError as exc:
         return [Action("problem", label, f"could not move it to failed/: {exc}")]
+    # Only now: a command of the dead runner may have been working in it.
     workspaces.remove(run.workspace)
-    return [Action(kind, label, detail)]
+    return [*ended, Action(kind, label, detail)]
+
+
+def _end_recorded_processes(run: RunDir) -> list[Action]:
+    """Kill the host processes a dead runner recorded (processes.yml) that are still the
+    same processes, with their process groups."""
+    from quire.tools import proctree
+
+    try:
+        recorded = read_record(run.path / "processes.yml", HostProcesses)
+    except RecordUnreadable:
+        return []
+    procs = [proctree.Proc(p.pid, p.start) for p in recorded.processes]
+    killed = proctree.kill_recorded(procs)
+    if not killed:
+        return []
+    pids = ", ".join(str(proc.pid) for proc in killed)
+    return [Action("processes-killed", f"{run.store.repo}/{run.run_id}", f"pids {pids}")]
 
 
 def _fail_unfinished_jobs(run: RunDir, finished_at: datetime) -> None:

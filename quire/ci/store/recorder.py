@@ -3,6 +3,7 @@
     RunStarted                       times.yml (started_at)
     JobStarted / JobFinished         jobs/<id>/state.yml
     ImageBuild*, Container*          container.yml, grown phase by phase
+    ProcessesRunning                 processes.yml (host runs)
     RunFinished                      times.yml (finished_at), result.yml
 
 A failure to write container.yml is reported (through `warn`) and never
@@ -26,10 +27,19 @@ from quire.ci.events import (
     ImageBuildStarted,
     JobFinished,
     JobStarted,
+    ProcessesRunning,
     RunFinished,
     RunStarted,
 )
-from quire.ci.store.records import ContainerInfo, JobState, JobStatus, RunTimes, write_record
+from quire.ci.store.records import (
+    ContainerInfo,
+    HostProcesses,
+    JobState,
+    JobStatus,
+    RecordedProcess,
+    RunTimes,
+    write_record,
+)
 from quire.errors import StoreWriteFailed
 
 
@@ -67,6 +77,9 @@ class RunRecords:
                 self._update_container(container_id=event.container, container_started_at=event.at)
             case ContainerStopping():
                 self._update_container(container_stopped_at=event.at)
+            case ProcessesRunning():
+                running = [RecordedProcess(pid=pid, start=start) for pid, start in event.processes]
+                _write(self._path() / "processes.yml", HostProcesses(processes=running))
             case _:
                 pass
 

@@ -9,6 +9,7 @@ therefore sees the old record or the new one, never half of either.
     times.yml      RunTimes       started_at, then finished_at
     result.yml     RunResult      why it ended (written when it ends)
     container.yml  ContainerInfo  docker runs, grown phase by phase
+    processes.yml  HostProcesses  host runs: the processes a job has running
     jobs/<id>/state.yml  JobState
 """
 
@@ -121,6 +122,20 @@ class JobState(Record):
     error: str | None = None
     skip_reason: str | None = None
     outputs: dict[str, Any] = Field(default_factory=dict)
+
+
+class RecordedProcess(Record):
+    """A host process of a run: pid, and its /proc start time (a reused pid differs)."""
+
+    pid: int
+    start: int
+
+
+class HostProcesses(Record):
+    """processes.yml: the host processes a run's job has running, for reconcile to end
+    should the runner die (host runs only)."""
+
+    processes: list[RecordedProcess] = Field(default_factory=list)
 
 
 class RecordUnreadable(Exception):

@@ -66,6 +66,10 @@ class Executor(Protocol):
         """Run `command`, streaming its output to `on_output`; never raises for its exit."""
         ...
 
+    def end_job(self) -> None:
+        """A job is over: end whatever it left running (host processes)."""
+        ...
+
 
 @dataclass(frozen=True)
 class ExecutorSetup:

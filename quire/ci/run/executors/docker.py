@@ -191,6 +191,9 @@ class DockerExecutor:
         )
         raise ContainerDied(f"the run's container {self.container_id[:12]} died: {why}")
 
+    def end_job(self) -> None:
+        """Nothing to do: a job's processes live in the run's container and end with it."""
+
     # --- teardown -------------------------------------------------------------------------------
 
     def __exit__(

@@ -1,16 +1,36 @@
-"""HostExecutor: each command is a local process with the workspace as its cwd."""
+"""HostExecutor: each command is a local process with the workspace as its cwd.
+
+Nothing a job starts outlives it. quire is the child subreaper of every
+process a job starts (`quire.tools.proctree`), so background processes,
+daemons and `setsid` children stay its descendants:
+
+- a command ends when its own process exits; background children it left
+  may go on serving the job's later commands (a test server started with
+  `&`), and what they print is still the job's output (`quire.tools.drain`);
+- when the job ends (or the run is interrupted, or fails) every process it
+  started gets SIGTERM, then SIGKILL after a short grace;
+- a command's timeout kills its process group and all its descendants;
+- the processes running are recorded (processes.yml, with start times), so
+  `quire ci reconcile` can end them when the runner itself was killed.
+"""
 
 from __future__ import annotations
 
 import os
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 
-from quire.ci.run.executors.base import Command, ExecResult
+from quire.ci.events import Notice, ProcessesRunning
+from quire.ci.run.executors.base import Command, ExecResult, ExecutorSetup
 from quire.errors import ProgramNotFound
-from quire.tools import process
+from quire.tools import process, proctree
+from quire.tools.drain import Drainer
 from quire.tools.process import OutputHandler
+
+# How long a job's processes get between SIGTERM and SIGKILL when it ends.
+TERM_GRACE_S = 0.5
 
 
 class HostExecutor:
@@ -18,10 +38,16 @@ class HostExecutor:
 
     name = "host"
 
-    def __init__(self, workspace: Path) -> None:
-        self.workspace = workspace
+    def __init__(self, setup: ExecutorSetup) -> None:
+        self.workspace: Path = setup.workspace
+        self.outlet = setup.outlet
+        self._drainer = Drainer()
+        self._recorded: tuple[tuple[int, int], ...] = ()
+        self._reaper: AbstractContextManager[bool] = nullcontext(False)
 
     def __enter__(self) -> HostExecutor:
+        self._reaper = proctree.subreaper()
+        self._reaper.__enter__()
         return self
 
     def __exit__(
@@ -30,7 +56,10 @@ class HostExecutor:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        return None
+        try:
+            self.end_job()
+        finally:
+            self._reaper.__exit__(None, None, None)
 
     def resolve(self, command: Command) -> str:
         """argv[0] as a shell in the workspace would find it; raises `ProgramNotFound`."""
@@ -54,8 +83,38 @@ class HostExecutor:
                 cwd=self.workspace,
                 env=command.env,
                 timeout=command.timeout,
+                leftovers=self._drainer,
+                on_start=lambda pid: self._record(self._running()),
             )
         except ProgramNotFound as exc:
             on_output("stderr", f"quire: {exc}\n".encode())
             return ExecResult(127, datetime.now(UTC), 0.0)
+        finally:
+            self._record(self._running())
         return ExecResult(result.exit, result.started_at, result.duration_s, result.timed_out)
+
+    def end_job(self) -> None:
+        """End every process the job started (TERM, then KILL) and read their last output."""
+        left = proctree.described(self._running())
+        if left:
+            ended = proctree.terminate(left, grace_s=TERM_GRACE_S)
+            if ended:
+                self.outlet.emit(
+                    Notice(f"ended {len(ended)} process(es) the job left running: {_pids(ended)}")
+                )
+        self._drainer.close()
+        self._record([])
+
+    def _running(self) -> list[int]:
+        return proctree.descendants(os.getpid())
+
+    def _record(self, pids: list[int]) -> None:
+        running = tuple((p.pid, p.start) for p in proctree.described(pids) if p.start is not None)
+        if running != self._recorded:
+            self._recorded = running
+            self.outlet.emit(ProcessesRunning(running))
+
+
+def _pids(procs: list[proctree.Proc]) -> str:
+    shown = ", ".join(str(proc.pid) for proc in procs[:8])
+    return shown + (", ..." if len(procs) > 8 else "")
