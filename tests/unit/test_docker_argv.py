@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from quire.ci.run.executors.base import Command
-from quire.tools import docker
+from quire.tools import docker, tar
 
 CID = "9f3b8a72c1d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0c1d2e3f4a5b6c7d8e9f0"
 RUN_LABELS = {"quire.run-id": "20260504-162001-000001-abc123", "quire.repo": "example"}
@@ -397,3 +397,18 @@ def test_image_gone_recognizes_docker_and_podman_saying_there_is_no_such_image(
     stderr: str, gone: bool
 ) -> None:
     assert docker.image_gone(stderr) is gone
+
+
+def test_the_copy_in_tar_packs_the_workspace_under_work_owned_by_root() -> None:
+    # `S`: symlink targets keep their own text; only member names get `work/`.
+    assert tar.create_argv(Path("/cache/run 1/workspace"), "work") == [
+        "tar",
+        "--create",
+        "--file=-",
+        "--directory=/cache/run 1/workspace",
+        "--owner=0",
+        "--group=0",
+        "--numeric-owner",
+        "--transform=s,^\\.,work,S",
+        ".",
+    ]

@@ -136,6 +136,11 @@ class FakeDocker:
                 if member.isfile()
             }
 
+    def copied_in_links(self) -> dict[str, str]:
+        """The symlinks of the tar `cp in` was given: member name -> target."""
+        with tarfile.open(self.state / "copied-in.tar") as archive:
+            return {m.name: m.linkname for m in archive.getmembers() if m.issym()}
+
     def _save(self) -> None:
         config = {
             "answers": self.answers,

@@ -170,6 +170,7 @@ def test_copy_mode_creates_copies_the_tree_in_then_starts(
     fake_docker.answer("create", stdout=CID + "\n")
     (setup.workspace / "src").mkdir()
     (setup.workspace / "src" / "main.c").write_text("int x;\n")
+    (setup.workspace / "src" / "link.c").symlink_to("./main.c")
     with executor_for(COPY) as ex:
         assert ex.mode == "copy"
         ex.execute(Command.from_user(["make"]), Collected())
@@ -195,6 +196,8 @@ def test_copy_mode_creates_copies_the_tree_in_then_starts(
         "work/.quire/Dockerfile": b"FROM base\n",
         "work/src/main.c": b"int x;\n",
     }
+    links = fake_docker.copied_in_links()
+    assert links == {"work/src/link.c": "./main.c"}  # a relative link stays relative
     assert fake_docker.argvs("rm") == [docker.remove_argv(CID)]
     assert "cp out" not in keys  # nothing to keep
 
