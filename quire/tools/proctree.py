@@ -139,11 +139,16 @@ def terminate(procs: Iterable[Proc], *, grace_s: float = 0.5) -> list[Proc]:
 
 def kill_group_and_tree(pid: int) -> None:
     """SIGKILL `pid`'s process group and every descendant of `pid` (a timed-out command)."""
-    tree = descendants(pid)
+    tree = described(descendants(pid))
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
     for child in tree:
-        _signal(child, signal.SIGKILL)
+        _signal(child.pid, signal.SIGKILL)
+    # Orphans among them are our children now: collect them, or they linger as zombies.
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline and any(_running(child) for child in tree):
+        time.sleep(0.01)
+    reap(child.pid for child in tree)
 
 
 def kill_recorded(procs: Iterable[Proc]) -> list[Proc]:
