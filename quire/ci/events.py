@@ -49,9 +49,22 @@ class RunStarted:
 
 
 @dataclass(frozen=True, slots=True)
+class RunEnding:
+    """How the run ended, for the records (times.yml, result.yml), before it is moved
+    to complete/ or failed/; `RunFinished` follows once it has been."""
+
+    result: RunResult
+    at: datetime = field(default_factory=utcnow)
+
+    def redacted(self, redactor: Redactor) -> RunEnding:
+        error = None if self.result.error is None else redactor.redact(self.result.error)
+        return replace(self, result=self.result.model_copy(update={"error": error}))
+
+
+@dataclass(frozen=True, slots=True)
 class RunFinished:
-    """The run's outcome; `location` is where its records end up, `jobs` every job of
-    the pipeline (ones that never started as skipped)."""
+    """The run's outcome, once recorded: `state` and `location` are where its records
+    are, `jobs` every job of the pipeline (ones that never started as skipped)."""
 
     run_id: str
     state: RunState
@@ -239,6 +252,7 @@ class ProcessesRunning:
 # Every event but Output: the ones the outlet masks field by field.
 TextEvent = (
     RunStarted
+    | RunEnding
     | RunFinished
     | JobStarted
     | JobFinished

@@ -173,6 +173,7 @@ def test_a_clean_run_tells_its_watchers_everything_in_order(harness: Harness) ->
         "JobFinished",
         "ContainerStopping",
         "ContainerRemoved",
+        "RunEnding",
         "RunFinished",
     ]
     jobs = [e.job for e in harness.seen.events if isinstance(e, JobStarted | JobFinished)]
@@ -187,8 +188,7 @@ def test_records_are_on_disk_before_the_reporter_hears_the_run_ended(harness: Ha
     class Watcher(Collected):
         def handle(self, event: object) -> None:
             if isinstance(event, RunFinished):
-                active = event.location.parent.parent / "active" / event.run_id
-                found["result"] = (active / "result.yml").exists()
+                found["result"] = (event.location / "result.yml").exists()
             super().handle(event)
 
     harness.seen = Watcher()
@@ -428,7 +428,7 @@ def test_a_run_whose_end_cannot_be_written_stays_for_reconcile_and_says_so(
     state, path = harness.only_run()
     assert state == RunState.active
     assert not (path / "result.yml").exists()
-    warnings = [n.text for n in harness.seen.of(Notice) if n.level == Level.warning]
-    assert any(
-        "could not be recorded" in text and "quire ci reconcile" in text for text in warnings
-    )
+    (finished,) = harness.seen.of(RunFinished)  # the terminal is told where it stays
+    assert finished.state == RunState.active and finished.location == path
+    assert "result.yml: No space left on device" in str(finished.result.error)
+    assert f"the run stays in {path} until `quire ci reconcile`" in str(finished.result.error)

@@ -20,13 +20,13 @@ import os
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 
 from quire import interrupts
-from quire.ci.events import JobFinished, Notice, RunFinished, RunStarted
+from quire.ci.events import JobFinished, Notice, RunEnding, RunFinished, RunStarted
 from quire.ci.pipeline import PIPELINE_FILE, Pipeline, load_pipeline
 from quire.ci.run import workspace as workspaces
 from quire.ci.run.executors.base import Executor, ExecutorFactory, ExecutorSetup
@@ -321,25 +321,28 @@ class _Run:
                 result = _ended(EndReason.error, str(outlet.failure), outlet.failure.exit_code)
             target = RunState.complete if result.exit_code == ExitCode.ok else RunState.failed
             failed_before = len(outlet.failures)
+            outlet.emit(RunEnding(result))
+            if len(outlet.failures) > failed_before:  # the end could not be written
+                failure = outlet.failures[failed_before]
+                where = self.run_dir.path
+                result = _ended(
+                    EndReason.error,
+                    f"{failure}; the run stays in {where} until `quire ci reconcile` marks it "
+                    "failed",
+                    failure.exit_code,
+                )
+            else:
+                self.run_dir.transition(target)
             finished = outlet.emit(
                 RunFinished(
                     run_id=self.run_dir.run_id,
-                    state=target,
+                    state=self.run_dir.state,
                     result=result,
                     jobs=tuple(outcome.states[job_id] for job_id in self.pipeline.order),
                     duration_s=duration_s,
-                    location=self.run_dir.store.root / target.value / self.run_dir.run_id,
+                    location=self.run_dir.path,
                 )
             )
-            if len(outlet.failures) > failed_before:
-                failure = outlet.failures[failed_before]
-                outlet.warning(
-                    f"the end of run {self.run_dir.run_id} could not be recorded; it stays in "
-                    f"{self.run_dir.path} until `quire ci reconcile` marks it failed"
-                )
-                ended = _ended(EndReason.error, str(failure), failure.exit_code)
-                return replace(finished, state=RunState.active, result=ended)
-            self.run_dir.transition(target)
         return finished
 
 

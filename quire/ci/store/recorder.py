@@ -4,7 +4,7 @@
     JobStarted / JobFinished         jobs/<id>/state.yml
     ImageBuild*, Container*          container.yml, grown phase by phase
     ProcessesRunning                 processes.yml (host runs)
-    RunFinished                      times.yml (finished_at), result.yml
+    RunEnding                        times.yml (finished_at), result.yml
 
 A failure to write container.yml is reported (through `warn`) and never
 fails the run or skips teardown; the other records are the run's truth, so
@@ -28,7 +28,7 @@ from quire.ci.events import (
     JobFinished,
     JobStarted,
     ProcessesRunning,
-    RunFinished,
+    RunEnding,
     RunStarted,
 )
 from quire.ci.store.records import (
@@ -63,7 +63,7 @@ class RunRecords:
                 self._write_state(state)
             case JobFinished():
                 self._write_state(event.state)
-            case RunFinished():
+            case RunEnding():
                 times = self._times or RunTimes(started_at=event.at)
                 times.finished_at = event.at
                 _write(self._path() / "times.yml", times)
