@@ -9,7 +9,7 @@ def lint(rt: Runtime):
 ```
 """
 
-from quire.ci.pipeline import Skip, job
+from quire.ci.pipeline import Skip, cache, job
 from quire.ci.run.runtime import Runtime, ShOutput
 
-__all__ = ["Runtime", "ShOutput", "Skip", "job"]
+__all__ = ["Runtime", "ShOutput", "Skip", "cache", "job"]

@@ -54,10 +54,20 @@ class JobDef:
     timeout: float | None = None
 
 
+@dataclass(frozen=True)
+class CacheDef:
+    """A named cache kept between runs, mounted at `path` in the run's container."""
+
+    name: str
+    path: str
+    line: int | None
+
+
 @dataclass
 class _Registration:
     job: JobDef | None
     problems: list[PipelineProblem] = field(default_factory=list)
+    cache: CacheDef | None = None
 
 
 _collector: list[_Registration] | None = None
@@ -106,6 +116,31 @@ JOB_ID_MAX = 64
 JOB_ID = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{JOB_ID_MAX - 1}}}")
 
 
+def cache(name: str, path: str) -> None:
+    """Keep the directory `path` between runs of this repository, as the cache `name`.
+
+    Call it at the top level of ci.py: `cache("pip", "/root/.cache/pip")`. In
+    docker runs the cache is mounted at `path` in the run's container; on the
+    host, `path` is the host's own directory and quire does nothing with it.
+    """
+    line = _caller_line()
+    registration = _Registration(job=None, cache=CacheDef(str(name), str(path), line))
+    if not isinstance(name, str) or not JOB_ID.fullmatch(name):
+        registration.problems.append(
+            PipelineProblem(
+                f"cache name {name!r} is not a valid name: use letters, digits, '.', '_' and "
+                f"'-', starting with a letter or digit, at most {JOB_ID_MAX} characters",
+                line,
+            )
+        )
+    if not isinstance(path, str) or not path.startswith("/"):
+        registration.problems.append(
+            PipelineProblem(f"cache {name!r}: path must be absolute, got {path!r}", line)
+        )
+    if _collector is not None:
+        _collector.append(registration)
+
+
 def _check_arguments(
     job_id: object, inputs: object, timeout: object, line: int | None
 ) -> Iterator[PipelineProblem]:
@@ -136,6 +171,7 @@ class Pipeline:
 
     jobs: dict[str, JobDef]
     order: list[str]
+    caches: dict[str, CacheDef] = field(default_factory=dict)
 
     def ancestors(self, job_id: str) -> set[str]:
         """Every job and source `job_id` depends on, directly or not."""
@@ -193,8 +229,16 @@ def validate(registrations: list[_Registration]) -> Pipeline:
     """Check the whole graph; raises one `PipelineError` listing every problem."""
     problems: list[PipelineProblem] = []
     jobs: dict[str, JobDef] = {}
+    caches: dict[str, CacheDef] = {}
     for registration in registrations:
         problems.extend(registration.problems)
+        if registration.cache is not None and not registration.problems:
+            named = registration.cache
+            if named.name in caches:
+                first = caches[named.name].line
+                text = f"duplicate cache {named.name!r} (first defined on line {first})"
+                problems.append(PipelineProblem(text, named.line))
+            caches[named.name] = named
         defined = registration.job
         if defined is None:
             continue
@@ -220,7 +264,7 @@ def validate(registrations: list[_Registration]) -> Pipeline:
     if problems:
         problems.sort(key=lambda p: p.line or 0)
         raise PipelineError(PIPELINE_FILE, problems)
-    return Pipeline(jobs=jobs, order=_topological(jobs))
+    return Pipeline(jobs=jobs, order=_topological(jobs), caches=caches)
 
 
 def _unknown_inputs(jobs: dict[str, JobDef]) -> Iterator[PipelineProblem]:

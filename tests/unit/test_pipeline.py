@@ -564,3 +564,44 @@ def test_job_decorator_outside_a_load_still_returns_the_function() -> None:
         return None
 
     assert job(inputs=["quire/push"])(lint) is lint
+
+
+def test_caches_are_declared_at_the_top_level_with_a_name_and_an_absolute_path() -> None:
+    pipeline = load(
+        """
+        from quire.ci import cache, job
+
+        cache("pip", "/root/.cache/pip")
+        cache("npm", "/root/.npm")
+
+        @job(inputs=["quire/push"])
+        def build(rt):
+            pass
+        """
+    )
+    assert {name: c.path for name, c in pipeline.caches.items()} == {
+        "pip": "/root/.cache/pip",
+        "npm": "/root/.npm",
+    }
+    assert pipeline.caches["pip"].line == 3
+
+
+def test_bad_and_duplicate_caches_are_each_a_problem_with_their_line() -> None:
+    found = problems_of(
+        """
+        from quire.ci import cache, job
+
+        cache("../up", "/x")
+        cache("rel", "relative/path")
+        cache("pip", "/a")
+        cache("pip", "/b")
+
+        @job(inputs=["quire/push"])
+        def build(rt):
+            pass
+        """
+    )
+    assert [line for line, _ in found] == [3, 4, 6]
+    assert "not a valid name" in found[0][1]
+    assert "must be absolute" in found[1][1]
+    assert "duplicate cache 'pip' (first defined on line 5)" in found[2][1]
