@@ -45,6 +45,8 @@ STORE_LABEL = "quire.store"
 # The host whose quire owns the container: hosts sharing one engine (and maybe one
 # state path, e.g. on NFS) must not judge each other's containers.
 HOST_LABEL = "quire.host"
+# A cache volume's name in the pipeline (`cache("pip", ...)`); it also has STORE and REPO.
+CACHE_LABEL = "quire.cache"
 WORKDIR = "/work"
 # PID 1 only sleeps: kill it outright. Docker's `rm --force` kills anyway; podman's
 # sends the stop signal and waits 10 s for a `sleep` that ignores SIGTERM.
@@ -106,12 +108,44 @@ class Limits:
     labels: Mapping[str, str] | None = None
 
 
+@dataclass(frozen=True)
+class CacheMount:
+    """A named volume mounted at `path` in the run's container (a pipeline's `cache()`)."""
+
+    volume: str
+    path: str
+
+
 class ContainerSpec(TypedDict):
-    """What `run_detached` and `create` share: the container's labels, life and limits."""
+    """What `run_detached` and `create` share: the container's labels, life, limits and
+    cache volumes."""
 
     labels: Mapping[str, str]
     ceiling_s: int
     limits: Limits | None
+    caches: Sequence[CacheMount]
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A quire cache volume as the engine lists it."""
+
+    name: str
+    repo: str
+    cache: str
+    mountpoint: str
+
+
+@dataclass(frozen=True)
+class Image:
+    """One tag of a quire run image as the engine lists it (name as quire writes it)."""
+
+    repository: str
+    tag: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.repository}:{self.tag}"
 
 
 @dataclass(frozen=True)
@@ -134,6 +168,15 @@ class LabelledContainer:
 def image_repository(repo: str) -> str:
     """The image name of a repository's run images: `quire-ci/<repo>`."""
     return f"quire-ci/{repo}"
+
+
+def cache_volume(repo: str, name: str) -> str:
+    """The volume of cache `name` of repository `repo`: `quire-cache-<repo>-<name>`.
+
+    Both parts are already valid volume-name characters (`[a-z0-9._-]`, the repo
+    id ends in 8 hex digits), so the name is the same on docker and podman.
+    """
+    return f"quire-cache-{repo}-{name}"
 
 
 # podman keeps an unqualified name under `localhost/` (`localhost/quire-ci/x:tag`).
@@ -182,7 +225,10 @@ def _mount_field(value: str) -> str:
 
 
 def _container_flags(
-    labels: Mapping[str, str], limits: Limits | None, mount_source: Path | None
+    labels: Mapping[str, str],
+    limits: Limits | None,
+    mount_source: Path | None,
+    caches: Sequence[CacheMount] = (),
 ) -> list[str]:
     limits = limits or Limits()
     argv = ["--rm", "--stop-signal", STOP_SIGNAL]
@@ -191,6 +237,9 @@ def _container_flags(
     if mount_source is not None:
         mount = ["type=bind", _mount_field(f"src={mount_source}"), f"dst={WORKDIR}"]
         argv += ["--mount", ",".join(mount)]
+    for cache in caches:
+        volume = ["type=volume", f"src={cache.volume}", _mount_field(f"dst={cache.path}")]
+        argv += ["--mount", ",".join(volume)]
     argv += ["--workdir", WORKDIR]
     if limits.cpus is not None:
         argv += ["--cpus", f"{limits.cpus:g}"]
@@ -208,10 +257,11 @@ def run_argv(
     labels: Mapping[str, str],
     ceiling_s: int,
     limits: Limits | None = None,
+    caches: Sequence[CacheMount] = (),
 ) -> list[str]:
     """`docker run --detach` of a container that only sleeps, the workspace bind-mounted
-    at /work; commands come by `docker exec`."""
-    flags = _container_flags(labels, limits, mount_source)
+    at /work and each cache volume at its path; commands come by `docker exec`."""
+    flags = _container_flags(labels, limits, mount_source, caches)
     return [binary(), "run", "--detach", *flags, image, "sleep", str(ceiling_s)]
 
 
@@ -221,10 +271,11 @@ def create_argv(
     labels: Mapping[str, str],
     ceiling_s: int,
     limits: Limits | None = None,
+    caches: Sequence[CacheMount] = (),
 ) -> list[str]:
-    """`docker create` of the same sleeping container without a mount (copy mode: the
-    tree is copied in before `docker start`)."""
-    flags = _container_flags(labels, limits, None)
+    """`docker create` of the same sleeping container without the workspace mount (copy
+    mode: the tree is copied in before `docker start`); cache volumes are mounted."""
+    flags = _container_flags(labels, limits, None, caches)
     return [binary(), "create", *flags, image, "sleep", str(ceiling_s)]
 
 
@@ -310,6 +361,56 @@ def labels_argv(container_ids: Sequence[str]) -> list[str]:
         "{{.Id}}\t{{json .Config.Labels}}",
         *container_ids,
     ]
+
+
+def volume_create_argv(name: str, labels: Mapping[str, str]) -> list[str]:
+    """Create a named volume with labels. docker answers 0 if it exists already (its
+    labels stay as they were); podman fails with "already exists"."""
+    argv = [binary(), "volume", "create"]
+    for key, value in labels.items():
+        argv += ["--label", f"{key}={value}"]
+    return [*argv, name]
+
+
+def volume_list_argv(store: str, repo: str | None = None) -> list[str]:
+    """Names of the cache volumes of run store `store` (of repository `repo` only, if given)."""
+    argv = [binary(), "volume", "ls", "--quiet", "--filter", f"label={CACHE_LABEL}"]
+    argv += ["--filter", f"label={STORE_LABEL}={store}"]
+    if repo is not None:
+        argv += ["--filter", f"label={REPO_LABEL}={repo}"]
+    return argv
+
+
+def volume_inspect_argv(names: Sequence[str]) -> list[str]:
+    """Each volume's name, mount point on the engine's host, and labels as JSON."""
+    return [
+        binary(),
+        "volume",
+        "inspect",
+        "--format",
+        "{{.Name}}\t{{.Mountpoint}}\t{{json .Labels}}",
+        *names,
+    ]
+
+
+def volume_remove_argv(name: str) -> list[str]:
+    """Remove a volume; the engine refuses while a container uses it."""
+    return [binary(), "volume", "rm", name]
+
+
+def images_argv() -> list[str]:
+    """Every image tag the engine has, `repository<TAB>tag` per line (docker and podman)."""
+    return [binary(), "image", "ls", "--format", "{{.Repository}}\t{{.Tag}}"]
+
+
+def image_sizes_argv(names: Sequence[str]) -> list[str]:
+    """Each image's id and size in bytes (`image ls` prints sizes for people)."""
+    return [binary(), "image", "inspect", "--format", "{{.Id}}\t{{.Size}}", *names]
+
+
+def image_remove_argv(name: str) -> list[str]:
+    """Untag `name`; its layers go too once no other tag holds them."""
+    return [binary(), "image", "rm", name]
 
 
 # --- wrappers -----------------------------------------------------------------------------------
@@ -415,6 +516,7 @@ def run_detached(
     labels: Mapping[str, str],
     ceiling_s: int,
     limits: Limits | None = None,
+    caches: Sequence[CacheMount] = (),
 ) -> str:
     """Start the run's container, the workspace bind-mounted; returns its id.
 
@@ -422,7 +524,12 @@ def run_detached(
     `ContainerStartFailed` otherwise.
     """
     argv = run_argv(
-        image, mount_source=mount_source, labels=labels, ceiling_s=ceiling_s, limits=limits
+        image,
+        mount_source=mount_source,
+        labels=labels,
+        ceiling_s=ceiling_s,
+        limits=limits,
+        caches=caches,
     )
     result = _run(argv)
     container_id = result.stdout.decode(errors="replace").strip().splitlines()
@@ -443,12 +550,14 @@ def create(
     labels: Mapping[str, str],
     ceiling_s: int,
     limits: Limits | None = None,
+    caches: Sequence[CacheMount] = (),
 ) -> str:
     """`docker create` the run's container (copy mode); returns its id.
 
     Raises `ContainerStartFailed`.
     """
-    result = _run(create_argv(image, labels=labels, ceiling_s=ceiling_s, limits=limits))
+    argv = create_argv(image, labels=labels, ceiling_s=ceiling_s, limits=limits, caches=caches)
+    result = _run(argv)
     container_id = result.stdout.decode(errors="replace").strip().splitlines()
     if not result.ok or not container_id:
         raise ContainerStartFailed(
@@ -650,3 +759,131 @@ def _labelled(line: str, store: str, host: str) -> LabelledContainer | None:
         return None
     repo = labels.get(REPO_LABEL)
     return LabelledContainer(container_id, run_id, repo if isinstance(repo, str) else "")
+
+
+# --- cache volumes and images (run setup, `quire ci prune`) -------------------------------------
+
+
+class CacheVolumeFailed(ContainerStartFailed):
+    """A cache volume of the pipeline could not be created."""
+
+
+def create_volumes(volumes: Mapping[str, Mapping[str, str]]) -> None:
+    """Make sure each named volume exists (created with its labels on first use), all at
+    once; one that exists already is kept as it is, contents and labels.
+
+    Raises `CacheVolumeFailed` with the engine's words.
+    """
+    argvs = [volume_create_argv(name, labels) for name, labels in volumes.items()]
+    for result in process.run_all(argvs):
+        stderr = result.stderr_tail(3)
+        if result.ok or "already exists" in stderr.lower():
+            continue  # podman refuses an existing name: a run before us made it
+        if daemon_unreachable(stderr):
+            raise DockerUnavailable(f"docker is unavailable: {stderr}")
+        raise CacheVolumeFailed(
+            f"creating cache volume {result.argv[-1]} ({engine_name()}) failed "
+            f"(exit {result.exit}): {stderr or '(no output)'}"
+        )
+
+
+def cache_volumes(store: str, repo: str | None = None) -> list[Volume]:
+    """The cache volumes of run store `store` (of `repo` only, if given), labels checked.
+
+    Raises `DockerUnavailable` when the engine cannot be reached.
+    """
+    listed = _run(volume_list_argv(store, repo))
+    if not listed.ok:
+        raise DockerUnavailable(f"docker is unavailable: {listed.stderr_tail(3)}")
+    names = listed.stdout.decode(errors="replace").split()
+    if not names:
+        return []
+    inspected = _run(volume_inspect_argv(names))  # one may go in between: the rest print
+    found = []
+    for line in inspected.stdout.decode(errors="replace").splitlines():
+        volume = _volume(line, store, repo)
+        if volume is not None:
+            found.append(volume)
+    return found
+
+
+def _volume(line: str, store: str, repo: str | None) -> Volume | None:
+    name, _, rest = line.partition("\t")
+    mountpoint, _, raw = rest.partition("\t")
+    try:
+        labels = json.loads(raw)
+    except ValueError:
+        return None
+    if not name or not isinstance(labels, dict) or labels.get(STORE_LABEL) != store:
+        return None
+    owner, cache = labels.get(REPO_LABEL), labels.get(CACHE_LABEL)
+    if not isinstance(owner, str) or not isinstance(cache, str) or repo not in (None, owner):
+        return None
+    return Volume(name, owner, cache, mountpoint)
+
+
+def remove_volume(name: str) -> str | None:
+    """`docker volume rm`; None when it is gone (or was already), else why not (in use).
+
+    Raises `DockerUnavailable` when the engine cannot be reached.
+    """
+    result = _run(volume_remove_argv(name))
+    stderr = result.stderr_tail(3)
+    if result.ok or "no such volume" in stderr.lower():
+        return None
+    if daemon_unreachable(stderr):
+        raise DockerUnavailable(f"docker is unavailable: {stderr}")
+    return stderr or f"exit {result.exit}"
+
+
+def run_images() -> list[Image]:
+    """Every tag of quire's run images (`quire-ci/...`) the engine has.
+
+    Raises `DockerUnavailable` when the engine cannot be reached.
+    """
+    result = _run(images_argv())
+    if not result.ok:
+        raise DockerUnavailable(f"docker is unavailable: {result.stderr_tail(3)}")
+    found = []
+    for line in result.stdout.decode(errors="replace").splitlines():
+        repository, _, tag = line.partition("\t")
+        if is_run_image(repository) and tag and tag != "<none>":
+            found.append(Image(short_image_name(repository), tag))
+    return found
+
+
+def image_sizes(names: Sequence[str]) -> dict[str, tuple[str, int]]:
+    """Image id and size in bytes of each name that exists (an image shared by several
+    tags is counted once by the caller, by id)."""
+    if not names:
+        return {}
+    result = _run(image_sizes_argv(names))
+    lines = result.stdout.decode(errors="replace").splitlines()
+    sizes = {}
+    # `inspect` prints the images it found, in order, and skips the ones it did not.
+    if len(lines) == len(names):
+        for name, line in zip(names, lines, strict=True):
+            image_id, _, size = line.partition("\t")
+            if size.strip().isdigit():
+                sizes[name] = (image_id, int(size))
+    return sizes
+
+
+def remove_image(name: str) -> bool:
+    """`docker image rm NAME`: untag it, and delete its layers if nothing else holds them.
+    Returns whether the image itself was deleted (not only untagged).
+
+    Raises `DockerUnavailable` when the engine cannot be reached, `ToolFailed` with the
+    engine's words otherwise (an image a container still uses).
+    """
+    result = _run(image_remove_argv(name))
+    stderr = result.stderr_tail(3)
+    if not result.ok:
+        if image_gone(stderr):
+            return False
+        if daemon_unreachable(stderr):
+            raise DockerUnavailable(f"docker is unavailable: {stderr}")
+        raise ToolFailed(f"`{' '.join(result.argv)}` exited {result.exit}: {stderr}")
+    return any(
+        line.startswith("Deleted") for line in result.stdout.decode(errors="replace").splitlines()
+    )

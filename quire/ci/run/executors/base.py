@@ -10,6 +10,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
 
+from quire.ci.pipeline import CacheDef
 from quire.ci.store.records import ExecutorKind
 from quire.config import DockerSettings
 
@@ -86,6 +87,9 @@ class ExecutorSetup:
     keep_workspace: bool = False
     # The `quire.host` label: the host whose quire owns the run (runner.yml's host).
     host: str = field(default_factory=socket.gethostname)
+    # The pipeline's `cache(name, path)` declarations: docker mounts a volume per cache
+    # at its path; the host executor has nothing to do (the path is the host's own).
+    caches: tuple[CacheDef, ...] = ()
 
 
 class ExecutorFactory(Protocol):

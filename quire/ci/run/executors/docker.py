@@ -11,6 +11,11 @@ workspace mode (`[docker] workspace`, default by engine):
 - copy: `docker create`, the workspace streamed in (`tar | docker cp -`),
   `docker start`.
 
+Either way, each of the pipeline's caches (`cache(name, path)`) is a named
+volume `quire-cache-<repo>-<name>` mounted at its path: created (labelled
+quire.store, quire.repo, quire.cache) before the container on first use, and
+kept after it, so the next run of the repository finds what this one left.
+
 Leaving, however it happens: stamp `container_stopped_at`; bind: give /work
 back to an unprivileged quire; copy with --keep-workspace: copy /work back
 into the workspace; `docker rm --force` (the container stops with SIGKILL:
@@ -103,6 +108,7 @@ class DockerExecutor:
         self.outlet.emit(ImageBuildFinished(self.image_tag, ok=True))
 
     def _start(self) -> None:
+        self._create_caches()
         self._starting = True
         if self.mode == "copy":
             container_id = docker.create(self.image_tag, **self._container_spec())
@@ -138,6 +144,27 @@ class DockerExecutor:
             marker.unlink(missing_ok=True)
         return container_id
 
+    def _cache_mounts(self) -> list[docker.CacheMount]:
+        return [
+            docker.CacheMount(docker.cache_volume(self.setup.repo, cache.name), cache.path)
+            for cache in self.setup.caches
+        ]
+
+    def _create_caches(self) -> None:
+        """Each cache's volume, made on the run's first use; an existing one is kept."""
+        mounts = self._cache_mounts()
+        if not mounts:
+            return
+        labels = {docker.STORE_LABEL: self.setup.store_label, docker.REPO_LABEL: self.setup.repo}
+        docker.create_volumes(
+            {
+                mount.volume: {**labels, docker.CACHE_LABEL: cache.name}
+                for mount, cache in zip(mounts, self.setup.caches, strict=True)
+            }
+        )
+        listed = ", ".join(f"{m.volume} at {m.path}" for m in mounts)
+        self.outlet.notice(f"caches: {listed}")
+
     def _container_spec(self) -> docker.ContainerSpec:
         settings = self.setup.docker
         return {
@@ -154,6 +181,7 @@ class DockerExecutor:
                 network=settings.network,
                 labels=settings.labels,
             ),
+            "caches": self._cache_mounts(),
         }
 
     # --- commands -------------------------------------------------------------------------------
