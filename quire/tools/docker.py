@@ -403,11 +403,6 @@ def images_argv() -> list[str]:
     return [binary(), "image", "ls", "--format", "{{.Repository}}\t{{.Tag}}"]
 
 
-def image_sizes_argv(names: Sequence[str]) -> list[str]:
-    """Each image's id and size in bytes (`image ls` prints sizes for people)."""
-    return [binary(), "image", "inspect", "--format", "{{.Id}}\t{{.Size}}", *names]
-
-
 def image_remove_argv(name: str) -> list[str]:
     """Untag `name`; its layers go too once no other tag holds them."""
     return [binary(), "image", "rm", name]
@@ -850,23 +845,6 @@ def run_images() -> list[Image]:
         if is_run_image(repository) and tag and tag != "<none>":
             found.append(Image(short_image_name(repository), tag))
     return found
-
-
-def image_sizes(names: Sequence[str]) -> dict[str, tuple[str, int]]:
-    """Image id and size in bytes of each name that exists (an image shared by several
-    tags is counted once by the caller, by id)."""
-    if not names:
-        return {}
-    result = _run(image_sizes_argv(names))
-    lines = result.stdout.decode(errors="replace").splitlines()
-    sizes = {}
-    # `inspect` prints the images it found, in order, and skips the ones it did not.
-    if len(lines) == len(names):
-        for name, line in zip(names, lines, strict=True):
-            image_id, _, size = line.partition("\t")
-            if size.strip().isdigit():
-                sizes[name] = (image_id, int(size))
-    return sizes
 
 
 def remove_image(name: str) -> bool:

@@ -142,21 +142,13 @@ def test_volume_argvs_create_list_inspect_and_remove_by_label() -> None:
 
 
 @pytest.mark.usefixtures("plain_docker")
-def test_image_argvs_list_size_and_remove() -> None:
+def test_image_argvs_list_and_remove() -> None:
     assert docker.images_argv() == [
         "docker",
         "image",
         "ls",
         "--format",
         "{{.Repository}}\t{{.Tag}}",
-    ]
-    assert docker.image_sizes_argv(["a:1"]) == [
-        "docker",
-        "image",
-        "inspect",
-        "--format",
-        "{{.Id}}\t{{.Size}}",
-        "a:1",
     ]
     assert docker.image_remove_argv("a:1") == ["docker", "image", "rm", "a:1"]
 
@@ -333,14 +325,3 @@ def test_remove_image_tells_a_deleted_image_from_an_untagged_one(fp: FakeProcess
     assert docker.remove_image("a:3") is False
     with pytest.raises(ToolFailed, match="being used"):
         docker.remove_image("a:4")
-
-
-def test_image_sizes_reads_bytes_per_name(fp: FakeProcess) -> None:
-    fp.register(
-        [fp.program("docker"), "image", "inspect", fp.any()],
-        stdout="sha256:aa\t1990000\nsha256:aa\t1990000\n",
-    )
-    assert docker.image_sizes(["a:1", "a:latest"]) == {
-        "a:1": ("sha256:aa", 1990000),
-        "a:latest": ("sha256:aa", 1990000),
-    }
