@@ -327,10 +327,9 @@ def describe(report: PruneReport, *, dry_run: bool) -> Iterable[str]:
     if not report.removed:
         yield "nothing to prune"
         return
-    freed = human_size(report.freed)
-    unknown = any(r.size is None for r in report.removed)
-    extra = " (image layers and caches of an engine elsewhere not counted)" if unknown else ""
-    yield f"{'would free' if dry_run else 'freed'} {freed}{extra}"
+    uncounted = sorted({f"{r.kind}s" for r in report.removed if r.size is None})
+    extra = f" (not counted: {', '.join(uncounted)})" if uncounted else ""
+    yield f"{'would free' if dry_run else 'freed'} {human_size(report.freed)}{extra}"
 
 
 def human_size(size: int) -> str:
