@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from quire.errors import PipelineError, PipelineProblem
+from quire.errors import PipelineError, PipelineProblem, UsageError
 
 if TYPE_CHECKING:
     from quire.ci.run.runtime import Runtime
@@ -173,6 +173,26 @@ class Pipeline:
     order: list[str]
     caches: dict[str, CacheDef] = field(default_factory=dict)
 
+    def subset(self, targets: Sequence[str]) -> Pipeline:
+        """The pipeline cut down to `targets` and every job they need, in the same order;
+        raises `UsageError` naming an unknown job (with the closest id)."""
+        unknown = [name for name in targets if name not in self.jobs]
+        if unknown:
+            close = closest(unknown[0], list(self.jobs))
+            hint = f" (did you mean {close!r}?)" if close else ""
+            known = ", ".join(self.order)
+            raise UsageError(
+                f"no job {unknown[0]!r} in {PIPELINE_FILE}{hint}; its jobs are: {known}"
+            )
+        wanted = set(targets)
+        for name in targets:
+            wanted |= {dep for dep in self.ancestors(name) if dep in self.jobs}
+        return Pipeline(
+            jobs={name: defined for name, defined in self.jobs.items() if name in wanted},
+            order=[name for name in self.order if name in wanted],
+            caches=self.caches,
+        )
+
     def ancestors(self, job_id: str) -> set[str]:
         """Every job and source `job_id` depends on, directly or not."""
         seen: set[str] = set()
@@ -267,14 +287,23 @@ def validate(registrations: list[_Registration]) -> Pipeline:
     return Pipeline(jobs=jobs, order=_topological(jobs), caches=caches)
 
 
+def closest(name: str, known: Sequence[str]) -> str | None:
+    """The known name `name` was most likely meant as (typos, swapped letters), or None."""
+    for candidate in known:  # the same letters in another order: `tset` for `tests`
+        if sorted(candidate) == sorted(name) or sorted(candidate) == sorted(name + "s"):
+            return candidate
+    found = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
 def _unknown_inputs(jobs: dict[str, JobDef]) -> Iterator[PipelineProblem]:
     known = list(jobs) + list(SOURCES)
     for defined in jobs.values():
         for name in defined.inputs:
             if name in jobs or name in SOURCES:
                 continue
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            close = closest(name, known)
+            hint = f" (did you mean {close!r}?)" if close else ""
             yield PipelineProblem(
                 f"job {defined.id!r} has unknown input {name!r}{hint}", defined.line
             )

@@ -107,7 +107,17 @@ RepoOption = Annotated[
 @ci.command("run")
 @_guarded
 def run_command(
-    rev: Annotated[str, typer.Argument(help="Revision to run.")] = "HEAD",
+    targets: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Jobs to run, with every job they need (default: all). A revision as the "
+            "first word still works: `quire ci run main lint`.",
+            metavar="[REV] [JOB]...",
+        ),
+    ] = None,
+    rev: Annotated[
+        str | None, typer.Option("--rev", help="Revision to run.", show_default="HEAD")
+    ] = None,
     repo: RepoOption = Path(),
     executor: Annotated[
         ExecutorChoice, typer.Option("--executor", help="Where commands run.")
@@ -121,7 +131,7 @@ def run_command(
     pushed_at: Annotated[str | None, typer.Option("--pushed-at", hidden=True)] = None,
     run_id: Annotated[str | None, typer.Option("--run-id", hidden=True)] = None,
 ) -> int:
-    """Run the pipeline of REV.
+    """Run the pipeline of REV (HEAD), or only some of its jobs.
 
     Exit 0 complete, 1 a job failed, 2 bad input, 3 environment, 70 internal error,
     130 interrupted.
@@ -129,10 +139,13 @@ def run_command(
     from quire.ci.run.orchestrator import RunRequest, run
     from quire.ci.store.records import ExecutorKind
     from quire.cli.console import PipeSafe, make_reporter
+    from quire.errors import UsageError
 
+    revision, jobs = _revision_and_jobs(repo, rev, list(targets or ()))
     request = RunRequest(
         repo_path=repo,
-        revision=rev,
+        revision=revision,
+        jobs=tuple(jobs),
         executor=ExecutorKind(executor.value),
         keep_workspace=keep_workspace,
         ref=ref,
@@ -142,11 +155,31 @@ def run_command(
     reporter = PipeSafe(make_reporter(quiet=quiet))  # a closed pipe stops the screen only
     try:
         outcome = run(request, reporter)
+    except UsageError as exc:
+        if rev is None and jobs and f"no job {jobs[0]!r}" in str(exc):
+            # The first word was taken for a job because it names no commit: say both.
+            raise UsageError(f"no revision {jobs[0]!r} in the repository, and {exc}") from exc
+        raise
     finally:
         reporter.close()  # the live area goes, however the run ended
     if outcome.error:
         _error(outcome.error)
     return outcome.exit_code
+
+
+def _revision_and_jobs(repo: Path, rev: str | None, targets: list[str]) -> tuple[str, list[str]]:
+    """`--rev`, or a first word that names a commit (as older versions took it); the rest
+    are job ids."""
+    if rev is not None or not targets:
+        return rev or "HEAD", targets
+    from quire.errors import UnknownRevision
+    from quire.tools import git
+
+    try:
+        git.resolve(git.open_repository(repo).git_dir, targets[0])
+    except UnknownRevision:
+        return "HEAD", targets
+    return targets[0], targets[1:]
 
 
 def _parse_time(text: str | None) -> datetime | None:
@@ -182,6 +215,30 @@ def validate_command(
         defined = pipeline.jobs[name]
         extra = f"  (timeout {defined.timeout:g}s)" if defined.timeout else ""
         typer.echo(f"  {name:<{width}}  <- {', '.join(defined.inputs)}{extra}")
+    return 0
+
+
+@ci.command("jobs")
+@_guarded
+def jobs_command(
+    rev: Annotated[str, typer.Argument(help="Revision whose ci.py to read.")] = "HEAD",
+    repo: RepoOption = Path(),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> int:
+    """List REV's jobs in the order they run, one per line with their inputs."""
+    import json
+
+    from quire.ci.run.orchestrator import load
+
+    pipeline = load(repo, rev).pipeline
+    jobs = [] if pipeline is None else [pipeline.jobs[name] for name in pipeline.order]
+    if as_json:
+        listed = [{"id": j.id, "inputs": list(j.inputs), "timeout": j.timeout} for j in jobs]
+        typer.echo(json.dumps(listed, indent=2))
+        return 0
+    width = max((len(defined.id) for defined in jobs), default=0)
+    for defined in jobs:
+        typer.echo(f"{defined.id:<{width}}  <- {', '.join(defined.inputs)}")
     return 0
 
 

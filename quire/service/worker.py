@@ -302,6 +302,7 @@ def child_argv(entry: Entry, executor: str) -> list[str]:
         "quire",
         "ci",
         "run",
+        "--rev",
         entry.sha,
         "--repo",
         entry.git_dir,

@@ -62,9 +62,13 @@ def test_run_exits_0_with_a_message_when_there_is_no_pipeline(tmp_path: Path) ->
 
 def test_run_exits_2_for_an_unknown_revision(tmp_path: Path) -> None:
     make_repo(tmp_path / "proj", {".quire/ci.py": PASSING})
-    code, _, err = invoke("ci", "run", "no-such-branch", "--repo", str(tmp_path / "proj"))
+    code, _, err = invoke("ci", "run", "--rev", "no-such-branch", "--repo", str(tmp_path / "proj"))
     assert code == 2
     assert "error: unknown revision 'no-such-branch'" in err
+    # A first word that is neither a commit nor a job: both are said.
+    code, _, err = invoke("ci", "run", "no-such-branch", "--repo", str(tmp_path / "proj"))
+    assert code == 2
+    assert "no revision 'no-such-branch' in the repository, and no job 'no-such-branch'" in err
 
 
 def test_run_exits_2_outside_a_repository(tmp_path: Path) -> None:

@@ -432,3 +432,22 @@ def test_a_run_whose_end_cannot_be_written_stays_for_reconcile_and_says_so(
     assert finished.state == RunState.active and finished.location == path
     assert "result.yml: No space left on device" in str(finished.result.error)
     assert f"the run stays in {path} until `quire ci reconcile`" in str(finished.result.error)
+
+
+def test_every_command_sees_ci_and_the_runs_identity_by_name(harness: Harness) -> None:
+    assert harness.run() == ExitCode.ok
+    (executor,) = harness.made
+    first, second = executor.commands
+    _, path = harness.only_run()
+    meta = store_for(harness.repo).find("latest").meta()
+    assert {k: v for k, v in first.env.items()} == {
+        "CI": "true",
+        "QUIRE": "true",
+        "QUIRE_RUN_ID": path.name,
+        "QUIRE_JOB": "build",
+        "QUIRE_SHA": meta.sha,
+        "QUIRE_REF": "refs/heads/main",
+        "QUIRE_BRANCH": "main",
+        "QUIRE_WORKSPACE": str(executor.setup.workspace),
+    }
+    assert second.env["QUIRE_JOB"] == "test"

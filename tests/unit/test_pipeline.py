@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from quire.ci.pipeline import PIPELINE_FILE, Pipeline, load_pipeline
-from quire.errors import PipelineError
+from quire.errors import PipelineError, UsageError
 
 
 def load(source: str) -> Pipeline:
@@ -605,3 +605,56 @@ def test_bad_and_duplicate_caches_are_each_a_problem_with_their_line() -> None:
     assert "not a valid name" in found[0][1]
     assert "must be absolute" in found[1][1]
     assert "duplicate cache 'pip' (first defined on line 5)" in found[2][1]
+
+
+SUBSETTABLE = """
+from quire.ci import job
+
+@job(inputs=["quire/push"])
+def lint(rt):
+    pass
+
+@job(inputs=["lint"])
+def tests(rt):
+    pass
+
+@job(inputs=["quire/push"])
+def docs(rt):
+    pass
+
+@job(inputs=["tests", "docs"])
+def release(rt):
+    pass
+"""
+
+
+def test_a_subset_keeps_the_targets_and_everything_they_need_in_order() -> None:
+    pipeline = load(SUBSETTABLE)
+    assert pipeline.subset(["tests"]).order == ["lint", "tests"]
+    assert pipeline.subset(["docs", "lint"]).order == ["lint", "docs"]
+    assert pipeline.subset(["release"]).order == ["lint", "tests", "docs", "release"]
+
+
+def test_a_subset_naming_an_unknown_job_is_bad_input_with_the_closest_id() -> None:
+    with pytest.raises(UsageError) as caught:
+        load(SUBSETTABLE).subset(["tset"])
+    assert "no job 'tset'" in str(caught.value)
+    assert "did you mean 'tests'?" in str(caught.value)
+    assert caught.value.exit_code == 2
+
+
+def test_an_unknown_input_suggests_the_closest_job_id() -> None:
+    found = problems_of(
+        """
+        from quire.ci import job
+
+        @job(inputs=["quire/push"])
+        def tests(rt):
+            pass
+
+        @job(inputs=["tset"])
+        def report(rt):
+            pass
+        """
+    )
+    assert "unknown input 'tset' (did you mean 'tests'?)" in found[0][1]

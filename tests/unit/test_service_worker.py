@@ -66,6 +66,7 @@ def test_a_queued_push_runs_as_quire_ci_run_with_its_ref_time_and_id() -> None:
         "quire",
         "ci",
         "run",
+        "--rev",
         "a" * 40,
         "--repo",
         "/srv/p.git",

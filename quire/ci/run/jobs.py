@@ -63,6 +63,7 @@ class JobRunner:
     capture_limit: int
     push_outputs: Mapping[str, Any]
     outputs_limit: int = 1024 * 1024
+    run_env: Mapping[str, str] = field(default_factory=dict)
     outcome: JobsOutcome = field(default_factory=JobsOutcome)
 
     def run_all(self) -> JobsOutcome:
@@ -116,6 +117,7 @@ class JobRunner:
             outlet=self.outlet,
             capture_limit=self.capture_limit,
             deadline=None if defined.timeout is None else t0 + defined.timeout,
+            run_env=self.run_env,
         )
         try:
             with captured_output(self.outlet, defined.id):

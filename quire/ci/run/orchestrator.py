@@ -65,6 +65,7 @@ class RunRequest:
     ref: str | None = None
     pushed_at: datetime | None = None
     run_id: str | None = None  # assigned ahead (by a queue); by default a new one
+    jobs: tuple[str, ...] = ()  # only these jobs and what they need (all when empty)
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ def run(
             )
         )
         return RunOutcome(exit_code=ExitCode.ok)
+    pipeline = loaded.pipeline.subset(request.jobs) if request.jobs else loaded.pipeline
     config = load_config()
     store = store_of(loaded.repo)
     # From here on a signal must unwind (not kill) us: a run may exist to record.
@@ -130,9 +132,7 @@ def run(
     with interrupts.raising():
         _reconcile_first(store, request, reporter)
         run_dir, meta = _create_run(store, loaded, request)
-        return _Run(run_dir, meta, loaded, loaded.pipeline, request, config, executors).execute(
-            reporter
-        )
+        return _Run(run_dir, meta, loaded, pipeline, request, config, executors).execute(reporter)
 
 
 def _reconcile_first(store: RunStore, request: RunRequest, reporter: Subscriber) -> None:
@@ -269,6 +269,7 @@ class _Run:
                         capture_limit=self.config.output.capture_limit,
                         push_outputs=push_outputs(self.meta),
                         outputs_limit=self.config.output.outputs_limit,
+                        run_env=self._run_env(),
                         outcome=outcome,
                     ).run_all()
             return _result_of(outcome, outlet), None
@@ -284,6 +285,22 @@ class _Run:
             with interrupts.shielded():
                 if not self.request.keep_workspace:
                     workspaces.remove(self.workspace)
+
+    def _run_env(self) -> dict[str, str]:
+        """What every command of the run sees, whichever executor runs it."""
+        push = push_outputs(self.meta)
+        docker = self.request.executor == ExecutorKind.docker
+        env = {
+            "CI": "true",
+            "QUIRE": "true",
+            "QUIRE_RUN_ID": self.run_dir.run_id,
+            "QUIRE_SHA": self.meta.sha,
+            "QUIRE_REF": push["ref"] or "",
+            "QUIRE_WORKSPACE": "/work" if docker else str(self.workspace),
+        }
+        if push["branch"]:
+            env["QUIRE_BRANCH"] = push["branch"]
+        return env
 
     @property
     def workspace(self) -> Path:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -88,6 +88,8 @@ class JobContext:
     outlet: RunOutlet
     capture_limit: int
     deadline: float | None = None  # time.monotonic() the job must end by
+    # What every command of the run sees (CI, QUIRE_RUN_ID, ...; QUIRE_JOB is added here).
+    run_env: Mapping[str, str] = field(default_factory=dict)
 
 
 class _OutputSink:
@@ -134,10 +136,10 @@ class Runtime:
         ctx = self._ctx
         ctx.outlet.check()  # nor after the run's logs could not be written
         limit, by_job = self._timeout(timeout)
-        command = Command.from_user(self._checked(cmd), self._checked_env(env), limit)
-        shown = ctx.outlet.emit(
-            CommandStarted(ctx.job.id, _as_given(cmd), tuple(sorted(command.env)))
-        )
+        given = self._checked_env(env)
+        environment = {**ctx.run_env, "QUIRE_JOB": ctx.job.id, **given}
+        command = Command.from_user(self._checked(cmd), environment, limit)
+        shown = ctx.outlet.emit(CommandStarted(ctx.job.id, _as_given(cmd), tuple(sorted(given))))
         display = shown.display  # masked: fit for error messages
         sink = _OutputSink(ctx)
         result = ctx.executor.execute(command, sink)

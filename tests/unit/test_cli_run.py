@@ -1,0 +1,80 @@
+"""`quire ci run` choosing jobs, and `quire ci jobs`, through typer's CliRunner on real repos."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from quire.ci.store.runs import store_for
+from quire.cli.app import app
+from tests.helpers import make_repo
+
+PIPELINE = """
+from quire.ci import job
+
+@job(inputs=["quire/push"])
+def lint(rt):
+    rt.sh("echo lint ran")
+
+@job(inputs=["lint"])
+def tests(rt):
+    rt.sh("echo tests ran")
+
+@job(inputs=["quire/push"])
+def docs(rt):
+    rt.sh("echo docs ran")
+"""
+
+
+def quire(*args: str) -> Result:
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    make_repo(tmp_path / "proj", {".quire/ci.py": PIPELINE})
+    return tmp_path / "proj"
+
+
+def ran(result: Result) -> list[str]:
+    return [
+        line.split()[0]
+        for line in result.stdout.splitlines()
+        if line.endswith(" ran") and not line.startswith("$")
+    ]
+
+
+def test_run_with_job_names_runs_those_and_what_they_need_only(repo: Path) -> None:
+    result = quire("ci", "run", "tests", "--repo", str(repo))
+    assert result.exit_code == 0, result.output
+    assert ran(result) == ["lint", "tests"]
+    jobs = json.loads(quire("ci", "show", "latest", "--json", "--repo", str(repo)).stdout)["jobs"]
+    assert [job["job_id"] for job in jobs] == ["lint", "tests"]
+
+
+def test_a_revision_as_the_first_word_still_works_and_rev_is_explicit(repo: Path) -> None:
+    assert ran(quire("ci", "run", "HEAD", "docs", "--repo", str(repo))) == ["docs"]
+    assert ran(quire("ci", "run", "--rev", "HEAD", "docs", "--repo", str(repo))) == ["docs"]
+    assert ran(quire("ci", "run", "--repo", str(repo))) == ["lint", "tests", "docs"]
+
+
+def test_an_unknown_job_is_exit_2_with_a_suggestion_and_records_nothing(repo: Path) -> None:
+    result = quire("ci", "run", "tset", "--repo", str(repo))
+    assert result.exit_code == 2
+    assert "no job 'tset'" in result.stderr and "did you mean 'tests'?" in result.stderr
+    assert list(store_for(repo).runs()) == []
+
+
+def test_jobs_lists_each_job_with_its_inputs_and_as_json(repo: Path) -> None:
+    listed = quire("ci", "jobs", "--repo", str(repo))
+    assert listed.exit_code == 0, listed.output
+    assert listed.stdout.splitlines() == [
+        "lint   <- quire/push",
+        "tests  <- lint",
+        "docs   <- quire/push",
+    ]
+    data = json.loads(quire("ci", "jobs", "--json", "--repo", str(repo)).stdout)
+    assert data[1] == {"id": "tests", "inputs": ["lint"], "timeout": None}
