@@ -19,9 +19,13 @@ file and line too, never a traceback.
 from __future__ import annotations
 
 import difflib
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import re
 import sys
 import traceback
+import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -172,6 +176,8 @@ class Pipeline:
     jobs: dict[str, JobDef]
     order: list[str]
     caches: dict[str, CacheDef] = field(default_factory=dict)
+    # The other .py files under .quire/ (path below it -> text): see `pipeline_modules`.
+    modules: dict[str, bytes] = field(default_factory=dict)
 
     def subset(self, targets: Sequence[str]) -> Pipeline:
         """The pipeline cut down to `targets` and every job they need, in the same order;
@@ -191,6 +197,7 @@ class Pipeline:
             jobs={name: defined for name, defined in self.jobs.items() if name in wanted},
             order=[name for name in self.order if name in wanted],
             caches=self.caches,
+            modules=self.modules,
         )
 
     def ancestors(self, job_id: str) -> set[str]:
@@ -216,8 +223,60 @@ def _collecting() -> Iterator[list[_Registration]]:
         _collector = previous
 
 
-def load_pipeline(source: bytes | str) -> Pipeline:
-    """Execute ci.py's text and validate its jobs; raises `PipelineError`."""
+class _PipelineModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Imports of the modules beside ci.py (`.quire/helpers.py`, `.quire/lib/__init__.py`),
+    served from the texts read at the run's revision, never from the working tree."""
+
+    def __init__(self, sources: Mapping[str, bytes]) -> None:
+        self.sources = dict(sources)
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: types.ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        for file, package in (
+            (f"{fullname.replace('.', '/')}.py", False),
+            (f"{fullname.replace('.', '/')}/__init__.py", True),
+        ):
+            if file in self.sources:
+                spec = importlib.util.spec_from_loader(fullname, self, is_package=package)
+                if spec is not None:
+                    spec.origin = f".quire/{file}"
+                    spec.has_location = True
+                return spec
+        return None
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        spec = module.__spec__
+        assert spec is not None and spec.origin is not None
+        source = self.sources[spec.origin.removeprefix(".quire/")]
+        exec(compile(source, spec.origin, "exec"), module.__dict__)
+
+
+@contextmanager
+def pipeline_modules(sources: Mapping[str, bytes]) -> Iterator[None]:
+    """While inside, `import helpers` in ci.py (or in a job) finds `.quire/helpers.py` of
+    the run's revision; afterwards no module of it is left in `sys.modules`."""
+    if not sources:
+        yield
+        return
+    finder = _PipelineModules(sources)
+    before = set(sys.modules)
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
+        for name in set(sys.modules) - before:
+            spec = getattr(sys.modules[name], "__spec__", None)
+            if spec is not None and spec.loader is finder:
+                del sys.modules[name]
+
+
+def load_pipeline(source: bytes | str, modules: Mapping[str, bytes] | None = None) -> Pipeline:
+    """Execute ci.py's text and validate its jobs; raises `PipelineError`.
+
+    `modules` are the other `.py` files under `.quire/` (path below `.quire/` ->
+    text), importable from ci.py and its jobs."""
     try:
         code = compile(source, PIPELINE_FILE, "exec")
     except SyntaxError as exc:
@@ -226,14 +285,16 @@ def load_pipeline(source: bytes | str) -> Pipeline:
     except ValueError as exc:  # e.g. NUL bytes
         raise PipelineError(PIPELINE_FILE, [PipelineProblem(str(exc), None)]) from None
     namespace: dict[str, Any] = {"__name__": "quire_pipeline", "__file__": PIPELINE_FILE}
-    with _collecting() as registrations:
+    with _collecting() as registrations, pipeline_modules(modules or {}):
         try:
             exec(code, namespace)
         except (Exception, SystemExit) as exc:  # sys.exit() in ci.py must not end quire
             line = pipeline_line(exc)
             problem = PipelineProblem(f"{type(exc).__name__} while loading: {exc}", line)
             raise PipelineError(PIPELINE_FILE, [problem]) from None
-    return validate(registrations)
+    pipeline = validate(registrations)
+    pipeline.modules = dict(modules or {})
+    return pipeline
 
 
 def pipeline_line(exc: BaseException) -> int | None:

@@ -27,7 +27,9 @@ app = typer.Typer(
     help="quire: run a repository's CI pipeline (.quire/ci.py) on this machine.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    # --install-completion / --show-completion; typer only imports its completion
+    # code when one of them is given, so --help stays fast.
+    add_completion=True,
     # Plain click help: rich's help renderer doubles the start-up time of --help.
     rich_markup_mode=None,
 )
@@ -75,20 +77,29 @@ def _error(message: str) -> None:
     sys.stderr.flush()
 
 
+def _print_version(value: bool) -> None:
+    # Eager: runs while the options are parsed, before click asks for a subcommand.
+    if value:
+        from quire import __version__
+
+        typer.echo(f"quire {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _root(
     debug: Annotated[
         bool, typer.Option("--debug", help="Show tracebacks of internal errors.")
     ] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", is_eager=True, callback=_print_version
+        ),
+    ] = False,
 ) -> None:
     global _debug
     _debug = debug
-    if version:
-        from quire import __version__
-
-        typer.echo(f"quire {__version__}")
-        raise typer.Exit(0)
 
 
 class ExecutorChoice(StrEnum):
@@ -96,6 +107,10 @@ class ExecutorChoice(StrEnum):
     docker = "docker"
 
 
+DIRTY_HELP = (
+    "Use the working tree as it is: uncommitted changes and untracked files (never ignored "
+    "ones), on top of HEAD."
+)
 RepoOption = Annotated[
     Path,
     typer.Option(
@@ -126,6 +141,13 @@ def run_command(
         bool, typer.Option("--keep-workspace", help="Keep the materialized tree after the run.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the summary.")] = False,
+    dirty: Annotated[bool, typer.Option("--dirty", help=DIRTY_HELP)] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Print one JSON summary on stdout; the run's output to stderr."
+        ),
+    ] = False,
     # For the push worker, which runs a queued push as a child `quire ci run`.
     ref: Annotated[str | None, typer.Option("--ref", hidden=True)] = None,
     pushed_at: Annotated[str | None, typer.Option("--pushed-at", hidden=True)] = None,
@@ -138,7 +160,7 @@ def run_command(
     """
     from quire.ci.run.orchestrator import RunRequest, run
     from quire.ci.store.records import ExecutorKind
-    from quire.cli.console import PipeSafe, make_reporter
+    from quire.cli.console import PipeSafe, PlainReporter, make_reporter
     from quire.errors import UsageError
 
     revision, jobs = _revision_and_jobs(repo, rev, list(targets or ()))
@@ -146,13 +168,15 @@ def run_command(
         repo_path=repo,
         revision=revision,
         jobs=tuple(jobs),
+        dirty=dirty,
         executor=ExecutorKind(executor.value),
         keep_workspace=keep_workspace,
         ref=ref,
         pushed_at=_parse_time(pushed_at),
         run_id=run_id,
     )
-    reporter = PipeSafe(make_reporter(quiet=quiet))  # a closed pipe stops the screen only
+    shown = PlainReporter(quiet=quiet, out=sys.stderr.buffer) if as_json else None
+    reporter = PipeSafe(shown or make_reporter(quiet=quiet))  # a closed pipe stops the screen only
     try:
         outcome = run(request, reporter)
     except UsageError as exc:
@@ -162,6 +186,10 @@ def run_command(
         raise
     finally:
         reporter.close()  # the live area goes, however the run ended
+    if keep_workspace and outcome.workspace is not None:
+        typer.echo(f"workspace kept: {outcome.workspace}", err=as_json)
+    if as_json:
+        typer.echo(outcome.to_json())
     if outcome.error:
         _error(outcome.error)
     return outcome.exit_code
@@ -199,12 +227,15 @@ def _parse_time(text: str | None) -> datetime | None:
 def validate_command(
     rev: Annotated[str, typer.Argument(help="Revision whose ci.py to check.")] = "HEAD",
     repo: RepoOption = Path(),
+    dirty: Annotated[bool, typer.Option("--dirty", help=DIRTY_HELP)] = False,
 ) -> int:
     """Load REV's .quire/ci.py and list its jobs, or every problem with its line (exit 2)."""
     from quire.ci.pipeline import PIPELINE_FILE
     from quire.ci.run.orchestrator import load
 
-    loaded = load(repo, rev)
+    loaded = load(repo, rev, dirty=dirty)
+    if dirty:
+        rev = "the working tree"
     if loaded.pipeline is None:
         typer.echo(f"no {PIPELINE_FILE} at {rev} ({loaded.revision.sha[:12]}): nothing to run")
         return 0
@@ -301,6 +332,15 @@ def _register_service() -> None:
 
 
 _register_service()
+
+
+def _register_prune() -> None:
+    from quire.cli import prune_command
+
+    ci.command("prune")(_guarded(prune_command.prune_command))
+
+
+_register_prune()
 
 
 def main() -> None:

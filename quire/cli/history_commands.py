@@ -58,6 +58,8 @@ def runs_command(
     for s in summaries:
         state = f"{s.state.value} ({s.reason})" if s.reason else s.state.value
         revision = f"{s.revision} {s.sha[:12]}" if s.sha else "?"
+        if s.dirty:
+            revision += "+dirty"
         rows.append(
             (s.id, state, revision, s.executor or "?", _when(s), format_duration(s.duration_s))
         )
@@ -83,7 +85,9 @@ def show_command(
     typer.echo(f"repo      {info.repo}")
     typer.echo(f"state     {state}")
     typer.echo(
-        f"revision  {info.revision} {info.sha or '?'}" + (f" ({info.ref})" if info.ref else "")
+        f"revision  {info.revision} {info.sha or '?'}"
+        + (f" ({info.ref})" if info.ref else "")
+        + (" + the working tree's changes (--dirty)" if info.dirty else "")
     )
     typer.echo(f"executor  {info.executor}")
     typer.echo(f"started   {_when(info)}   duration {format_duration(info.duration_s)}")

@@ -67,6 +67,35 @@ def read_file(git_dir: Path, sha: str, path: str) -> bytes | None:
     return found.stdout if found.ok else None
 
 
+def list_files(git_dir: Path, sha: str, directory: str) -> list[str]:
+    """The paths of the files under `directory` at commit `sha` (none if it has none)."""
+    found = _git(git_dir, "ls-tree", "-r", "-z", "--name-only", sha, "--", directory)
+    if not found.ok:
+        return []
+    return [name for name in found.stdout.decode("utf-8", "surrogateescape").split("\0") if name]
+
+
+def worktree_files(worktree: Path) -> list[str]:
+    """The files of a working tree a `--dirty` run takes: tracked ones (with their
+    uncommitted changes) and untracked ones git does not ignore. Raises `ToolFailed`."""
+    found = process.run(
+        ["git", "-C", str(worktree), "ls-files", "-z", "--cached", "--others", "--exclude-standard"]
+    )
+    if not found.ok:
+        raise ToolFailed(f"`git ls-files` in {worktree} failed: {found.stderr_tail(3)}")
+    names = found.stdout.decode("utf-8", "surrogateescape").split("\0")
+    return sorted({name for name in names if name})
+
+
+def worktree_changed(worktree: Path) -> bool:
+    """Whether the working tree differs from HEAD (changes, or untracked files git does
+    not ignore)."""
+    found = process.run(
+        ["git", "-C", str(worktree), "status", "--porcelain", "--untracked-files=normal"]
+    )
+    return found.ok and bool(found.stdout.strip())
+
+
 def archive_argv(git_dir: Path, sha: str) -> list[str]:
     """`git archive` of commit `sha` as a tar stream on stdout."""
     return ["git", "--git-dir", str(git_dir), "archive", "--format=tar", sha]

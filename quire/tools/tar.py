@@ -28,3 +28,17 @@ def create_argv(source: Path, prefix: str) -> list[str]:
         f"--transform=s,^\\.,{prefix},S",
         ".",
     ]
+
+
+def create_listed_argv(source: Path, list_file: Path) -> list[str]:
+    """`tar` writing the files named (NUL-separated) in `list_file`, relative to `source`,
+    to stdout."""
+    return [
+        "tar",
+        "--create",
+        "--file=-",
+        f"--directory={source}",
+        "--null",
+        "--no-recursion",
+        f"--files-from={list_file}",
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import textwrap
 
 import pytest
@@ -658,3 +659,35 @@ def test_an_unknown_input_suggests_the_closest_job_id() -> None:
         """
     )
     assert "unknown input 'tset' (did you mean 'tests'?)" in found[0][1]
+
+
+USES_HELPERS = """
+from quire.ci import job
+from helpers import NAME
+import lib.util
+
+@job(inputs=["quire/push"])
+def named(rt):
+    return {"name": NAME, "util": lib.util.VALUE}
+"""
+
+
+def test_modules_beside_ci_py_are_importable_from_the_given_texts_and_leave_nothing() -> None:
+    first = load_pipeline(
+        USES_HELPERS,
+        {"helpers.py": b"NAME = 'one'\n", "lib/__init__.py": b"", "lib/util.py": b"VALUE = 1\n"},
+    )
+    second = load_pipeline(
+        USES_HELPERS,
+        {"helpers.py": b"NAME = 'two'\n", "lib/__init__.py": b"", "lib/util.py": b"VALUE = 2\n"},
+    )
+    assert first.jobs["named"].func(None) == {"name": "one", "util": 1}  # type: ignore[arg-type]
+    assert second.jobs["named"].func(None) == {"name": "two", "util": 2}  # type: ignore[arg-type]
+    assert not {"helpers", "lib", "lib.util"} & set(sys.modules)
+
+
+def test_a_missing_helper_module_is_a_pipeline_error_with_its_line() -> None:
+    with pytest.raises(PipelineError) as caught:
+        load_pipeline(USES_HELPERS, {})
+    assert caught.value.problems[0].line == 3
+    assert "ModuleNotFoundError" in caught.value.problems[0].text

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from plumbum import local
 
+from quire.ci.run import workspace as workspaces
 from quire.ci.run.workspace import materialize, remove
 from quire.errors import WorkspaceMaterializationFailed
 from tests.helpers import commit, make_repo, write_shim
@@ -124,3 +125,34 @@ def test_remove_deletes_the_workspace_and_its_run_directory(tmp_path: Path) -> N
     assert not (tmp_path / "cache" / "run-1").exists()
     assert (tmp_path / "cache").is_dir()
     remove(workspace)  # already gone: fine
+
+
+def test_a_working_tree_copy_takes_changes_and_untracked_files_never_ignored_ones(
+    tmp_path: Path,
+) -> None:
+    repo = tmp_path / "repo"
+    make_repo(repo, {"kept.txt": "committed\n", "gone.txt": "x\n", ".gitignore": "*.log\n"})
+    (repo / "kept.txt").write_text("changed\n")
+    (repo / "gone.txt").unlink()  # deleted, not committed
+    (repo / "new dir").mkdir()
+    (repo / "new dir" / "new file.txt").write_text("untracked\n")
+    (repo / "build.log").write_text("ignored\n")
+    workspace = tmp_path / "cache" / "run" / "workspace"
+    workspaces.materialize_worktree(repo, workspace)
+    assert (workspace / "kept.txt").read_text() == "changed\n"
+    assert (workspace / "new dir" / "new file.txt").read_text() == "untracked\n"
+    assert not (workspace / "gone.txt").exists()
+    assert not (workspace / "build.log").exists()
+    assert not (workspace / ".git").exists()
+    assert sorted(p.name for p in workspace.parent.iterdir()) == ["workspace"]  # no list left
+
+
+def test_dirty_is_refused_for_a_bare_repository_and_another_revision(tmp_path: Path) -> None:
+    from quire.ci.run.orchestrator import load
+    from quire.errors import UsageError
+
+    make_repo(tmp_path / "p", {".quire/ci.py": "x = 1\n"}, bare_clone=True)
+    with pytest.raises(UsageError, match="is bare"):
+        load(tmp_path / "p.git", "HEAD", dirty=True)
+    with pytest.raises(UsageError, match="it runs HEAD, not 'main'"):
+        load(tmp_path / "p", "main", dirty=True)

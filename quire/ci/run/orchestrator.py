@@ -27,7 +27,7 @@ from types import TracebackType
 
 from quire import interrupts
 from quire.ci.events import JobFinished, Notice, RunEnding, RunFinished, RunStarted
-from quire.ci.pipeline import PIPELINE_FILE, Pipeline, load_pipeline
+from quire.ci.pipeline import PIPELINE_FILE, Pipeline, load_pipeline, pipeline_modules
 from quire.ci.run import workspace as workspaces
 from quire.ci.run.executors.base import Executor, ExecutorFactory, ExecutorSetup
 from quire.ci.run.jobs import JobRunner, JobsOutcome
@@ -48,7 +48,7 @@ from quire.ci.store.records import (
 )
 from quire.ci.store.runs import RunDir, RunState, RunStore, store_of
 from quire.config import Config, load_config
-from quire.errors import ExitCode, Interrupted, QuireError
+from quire.errors import ExitCode, Interrupted, QuireError, UsageError
 from quire.tools import git
 
 
@@ -66,15 +66,47 @@ class RunRequest:
     pushed_at: datetime | None = None
     run_id: str | None = None  # assigned ahead (by a queue); by default a new one
     jobs: tuple[str, ...] = ()  # only these jobs and what they need (all when empty)
+    dirty: bool = False  # the working tree as it is, not the commit
 
 
 @dataclass(frozen=True)
 class RunOutcome:
+    """How a run ended, for the CLI (and `quire ci run --json`)."""
+
     exit_code: int
     run_id: str | None = None
     state: RunState | None = None
     location: Path | None = None
     error: str | None = None  # why the run ended early (not a job's own failure), masked
+    jobs: tuple[JobState, ...] = ()
+    workspace: Path | None = None  # kept with --keep-workspace
+    duration_s: float | None = None
+
+    def to_json(self) -> str:
+        """One JSON object: run id, state, exit code, error, and each job's status and time."""
+        import json
+
+        return json.dumps(
+            {
+                "run_id": self.run_id,
+                "state": None if self.state is None else self.state.value,
+                "exit_code": self.exit_code,
+                "error": self.error,
+                "duration_s": self.duration_s,
+                "location": None if self.location is None else str(self.location),
+                "workspace": None if self.workspace is None else str(self.workspace),
+                "jobs": [
+                    {
+                        "id": job.job_id,
+                        "status": job.status.value,
+                        "duration_s": job.duration_s,
+                        "error": job.error or job.skip_reason,
+                    }
+                    for job in self.jobs
+                ],
+            },
+            indent=2,
+        )
 
 
 @dataclass(frozen=True)
@@ -84,13 +116,43 @@ class LoadedPipeline:
     pipeline: Pipeline | None
 
 
-def load(repo_path: Path, revision: str) -> LoadedPipeline:
-    """Find the repository, resolve the revision, load its ci.py (None if it has none)."""
+def load(repo_path: Path, revision: str, *, dirty: bool = False) -> LoadedPipeline:
+    """Find the repository, resolve the revision, load its ci.py (None if it has none).
+
+    `dirty`: the working tree's ci.py and modules, as they are on disk (its HEAD
+    is the revision). Raises `UsageError` for a bare repository or another revision.
+    """
     repo = git.open_repository(repo_path)
+    if dirty and (repo.bare or revision != "HEAD"):
+        where = f"{repo.git_dir} is bare" if repo.bare else f"it runs HEAD, not {revision!r}"
+        raise UsageError(f"--dirty runs a working tree as it is: {where}")
     resolved = git.resolve(repo.git_dir, revision)
-    source = git.read_file(repo.git_dir, resolved.sha, PIPELINE_FILE)
-    pipeline = None if source is None else load_pipeline(source)
-    return LoadedPipeline(repo, resolved, pipeline)
+    files = _pipeline_files(repo, resolved.sha, dirty=dirty)
+    source = files.pop(PIPELINE_FILE, None)
+    if source is None:
+        return LoadedPipeline(repo, resolved, None)
+    modules = {path.removeprefix(".quire/"): text for path, text in files.items()}
+    return LoadedPipeline(repo, resolved, load_pipeline(source, modules))
+
+
+def _pipeline_files(repo: git.Repository, sha: str, *, dirty: bool) -> dict[str, bytes]:
+    """ci.py and the .py files beside it under .quire/, from the commit or the tree."""
+    if dirty:
+        names = git.worktree_files(repo.name_dir)
+        wanted = [n for n in names if n.startswith(".quire/") and n.endswith(".py")]
+        return {
+            name: (repo.name_dir / name).read_bytes()
+            for name in wanted
+            if (repo.name_dir / name).is_file()
+        }
+    source = git.read_file(repo.git_dir, sha, PIPELINE_FILE)
+    if source is None:
+        return {}
+    files = {PIPELINE_FILE: source}
+    for path in git.list_files(repo.git_dir, sha, ".quire"):
+        if path.endswith(".py") and path != PIPELINE_FILE:
+            files[path] = git.read_file(repo.git_dir, sha, path) or b""
+    return files
 
 
 def make_executor(setup: ExecutorSetup) -> Executor:
@@ -115,7 +177,9 @@ def run(
     up in the run's records and the returned exit code. A bug of quire's is
     re-raised once the run is recorded.
     """
-    loaded = load(request.repo_path, request.revision)
+    loaded = load(request.repo_path, request.revision, dirty=request.dirty)
+    if not request.dirty:
+        _note_uncommitted_changes(loaded, reporter)
     if loaded.pipeline is None:
         reporter.handle(
             Notice(
@@ -133,6 +197,20 @@ def run(
         _reconcile_first(store, request, reporter)
         run_dir, meta = _create_run(store, loaded, request)
         return _Run(run_dir, meta, loaded, pipeline, request, config, executors).execute(reporter)
+
+
+def _note_uncommitted_changes(loaded: LoadedPipeline, reporter: Subscriber) -> None:
+    """One line when the working tree differs from the commit being run (its HEAD)."""
+    repo = loaded.repo
+    if repo.bare or git.resolve(repo.git_dir, "HEAD").sha != loaded.revision.sha:
+        return
+    if git.worktree_changed(repo.name_dir):
+        reporter.handle(
+            Notice(
+                f"note: the working tree has changes this run leaves out (it runs commit "
+                f"{loaded.revision.sha[:12]}); `quire ci run --dirty` includes them"
+            )
+        )
 
 
 def _reconcile_first(store: RunStore, request: RunRequest, reporter: Subscriber) -> None:
@@ -166,6 +244,7 @@ def _create_run(
                 ref=request.ref or loaded.revision.ref,
                 pushed_at=request.pushed_at or utcnow(),
                 executor=request.executor,
+                dirty=request.dirty,
             )
         )
         return made[-1]
@@ -233,20 +312,27 @@ class _Run:
                 )
             )
             outcome = JobsOutcome()
-            result, internal = self._run_jobs(outlet, outcome)
+            with pipeline_modules(self.pipeline.modules):  # a job may import them late
+                result, internal = self._run_jobs(outlet, outcome)
             finished = self._finish(outlet, outcome, result, time.monotonic() - t0)
         finally:
             with interrupts.shielded():
                 outlet.close()
         if internal is not None:
             raise internal
-        error = finished.result.error if result.reason != EndReason.jobs_failed else None
+        ended = finished.result
+        error = ended.error if ended.reason != EndReason.jobs_failed else None
+        run_dir = self.run_dir
+        kept = run_dir.workspace if self.request.keep_workspace else None
         return RunOutcome(
-            finished.result.exit_code,
-            self.run_dir.run_id,
-            self.run_dir.state,
-            self.run_dir.path,
+            ended.exit_code,
+            run_dir.run_id,
+            run_dir.state,
+            run_dir.path,
             error,
+            jobs=finished.jobs,
+            workspace=kept if kept is not None and kept.exists() else None,
+            duration_s=round(finished.duration_s, 3),
         )
 
     def _outlet(self, reporter: Subscriber) -> RunOutlet:
@@ -259,7 +345,10 @@ class _Run:
         """Materialize, set the executor up, run the jobs, tear down; how it ended."""
         try:
             with interrupts.raising():
-                workspaces.materialize(self.loaded.repo.git_dir, self.meta.sha, self.workspace)
+                if self.request.dirty:
+                    workspaces.materialize_worktree(self.loaded.repo.name_dir, self.workspace)
+                else:
+                    workspaces.materialize(self.loaded.repo.git_dir, self.meta.sha, self.workspace)
                 with _ShieldedExit(self.executors(self._setup(outlet))) as executor:
                     JobRunner(
                         pipeline=self.pipeline,
@@ -317,6 +406,7 @@ class _Run:
             outlet=outlet,
             keep_workspace=self.request.keep_workspace,
             host=socket.gethostname(),
+            caches=tuple(self.pipeline.caches.values()),
         )
 
     def _finish(

@@ -1,4 +1,4 @@
-"""The run's workspace: the commit's tree, materialized with `git archive | tar -x`.
+"""The run's workspace: the commit's tree (`git archive | tar -x`), or the working tree.
 
     $QUIRE_CACHE_DIR/runs/<repo>/<run-id>/workspace/
 
@@ -8,6 +8,7 @@ history. Removed when the run ends unless the user keeps it.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -35,6 +36,37 @@ def materialize(git_dir: Path, sha: str, workspace: Path) -> None:
             raise WorkspaceMaterializationFailed(
                 f"materializing {sha[:12]} into {workspace} failed: `{name}` exited "
                 f"{stage.exit}: {stage.stderr_tail(5) or '(no output)'}"
+            )
+
+
+def materialize_worktree(worktree: Path, workspace: Path) -> None:
+    """Copy the working tree as it is into `workspace` (`--dirty`): tracked files with
+    their changes and untracked files git does not ignore, never ignored ones.
+
+    `tar -c | tar -x` through a pipe; the list of files goes to tar in a file
+    beside the workspace. Raises `WorkspaceMaterializationFailed`.
+    """
+    try:
+        workspace.mkdir(parents=True)
+    except OSError as exc:
+        raise WorkspaceMaterializationFailed(
+            f"cannot create workspace {workspace}: {exc.strerror}"
+        ) from exc
+    # A file deleted but not yet committed is listed by git and gone from the disk.
+    names = [name for name in git.worktree_files(worktree) if os.path.lexists(worktree / name)]
+    listed = workspace.parent / "files.list"
+    listed.write_bytes(b"".join(os.fsencode(name) + b"\0" for name in names))
+    try:
+        create, extract = process.pipe(
+            tar.create_listed_argv(worktree, listed), tar.extract_argv(workspace)
+        )
+    finally:
+        listed.unlink(missing_ok=True)
+    for name, stage in (("tar --create", create), ("tar --extract", extract)):
+        if not stage.ok:
+            raise WorkspaceMaterializationFailed(
+                f"copying the working tree {worktree} into {workspace} failed: `{name}` "
+                f"exited {stage.exit}: {stage.stderr_tail(5) or '(no output)'}"
             )
 
 

@@ -61,6 +61,8 @@ class RunMeta(Record):
     ref: str | None = None
     pushed_at: datetime
     executor: ExecutorKind
+    # --dirty: the working tree as it was, on top of `sha` (its HEAD then).
+    dirty: bool = False
 
 
 class RunnerInfo(Record):

@@ -46,6 +46,7 @@ class RunSummary(BaseModel):
     sha: str | None = None
     ref: str | None = None
     executor: str | None = None
+    dirty: bool = False  # --dirty: the working tree on top of `sha`
     started_at: datetime | None = None
     finished_at: datetime | None = None
     duration_s: float | None = None
@@ -71,6 +72,7 @@ def summarize(run: RunDir) -> RunSummary:
         meta = read_record(run.path / "meta.yml", RunMeta)
         summary.revision, summary.sha, summary.ref = meta.revision, meta.sha, meta.ref
         summary.executor = meta.executor.value
+        summary.dirty = meta.dirty
     except RecordUnreadable as exc:
         problems.append(str(exc))
     times_path = run.path / "times.yml"
