@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -142,6 +143,14 @@ def run_command(
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the summary.")] = False,
     dirty: Annotated[bool, typer.Option("--dirty", help=DIRTY_HELP)] = False,
+    jobs_at_once: Annotated[
+        str,
+        typer.Option(
+            "--jobs",
+            "-j",
+            help="How many jobs may run at the same time: a number, or `auto` (one per CPU).",
+        ),
+    ] = "1",
     as_json: Annotated[
         bool,
         typer.Option(
@@ -160,7 +169,7 @@ def run_command(
     """
     from quire.ci.run.orchestrator import RunRequest, run
     from quire.ci.store.records import ExecutorKind
-    from quire.cli.console import PipeSafe, PlainReporter, make_reporter
+    from quire.cli.console import JobTagged, PipeSafe, PlainReporter, make_reporter
     from quire.errors import UsageError
 
     revision, jobs = _revision_and_jobs(repo, rev, list(targets or ()))
@@ -169,6 +178,7 @@ def run_command(
         revision=revision,
         jobs=tuple(jobs),
         dirty=dirty,
+        concurrency=_concurrency(jobs_at_once),
         executor=ExecutorKind(executor.value),
         keep_workspace=keep_workspace,
         ref=ref,
@@ -176,7 +186,9 @@ def run_command(
         run_id=run_id,
     )
     shown = PlainReporter(quiet=quiet, out=sys.stderr.buffer) if as_json else None
-    reporter = PipeSafe(shown or make_reporter(quiet=quiet))  # a closed pipe stops the screen only
+    screen = shown or make_reporter(quiet=quiet)
+    tagged = JobTagged(screen) if request.concurrency > 1 else screen
+    reporter = PipeSafe(tagged)  # a closed pipe stops the screen only
     try:
         outcome = run(request, reporter)
     except UsageError as exc:
@@ -193,6 +205,16 @@ def run_command(
     if outcome.error:
         _error(outcome.error)
     return outcome.exit_code
+
+
+def _concurrency(text: str) -> int:
+    from quire.errors import UsageError
+
+    if text == "auto":
+        return os.cpu_count() or 1
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise UsageError(f"--jobs {text!r}: give a number of jobs (1 or more) or `auto`")
 
 
 def _revision_and_jobs(repo: Path, rev: str | None, targets: list[str]) -> tuple[str, list[str]]:

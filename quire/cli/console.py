@@ -354,11 +354,46 @@ class _LiveArea:
         return Group(*partial, self._spinner)
 
 
+class JobTagged:
+    """For jobs running side by side: each line of output carries its job, `[lint] ...`,
+    so that interleaved lines stay readable; the logs keep every job's bytes apart."""
+
+    def __init__(self, inner: PlainReporter | TerminalReporter) -> None:
+        self.inner = inner
+        self._partial: dict[tuple[str | None, StreamName], bytes] = {}
+
+    def handle(self, event: Event) -> None:
+        if isinstance(event, Output) and event.job is not None:
+            key = (event.job, event.stream)
+            data = self._partial.pop(key, b"") + event.data
+            *lines, rest = data.split(b"\n")
+            if rest:
+                self._partial[key] = rest
+            if lines:
+                tag = f"[{event.job}] ".encode()
+                tagged = b"".join(tag + line + b"\n" for line in lines)
+                self.inner.handle(Output(event.job, event.stream, tagged))
+            return
+        job = getattr(event, "job", None)
+        if isinstance(event, CommandFinished | JobFinished | RunFinished):
+            self._flush(None if isinstance(event, RunFinished) else job)
+        self.inner.handle(event)
+
+    def _flush(self, job: str | None) -> None:
+        for key in [key for key in self._partial if job is None or key[0] == job]:
+            tag = f"[{key[0]}] ".encode()
+            self.inner.handle(Output(key[0], key[1], tag + self._partial.pop(key) + b"\n"))
+
+    def close(self) -> None:
+        self._flush(None)
+        self.inner.close()
+
+
 class PipeSafe:
     """A reporter whose terminal may go away (`quire ci run | head -1`, quitting `less`):
     from then on it shows nothing, and the run goes on, logged and recorded."""
 
-    def __init__(self, inner: PlainReporter | TerminalReporter) -> None:
+    def __init__(self, inner: PlainReporter | TerminalReporter | JobTagged) -> None:
         self.inner = inner
         self.gone = False
 

@@ -515,3 +515,17 @@ def test_the_summary_lists_every_job_and_the_runs_time() -> None:
     text = out.getvalue().decode()
     assert "deploy      skipped" in text
     assert text.endswith("run failed (interrupted) in 1m05s: /state/x\n")
+
+
+def test_side_by_side_output_is_tagged_line_by_line_with_its_job() -> None:
+    from quire.cli.console import JobTagged
+
+    inner, out, err = plain()
+    tagged = JobTagged(inner)
+    tagged.handle(Output("lint", "stdout", b"one\ntw"))
+    tagged.handle(Output("tests", "stdout", b"x\n"))
+    tagged.handle(Output("lint", "stdout", b"o\npartial"))
+    tagged.handle(Output("tests", "stderr", b"oops\n"))
+    tagged.handle(CommandFinished("lint", 0, 0.1))
+    assert out.getvalue() == b"[lint] one\n[tests] x\n[lint] two\n[lint] partial\n"
+    assert err.getvalue() == b"[tests] oops\n"

@@ -53,6 +53,9 @@ class FakeExecutor:
     def end_job(self) -> None:
         self.jobs_ended += 1
 
+    def abort(self) -> None:
+        pass
+
     def execute(self, command: Command, on_output: OutputHandler) -> ExecResult:
         self.commands.append(command)
         if self.stdout:

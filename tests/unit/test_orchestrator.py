@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -64,6 +65,7 @@ class FakeExecutor:
     on_enter: Callable[[FakeExecutor], None] | None = None
     on_execute: Callable[[FakeExecutor, Command], None] | None = None
     on_exit: Callable[[FakeExecutor], None] | None = None
+    on_abort: Callable[[FakeExecutor], None] | None = None
     torn_down: bool = False
     workspace_seen: bool = False
     commands: list[Command] = field(default_factory=list)
@@ -91,6 +93,10 @@ class FakeExecutor:
     def end_job(self) -> None:
         self.jobs_ended += 1
 
+    def abort(self) -> None:
+        if self.on_abort:
+            self.on_abort(self)
+
     def execute(self, command: Command, on_output: OutputHandler) -> ExecResult:
         self.commands.append(command)
         if self.on_execute:
@@ -112,6 +118,7 @@ class Harness:
             on_enter=self.hooks.get("enter"),
             on_execute=self.hooks.get("execute"),
             on_exit=self.hooks.get("exit"),
+            on_abort=self.hooks.get("abort"),
         )
         self.made.append(executor)
         return executor
@@ -451,3 +458,103 @@ def test_every_command_sees_ci_and_the_runs_identity_by_name(harness: Harness) -
         "QUIRE_WORKSPACE": str(executor.setup.workspace),
     }
     assert second.env["QUIRE_JOB"] == "test"
+
+
+# --- jobs side by side (--jobs N) --------------------------------------------------------------
+
+SIDE_BY_SIDE = """
+from quire.ci import job
+
+@job(inputs=["quire/push"])
+def a(rt):
+    print("a printed")
+    rt.sh(["work", "a"])
+
+@job(inputs=["quire/push"])
+def b(rt):
+    print("b printed")
+    rt.sh(["work", "b"])
+
+@job(inputs=["quire/push"])
+def c(rt):
+    rt.sh(["fail", "c"])
+
+@job(inputs=["a", "b"])
+def after(rt):
+    rt.sh(["work", "after"])
+
+@job(inputs=["c"])
+def needs_c(rt):
+    rt.sh(["work", "needs_c"])
+"""
+
+
+def spans(harness: Harness) -> dict[str, tuple[float, float]]:
+    return harness.hooks["spans"]  # type: ignore[return-value]
+
+
+def slow_commands(harness: Harness, seconds: float = 0.3) -> None:
+    """Each command takes `seconds`; `fail` commands raise in the job; spans are kept."""
+    import threading
+
+    lock = threading.Lock()
+    seen: dict[str, tuple[float, float]] = {}
+
+    def work(executor: FakeExecutor, command: Command) -> None:
+        t0 = time.monotonic()
+        time.sleep(seconds)
+        with lock:
+            seen[command.argv[1]] = (t0, time.monotonic())
+        if command.argv[0] == "fail":
+            raise RuntimeError("failed on purpose")
+
+    harness.hooks["execute"] = work
+    harness.hooks["spans"] = seen  # type: ignore[assignment]
+
+
+def test_independent_jobs_run_side_by_side_and_dependents_wait_for_their_inputs(
+    harness: Harness,
+) -> None:
+    commit(harness.repo, {".quire/ci.py": SIDE_BY_SIDE})
+    slow_commands(harness)
+    assert harness.run(concurrency=3) == ExitCode.jobs_failed
+    seen = spans(harness)
+    # a, b and c overlapped: each started before any of them ended.
+    assert max(seen[j][0] for j in "abc") < min(seen[j][1] for j in "abc")
+    assert seen["after"][0] >= max(seen["a"][1], seen["b"][1])  # after its inputs only
+    states = {job: harness.job(job) for job in ("a", "b", "c", "after", "needs_c")}
+    assert states["c"].status == JobStatus.failed
+    assert states["after"].status == JobStatus.success  # a failure skips its dependents only
+    assert states["needs_c"].skip_reason == "input 'c' failed"
+    assert harness.seen.output("a") == b"a printed\nran work a\n"  # print() kept to its job
+    assert harness.seen.output("b") == b"b printed\nran work b\n"
+
+
+def test_one_at_a_time_is_still_the_default(harness: Harness) -> None:
+    commit(harness.repo, {".quire/ci.py": SIDE_BY_SIDE})
+    slow_commands(harness, 0.05)
+    harness.run()
+    seen = spans(harness)
+    assert seen["a"][1] <= seen["b"][0] <= seen["b"][1] <= seen["c"][0]
+
+
+def test_an_interrupt_stops_every_running_job_and_tears_down_once(harness: Harness) -> None:
+    commit(harness.repo, {".quire/ci.py": SIDE_BY_SIDE})
+    aborted: list[bool] = []
+
+    def work(executor: FakeExecutor, command: Command) -> None:
+        if command.argv[1] == "a":
+            kill_self(signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while not aborted and time.monotonic() < deadline:  # killed by abort()
+            time.sleep(0.01)
+
+    harness.hooks["execute"] = work
+    harness.hooks["abort"] = lambda executor: aborted.append(True)
+    assert harness.run_unbroken(concurrency=3) == ExitCode.interrupted
+    assert aborted
+    (executor,) = harness.made
+    assert executor.torn_down
+    for job in ("a", "b", "c"):
+        assert harness.job(job).status == JobStatus.failed, job
+    assert harness.job("after").skip_reason == "not run: interrupted"

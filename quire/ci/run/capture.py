@@ -6,6 +6,8 @@ under `--quiet`. While a job runs, `sys.stdout` and `sys.stderr` are text
 streams that hand every write to the run's outlet as that job's output, and
 `logging` handlers writing to the real stdout/stderr are pointed at them.
 Unbuffered: a `print(..., end="")` shows at once, like a command's output.
+Jobs running side by side (`--jobs N`) each get their own: the streams
+route every write by the thread that makes it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import io
 import logging
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import BinaryIO, TextIO, cast
@@ -48,22 +51,89 @@ def job_stream(outlet: RunOutlet, job: str, stream: StreamName) -> TextIO:
     return io.TextIOWrapper(buffer, encoding="utf-8", errors="replace", write_through=True)
 
 
+class _Routed(io.TextIOBase):
+    """sys.stdout (or stderr) while jobs run: each write goes to the stream of the job
+    running on the writing thread (jobs may run side by side), else to the real one."""
+
+    def __init__(self, real: TextIO, name: StreamName) -> None:
+        self._real = real
+        self._name = name
+
+    def _target(self) -> TextIO:
+        streams: dict[StreamName, TextIO] | None = getattr(_current, "streams", None)
+        return streams[self._name] if streams else self._real
+
+    def write(self, text: str) -> int:
+        return self._target().write(text)
+
+    def flush(self) -> None:
+        self._target().flush()
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def buffer(self) -> BinaryIO:
+        return self._target().buffer
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+
+_current = threading.local()
+_lock = threading.Lock()
+_users = 0
+_installed: tuple[TextIO, TextIO, _Restore] | None = None
+
+
 @contextmanager
 def captured_output(outlet: RunOutlet, job: str) -> Iterator[None]:
-    """While inside, the process's stdout/stderr writes are `job`'s output."""
-    out, err = job_stream(outlet, job, "stdout"), job_stream(outlet, job, "stderr")
-    real = {id(sys.stdout): out, id(sys.stderr): err}
-    if sys.__stdout__ is not None:
-        real.setdefault(id(sys.__stdout__), out)
-    if sys.__stderr__ is not None:
-        real.setdefault(id(sys.__stderr__), err)
-    redirected = _redirect_logging(real)
-    saved = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = out, err
+    """While inside, this thread's stdout/stderr writes (print, sys.stdout, logging to
+    the console) are `job`'s output."""
+    streams: dict[StreamName, TextIO] = {
+        "stdout": job_stream(outlet, job, "stdout"),
+        "stderr": job_stream(outlet, job, "stderr"),
+    }
+    previous = getattr(_current, "streams", None)
+    _install()
+    _current.streams = streams
     try:
         yield
     finally:
-        sys.stdout, sys.stderr = saved
+        _current.streams = previous
+        _uninstall()
+
+
+def _install() -> None:
+    """Route sys.stdout/sys.stderr (and console logging) by thread, once for all jobs."""
+    global _users, _installed
+    with _lock:
+        _users += 1
+        if _installed is not None:
+            return
+        real_out, real_err = sys.stdout, sys.stderr
+        out = cast(TextIO, _Routed(real_out, "stdout"))
+        err = cast(TextIO, _Routed(real_err, "stderr"))
+        targets: dict[int, TextIO] = {id(real_out): out, id(real_err): err}
+        if sys.__stdout__ is not None:
+            targets.setdefault(id(sys.__stdout__), out)
+        if sys.__stderr__ is not None:
+            targets.setdefault(id(sys.__stderr__), err)
+        redirected = _redirect_logging(targets)
+        _installed = (real_out, real_err, redirected)
+        sys.stdout, sys.stderr = out, err
+
+
+def _uninstall() -> None:
+    global _users, _installed
+    with _lock:
+        _users -= 1
+        if _users or _installed is None:
+            return
+        real_out, real_err, redirected = _installed
+        _installed = None
+        sys.stdout, sys.stderr = real_out, real_err
         for handler, stream in redirected:
             handler.setStream(stream)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,9 @@ from quire.errors import (
     QuireError,
     StoreWriteFailed,
 )
+
+# How long an interrupted run waits for the jobs running beside it to notice.
+ABORT_WAIT_S = 10.0
 
 
 @dataclass
@@ -64,10 +68,14 @@ class JobRunner:
     push_outputs: Mapping[str, Any]
     outputs_limit: int = 1024 * 1024
     run_env: Mapping[str, str] = field(default_factory=dict)
+    jobs: int = 1  # how many jobs may run at the same time
     outcome: JobsOutcome = field(default_factory=JobsOutcome)
 
     def run_all(self) -> JobsOutcome:
-        """Run every job in `pipeline.order`; interrupts propagate after the job is recorded."""
+        """Run every job in `pipeline.order`, up to `jobs` at a time; interrupts propagate
+        after the jobs running are recorded."""
+        if self.jobs > 1:
+            return self._run_side_by_side()
         outcome = self.outcome
         outputs: dict[str, Mapping[str, Any]] = {"quire/push": self.push_outputs}
         for job_id in self.pipeline.order:
@@ -82,6 +90,53 @@ class JobRunner:
                 if state.status == JobStatus.success:
                     outputs[job_id] = state.outputs
         return outcome
+
+    def _run_side_by_side(self) -> JobsOutcome:
+        """Start each job as soon as its inputs succeeded (declaration order breaks ties),
+        up to `jobs` at once on threads; the main thread only schedules and waits, so a
+        signal reaches it at once. On an interrupt every running command is killed."""
+        outcome = self.outcome
+        outputs: dict[str, Mapping[str, Any]] = {"quire/push": self.push_outputs}
+        pending = list(self.pipeline.order)
+        running: dict[Future[JobState], str] = {}
+        pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="quire-job")
+        try:
+            while pending or running:
+                interrupts.check()
+                self._start_ready(pool, pending, running, outputs)
+                done, _ = wait(running, timeout=0.1, return_when=FIRST_COMPLETED)
+                for future in done:
+                    job_id = running.pop(future)
+                    state = future.result()  # a job's Interrupted goes on from here
+                    if state.status == JobStatus.success:
+                        outputs[job_id] = state.outputs
+        except BaseException:
+            self.executor.abort()  # the running jobs' commands end now, and so do the jobs
+            wait(running, timeout=ABORT_WAIT_S)
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+        return outcome
+
+    def _start_ready(
+        self,
+        pool: ThreadPoolExecutor,
+        pending: list[str],
+        running: dict[Future[JobState], str],
+        outputs: dict[str, Mapping[str, Any]],
+    ) -> None:
+        for job_id in list(pending):
+            if len(running) >= self.jobs:
+                return
+            defined = self.pipeline.jobs[job_id]
+            reason = self._skip_reason(defined, self.outcome)
+            if reason is not None:
+                pending.remove(job_id)
+                self._finish(JobState(job_id=job_id, status=JobStatus.skipped, skip_reason=reason))
+            elif all(name in outputs for name in defined.inputs):
+                pending.remove(job_id)
+                future = pool.submit(self._run_one, defined, dict(outputs), self.outcome)
+                running[future] = job_id
 
     def _skip_reason(self, defined: JobDef, outcome: JobsOutcome) -> str | None:
         if outcome.fatal is not None:

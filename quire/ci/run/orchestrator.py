@@ -67,6 +67,7 @@ class RunRequest:
     run_id: str | None = None  # assigned ahead (by a queue); by default a new one
     jobs: tuple[str, ...] = ()  # only these jobs and what they need (all when empty)
     dirty: bool = False  # the working tree as it is, not the commit
+    concurrency: int = 1  # jobs that may run side by side (`--jobs`)
 
 
 @dataclass(frozen=True)
@@ -359,6 +360,7 @@ class _Run:
                         push_outputs=push_outputs(self.meta),
                         outputs_limit=self.config.output.outputs_limit,
                         run_env=self._run_env(),
+                        jobs=self.request.concurrency,
                         outcome=outcome,
                     ).run_all()
             return _result_of(outcome, outlet), None
@@ -407,6 +409,7 @@ class _Run:
             keep_workspace=self.request.keep_workspace,
             host=socket.gethostname(),
             caches=tuple(self.pipeline.caches.values()),
+            jobs=self.request.concurrency,
         )
 
     def _finish(

@@ -143,6 +143,7 @@ class Runtime:
         display = shown.display  # masked: fit for error messages
         sink = _OutputSink(ctx)
         result = ctx.executor.execute(command, sink)
+        interrupts.check()  # killed by an interrupt (jobs side by side): the job stops here
         ctx.outlet.emit(
             CommandFinished(ctx.job.id, result.exit, result.duration_s, result.timed_out)
         )

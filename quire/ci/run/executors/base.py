@@ -71,6 +71,11 @@ class Executor(Protocol):
         """A job is over: end whatever it left running (host processes)."""
         ...
 
+    def abort(self) -> None:
+        """Kill every command running now, from any thread (an interrupt with jobs side by
+        side): their `execute` calls return at once."""
+        ...
+
 
 @dataclass(frozen=True)
 class ExecutorSetup:
@@ -83,6 +88,7 @@ class ExecutorSetup:
     store_label: str  # the `quire.store` label: the state dir the run belongs to
     docker: DockerSettings
     outlet: RunOutlet
+    jobs: int = 1  # jobs that may run side by side (`--jobs`)
     # Whether the user keeps the workspace: a copied-in /work is copied back out then.
     keep_workspace: bool = False
     # The `quire.host` label: the host whose quire owns the run (runner.yml's host).

@@ -222,6 +222,11 @@ class DockerExecutor:
     def end_job(self) -> None:
         """Nothing to do: a job's processes live in the run's container and end with it."""
 
+    def abort(self) -> None:
+        """Kill every process in the container but its PID 1: each `docker exec` returns."""
+        if self.container_id is not None:
+            docker.kill_processes(self.container_id)
+
     # --- teardown -------------------------------------------------------------------------------
 
     def __exit__(

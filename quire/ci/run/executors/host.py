@@ -17,6 +17,7 @@ daemons and `setsid` children stay its descendants:
 from __future__ import annotations
 
 import os
+import threading
 from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,6 +44,8 @@ class HostExecutor:
         self.outlet = setup.outlet
         self._drainer = Drainer()
         self._recorded: tuple[tuple[int, int], ...] = ()
+        self._side_by_side = setup.jobs > 1
+        self._mine = threading.local()  # the command pids of the job on this thread
         self._reaper: AbstractContextManager[bool] = nullcontext(False)
 
     def __enter__(self) -> HostExecutor:
@@ -56,6 +59,7 @@ class HostExecutor:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._side_by_side = False  # the run is over: everything left goes
         try:
             self.end_job()
         finally:
@@ -84,7 +88,7 @@ class HostExecutor:
                 env=command.env,
                 timeout=command.timeout,
                 leftovers=self._drainer,
-                on_start=lambda pid: self._record(self._running()),
+                on_start=self._started,
             )
         except ProgramNotFound as exc:
             on_output("stderr", f"quire: {exc}\n".encode())
@@ -93,8 +97,23 @@ class HostExecutor:
             self._record(self._running())
         return ExecResult(result.exit, result.started_at, result.duration_s, result.timed_out)
 
+    def _started(self, pid: int) -> None:
+        if not hasattr(self._mine, "pids"):
+            self._mine.pids = []
+        self._mine.pids.append(pid)
+        self._record(self._running())
+
     def end_job(self) -> None:
-        """End every process the job started (TERM, then KILL) and read their last output."""
+        """End every process the job started (TERM, then KILL) and read their last output.
+
+        With jobs side by side only this job's own: its commands' process groups and
+        descendants; processes that left both (setsid, double fork) end with the run.
+        """
+        pids: list[int] = getattr(self._mine, "pids", [])
+        self._mine.pids = []
+        if self._side_by_side:
+            self._end_own(pids)
+            return
         left = proctree.described(self._running())
         if left:
             ended = proctree.terminate(left, grace_s=TERM_GRACE_S)
@@ -104,6 +123,15 @@ class HostExecutor:
                 )
         self._drainer.close()
         self._record([])
+
+    def _end_own(self, pids: list[int]) -> None:
+        for pid in pids:
+            proctree.kill_group_and_tree(pid)
+
+    def abort(self) -> None:
+        """Kill every process of the run at once (an interrupt with jobs side by side)."""
+        for proc in proctree.described(self._running()):
+            proctree.kill_group_and_tree(proc.pid)
 
     def _running(self) -> list[int]:
         return proctree.descendants(os.getpid())
