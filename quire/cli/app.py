@@ -253,7 +253,7 @@ def validate_command(
 ) -> int:
     """Load REV's .quire/ci.py and list its jobs, or every problem with its line (exit 2)."""
     from quire.ci.pipeline import PIPELINE_FILE
-    from quire.ci.run.orchestrator import load
+    from quire.ci.run.loading import load
 
     loaded = load(repo, rev, dirty=dirty)
     if dirty:
@@ -281,7 +281,7 @@ def jobs_command(
     """List REV's jobs in the order they run, one per line with their inputs."""
     import json
 
-    from quire.ci.run.orchestrator import load
+    from quire.ci.run.loading import load
 
     pipeline = load(repo, rev).pipeline
     jobs = [] if pipeline is None else [pipeline.jobs[name] for name in pipeline.order]

@@ -148,7 +148,7 @@ def test_a_working_tree_copy_takes_changes_and_untracked_files_never_ignored_one
 
 
 def test_dirty_is_refused_for_a_bare_repository_and_another_revision(tmp_path: Path) -> None:
-    from quire.ci.run.orchestrator import load
+    from quire.ci.run.loading import load
     from quire.errors import UsageError
 
     make_repo(tmp_path / "p", {".quire/ci.py": "x = 1\n"}, bare_clone=True)

@@ -27,10 +27,11 @@ from types import TracebackType
 
 from quire import interrupts
 from quire.ci.events import JobFinished, Notice, RunEnding, RunFinished, RunStarted
-from quire.ci.pipeline import PIPELINE_FILE, Pipeline, load_pipeline, pipeline_modules
+from quire.ci.pipeline import PIPELINE_FILE, Pipeline, pipeline_modules
 from quire.ci.run import workspace as workspaces
 from quire.ci.run.executors.base import Executor, ExecutorFactory, ExecutorSetup
 from quire.ci.run.jobs import JobRunner, JobsOutcome
+from quire.ci.run.loading import LoadedPipeline, load, note_uncommitted_changes
 from quire.ci.run.outlet import RunOutlet, Subscriber
 from quire.ci.run.redact import Redactor
 from quire.ci.store.eventlog import JsonLogs
@@ -48,8 +49,7 @@ from quire.ci.store.records import (
 )
 from quire.ci.store.runs import RunDir, RunState, RunStore, store_of
 from quire.config import Config, load_config
-from quire.errors import ExitCode, Interrupted, QuireError, UsageError
-from quire.tools import git
+from quire.errors import ExitCode, Interrupted, QuireError
 
 
 @dataclass(frozen=True)
@@ -110,52 +110,6 @@ class RunOutcome:
         )
 
 
-@dataclass(frozen=True)
-class LoadedPipeline:
-    repo: git.Repository
-    revision: git.Revision
-    pipeline: Pipeline | None
-
-
-def load(repo_path: Path, revision: str, *, dirty: bool = False) -> LoadedPipeline:
-    """Find the repository, resolve the revision, load its ci.py (None if it has none).
-
-    `dirty`: the working tree's ci.py and modules, as they are on disk (its HEAD
-    is the revision). Raises `UsageError` for a bare repository or another revision.
-    """
-    repo = git.open_repository(repo_path)
-    if dirty and (repo.bare or revision != "HEAD"):
-        where = f"{repo.git_dir} is bare" if repo.bare else f"it runs HEAD, not {revision!r}"
-        raise UsageError(f"--dirty runs a working tree as it is: {where}")
-    resolved = git.resolve(repo.git_dir, revision)
-    files = _pipeline_files(repo, resolved.sha, dirty=dirty)
-    source = files.pop(PIPELINE_FILE, None)
-    if source is None:
-        return LoadedPipeline(repo, resolved, None)
-    modules = {path.removeprefix(".quire/"): text for path, text in files.items()}
-    return LoadedPipeline(repo, resolved, load_pipeline(source, modules))
-
-
-def _pipeline_files(repo: git.Repository, sha: str, *, dirty: bool) -> dict[str, bytes]:
-    """ci.py and the .py files beside it under .quire/, from the commit or the tree."""
-    if dirty:
-        names = git.worktree_files(repo.name_dir)
-        wanted = [n for n in names if n.startswith(".quire/") and n.endswith(".py")]
-        return {
-            name: (repo.name_dir / name).read_bytes()
-            for name in wanted
-            if (repo.name_dir / name).is_file()
-        }
-    source = git.read_file(repo.git_dir, sha, PIPELINE_FILE)
-    if source is None:
-        return {}
-    files = {PIPELINE_FILE: source}
-    for path in git.list_files(repo.git_dir, sha, ".quire"):
-        if path.endswith(".py") and path != PIPELINE_FILE:
-            files[path] = git.read_file(repo.git_dir, sha, path) or b""
-    return files
-
-
 def make_executor(setup: ExecutorSetup) -> Executor:
     """The executor `setup.kind` names (docker's module is only imported for docker runs)."""
     if setup.kind == ExecutorKind.host:
@@ -180,7 +134,7 @@ def run(
     """
     loaded = load(request.repo_path, request.revision, dirty=request.dirty)
     if not request.dirty:
-        _note_uncommitted_changes(loaded, reporter)
+        note_uncommitted_changes(loaded, request.revision, reporter)
     if loaded.pipeline is None:
         reporter.handle(
             Notice(
@@ -198,20 +152,6 @@ def run(
         _reconcile_first(store, request, reporter)
         run_dir, meta = _create_run(store, loaded, request)
         return _Run(run_dir, meta, loaded, pipeline, request, config, executors).execute(reporter)
-
-
-def _note_uncommitted_changes(loaded: LoadedPipeline, reporter: Subscriber) -> None:
-    """One line when the working tree differs from the commit being run (its HEAD)."""
-    repo = loaded.repo
-    if repo.bare or git.resolve(repo.git_dir, "HEAD").sha != loaded.revision.sha:
-        return
-    if git.worktree_changed(repo.name_dir):
-        reporter.handle(
-            Notice(
-                f"note: the working tree has changes this run leaves out (it runs commit "
-                f"{loaded.revision.sha[:12]}); `quire ci run --dirty` includes them"
-            )
-        )
 
 
 def _reconcile_first(store: RunStore, request: RunRequest, reporter: Subscriber) -> None:

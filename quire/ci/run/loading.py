@@ -1,0 +1,79 @@
+"""Loading a run's pipeline: the repository, the revision, ci.py and the modules beside it.
+
+From the commit (`git show`), or with `--dirty` from the working tree as it
+is on disk; never the working tree otherwise, whose uncommitted changes are
+pointed out in one line instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from quire.ci.events import Notice
+from quire.ci.pipeline import PIPELINE_FILE, Pipeline, load_pipeline
+from quire.ci.run.outlet import Subscriber
+from quire.errors import UsageError
+from quire.tools import git
+
+
+@dataclass(frozen=True)
+class LoadedPipeline:
+    repo: git.Repository
+    revision: git.Revision
+    pipeline: Pipeline | None
+
+
+def load(repo_path: Path, revision: str, *, dirty: bool = False) -> LoadedPipeline:
+    """Find the repository, resolve the revision, load its ci.py (None if it has none).
+
+    `dirty`: the working tree's ci.py and modules, as they are on disk (its HEAD
+    is the revision). Raises `UsageError` for a bare repository or another revision.
+    """
+    repo = git.open_repository(repo_path)
+    if dirty and (repo.bare or revision != "HEAD"):
+        where = f"{repo.git_dir} is bare" if repo.bare else f"it runs HEAD, not {revision!r}"
+        raise UsageError(f"--dirty runs a working tree as it is: {where}")
+    resolved = git.resolve(repo.git_dir, revision)
+    files = _pipeline_files(repo, resolved.sha, dirty=dirty)
+    source = files.pop(PIPELINE_FILE, None)
+    if source is None:
+        return LoadedPipeline(repo, resolved, None)
+    modules = {path.removeprefix(".quire/"): text for path, text in files.items()}
+    return LoadedPipeline(repo, resolved, load_pipeline(source, modules))
+
+
+def _pipeline_files(repo: git.Repository, sha: str, *, dirty: bool) -> dict[str, bytes]:
+    """ci.py and the .py files beside it under .quire/, from the commit or the tree."""
+    if dirty:
+        names = git.worktree_files(repo.name_dir)
+        wanted = [n for n in names if n.startswith(".quire/") and n.endswith(".py")]
+        return {
+            name: (repo.name_dir / name).read_bytes()
+            for name in wanted
+            if (repo.name_dir / name).is_file()
+        }
+    source = git.read_file(repo.git_dir, sha, PIPELINE_FILE)
+    if source is None:
+        return {}
+    files = {PIPELINE_FILE: source}
+    for path in git.list_files(repo.git_dir, sha, ".quire"):
+        if path.endswith(".py") and path != PIPELINE_FILE:
+            files[path] = git.read_file(repo.git_dir, sha, path) or b""
+    return files
+
+
+def note_uncommitted_changes(loaded: LoadedPipeline, revision: str, reporter: Subscriber) -> None:
+    """One line when the working tree differs from the commit being run (its HEAD)."""
+    repo = loaded.repo
+    if repo.bare:
+        return
+    if revision != "HEAD" and git.resolve(repo.git_dir, "HEAD").sha != loaded.revision.sha:
+        return
+    if git.worktree_changed(repo.name_dir):
+        reporter.handle(
+            Notice(
+                f"note: the working tree has changes this run leaves out (it runs commit "
+                f"{loaded.revision.sha[:12]}); `quire ci run --dirty` includes them"
+            )
+        )
