@@ -287,3 +287,39 @@ def no_container_left_behind(engine: Engine, isolated_dirs: Path) -> Iterator[No
         docker_cli("rm", "--force", container, check=False)
     assert not leaked, f"containers left behind by runs on {engine.name}: {leaked}"
     assert not stray, f"containers of this test's state dir left behind on {engine.name}: {stray}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_outlives_the_suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the whole suite, no process started in a test's directories is left: every
+    command a job ran, in the foreground or not, was ended with its run."""
+    base = str(tmp_path_factory.getbasetemp())
+    yield
+    deadline = time.monotonic() + 5
+    while True:
+        left = _processes_under(base)
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert not left, f"processes outlived the suite: {left}"
+
+
+def _processes_under(base: str) -> list[str]:
+    """`pid: command` of live processes whose working directory is below `base`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                stat = handle.read()
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                command = handle.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        if stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] == b"Z":
+            continue  # a zombie has ended; only its parent has not collected it yet
+        if cwd.startswith(base):
+            found.append(f"{entry}: {command}")
+    return found
