@@ -81,7 +81,7 @@ def quire_once(sc: c.Scratch, executor: str) -> tuple[float, float, float]:
         stderr=subprocess.PIPE,
     )
     wall, samples = watch_rss(proc)
-    runs = sc.state / "runs" / sc.repo_name
+    runs = next((sc.state / "runs").glob(f"{sc.repo_name}-*"))  # <folder>-<hash>
     run_dir = (runs / "latest").resolve()
     duration = None
     with open(run_dir / "jobs" / "bench" / "log.jsonl", "rb") as log:

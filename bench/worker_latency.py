@@ -41,8 +41,10 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=10)
     args = parser.parse_args()
     with c.scratch("latency") as sc:
-        _bare, work = w.make_bare(sc, sc.repo_name)
-        complete = sc.state / "runs" / sc.repo_name / "complete"
+        bare, work = w.make_bare(sc, sc.repo_name)
+        from quire.paths import repo_id  # the store names a repository <folder>-<hash>
+
+        complete = sc.state / "runs" / repo_id(bare.name, bare) / "complete"
         from_start: list[float] = []
         from_return: list[float] = []
         with w.worker(sc):
