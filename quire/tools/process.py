@@ -104,6 +104,16 @@ def _command(argv: Sequence[str]) -> Any:
     return local[target]
 
 
+# Every pid quire started itself: a subreaper's orphan-collecting must leave these to the
+# Popen that waits for them (stealing one's status would turn its exit code into 0).
+_spawned: set[int] = set()
+
+
+def spawned(pid: int) -> bool:
+    """Whether quire started `pid` itself (as opposed to adopting it as an orphan)."""
+    return pid in _spawned
+
+
 def _popen(
     argv: Sequence[str],
     *,
@@ -131,6 +141,7 @@ def _popen(
         raise ProgramNotFound(f"{argv[0]}: permission denied") from exc
     except OSError as exc:  # no such file, exec format error (no #! line), ...
         raise ProgramNotFound(f"{argv[0]}: cannot be started ({exc.strerror})") from exc
+    _spawned.add(proc.pid)
     return proc
 
 
@@ -443,4 +454,5 @@ def start(
             raise ProgramNotFound(f"{argv[0]}: permission denied") from exc
         except FileNotFoundError as exc:
             raise ProgramNotFound(f"{argv[0]}: cannot be started ({exc.strerror})") from exc
+    _spawned.add(proc.pid)
     return Child(tuple(argv), proc)

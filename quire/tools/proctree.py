@@ -21,7 +21,7 @@ import ctypes
 import os
 import signal
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -117,8 +117,11 @@ def described(pids: Iterable[int]) -> list[Proc]:
 
 def terminate(procs: Iterable[Proc], *, grace_s: float = 0.5) -> list[Proc]:
     """SIGTERM each process still the same one, SIGKILL those alive after `grace_s`;
-    reaps quire's own children among them. Returns the ones that were signalled."""
-    targets = [proc for proc in procs if _same(proc)]
+    reaps quire's own children among them. Returns the ones that were signalled
+    (ended ones, zombies, are only collected)."""
+    given = list(procs)
+    reap(proc.pid for proc in given if _same(proc) and not _running(proc))
+    targets = [proc for proc in given if _running(proc)]
     for proc in targets:
         _signal(proc.pid, signal.SIGTERM)
     pids = [proc.pid for proc in targets]
@@ -171,6 +174,24 @@ def reap(pids: Iterable[int]) -> None:
     for pid in pids:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
+
+
+def reap_adopted(ours: Callable[[int], bool]) -> None:
+    """Collect orphans adopted as a subreaper that have ended (zombies), leaving alone
+    the children `ours` says quire started itself (their Popen collects them)."""
+    for child in children(os.getpid()):
+        if not ours(child) and _zombie(child):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(child, os.WNOHANG)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] == b"Z"
 
 
 def _same(proc: Proc) -> bool:

@@ -92,3 +92,26 @@ def _name(pid: int) -> str:
             return handle.read().strip()
     except OSError:
         return ""
+
+
+def test_adopted_orphans_are_collected_but_not_the_children_quire_waits_for() -> None:
+    with proctree.subreaper():
+        ours = subprocess.Popen(["sh", "-c", "exit 3"])
+        subprocess.run(["sh", "-c", "exec 1>&-; true &"], check=True)
+        wait_for(
+            lambda: any(_zombie(pid) for pid in proctree.children(os.getpid()) if pid != ours.pid)
+        )
+        wait_for(lambda: _zombie(ours.pid))
+        proctree.reap_adopted(lambda pid: pid == ours.pid)
+        left = proctree.children(os.getpid())
+        assert left == [ours.pid]  # the orphan is gone; ours still waits for its Popen
+        assert ours.wait(5) == 3  # its exit status was not stolen
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] == b"Z"

@@ -46,12 +46,21 @@ class HostExecutor:
         self._recorded: tuple[tuple[int, int], ...] = ()
         self._side_by_side = setup.jobs > 1
         self._mine = threading.local()  # the command pids of the job on this thread
+        self._collecting = threading.Event()  # set: stop collecting orphans
         self._reaper: AbstractContextManager[bool] = nullcontext(False)
 
     def __enter__(self) -> HostExecutor:
         self._reaper = proctree.subreaper()
         self._reaper.__enter__()
+        self._collecting.clear()
+        threading.Thread(target=self._collect, name="quire-reaper", daemon=True).start()
         return self
+
+    def _collect(self) -> None:
+        """Orphans adopted as the subreaper are collected as they end, not left as zombies
+        until the job does (a test suite leaves hundreds)."""
+        while not self._collecting.wait(0.2):
+            proctree.reap_adopted(process.spawned)
 
     def __exit__(
         self,
@@ -63,6 +72,7 @@ class HostExecutor:
         try:
             self.end_job()
         finally:
+            self._collecting.set()
             self._reaper.__exit__(None, None, None)
 
     def resolve(self, command: Command) -> str:
