@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Self
 
 from quire.ci.store.records import ExecutorKind, JobState, RunResult, utcnow
 from quire.ci.store.runs import RunState
@@ -33,6 +33,15 @@ StreamName = Literal["stdout", "stderr"]
 class Level(StrEnum):
     info = "info"
     warning = "warning"
+
+
+class _NoText:
+    """An event with no text a secret could hide in: masking leaves it as it is."""
+
+    __slots__ = ()
+
+    def redacted(self, redactor: Redactor) -> Self:
+        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +93,9 @@ class RunFinished:
 
 
 @dataclass(frozen=True, slots=True)
-class JobStarted:
+class JobStarted(_NoText):
     job: str
     at: datetime = field(default_factory=utcnow)
-
-    def redacted(self, redactor: Redactor) -> JobStarted:
-        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,15 +136,12 @@ class CommandStarted:
 
 
 @dataclass(frozen=True, slots=True)
-class CommandFinished:
+class CommandFinished(_NoText):
     job: str
     exit: int
     duration_s: float
     timed_out: bool = False
     at: datetime = field(default_factory=utcnow)
-
-    def redacted(self, redactor: Redactor) -> CommandFinished:
-        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,13 +179,10 @@ class Notice:
 
 
 @dataclass(frozen=True, slots=True)
-class ImageBuildStarted:
+class ImageBuildStarted(_NoText):
     image: str
     dockerfile: str
     at: datetime = field(default_factory=utcnow)
-
-    def redacted(self, redactor: Redactor) -> ImageBuildStarted:
-        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,28 +197,22 @@ class ImageBuildFinished:
 
 
 @dataclass(frozen=True, slots=True)
-class ContainerStarted:
+class ContainerStarted(_NoText):
     container: str
     image: str
     at: datetime = field(default_factory=utcnow)
 
-    def redacted(self, redactor: Redactor) -> ContainerStarted:
-        return self
-
 
 @dataclass(frozen=True, slots=True)
-class ContainerStopping:
+class ContainerStopping(_NoText):
     """Teardown begins: the moment recorded as `container_stopped_at`."""
 
     container: str
     at: datetime = field(default_factory=utcnow)
 
-    def redacted(self, redactor: Redactor) -> ContainerStopping:
-        return self
-
 
 @dataclass(frozen=True, slots=True)
-class ContainerDied:
+class ContainerDied(_NoText):
     """The container stopped while the run still needed it (exit/OOM when docker knows)."""
 
     container: str
@@ -226,27 +220,18 @@ class ContainerDied:
     oom_killed: bool | None
     at: datetime = field(default_factory=utcnow)
 
-    def redacted(self, redactor: Redactor) -> ContainerDied:
-        return self
-
 
 @dataclass(frozen=True, slots=True)
-class ContainerRemoved:
+class ContainerRemoved(_NoText):
     container: str
     at: datetime = field(default_factory=utcnow)
 
-    def redacted(self, redactor: Redactor) -> ContainerRemoved:
-        return self
-
 
 @dataclass(frozen=True, slots=True)
-class ProcessesRunning:
+class ProcessesRunning(_NoText):
     """The host processes a job has running now (pid, start time), for the records."""
 
     processes: tuple[tuple[int, int], ...]
-
-    def redacted(self, redactor: Redactor) -> ProcessesRunning:
-        return self
 
 
 # Every event but Output: the ones the outlet masks field by field.
