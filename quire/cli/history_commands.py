@@ -57,7 +57,10 @@ def runs_command(
     rows = [("id", "state", "revision", "executor", "started", "duration")]
     for s in summaries:
         state = f"{s.state.value} ({s.reason})" if s.reason else s.state.value
-        revision = f"{s.revision} {s.sha[:12]}" if s.sha else "?"
+        # A pushed run's revision is its full sha (the worker runs exactly that commit):
+        # show the ref it was pushed to instead of the sha twice.
+        name = (s.ref or "") if s.revision == s.sha else s.revision
+        revision = f"{name} {s.sha[:12]}".strip() if s.sha else "?"
         if s.dirty:
             revision += "+dirty"
         rows.append(

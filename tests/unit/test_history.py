@@ -559,3 +559,13 @@ def test_show_lists_a_job_with_a_corrupt_state_as_unreadable_and_warns(three_job
     assert "warning: some records of run" in result.stderr and "job second" in result.stderr
     data = json.loads(quire("ci", "show", "latest", "--json", "--repo", str(three_jobs)).stdout)
     assert {job["job_id"]: job["status"] for job in data["jobs"]}["second"] == "unreadable"
+
+
+def test_runs_shows_a_pushed_runs_ref_rather_than_its_sha_twice(tmp_path: Path) -> None:
+    repo = tmp_path / "proj"
+    sha = make_repo(repo, {".quire/ci.py": THREE_JOBS})
+    result = quire("ci", "run", "--rev", sha, "--ref", "refs/heads/main", "--repo", str(repo))
+    assert result.exit_code == 1, result.output
+    listed = quire("ci", "runs", "--repo", str(repo)).stdout.splitlines()[1]
+    assert f"refs/heads/main {sha[:12]}" in listed
+    assert sha not in listed
