@@ -219,6 +219,9 @@ def test_broken_and_missing_pipelines_fail_their_runs_and_the_worker_goes_on(
     assert by_ref["refs/heads/main"].outcome == "complete"
     (note,) = read_notes(bare, broken)
     assert note.state == "failed" and "invalid pipeline" in (note.message or "")
+    # The broken push is a run like any other: `quire ci runs --repo BARE` lists it, failed.
+    (recorded,) = [r for r in runs_of(bare) if r.run_id == by_ref["refs/heads/broken"].run_id]
+    assert recorded.state.value == "failed"
     assert read_notes(bare, none)[0].reason == "no-pipeline"
 
 

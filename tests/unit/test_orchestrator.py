@@ -39,7 +39,7 @@ from quire.ci.store import recorder
 from quire.ci.store.eventlog import JsonLogs
 from quire.ci.store.records import EndReason, JobState, JobStatus, RunResult, read_record
 from quire.ci.store.runs import RunState, RunStore, store_for
-from quire.errors import DockerfileMissing, ExitCode, StoreWriteFailed
+from quire.errors import DockerfileMissing, ExitCode, PipelineError, StoreWriteFailed
 from quire.tools.process import OutputHandler
 from tests.helpers import Collected, commit, make_repo
 
@@ -558,3 +558,35 @@ def test_an_interrupt_stops_every_running_job_and_tears_down_once(harness: Harne
     for job in ("a", "b", "c"):
         assert harness.job(job).status == JobStatus.failed, job
     assert harness.job("after").skip_reason == "not run: interrupted"
+
+
+INVALID = "from quire.ci import job\n\n@job(inputs=[])\ndef x(rt): pass\n"
+
+
+def test_a_queued_run_whose_pipeline_is_invalid_is_recorded_failed_with_the_message(
+    harness: Harness,
+) -> None:
+    commit(
+        harness.repo,
+        {".quire/ci.py": "from quire.ci import job\n\n@job(inputs=[])\ndef x(rt): pass\n"},
+    )
+    with pytest.raises(PipelineError):
+        harness.run(run_id="20261125-000000-000000-abcdef")
+    state, path = harness.only_run()
+    assert (state, path.name) == (RunState.failed, "20261125-000000-000000-abcdef")
+    result = harness.result()
+    assert (result.reason, result.exit_code) == (EndReason.error, 2)
+    assert "invalid pipeline" in str(result.error) and "has no inputs" in str(result.error)
+    assert harness.made == []  # nothing ran
+
+
+def test_a_run_typed_at_the_terminal_with_an_invalid_pipeline_records_nothing(
+    harness: Harness,
+) -> None:
+    commit(
+        harness.repo,
+        {".quire/ci.py": "from quire.ci import job\n\n@job(inputs=[])\ndef x(rt): pass\n"},
+    )
+    with pytest.raises(PipelineError):
+        harness.run()
+    assert list(harness.store.runs()) == []

@@ -49,7 +49,8 @@ from quire.ci.store.records import (
 )
 from quire.ci.store.runs import RunDir, RunState, RunStore, store_of
 from quire.config import Config, load_config
-from quire.errors import ExitCode, Interrupted, QuireError
+from quire.errors import ExitCode, Interrupted, PipelineError, QuireError
+from quire.tools import git
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,12 @@ def run(
     up in the run's records and the returned exit code. A bug of quire's is
     re-raised once the run is recorded.
     """
-    loaded = load(request.repo_path, request.revision, dirty=request.dirty)
+    try:
+        loaded = load(request.repo_path, request.revision, dirty=request.dirty)
+    except PipelineError as exc:
+        if request.run_id is not None:  # a queued push: its run must be findable, failed
+            _record_invalid_pipeline(request, exc)
+        raise
     if not request.dirty:
         note_uncommitted_changes(loaded, request.revision, reporter)
     if loaded.pipeline is None:
@@ -152,6 +158,32 @@ def run(
         _reconcile_first(store, request, reporter)
         run_dir, meta = _create_run(store, loaded, request)
         return _Run(run_dir, meta, loaded, pipeline, request, config, executors).execute(reporter)
+
+
+def _record_invalid_pipeline(request: RunRequest, problem: PipelineError) -> None:
+    """A run that failed before it could start (its ci.py is invalid), recorded like any
+    other: failed, with the validation message, exit 2."""
+    repo = git.open_repository(request.repo_path)
+    loaded = LoadedPipeline(repo, git.resolve(repo.git_dir, request.revision), None)
+    run_dir, meta = _create_run(store_of(repo), loaded, request)
+    run_dir.transition(RunState.active)
+    try:
+        redactor = Redactor(load_config().secrets.values.values())
+    except QuireError:
+        redactor = Redactor()
+    outlet = outlet_for(run_dir, redactor, [])
+    try:
+        outlet.emit(
+            RunStarted(
+                run_dir.run_id, run_dir.store.repo, request.revision, meta.sha, request.executor
+            )
+        )
+        result = _ended(EndReason.error, str(problem), problem.exit_code)
+        outlet.emit(RunEnding(result))
+        run_dir.transition(RunState.failed)
+        outlet.emit(RunFinished(run_dir.run_id, run_dir.state, result, (), 0.0, run_dir.path))
+    finally:
+        outlet.close()
 
 
 def _reconcile_first(store: RunStore, request: RunRequest, reporter: Subscriber) -> None:
