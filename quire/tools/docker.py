@@ -504,6 +504,12 @@ def not_visible_message(workspace: Path, container_id: str | None = None) -> str
     )
 
 
+def _container_id(result: process.Completed) -> str | None:
+    """The id `docker run --detach` / `docker create` printed (its last line), or None."""
+    lines = result.stdout.decode(errors="replace").strip().splitlines()
+    return lines[-1] if result.ok and lines else None
+
+
 def run_detached(
     image: str,
     *,
@@ -527,8 +533,8 @@ def run_detached(
         caches=caches,
     )
     result = _run(argv)
-    container_id = result.stdout.decode(errors="replace").strip().splitlines()
-    if not result.ok or not container_id:
+    container_id = _container_id(result)
+    if container_id is None:
         stderr = result.stderr_tail(5)
         if any(marker in stderr for marker in _MISSING_SOURCE) and str(mount_source) in stderr:
             raise WorkspaceNotVisible(f"{not_visible_message(mount_source)}. {binary()}: {stderr}")
@@ -536,7 +542,7 @@ def run_detached(
             f"starting a container from {image} failed (exit {result.exit}): "
             f"{stderr or '(no output)'}"
         )
-    return container_id[-1]
+    return container_id
 
 
 def create(
@@ -553,13 +559,13 @@ def create(
     """
     argv = create_argv(image, labels=labels, ceiling_s=ceiling_s, limits=limits, caches=caches)
     result = _run(argv)
-    container_id = result.stdout.decode(errors="replace").strip().splitlines()
-    if not result.ok or not container_id:
+    container_id = _container_id(result)
+    if container_id is None:
         raise ContainerStartFailed(
             f"creating a container from {image} failed (exit {result.exit}{_at_host()}): "
             f"{result.stderr_tail(5) or '(no output)'}"
         )
-    return container_id[-1]
+    return container_id
 
 
 def copy_in(container_id: str, workspace: Path) -> None:

@@ -94,17 +94,27 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def start_ticks(pid: int) -> int | None:
-    """/proc start time of `pid` in clock ticks since boot (None: no such process)."""
+def _stat(pid: int) -> list[bytes]:
+    """The fields of /proc/<pid>/stat after the command name (state first); [] if gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             stat = handle.read()
     except OSError:
-        return None
+        return []
     # The command name may hold spaces and parentheses: fields start after the last ')'.
-    fields = stat[stat.rfind(b")") + 2 :].split()
+    return stat[stat.rfind(b")") + 2 :].split()
+
+
+def state(pid: int) -> str | None:
+    """The one-letter state of `pid` (R, S, Z, ...), or None if there is no such process."""
+    fields = _stat(pid)
+    return fields[0].decode() if fields else None
+
+
+def start_ticks(pid: int) -> int | None:
+    """/proc start time of `pid` in clock ticks since boot (None: no such process)."""
     try:
-        return int(fields[19])
+        return int(_stat(pid)[19])
     except (IndexError, ValueError):
         return None
 
@@ -186,12 +196,7 @@ def reap_adopted(ours: Callable[[int], bool]) -> None:
 
 
 def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] == b"Z"
+    return state(pid) == "Z"
 
 
 def _same(proc: Proc) -> bool:
@@ -199,14 +204,7 @@ def _same(proc: Proc) -> bool:
 
 
 def _running(proc: Proc) -> bool:
-    if not _same(proc):
-        return False
-    try:
-        with open(f"/proc/{proc.pid}/stat", "rb") as handle:
-            stat = handle.read()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] != b"Z"  # a zombie is over
+    return _same(proc) and state(proc.pid) != "Z"  # a zombie is over
 
 
 def _signal(pid: int, signum: int) -> None:

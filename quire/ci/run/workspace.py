@@ -23,12 +23,7 @@ def materialize(git_dir: Path, sha: str, workspace: Path) -> None:
     file) and checks both stages. Raises `WorkspaceMaterializationFailed`
     naming the stage that failed and its stderr tail.
     """
-    try:
-        workspace.mkdir(parents=True)
-    except OSError as exc:
-        raise WorkspaceMaterializationFailed(
-            f"cannot create workspace {workspace}: {exc.strerror}"
-        ) from exc
+    _create(workspace)
     archive, extract = process.pipe(git.archive_argv(git_dir, sha), tar.extract_argv(workspace))
     # git first: when git fails, tar's complaint ("not a tar archive") is only an echo of it.
     for name, stage in (("git archive", archive), ("tar --extract", extract)):
@@ -46,12 +41,7 @@ def materialize_worktree(worktree: Path, workspace: Path) -> None:
     `tar -c | tar -x` through a pipe; the list of files goes to tar in a file
     beside the workspace. Raises `WorkspaceMaterializationFailed`.
     """
-    try:
-        workspace.mkdir(parents=True)
-    except OSError as exc:
-        raise WorkspaceMaterializationFailed(
-            f"cannot create workspace {workspace}: {exc.strerror}"
-        ) from exc
+    _create(workspace)
     # A file deleted but not yet committed is listed by git and gone from the disk.
     names = [name for name in git.worktree_files(worktree) if os.path.lexists(worktree / name)]
     listed = workspace.parent / "files.list"
@@ -68,6 +58,15 @@ def materialize_worktree(worktree: Path, workspace: Path) -> None:
                 f"copying the working tree {worktree} into {workspace} failed: `{name}` "
                 f"exited {stage.exit}: {stage.stderr_tail(5) or '(no output)'}"
             )
+
+
+def _create(workspace: Path) -> None:
+    try:
+        workspace.mkdir(parents=True)
+    except OSError as exc:
+        raise WorkspaceMaterializationFailed(
+            f"cannot create workspace {workspace}: {exc.strerror}"
+        ) from exc
 
 
 def remove(workspace: Path) -> None:

@@ -3,31 +3,18 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
+
+from quire.tools import proctree
 
 
 def process_start_ticks(pid: int) -> int | None:
     """The start time of `pid` in clock ticks since boot, or None if unknown."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
-    fields = stat[stat.rfind(")") + 2 :].split()
-    try:
-        return int(fields[19])
-    except (IndexError, ValueError):
-        return None
+    return proctree.start_ticks(pid)
 
 
 def process_state(pid: int) -> str | None:
     """The one-letter state of `pid` (R, S, Z, ...) from /proc, or None if unknown."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2 :].split()
-    return fields[0] if fields else None
+    return proctree.state(pid)
 
 
 def is_alive(pid: int, start_ticks: int | None) -> bool:
