@@ -121,7 +121,7 @@ def steps_once(engine: Engine, mode: str, workspace: Path, repo: str) -> None:
         "ceiling_s": 600,
         "limits": None,
     }
-    engine.record(mode, "version", c.timed(docker.check_available))
+    engine.record(mode, "version", c.timed(docker.engine))
     dockerfile = workspace / ".quire" / "Dockerfile"
     engine.record(
         mode,

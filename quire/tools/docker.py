@@ -204,8 +204,12 @@ def is_run_image(name: str, repo: str | None = None) -> bool:
 
 
 def version_argv() -> list[str]:
-    """The server's version: fails when the engine cannot be reached (docker and podman)."""
-    return [binary(), "version", "--format", "{{.Server.Version}}"]
+    """What the engine is, as JSON: fails when it cannot be reached (docker and podman).
+
+    docker prints its server's version and components; a local podman, which is
+    its own engine, prints `null`; a podman API service, its version.
+    """
+    return [binary(), "version", "--format", "{{json .Server}}"]
 
 
 def build_argv(dockerfile: Path, context: Path, tags: Sequence[str]) -> list[str]:
@@ -427,14 +431,63 @@ def daemon_unreachable(stderr: str) -> bool:
     return any(marker in lowered for marker in _DAEMON_GONE) and "no such container" not in lowered
 
 
-def check_available() -> None:
-    """`docker version`; raises `DockerUnavailable` with the engine's own words."""
+EngineKind = Literal["docker", "podman-local", "other"]
+
+
+@dataclass(frozen=True)
+class Engine:
+    """The engine behind the CLI, as `docker version` tells it."""
+
+    kind: EngineKind
+    version: str
+
+    @property
+    def refuses_unseen_bind_sources(self) -> bool:
+        """Whether a bind mount of a path the engine cannot see is sure to fail.
+
+        Docker Engine refuses a `--mount type=bind` whose source does not exist on
+        its side, and every run's workspace path is new, so a mount it accepts is
+        this machine's workspace. A local podman is this machine's own process and
+        refuses a missing source too. Other engines (podman's API service above
+        all, which creates a missing source as an empty directory) are checked.
+        """
+        return self.kind in ("docker", "podman-local")
+
+
+def parse_engine(stdout: str) -> Engine:
+    """The `Engine` that `version_argv()`'s output describes (`other` when unsure)."""
+    text = stdout.strip()
+    try:
+        server = json.loads(text)
+    except ValueError:
+        return Engine("other", text or "?")
+    if server is None:
+        return Engine("podman-local", "?")
+    if not isinstance(server, dict):
+        return Engine("other", text)
+    version = str(server.get("Version") or "?")
+    components = server.get("Components")
+    names = (
+        {part.get("Name") for part in components if isinstance(part, dict)}
+        if isinstance(components, list)
+        else set()
+    )
+    # Docker Engine lists a part named "Engine". Podman's API service lists one too,
+    # next to its "Podman Engine": podman anywhere in the list means podman.
+    podman = any("podman" in str(name).lower() for name in names)
+    return Engine("docker" if "Engine" in names and not podman else "other", version)
+
+
+def engine() -> Engine:
+    """Ask the engine what it is (`docker version`); raises `DockerUnavailable` with the
+    engine's own words when it cannot be reached."""
     result = _run(version_argv())
     if not result.ok:
         raise DockerUnavailable(
             f"docker is unavailable (`{binary()} version` exited {result.exit}"
             f"{_at_host()}): {result.stderr_tail(3) or '(no output)'}"
         )
+    return parse_engine(result.stdout.decode(errors="replace"))
 
 
 def _at_host() -> str:

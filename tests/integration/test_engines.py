@@ -15,10 +15,12 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from plumbum import local
 
 from quire.ci.store.logs import LogReader
 from quire.paths import state_dir
-from tests.integration.support import BASE_IMAGE, Engine, docker_cli
+from quire.tools import docker
+from tests.integration.support import BASE_IMAGE, SESSION_PREFIX, Engine, docker_cli
 from tests.integration.test_docker_runs import pipeline, quire_run, repo_with
 from tests.integration.test_reliability import quire
 
@@ -136,3 +138,35 @@ def test_labels_of_a_run_container_read_back_as_json_on_docker(tmp_path: Path) -
     container_id, raw = line.split("\t")
     assert container_id == bare
     assert json.loads(raw) in (None, {})
+
+
+@pytest.mark.engines("docker", "podman", "podman-remote")
+def test_only_engines_that_refuse_an_unseen_bind_source_go_without_the_marker_check(
+    tmp_path: Path, engine: Engine
+) -> None:
+    # quire trusts a bind mount on Docker Engine and a local podman, without reading a
+    # marker back, because they refuse a source they cannot find: pinned here for real.
+    with local.env(**engine.quire_env):  # plumbum took its environment at import
+        found = docker.engine()
+        refused = refuses_a_missing_source(tmp_path) if found.refuses_unseen_bind_sources else None
+    expected = {"docker": "docker", "podman": "podman-local", "podman-remote": "other"}
+    assert found.kind == expected[engine.name], found
+    assert refused in (True, None), f"{engine.name} started a container on a missing source"
+
+
+def refuses_a_missing_source(tmp_path: Path) -> bool:
+    """Whether `docker.run_detached` on a source that does not exist is refused."""
+    labels = {
+        "quire.run-id": f"{SESSION_PREFIX}-unseen",
+        "quire.store": str(state_dir()),
+        "quire.host": socket.gethostname(),
+    }
+    try:
+        started = docker.run_detached(
+            BASE_IMAGE, mount_source=tmp_path / "never-made", labels=labels, ceiling_s=60
+        )
+    except docker.WorkspaceNotVisible as exc:
+        assert "does not see this machine's files" in str(exc)
+        return True
+    docker.teardown(started, None)
+    return False

@@ -8,6 +8,7 @@ import pytest
 
 from quire.ci.run.executors.base import Command
 from quire.tools import docker, tar
+from tests.unit.test_docker_executor import MOBY_SERVER, PODMAN_SERVICE_SERVER
 
 CID = "9f3b8a72c1d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0c1d2e3f4a5b6c7d8e9f0"
 RUN_LABELS = {"quire.run-id": "20260504-162001-000001-abc123", "quire.repo": "example"}
@@ -31,9 +32,10 @@ def test_binary_ignores_an_empty_quire_docker(monkeypatch: pytest.MonkeyPatch) -
     assert docker.binary() == "docker"
 
 
-def test_version_argv_asks_the_server_for_its_version_as_docker_and_podman_both_can() -> None:
-    # podman's `info` has no .ServerVersion; `version`'s .Server.Version works on both.
-    assert docker.version_argv() == ["docker", "version", "--format", "{{.Server.Version}}"]
+def test_version_argv_asks_for_the_server_as_json_as_docker_and_podman_both_can() -> None:
+    # podman's `info` has no .ServerVersion; `version`'s .Server works on both (a local
+    # podman prints null).
+    assert docker.version_argv() == ["docker", "version", "--format", "{{json .Server}}"]
 
 
 def test_build_argv_removes_intermediate_containers_and_names_file_tags_and_context() -> None:
@@ -412,3 +414,29 @@ def test_the_copy_in_tar_packs_the_workspace_under_work_owned_by_root() -> None:
         "--transform=s,^\\.,work,S",
         ".",
     ]
+
+
+# --- what `docker version` says of the engine ----------------------------------------------------
+
+
+def test_docker_engine_is_known_by_its_engine_component() -> None:
+    engine = docker.parse_engine(MOBY_SERVER)
+    assert engine == docker.Engine("docker", "20.10.24+dfsg1")
+    assert engine.refuses_unseen_bind_sources
+
+
+def test_podmans_api_service_is_not_taken_for_docker_engine_despite_its_engine_part() -> None:
+    engine = docker.parse_engine(PODMAN_SERVICE_SERVER)
+    assert engine == docker.Engine("other", "4.3.1")
+    assert not engine.refuses_unseen_bind_sources
+
+
+def test_a_local_podman_has_no_server_and_is_its_own_engine() -> None:
+    engine = docker.parse_engine("null\n")
+    assert engine.kind == "podman-local"
+    assert engine.refuses_unseen_bind_sources
+
+
+@pytest.mark.parametrize("stdout", ["20.10.24\n", "", "[1, 2]\n", '{"Components": "x"}\n'])
+def test_an_answer_quire_cannot_read_is_an_engine_whose_mounts_are_checked(stdout: str) -> None:
+    assert not docker.parse_engine(stdout).refuses_unseen_bind_sources

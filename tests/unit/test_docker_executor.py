@@ -47,6 +47,18 @@ from tests.helpers import Collected as HelperCollected
 from tests.helpers import make_repo
 
 CID = "c0ffee" + "0" * 58
+# `docker version --format '{{json .Server}}'` of Docker Engine 20.10 (trimmed).
+MOBY_SERVER = (
+    '{"Platform":{"Name":""},"Components":[{"Name":"Engine","Version":"20.10.24+dfsg1"},'
+    '{"Name":"containerd","Version":"1.6.20~ds1"},{"Name":"runc","Version":"1.1.5+ds1"}],'
+    '"Version":"20.10.24+dfsg1","ApiVersion":"1.41"}\n'
+)
+# The same of docker's CLI against podman 4.3's API service (trimmed): an "Engine" too.
+PODMAN_SERVICE_SERVER = (
+    '{"Platform":{"Name":"linux/amd64/debian-12"},"Components":[{"Name":"Podman Engine",'
+    '"Version":"4.3.1"},{"Name":"Conmon","Version":"conmon version 2.1.6"},'
+    '{"Name":"Engine","Version":"4.3.1"}],"Version":"4.3.1","ApiVersion":"1.41"}\n'
+)
 RUNNING = '{"Running":true,"Status":"running","ExitCode":0,"OOMKilled":false}'
 
 SHIM = """\
@@ -182,7 +194,8 @@ def fake_docker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeDocker:
     )
     shim.chmod(0o755)
     fake = FakeDocker(state, shim)
-    fake.answer("version", stdout="20.10.24\n")
+    # An engine whose bind mounts quire checks with a marker (see test_docker_workspace.py).
+    fake.answer("version", stdout=PODMAN_SERVICE_SERVER)
     fake.answer("build", stdout="Step 1/1 : FROM base\nSuccessfully built 5bfcee739c51\n")
     fake.answer("run", stdout=CID + "\n")
     fake.answer("container inspect", stdout=RUNNING + "\n")
@@ -277,22 +290,22 @@ class Collected:
 # --- wrappers, through pytest-subprocess ---------------------------------------------------------
 
 
-def test_check_available_raises_docker_unavailable_with_dockers_words(fp: FakeProcess) -> None:
+def test_engine_raises_docker_unavailable_with_dockers_words(fp: FakeProcess) -> None:
     fp.register(
-        [fp.program("docker"), "version", "--format", "{{.Server.Version}}"],
+        [fp.program("docker"), "version", "--format", "{{json .Server}}"],
         stderr="Cannot connect to the Docker daemon at unix:///x.sock. Is it running?\n",
         returncode=1,
     )
     with pytest.raises(DockerUnavailable) as caught:
-        docker.check_available()
+        docker.engine()
     assert "docker is unavailable" in str(caught.value)
     assert "Cannot connect to the Docker daemon at unix:///x.sock" in str(caught.value)
     assert caught.value.exit_code == 3
 
 
-def test_check_available_passes_when_docker_info_succeeds(fp: FakeProcess) -> None:
-    fp.register([fp.program("docker"), "version", fp.any()], stdout="20.10.24\n")
-    docker.check_available()
+def test_engine_asks_docker_version_once_and_parses_its_answer(fp: FakeProcess) -> None:
+    fp.register([fp.program("docker"), "version", fp.any()], stdout=MOBY_SERVER)
+    assert docker.engine() == docker.Engine("docker", "20.10.24+dfsg1")
     assert fp.call_count([fp.program("docker"), "version", fp.any()]) == 1
 
 
@@ -302,7 +315,7 @@ def test_a_docker_binary_that_cannot_be_found_is_docker_unavailable(
 ) -> None:
     monkeypatch.setenv("QUIRE_DOCKER", binary)
     with pytest.raises(DockerUnavailable) as caught:
-        docker.check_available()
+        docker.engine()
     assert "docker is unavailable" in str(caught.value)
 
 

@@ -28,6 +28,7 @@ from quire.errors import ContainerStartFailed, ImageBuildFailed
 from quire.tools import docker
 from tests.unit.test_docker_executor import (  # noqa: F401  (fixtures)
     CID,
+    MOBY_SERVER,
     Collected,
     FakeDocker,
     Setup,
@@ -66,6 +67,43 @@ def test_bind_mode_checks_a_fresh_marker_through_the_engine_and_removes_it(
     (run,) = fake_docker.argvs("run")
     assert f"type=bind,src={setup.workspace},dst=/work" in run
     assert "create" not in keys and "start" not in keys
+
+
+@pytest.mark.parametrize("server", [MOBY_SERVER, "null\n"], ids=["docker-engine", "local-podman"])
+def test_bind_mode_on_an_engine_that_refuses_unseen_sources_needs_no_marker(
+    fake_docker: FakeDocker,
+    setup: Setup,
+    executor_for: Callable[..., DockerExecutor],
+    server: str,
+) -> None:
+    # Docker Engine (and a local podman) fail `run` on a source they cannot see, and
+    # every workspace path is new: a started container has this machine's tree.
+    fake_docker.answer("version", stdout=server)
+    with executor_for(BIND) as ex:
+        ex.execute(Command.from_user("true"), Collected())
+    keys = fake_docker.subcommands()
+    assert "cp probe" not in keys
+    assert keys[:3] == ["version", "build", "run"]
+    (run,) = fake_docker.argvs("run")
+    assert f"type=bind,src={setup.workspace},dst=/work" in run
+    assert not [p for p in setup.workspace.iterdir() if p.name.startswith(".quire-mount")]
+
+
+def test_a_source_docker_engine_cannot_find_is_still_exit_3_naming_the_copy_mode(
+    fake_docker: FakeDocker, setup: Setup, executor_for: Callable[..., DockerExecutor]
+) -> None:
+    fake_docker.answer("version", stdout=MOBY_SERVER)
+    fake_docker.answer(
+        "run",
+        stderr='docker: Error response from daemon: invalid mount config for type "bind": '
+        f"bind source path does not exist: {setup.workspace}.\n",
+        exit=125,
+    )
+    with pytest.raises(docker.WorkspaceNotVisible) as caught, executor_for(BIND):
+        pytest.fail("the with-block must not be entered")
+    assert caught.value.exit_code == 3
+    assert 'workspace = "copy"' in str(caught.value)
+    assert "cp probe" not in fake_docker.subcommands()
 
 
 def test_the_marker_is_there_while_docker_run_runs_and_gone_before_any_job(

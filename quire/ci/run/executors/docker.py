@@ -81,7 +81,7 @@ class DockerExecutor:
         return self
 
     def _set_up(self) -> None:
-        docker.check_available()
+        engine = docker.engine()
         dockerfile = self.workspace / DOCKERFILE
         if not dockerfile.is_file():
             raise DockerfileMissing(
@@ -90,7 +90,7 @@ class DockerExecutor:
                 "root), or run with --executor host"
             )
         self._build(dockerfile)
-        self._start()
+        self._start(engine)
 
     def _build(self, dockerfile: Path) -> None:
         self.outlet.emit(ImageBuildStarted(self.image_tag, DOCKERFILE))
@@ -107,7 +107,7 @@ class DockerExecutor:
         self._built = True
         self.outlet.emit(ImageBuildFinished(self.image_tag, ok=True))
 
-    def _start(self) -> None:
+    def _start(self, engine: docker.Engine) -> None:
         self._create_caches()
         self._starting = True
         if self.mode == "copy":
@@ -116,24 +116,25 @@ class DockerExecutor:
             docker.copy_in(container_id, self.workspace)
             docker.start(container_id)
         else:
-            container_id = self._run_bind_mounted()
+            container_id = self._run_bind_mounted(engine)
         self._started = True
         self.outlet.emit(ContainerStarted(container_id, self.image_tag))
 
-    def _run_bind_mounted(self) -> str:
-        """`docker run` with the bind mount, then make sure the engine mounted OUR tree.
+    def _run_bind_mounted(self, engine: docker.Engine) -> str:
+        """`docker run` with the bind mount, making sure the engine mounted OUR tree.
 
-        An engine on another filesystem (or in another mount namespace) may create a
-        missing source as an empty directory, or find a stale one at the same path;
-        a marker with a fresh name tells either apart from the real workspace.
+        An engine that refuses a source it cannot see needs no more than the run.
+        Another one, on another filesystem (or in another mount namespace), may
+        create a missing source as an empty directory, or find a stale one at the
+        same path: a marker with a fresh name, read back through the engine, tells
+        either apart from the real workspace (one more engine call).
         """
+        if engine.refuses_unseen_bind_sources:
+            return self._run_detached()
         marker = self.workspace / f".quire-mount-check-{secrets.token_hex(8)}"
         marker.write_text(self.setup.run_id)
         try:
-            container_id = docker.run_detached(
-                self.image_tag, mount_source=self.workspace, **self._container_spec()
-            )
-            self.container_id = container_id
+            container_id = self._run_detached()
             unseen = docker.why_unseen(container_id, marker.name)
             if unseen is not None:
                 raise docker.WorkspaceNotVisible(
@@ -143,6 +144,12 @@ class DockerExecutor:
         finally:
             marker.unlink(missing_ok=True)
         return container_id
+
+    def _run_detached(self) -> str:
+        self.container_id = docker.run_detached(
+            self.image_tag, mount_source=self.workspace, **self._container_spec()
+        )
+        return self.container_id
 
     def _cache_mounts(self) -> list[docker.CacheMount]:
         return [
