@@ -416,8 +416,12 @@ def image_remove_argv(name: str) -> list[str]:
 
 
 def _run(argv: Sequence[str], env: Mapping[str, str] | None = None) -> process.Completed:
+    return _begin(argv, env).wait()
+
+
+def _begin(argv: Sequence[str], env: Mapping[str, str] | None = None) -> process.Pending:
     try:
-        return process.run(argv, env=env)
+        return process.begin(argv, env=env)
     except ProgramNotFound as exc:
         raise DockerUnavailable(
             f"docker is unavailable: {binary()} is not installed or not on PATH "
@@ -478,16 +482,55 @@ def parse_engine(stdout: str) -> Engine:
     return Engine("docker" if "Engine" in names and not podman else "other", version)
 
 
+class EngineProbe:
+    """`docker version`, asked in the background from the moment this is made: quire
+    builds the image meanwhile, and reads the answer when it needs it."""
+
+    def __init__(self) -> None:
+        self._call: process.Pending | None = None
+        self._engine: Engine | None = None
+        self._unavailable: DockerUnavailable | None = None
+        try:
+            self._call = _begin(version_argv())
+        except DockerUnavailable as exc:  # no such program: told when the answer is read
+            self._unavailable = exc
+
+    def result(self) -> Engine:
+        """The engine; raises `DockerUnavailable` with the engine's own words when it
+        cannot be reached."""
+        if self._engine is None and self._unavailable is None:
+            assert self._call is not None
+            result = self._call.wait()
+            if result.ok:
+                self._engine = parse_engine(result.stdout.decode(errors="replace"))
+            else:
+                self._unavailable = DockerUnavailable(
+                    f"docker is unavailable (`{binary()} version` exited {result.exit}"
+                    f"{_at_host()}): {result.stderr_tail(3) or '(no output)'}"
+                )
+        if self._unavailable is not None:
+            raise self._unavailable
+        assert self._engine is not None
+        return self._engine
+
+    def unavailable(self) -> DockerUnavailable | None:
+        """Why the engine cannot be reached, or None if it answered."""
+        try:
+            self.result()
+        except DockerUnavailable as exc:
+            return exc
+        return None
+
+    def cancel(self) -> None:
+        """Stop waiting for an answer nobody will read."""
+        if self._call is not None:
+            self._call.cancel()
+
+
 def engine() -> Engine:
-    """Ask the engine what it is (`docker version`); raises `DockerUnavailable` with the
-    engine's own words when it cannot be reached."""
-    result = _run(version_argv())
-    if not result.ok:
-        raise DockerUnavailable(
-            f"docker is unavailable (`{binary()} version` exited {result.exit}"
-            f"{_at_host()}): {result.stderr_tail(3) or '(no output)'}"
-        )
-    return parse_engine(result.stdout.decode(errors="replace"))
+    """Ask the engine what it is (`docker version`) and wait for the answer; raises
+    `DockerUnavailable` with the engine's own words when it cannot be reached."""
+    return EngineProbe().result()
 
 
 def _at_host() -> str:
@@ -769,6 +812,48 @@ def chown_workdir(container_id: str, uid: int, gid: int) -> None:
         )
 
 
+class ContainerListing:
+    """`labelled_containers`, its `ps` started from the moment this is made: the caller
+    goes on with other work and reads the list when it needs it."""
+
+    def __init__(self, store: str, host: str, run_id: str | None = None) -> None:
+        self.store = store
+        self.host = host
+        self._ps: process.Pending | None = None
+        self._unavailable: DockerUnavailable | None = None
+        try:
+            self._ps = _begin(list_argv(store, host, run_id))
+        except DockerUnavailable as exc:  # no such program: told when the list is read
+            self._unavailable = exc
+
+    def result(self) -> list[LabelledContainer]:
+        """The containers; raises `DockerUnavailable` when the engine cannot be reached."""
+        if self._unavailable is not None:
+            raise self._unavailable
+        assert self._ps is not None
+        listed = self._ps.wait()
+        if not listed.ok:
+            raise DockerUnavailable(f"docker is unavailable: {listed.stderr_tail(3)}")
+        ids = listed.stdout.decode(errors="replace").split()
+        if not ids:
+            return []
+        # One may go between the two calls: inspect still prints the others (and exits 1).
+        inspected = _run(labels_argv(ids))
+        if not inspected.ok and daemon_unreachable(inspected.stderr_tail(3)):
+            raise DockerUnavailable(f"docker is unavailable: {inspected.stderr_tail(3)}")
+        found = []
+        for line in inspected.stdout.decode(errors="replace").splitlines():
+            container = _labelled(line, self.store, self.host)
+            if container is not None:
+                found.append(container)
+        return found
+
+    def cancel(self) -> None:
+        """Stop a listing nobody will read."""
+        if self._ps is not None:
+            self._ps.cancel()
+
+
 def labelled_containers(
     store: str, host: str, run_id: str | None = None
 ) -> list[LabelledContainer]:
@@ -777,22 +862,7 @@ def labelled_containers(
 
     Raises `DockerUnavailable` when the engine cannot be reached.
     """
-    listed = _run(list_argv(store, host, run_id))
-    if not listed.ok:
-        raise DockerUnavailable(f"docker is unavailable: {listed.stderr_tail(3)}")
-    ids = listed.stdout.decode(errors="replace").split()
-    if not ids:
-        return []
-    # One may go between the two calls: inspect still prints the others (and exits 1).
-    inspected = _run(labels_argv(ids))
-    if not inspected.ok and daemon_unreachable(inspected.stderr_tail(3)):
-        raise DockerUnavailable(f"docker is unavailable: {inspected.stderr_tail(3)}")
-    found = []
-    for line in inspected.stdout.decode(errors="replace").splitlines():
-        container = _labelled(line, store, host)
-        if container is not None:
-            found.append(container)
-    return found
+    return ContainerListing(store, host, run_id).result()
 
 
 def _labelled(line: str, store: str, host: str) -> LabelledContainer | None:

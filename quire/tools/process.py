@@ -157,13 +157,41 @@ def run(
     `env` adds to quire's environment. Raises `ProgramNotFound`; a non-zero
     exit is returned, the caller turns it into its own error.
     """
-    proc = _popen(argv, cwd=cwd, env=env)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except BaseException:
-        _kill(proc)
-        raise
-    return Completed(tuple(argv), proc.returncode, out, err)
+    return begin(argv, cwd=cwd, env=env).wait(timeout)
+
+
+class Pending:
+    """A short tool call started in the background (`begin`): quire goes on with other
+    work while it runs, then `wait()` collects it, or `cancel()` ends it unread."""
+
+    def __init__(self, argv: Sequence[str], proc: subprocess.Popen[bytes]) -> None:
+        self.argv = tuple(argv)
+        self._proc = proc
+
+    def wait(self, timeout: float | None = None) -> Completed:
+        """Its result, once it has exited (killed, and the exception passed on, if the wait
+        is interrupted or times out)."""
+        try:
+            out, err = self._proc.communicate(timeout=timeout)
+        except BaseException:
+            _kill(self._proc)
+            raise
+        return Completed(self.argv, self._proc.returncode, out, err)
+
+    def cancel(self) -> None:
+        """Kill it if it still runs, and reap it; its output is dropped."""
+        _kill(self._proc)
+
+
+def begin(
+    argv: Sequence[str],
+    *,
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Pending:
+    """Start a short tool call without waiting for it (`run` is `begin(...).wait()`).
+    Raises `ProgramNotFound`."""
+    return Pending(argv, _popen(argv, cwd=cwd, env=env))
 
 
 def stream(

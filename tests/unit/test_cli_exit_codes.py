@@ -87,7 +87,8 @@ def test_validate_exits_2_with_file_and_line_for_a_syntax_error(tmp_path: Path) 
 
 
 def test_run_exits_3_when_docker_is_unavailable(tmp_path: Path) -> None:
-    make_repo(tmp_path / "proj", {".quire/ci.py": PASSING})
+    # QUIRE_DOCKER is the unit suite's guard, which fails every call (conftest.py).
+    make_repo(tmp_path / "proj", {".quire/ci.py": PASSING, ".quire/Dockerfile": "FROM x\n"})
     code, _, err = invoke("ci", "run", "--repo", str(tmp_path / "proj"), "--executor", "docker")
     assert code == 3
     assert "docker is unavailable" in err

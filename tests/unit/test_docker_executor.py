@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import yaml
 from pydantic import BaseModel
@@ -91,10 +92,16 @@ if key == "exec":
         i += 2 if args[i] in ("--workdir", "--user", "--env") else 1
     if i + 1 < len(args) and "exec:" + args[i + 1] in config["answers"]:
         key = "exec:" + args[i + 1]
-with open(os.path.join(STATE, "calls.jsonl"), "a") as handle:
-    record = {{"key": key, "argv": args, "env": dict(os.environ), "record": snapshot}}
-    handle.write(json.dumps(record) + "\\n")
+# One write() on an O_APPEND file: calls made at the same time (version while build
+# runs) never interleave their lines.
+record = {{"key": key, "argv": args, "env": dict(os.environ), "record": snapshot}}
+log = os.open(os.path.join(STATE, "calls.jsonl"), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+os.write(log, (json.dumps(record) + "\\n").encode())
+os.close(log)
 answer = config["answers"].get(key, {{}})
+if answer.get("hang"):
+    import time
+    time.sleep(60)
 sys.stdout.write(answer.get("stdout", ""))
 sys.stderr.write(answer.get("stderr", ""))
 sys.exit(answer.get("exit", 0))
@@ -125,8 +132,11 @@ class FakeDocker:
     watch: Path | None = None
     work: dict[str, str] = field(default_factory=dict)
 
-    def answer(self, key: str, *, stdout: str = "", stderr: str = "", exit: int = 0) -> None:
-        self.answers[key] = {"stdout": stdout, "stderr": stderr, "exit": exit}
+    def answer(
+        self, key: str, *, stdout: str = "", stderr: str = "", exit: int = 0, hang: bool = False
+    ) -> None:
+        """What calls of `key` print and exit with (`hang`: after a minute's sleep)."""
+        self.answers[key] = {"stdout": stdout, "stderr": stderr, "exit": exit, "hang": hang}
         self._save()
 
     def watch_record(self, path: Path) -> None:
@@ -317,6 +327,17 @@ def test_a_docker_binary_that_cannot_be_found_is_docker_unavailable(
     with pytest.raises(DockerUnavailable) as caught:
         docker.engine()
     assert "docker is unavailable" in str(caught.value)
+
+
+def test_an_engine_probe_without_a_docker_binary_tells_so_when_its_answer_is_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("QUIRE_DOCKER", "no-such-docker-cli-xyz")
+    probe = docker.EngineProbe()  # started in the background: nothing to say yet
+    assert isinstance(probe.unavailable(), DockerUnavailable)
+    with pytest.raises(DockerUnavailable, match="not installed or not on PATH"):
+        probe.result()
+    probe.cancel()
 
 
 def test_run_detached_returns_the_container_id_docker_prints(fp: FakeProcess) -> None:
@@ -512,14 +533,37 @@ def test_session_passes_the_configured_limits_to_docker_run(
     assert run[-2:] == ["sleep", "90"]
 
 
-def test_docker_unavailable_stops_before_build_and_tears_nothing_down(
-    fake_docker: FakeDocker, executor_for: Callable[..., DockerExecutor]
+DAEMON_DOWN = {"stderr": "Cannot connect to the Docker daemon. Is it running?\n", "exit": 1}
+
+
+def test_docker_unavailable_is_said_as_such_not_as_a_failed_build_and_tears_nothing_down(
+    fake_docker: FakeDocker, setup: Setup, executor_for: Callable[..., DockerExecutor]
 ) -> None:
-    fake_docker.answer("version", stderr="Cannot connect to the Docker daemon\n", exit=1)
+    # `docker version` runs while the image builds; a daemon that is down fails both.
+    fake_docker.answer("version", **DAEMON_DOWN)
+    fake_docker.answer("build", **DAEMON_DOWN)
     with pytest.raises(DockerUnavailable) as caught, executor_for():
         pytest.fail("the with-block must not be entered")
     assert caught.value.exit_code == 3
-    assert fake_docker.subcommands() == ["version"]
+    assert "docker is unavailable (`" in str(caught.value)
+    assert "Cannot connect to the Docker daemon" in str(caught.value)
+    assert sorted(fake_docker.subcommands()) == ["build", "version"]  # nothing to tear down
+    ends = [e for e in setup.run_events() if e["event"] == "image-build-end"]
+    assert ends and ends[0]["ok"] is False
+    assert "docker is unavailable" in ends[0]["error"]
+
+
+def test_an_engine_that_answers_no_version_after_a_good_build_is_unavailable_and_untagged(
+    fake_docker: FakeDocker, setup: Setup, executor_for: Callable[..., DockerExecutor]
+) -> None:
+    fake_docker.answer("version", **DAEMON_DOWN)
+    with pytest.raises(DockerUnavailable), executor_for():
+        pytest.fail("the with-block must not be entered")
+    keys = fake_docker.subcommands()
+    assert "run" not in keys and "rm" not in keys
+    assert fake_docker.argvs("image rm") == [
+        docker.untag_argv(f"quire-ci/example:{setup.run_dir.run_id}")
+    ]
 
 
 def test_missing_dockerfile_raises_dockerfile_missing_naming_it(
@@ -530,7 +574,7 @@ def test_missing_dockerfile_raises_dockerfile_missing_naming_it(
         pytest.fail("the with-block must not be entered")
     assert ".quire/Dockerfile" in str(caught.value)
     assert caught.value.exit_code == 3
-    assert fake_docker.subcommands() == ["version"]
+    assert fake_docker.subcommands() == []  # found out before docker is asked anything
 
 
 def test_failed_build_raises_image_build_failed_with_dockers_stderr_tail(
@@ -547,7 +591,7 @@ def test_failed_build_raises_image_build_failed_with_dockers_stderr_tail(
     assert "The command '/bin/sh -c exit 3' returned a non-zero code: 3" in str(caught.value)
     assert caught.value.exit_code == 3
     # No container, and a failed build tagged nothing: nothing to tear down.
-    assert fake_docker.subcommands() == ["version", "build"]
+    assert sorted(fake_docker.subcommands()) == ["build", "version"]
     record = setup.record()
     assert record["image_tag"] == f"quire-ci/example:{setup.run_dir.run_id}"
     assert record["build_started_at"] is not None
@@ -584,7 +628,6 @@ def test_container_yml_grows_phase_by_phase(
     with executor_for() as ex:
         ex.execute(Command.from_user("true"), Collected())
     seen = {call.key: call.record for call in fake_docker.calls()}
-    assert seen["version"] is None
     assert seen["build"] is not None
     assert seen["build"]["build_started_at"] is not None
     assert seen["build"]["build_finished_at"] is None
@@ -774,24 +817,41 @@ def docker_repo(tmp_path: Path, ci: str = ONE_JOB, *, dockerfile: bool = True) -
     return tmp_path / "proj"
 
 
+def test_a_docker_run_lists_containers_once_before_it_builds(
+    fake_docker: FakeDocker, tmp_path: Path
+) -> None:
+    # The `ps` of the start-of-run reconcile runs while the pipeline loads.
+    code, out, err = run_cli(docker_repo(tmp_path))
+    assert code == 0, out + err
+    keys = fake_docker.subcommands()
+    assert keys.count("ps") == 1
+    assert keys.index("ps") < keys.index("build")
+
+
+def test_a_docker_run_of_an_invalid_pipeline_leaves_no_docker_call_behind(
+    fake_docker: FakeDocker, tmp_path: Path
+) -> None:
+    fake_docker.answer("ps", hang=True)  # still running when the run gives up
+    code, _, err = run_cli(docker_repo(tmp_path, "from quire.ci import job\n\ndef broken(:\n"))
+    assert code == 2, err
+    assert "build" not in fake_docker.subcommands()
+    left = psutil.Process().children(recursive=True)
+    for child in left:
+        child.kill()
+    assert not left  # the early `ps` was killed and reaped
+
+
 @pytest.mark.parametrize(
-    ("key", "answer", "message", "untagged"),
+    ("answers", "message", "untagged"),
     [
+        ({"version": DAEMON_DOWN, "build": DAEMON_DOWN}, "docker is unavailable", False),
         (
-            "version",
-            {"stderr": "Cannot connect to the Docker daemon\n", "exit": 1},
-            "docker is unavailable",
-            False,
-        ),
-        (
-            "build",
-            {"stderr": "unknown instruction: FRUM\n", "exit": 1},
+            {"build": {"stderr": "unknown instruction: FRUM\n", "exit": 1}},
             "unknown instruction: FRUM",
             False,
         ),
         (
-            "run",
-            {"stderr": "Error response from daemon: bad mount\n", "exit": 125},
+            {"run": {"stderr": "Error response from daemon: bad mount\n", "exit": 125}},
             "bad mount",
             True,
         ),
@@ -801,12 +861,12 @@ def docker_repo(tmp_path: Path, ci: str = ONE_JOB, *, dockerfile: bool = True) -
 def test_cli_exits_3_with_the_error_for_each_setup_failure(
     fake_docker: FakeDocker,
     tmp_path: Path,
-    key: str,
-    answer: dict[str, Any],
+    answers: dict[str, dict[str, Any]],
     message: str,
     untagged: bool,
 ) -> None:
-    fake_docker.answer(key, **answer)
+    for key, answer in answers.items():
+        fake_docker.answer(key, **answer)
     code, out, err = run_cli(docker_repo(tmp_path))
     assert code == 3
     assert message in err

@@ -83,7 +83,8 @@ def test_bind_mode_on_an_engine_that_refuses_unseen_sources_needs_no_marker(
         ex.execute(Command.from_user("true"), Collected())
     keys = fake_docker.subcommands()
     assert "cp probe" not in keys
-    assert keys[:3] == ["version", "build", "run"]
+    assert "version" in keys
+    assert [key for key in keys if key != "version"][:2] == ["build", "run"]
     (run,) = fake_docker.argvs("run")
     assert f"type=bind,src={setup.workspace},dst=/work" in run
     assert not [p for p in setup.workspace.iterdir() if p.name.startswith(".quire-mount")]

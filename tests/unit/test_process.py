@@ -200,6 +200,31 @@ def test_run_all_runs_calls_at_the_same_time() -> None:
     assert time.monotonic() - started < 0.8
 
 
+def test_begin_returns_while_the_call_runs_and_wait_collects_it(tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    # The call can only end after begin() has returned: it waits for a file made later.
+    pending = process.begin(
+        ["sh", "-c", f'while [ ! -e "{go}" ]; do sleep 0.01; done; echo done; exit 4']
+    )
+    go.touch()
+    result = pending.wait(timeout=10)
+    assert (result.exit, result.stdout) == (4, b"done\n")
+    assert result.argv[0] == "sh"
+
+
+def test_cancel_kills_a_call_still_running_and_reaps_it() -> None:
+    pending = process.begin(["sleep", "30"])
+    (pid,) = [p.pid for p in psutil.Process().children() if p.name() == "sleep"]
+    pending.cancel()
+    assert not psutil.pid_exists(pid)  # killed and reaped: not even a zombie
+    pending.cancel()  # twice is harmless
+
+
+def test_begin_of_an_unknown_program_raises_program_not_found_at_once() -> None:
+    with pytest.raises(ProgramNotFound):
+        process.begin(["no-such-program-for-quire-tests"])
+
+
 def test_pipe_reports_both_stages_exit_and_stderr() -> None:
     first, second = process.pipe(
         ["sh", "-c", "echo producer-complains >&2; echo data; exit 3"],

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from quire import interrupts
 from quire.ci.events import JobFinished, Notice, RunEnding, RunFinished, RunStarted
@@ -36,6 +37,7 @@ from quire.ci.run.outlet import RunOutlet, Subscriber
 from quire.ci.run.redact import Redactor
 from quire.ci.store.eventlog import JsonLogs
 from quire.ci.store.liveness import process_start_ticks
+from quire.ci.store.reconcile import begin_listing, reconcile
 from quire.ci.store.recorder import RunRecords
 from quire.ci.store.records import (
     EndReason,
@@ -51,6 +53,9 @@ from quire.ci.store.runs import RunDir, RunState, RunStore, store_of
 from quire.config import Config, load_config
 from quire.errors import ExitCode, Interrupted, PipelineError, QuireError
 from quire.tools import git
+
+if TYPE_CHECKING:
+    from quire.tools.docker import ContainerListing
 
 
 @dataclass(frozen=True)
@@ -133,6 +138,21 @@ def run(
     up in the run's records and the returned exit code. A bug of quire's is
     re-raised once the run is recorded.
     """
+    # A docker run's containers are listed (reconcile, below) while the pipeline loads.
+    listing = begin_listing() if request.executor == ExecutorKind.docker else None
+    try:
+        return _run(request, reporter, executors, listing)
+    finally:
+        if listing is not None:
+            listing.cancel()
+
+
+def _run(
+    request: RunRequest,
+    reporter: Subscriber,
+    executors: ExecutorFactory,
+    listing: ContainerListing | None,
+) -> RunOutcome:
     try:
         loaded = load(request.repo_path, request.revision, dirty=request.dirty)
     except PipelineError as exc:
@@ -155,7 +175,7 @@ def run(
     # From here on a signal must unwind (not kill) us: a run may exist to record.
     interrupts.clear()
     with interrupts.raising():
-        _reconcile_first(store, request, reporter)
+        _reconcile_first(store, listing, reporter)
         run_dir, meta = _create_run(store, loaded, request)
         return _Run(run_dir, meta, loaded, pipeline, request, config, executors).execute(reporter)
 
@@ -186,14 +206,14 @@ def _record_invalid_pipeline(request: RunRequest, problem: PipelineError) -> Non
         outlet.close()
 
 
-def _reconcile_first(store: RunStore, request: RunRequest, reporter: Subscriber) -> None:
+def _reconcile_first(
+    store: RunStore, listing: ContainerListing | None, reporter: Subscriber
+) -> None:
     """The cheap part of `quire ci reconcile`, before every run: this repository's
-    orphaned runs, and (for docker runs) containers that no live run owns."""
-    from quire.ci.store.reconcile import reconcile
-
+    orphaned runs, and (for docker runs, `listing`) containers that no live run owns."""
     try:
         actions = reconcile(
-            [store], containers=request.executor == ExecutorKind.docker, in_flight_only=True
+            [store], containers=listing is not None, in_flight_only=True, listing=listing
         )
     except QuireError:
         return  # docker trouble is reported, precisely, by the run itself

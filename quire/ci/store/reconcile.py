@@ -47,7 +47,7 @@ from quire.errors import ExitCode, QuireError
 from quire.paths import state_dir
 
 if TYPE_CHECKING:
-    from quire.tools.docker import LabelledContainer
+    from quire.tools.docker import ContainerListing, LabelledContainer
 
 
 @dataclass(frozen=True)
@@ -217,15 +217,21 @@ def live_run_ids(stores: list[RunStore]) -> set[str]:
     return alive
 
 
-def list_containers() -> list[LabelledContainer]:
-    """This host's quire containers of this state directory; raises `DockerUnavailable`.
+def begin_listing() -> ContainerListing:
+    """Start listing this host's quire containers of this state directory (`docker ps`
+    runs in the background until `result()` is asked for).
 
     Another host sharing the engine (even with the same state path, on a shared
     disk) judges its own: its live runs are not in our records as live.
     """
     from quire.tools import docker  # host-only users never pay for it
 
-    return docker.labelled_containers(str(state_dir()), socket.gethostname())
+    return docker.ContainerListing(str(state_dir()), socket.gethostname())
+
+
+def list_containers() -> list[LabelledContainer]:
+    """This host's quire containers of this state directory; raises `DockerUnavailable`."""
+    return begin_listing().result()
 
 
 def reconcile_containers(
@@ -303,18 +309,22 @@ def reconcile(
     *,
     containers: bool = True,
     in_flight_only: bool = False,
+    listing: ContainerListing | None = None,
 ) -> list[Action]:
     """Reconcile records (of `stores`, default all) and, if asked, docker containers
     and the image tags of the docker runs it failed.
 
     Container decisions always look at every repository's runs: a container
     of another repository's live run must stay. Without `containers`, docker
-    is never called (and an orphaned run's image tag stays).
+    is never called (and an orphaned run's image tag stays). `listing`, begun
+    earlier (`begin_listing`), is used instead of listing the containers now.
     """
     # Listed first: docker being unavailable raises before any record changes
     # (so the caller can retry without containers and lose no report), and
     # every listed container's run already exists when the runs are read.
-    listed = list_containers() if containers else None
+    listed = None
+    if containers:
+        listed = (listing or begin_listing()).result()
     actions: list[Action] = []
     abandoned: list[RunDir] = []
     for store in all_stores() if stores is None else stores:

@@ -81,7 +81,6 @@ class DockerExecutor:
         return self
 
     def _set_up(self) -> None:
-        engine = docker.engine()
         dockerfile = self.workspace / DOCKERFILE
         if not dockerfile.is_file():
             raise DockerfileMissing(
@@ -89,10 +88,15 @@ class DockerExecutor:
                 f"for {dockerfile}. Add a Dockerfile there (its build context is the repository "
                 "root), or run with --executor host"
             )
-        self._build(dockerfile)
-        self._start(engine)
+        # Asked while the image builds: the answer is needed only to start the container.
+        engine = docker.EngineProbe()
+        try:
+            self._build(dockerfile, engine)
+            self._start(engine.result())
+        finally:
+            engine.cancel()
 
-    def _build(self, dockerfile: Path) -> None:
+    def _build(self, dockerfile: Path, engine: docker.EngineProbe) -> None:
         self.outlet.emit(ImageBuildStarted(self.image_tag, DOCKERFILE))
 
         def show(stream: StreamName, chunk: bytes) -> None:
@@ -102,7 +106,12 @@ class DockerExecutor:
             tags = [self.image_tag, f"{docker.image_repository(self.setup.repo)}:latest"]
             docker.build(dockerfile, self.workspace, tags, show)
         except QuireError as exc:
-            self.outlet.emit(ImageBuildFinished(self.image_tag, ok=False, error=str(exc)))
+            # An engine that cannot be reached is the news, not the build it failed.
+            unavailable = engine.unavailable()
+            problem = exc if unavailable is None else unavailable
+            self.outlet.emit(ImageBuildFinished(self.image_tag, ok=False, error=str(problem)))
+            if unavailable is not None:
+                raise unavailable from exc
             raise
         self._built = True
         self.outlet.emit(ImageBuildFinished(self.image_tag, ok=True))
