@@ -33,18 +33,23 @@ def _git(git_dir: Path, *args: str) -> process.Completed:
 
 def open_repository(path: Path) -> Repository:
     """The repository at or above `path` (normal or bare); raises `NotARepository`."""
+    # One call for all three: where there is no work tree (a bare repository, or `path`
+    # inside a .git directory) `--show-toplevel` fails after the first two have answered.
     found = process.run(
-        ["git", "-C", str(path), "rev-parse", "--absolute-git-dir", "--is-bare-repository"]
+        [
+            "git",
+            *("-C", str(path), "rev-parse"),
+            *("--absolute-git-dir", "--is-bare-repository", "--show-toplevel"),
+        ]
     )
-    if not found.ok:
-        raise NotARepository(f"{path} is not a git repository ({found.stderr_tail(1)})")
     # One line per query: a path may hold spaces, so split on lines, not whitespace.
-    git_dir_text, bare_text = found.stdout.decode().splitlines()
-    git_dir = Path(git_dir_text)
-    if bare_text == "true":
+    lines = found.stdout.decode().splitlines()
+    if len(lines) < 2:
+        raise NotARepository(f"{path} is not a git repository ({found.stderr_tail(1)})")
+    git_dir = Path(lines[0])
+    if lines[1] == "true":
         return Repository(git_dir=git_dir, name_dir=git_dir, bare=True)
-    top = process.run(["git", "-C", str(path), "rev-parse", "--show-toplevel"])
-    name_dir = Path(top.stdout.decode().strip()) if top.ok else git_dir.parent
+    name_dir = Path(lines[2]) if found.ok and len(lines) > 2 else git_dir.parent
     return Repository(git_dir=git_dir, name_dir=name_dir, bare=False)
 
 

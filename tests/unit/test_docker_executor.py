@@ -772,10 +772,10 @@ def break_container_yml(monkeypatch: pytest.MonkeyPatch) -> None:
     """Writing container.yml fails as on a full disk; the other records are written."""
     real = recorder.write_record
 
-    def broken(path: Path, record: BaseModel) -> None:
+    def broken(path: Path, record: BaseModel, *, durable: bool = True) -> None:
         if path.name == "container.yml":
             raise OSError(28, "No space left on device")
-        real(path, record)
+        real(path, record, durable=durable)
 
     monkeypatch.setattr(recorder, "write_record", broken)
 

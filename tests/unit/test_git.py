@@ -27,6 +27,16 @@ def test_open_repository_of_a_bare_repository_names_it_by_its_directory(tmp_path
     assert repo.git_dir == repo.name_dir == (tmp_path / "proj.git").resolve()
 
 
+def test_open_repository_from_inside_the_git_dir_names_it_by_its_work_tree(
+    tmp_path: Path,
+) -> None:
+    make_repo(tmp_path / "proj", {"a": "a\n"})
+    repo = git.open_repository(tmp_path / "proj" / ".git")
+    assert not repo.bare
+    assert repo.git_dir == (tmp_path / "proj" / ".git").resolve()
+    assert repo.name_dir == (tmp_path / "proj").resolve()
+
+
 def test_open_repository_with_spaces_in_its_path(tmp_path: Path) -> None:
     make_repo(tmp_path / "my proj", {"a": "a\n"}, bare_clone=True)
     repo = git.open_repository(tmp_path / "my proj")

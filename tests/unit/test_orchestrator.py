@@ -425,10 +425,10 @@ def test_a_run_whose_end_cannot_be_written_stays_for_reconcile_and_says_so(
 ) -> None:
     real = recorder.write_record
 
-    def full(path: Path, record: BaseModel) -> None:
+    def full(path: Path, record: BaseModel, *, durable: bool = True) -> None:
         if path.name == "result.yml":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real(path, record)
+        real(path, record, durable=durable)
 
     monkeypatch.setattr(recorder, "write_record", full)
     assert harness.run_unbroken() == ExitCode.environment

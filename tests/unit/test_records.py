@@ -9,12 +9,16 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
+from quire.ci.events import ProcessesRunning, RunStarted
+from quire.ci.store.recorder import RunRecords
 from quire.ci.store.records import (
     ContainerInfo,
     EndReason,
     ExecutorKind,
+    HostProcesses,
     JobState,
     JobStatus,
+    RecordedProcess,
     RecordUnreadable,
     RunMeta,
     RunnerInfo,
@@ -142,6 +146,19 @@ def test_crash_before_replace_leaves_old_record_intact_and_no_temp_file(
     assert [p.name for p in directory.iterdir()] == ["state.yml"]
 
 
+def test_records_are_fsynced_before_they_replace_the_old_one_unless_not_durable(
+    directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    write_record(directory / "times.yml", RunTimes(started_at=T0))
+    assert len(synced) == 1
+    write_record(directory / "processes.yml", RunTimes(started_at=T0), durable=False)
+    assert len(synced) == 1
+    assert read_record(directory / "processes.yml", RunTimes).started_at == T0
+
+
 def test_interrupt_during_write_leaves_no_temp_file(
     directory: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -214,3 +231,19 @@ def test_read_record_ignores_unknown_fields(tmp_path: Path) -> None:
     path = tmp_path / "runner.yml"
     path.write_text("pid: 7\nhost: h\nadded_later: true\n")
     assert read_record(path, RunnerInfo) == RunnerInfo(pid=7, host="h")
+
+
+def test_the_processes_record_is_rewritten_without_an_fsync(
+    directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Rewritten around every host command; gone with the machine anyway.
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fsync", synced.append)
+    records = RunRecords(lambda: directory, warn=pytest.fail)
+    records.handle(ProcessesRunning(processes=((4242, 123456),)))
+    assert read_record(directory / "processes.yml", HostProcesses) == HostProcesses(
+        processes=[RecordedProcess(pid=4242, start=123456)]
+    )
+    assert synced == []
+    records.handle(RunStarted("r1", "repo", "HEAD", "0" * 40, ExecutorKind.host, at=T0))
+    assert len(synced) == 1  # times.yml is durable

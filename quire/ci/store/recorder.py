@@ -79,7 +79,10 @@ class RunRecords:
                 self._update_container(container_stopped_at=event.at)
             case ProcessesRunning():
                 running = [RecordedProcess(pid=pid, start=start) for pid, start in event.processes]
-                _write(self._path() / "processes.yml", HostProcesses(processes=running))
+                # Written twice per host command, and worth nothing after a crash of the
+                # machine (the processes are gone too): atomic, but not fsynced.
+                processes = HostProcesses(processes=running)
+                _write(self._path() / "processes.yml", processes, durable=False)
             case _:
                 pass
 
@@ -109,8 +112,8 @@ class RunRecords:
         pass
 
 
-def _write(path: Path, record: BaseModel) -> None:
+def _write(path: Path, record: BaseModel, *, durable: bool = True) -> None:
     try:
-        write_record(path, record)
+        write_record(path, record, durable=durable)
     except OSError as exc:
         raise StoreWriteFailed.of(path, exc) from exc

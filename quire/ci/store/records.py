@@ -3,6 +3,8 @@
 Every record is a pydantic model stored as YAML through `write_record`:
 temp file in the same directory, flush + fsync, `os.replace`. A reader
 therefore sees the old record or the new one, never half of either.
+processes.yml alone skips the fsync: it is rewritten around every host
+command, and a machine that went down took its processes with it.
 
     meta.yml       RunMeta        immutable, written at creation
     runner.yml     RunnerInfo     who runs it (pid, host), for reconcile
@@ -153,19 +155,25 @@ def dump_yaml(data: Any) -> str:
     return text
 
 
-def write_record(path: Path, record: BaseModel) -> None:
-    """Write `record` to `path` atomically: temp + flush + fsync + os.replace."""
-    write_text_atomically(path, dump_yaml(record.model_dump(mode="json")))
+def write_record(path: Path, record: BaseModel, *, durable: bool = True) -> None:
+    """Write `record` to `path` atomically: temp + flush + fsync + os.replace.
+
+    `durable=False` skips the fsync, for a record that means nothing once the
+    machine has gone down (which processes are running): still atomic.
+    """
+    write_text_atomically(path, dump_yaml(record.model_dump(mode="json")), durable=durable)
 
 
-def write_text_atomically(path: Path, text: str) -> None:
-    """Replace `path` with `text` so that readers see the old or new file whole."""
+def write_text_atomically(path: Path, text: str, *, durable: bool = True) -> None:
+    """Replace `path` with `text` so that readers see the old or new file whole
+    (`durable`: on disk, not only in the page cache, before it replaces the old one)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
