@@ -257,8 +257,15 @@ def dockerfile(base_image: str) -> str:
 
 
 def quire_env(sc: Scratch) -> dict[str, str]:
-    """The environment for a `quire` subprocess."""
-    return {**os.environ, **sc.env, "NO_COLOR": "1"}
+    """The environment for a `quire` subprocess.
+
+    Without PYTHONDONTWRITEBYTECODE, which some shells set: an installed quire
+    starts from its bytecode cache (pip writes it at install; the warm-up run
+    writes it for an editable install), and so does every run measured here.
+    """
+    env = {**os.environ, **sc.env, "NO_COLOR": "1"}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
 
 
 @dataclass
