@@ -10,7 +10,9 @@ Engines (each with the busybox base image built on it):
 
 Per step, through quire's own wrappers (quire.tools.docker) in-process, medians:
 version check, cached build, bind: `run --detach` then the mount check (`cp` of the
-marker); copy: `create`, `tar | cp -` of the tree, `start`; one `exec true`; teardown
+marker; timed on every engine, though a run makes it only on engines that do not
+refuse an unseen bind source: not on Docker Engine, nor on a local podman); copy:
+`create`, `tar | cp -` of the tree, `start`; one `exec true`; teardown
 (`rm --force` + untag, together).
 Whole run: `quire ci run --executor docker --quiet` of a pipeline with one job running
 `true`, wall time, median. Measurements only: nothing is asserted.
