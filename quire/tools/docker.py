@@ -820,6 +820,7 @@ class ContainerListing:
         self.store = store
         self.host = host
         self._ps: process.Pending | None = None
+        self._found: list[LabelledContainer] | None = None
         self._unavailable: DockerUnavailable | None = None
         try:
             self._ps = _begin(list_argv(store, host, run_id))
@@ -827,9 +828,19 @@ class ContainerListing:
             self._unavailable = exc
 
     def result(self) -> list[LabelledContainer]:
-        """The containers; raises `DockerUnavailable` when the engine cannot be reached."""
+        """The containers (as they were when `ps` ran: read once, kept); raises
+        `DockerUnavailable` when the engine cannot be reached."""
         if self._unavailable is not None:
             raise self._unavailable
+        if self._found is None:
+            try:
+                self._found = self._read()
+            except DockerUnavailable as exc:
+                self._unavailable = exc
+                raise
+        return self._found
+
+    def _read(self) -> list[LabelledContainer]:
         assert self._ps is not None
         listed = self._ps.wait()
         if not listed.ok:

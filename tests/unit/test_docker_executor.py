@@ -440,6 +440,25 @@ def test_labelled_containers_lists_ids_then_reads_their_labels(fp: FakeProcess) 
     ]
 
 
+def test_a_container_listing_is_read_once_and_kept(fp: FakeProcess) -> None:
+    fp.register(docker.list_argv("/state", "h1"), stdout=f"{CID}\n")
+    fp.register([*docker.labels_argv([CID])], stdout=f"{CID}\t{labels_json('20260504-1')}\n")
+    listing = docker.ContainerListing("/state", "h1")
+    first = listing.result()
+    assert listing.result() == first == [docker.LabelledContainer(CID, "20260504-1", "ex")]
+    assert fp.call_count(docker.list_argv("/state", "h1")) == 1
+
+
+def test_a_container_listing_says_docker_is_unavailable_each_time_it_is_read(
+    fp: FakeProcess,
+) -> None:
+    fp.register(docker.list_argv("/state", "h1"), stderr="Cannot connect\n", returncode=1)
+    listing = docker.ContainerListing("/state", "h1")
+    for _ in range(2):
+        with pytest.raises(DockerUnavailable, match="Cannot connect"):
+            listing.result()
+
+
 def test_labelled_containers_without_any_listed_never_inspects(fp: FakeProcess) -> None:
     fp.register(docker.list_argv("/state", "h1", "r1"), stdout="")
     assert docker.labelled_containers("/state", "h1", "r1") == []
