@@ -11,7 +11,8 @@ stands on:
 - the floor: a python importing what no run can do without (pydantic's
   models, typer, PyYAML, plumbum) and defining one pydantic model (which
   pulls in pydantic's model machinery);
-- `quire --help`;
+- `quire --help`, and `quire ci run --help` (a subcommand's parsing: typer
+  0.29 imported pydantic for it, one reason typer is kept below 0.29);
 - a do-nothing host run (`quire ci run`, one job that runs no command: under
   valgrind a command cannot be waited for), and the share of it above the
   floor: quire's own.
@@ -80,6 +81,7 @@ def main() -> int:
             "python -c pass": instructions([python, "-c", "pass"], env),
             "floor: the libraries, one model": instructions([python, "-c", FLOOR], env),
             "quire --help": instructions([python, c.QUIRE, "--help"], env),
+            "quire ci run --help": instructions([python, c.QUIRE, "ci", "run", "--help"], env),
             "host run (quire ci run)": instructions(run, env),
         }
     floor = counts["floor: the libraries, one model"]
