@@ -20,6 +20,23 @@ GIT_ENV = {
 }
 
 
+# Three jobs, `tests` needing `lint`, `docs` on its own: for choosing jobs to run.
+LINT_TESTS_DOCS = """from quire.ci import job
+
+@job(inputs=["quire/push"])
+def lint(rt):
+    rt.sh("echo lint ran")
+
+@job(inputs=["lint"])
+def tests(rt):
+    rt.sh("echo tests ran")
+
+@job(inputs=["quire/push"])
+def docs(rt):
+    rt.sh("echo docs ran")
+"""
+
+
 def git(repo: Path, *args: str) -> str:
     """Run real git in `repo`; returns stdout."""
     env = {**os.environ, **GIT_ENV}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import commit
+from tests.helpers import LINT_TESTS_DOCS, commit
 from tests.integration.test_docker_runs import DOCKERFILE, repo_with
 
 pytestmark = pytest.mark.integration
@@ -70,27 +70,10 @@ def test_validate_dirty_reads_the_fixed_pipeline_before_it_is_committed(
     assert "tree  <- quire/push" in fixed.stdout
 
 
-SUBSET = """
-from quire.ci import job
-
-@job(inputs=["quire/push"])
-def lint(rt):
-    rt.sh("echo lint ran")
-
-@job(inputs=["lint"])
-def tests(rt):
-    rt.sh("echo tests ran")
-
-@job(inputs=["quire/push"])
-def docs(rt):
-    rt.sh("echo docs ran")
-"""
-
-
 def test_a_job_subset_runs_those_jobs_and_their_inputs_only(
     tmp_path: Path, docker_engine: str
 ) -> None:
-    repo = repo_with(tmp_path, "subset", {".quire/ci.py": SUBSET})
+    repo = repo_with(tmp_path, "subset", {".quire/ci.py": LINT_TESTS_DOCS})
     done = quire("run", "tests", "--repo", str(repo))
     assert done.returncode == 0, done.stderr
     assert "lint ran" in done.stdout and "tests ran" in done.stdout
@@ -164,7 +147,7 @@ def test_a_helper_module_comes_from_the_commit_unless_the_run_is_dirty(
 def test_run_json_prints_one_summary_on_stdout_and_the_output_on_stderr(
     tmp_path: Path, docker_engine: str
 ) -> None:
-    repo = repo_with(tmp_path, "json", {".quire/ci.py": SUBSET})
+    repo = repo_with(tmp_path, "json", {".quire/ci.py": LINT_TESTS_DOCS})
     done = quire("run", "docs", "--json", "--keep-workspace", "--repo", str(repo))
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)

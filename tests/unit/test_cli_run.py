@@ -10,23 +10,7 @@ from typer.testing import CliRunner, Result
 
 from quire.ci.store.runs import store_for
 from quire.cli.app import app
-from tests.helpers import make_repo
-
-PIPELINE = """
-from quire.ci import job
-
-@job(inputs=["quire/push"])
-def lint(rt):
-    rt.sh("echo lint ran")
-
-@job(inputs=["lint"])
-def tests(rt):
-    rt.sh("echo tests ran")
-
-@job(inputs=["quire/push"])
-def docs(rt):
-    rt.sh("echo docs ran")
-"""
+from tests.helpers import LINT_TESTS_DOCS, make_repo
 
 
 def quire(*args: str) -> Result:
@@ -35,7 +19,7 @@ def quire(*args: str) -> Result:
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    make_repo(tmp_path / "proj", {".quire/ci.py": PIPELINE})
+    make_repo(tmp_path / "proj", {".quire/ci.py": LINT_TESTS_DOCS})
     return tmp_path / "proj"
 
 
