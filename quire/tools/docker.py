@@ -25,7 +25,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypedDict
+from typing import Generic, Literal, TypedDict, TypeVar
 
 from quire.errors import (
     ContainerStartFailed,
@@ -36,6 +36,8 @@ from quire.errors import (
 )
 from quire.tools import process, tar
 from quire.tools.process import OutputHandler
+
+T = TypeVar("T")
 
 RUN_ID_LABEL = "quire.run-id"
 REPO_LABEL = "quire.repo"
@@ -482,36 +484,32 @@ def parse_engine(stdout: str) -> Engine:
     return Engine("docker" if "Engine" in names and not podman else "other", version)
 
 
-class EngineProbe:
-    """`docker version`, asked in the background from the moment this is made: quire
-    builds the image meanwhile, and reads the answer when it needs it."""
+class _Background(Generic[T]):
+    """A docker call begun the moment this is made: the caller goes on with other work
+    and reads the answer (once; kept) when it needs it. A docker program that is
+    missing, or an engine that cannot be reached, is told then, as `DockerUnavailable`."""
 
-    def __init__(self) -> None:
+    def __init__(self, argv: Sequence[str]) -> None:
         self._call: process.Pending | None = None
-        self._engine: Engine | None = None
+        self._answer: T | None = None
         self._unavailable: DockerUnavailable | None = None
         try:
-            self._call = _begin(version_argv())
-        except DockerUnavailable as exc:  # no such program: told when the answer is read
+            self._call = _begin(argv)
+        except DockerUnavailable as exc:
             self._unavailable = exc
 
-    def result(self) -> Engine:
-        """The engine; raises `DockerUnavailable` with the engine's own words when it
-        cannot be reached."""
-        if self._engine is None and self._unavailable is None:
+    def result(self) -> T:
+        """The answer; raises `DockerUnavailable` (every time it is asked)."""
+        if self._answer is None and self._unavailable is None:
             assert self._call is not None
-            result = self._call.wait()
-            if result.ok:
-                self._engine = parse_engine(result.stdout.decode(errors="replace"))
-            else:
-                self._unavailable = DockerUnavailable(
-                    f"docker is unavailable (`{binary()} version` exited {result.exit}"
-                    f"{_at_host()}): {result.stderr_tail(3) or '(no output)'}"
-                )
+            try:
+                self._answer = self._read(self._call.wait())
+            except DockerUnavailable as exc:
+                self._unavailable = exc
         if self._unavailable is not None:
             raise self._unavailable
-        assert self._engine is not None
-        return self._engine
+        assert self._answer is not None
+        return self._answer
 
     def unavailable(self) -> DockerUnavailable | None:
         """Why the engine cannot be reached, or None if it answered."""
@@ -525,6 +523,24 @@ class EngineProbe:
         """Stop waiting for an answer nobody will read."""
         if self._call is not None:
             self._call.cancel()
+
+    def _read(self, done: process.Completed) -> T:
+        raise NotImplementedError
+
+
+class EngineProbe(_Background[Engine]):
+    """`docker version`, asked in the background: quire builds the image meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__(version_argv())
+
+    def _read(self, done: process.Completed) -> Engine:
+        if not done.ok:
+            raise DockerUnavailable(
+                f"docker is unavailable (`{binary()} version` exited {done.exit}"
+                f"{_at_host()}): {done.stderr_tail(3) or '(no output)'}"
+            )
+        return parse_engine(done.stdout.decode(errors="replace"))
 
 
 def engine() -> Engine:
@@ -812,40 +828,19 @@ def chown_workdir(container_id: str, uid: int, gid: int) -> None:
         )
 
 
-class ContainerListing:
-    """`labelled_containers`, its `ps` started from the moment this is made: the caller
-    goes on with other work and reads the list when it needs it."""
+class ContainerListing(_Background[list[LabelledContainer]]):
+    """`labelled_containers`, its `ps` begun in the background: the list is as it was
+    when `ps` ran."""
 
     def __init__(self, store: str, host: str, run_id: str | None = None) -> None:
         self.store = store
         self.host = host
-        self._ps: process.Pending | None = None
-        self._found: list[LabelledContainer] | None = None
-        self._unavailable: DockerUnavailable | None = None
-        try:
-            self._ps = _begin(list_argv(store, host, run_id))
-        except DockerUnavailable as exc:  # no such program: told when the list is read
-            self._unavailable = exc
+        super().__init__(list_argv(store, host, run_id))
 
-    def result(self) -> list[LabelledContainer]:
-        """The containers (as they were when `ps` ran: read once, kept); raises
-        `DockerUnavailable` when the engine cannot be reached."""
-        if self._unavailable is not None:
-            raise self._unavailable
-        if self._found is None:
-            try:
-                self._found = self._read()
-            except DockerUnavailable as exc:
-                self._unavailable = exc
-                raise
-        return self._found
-
-    def _read(self) -> list[LabelledContainer]:
-        assert self._ps is not None
-        listed = self._ps.wait()
-        if not listed.ok:
-            raise DockerUnavailable(f"docker is unavailable: {listed.stderr_tail(3)}")
-        ids = listed.stdout.decode(errors="replace").split()
+    def _read(self, done: process.Completed) -> list[LabelledContainer]:
+        if not done.ok:
+            raise DockerUnavailable(f"docker is unavailable: {done.stderr_tail(3)}")
+        ids = done.stdout.decode(errors="replace").split()
         if not ids:
             return []
         # One may go between the two calls: inspect still prints the others (and exits 1).
@@ -858,11 +853,6 @@ class ContainerListing:
             if container is not None:
                 found.append(container)
         return found
-
-    def cancel(self) -> None:
-        """Stop a listing nobody will read."""
-        if self._ps is not None:
-            self._ps.cancel()
 
 
 def labelled_containers(
