@@ -356,6 +356,26 @@ def _register_service() -> None:
 _register_service()
 
 
+def _register_warm() -> None:
+    ci.command("warm")(_guarded(warm_command))
+
+
+def warm_command() -> int:
+    """Keep quire imported and run each `quire` command in a fork of it, until SIGTERM.
+
+    Commands start in a blink while it runs; without it, they run as always.
+    Logs to stderr.
+    """
+    from quire.cli.warm import WarmServer, log_to_stderr
+    from quire.paths import state_dir
+
+    log_to_stderr()
+    return WarmServer(state_dir()).serve()
+
+
+_register_warm()
+
+
 def _register_prune() -> None:
     from quire.cli import prune_command
 

@@ -79,6 +79,16 @@ def tail_text(data: bytes, lines: int = 15) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def refresh_environment() -> None:
+    """Make programs started from now on get `os.environ` as it is now.
+
+    plumbum copies `os.environ` when it is imported; a process that replaced its
+    environment since (a warm quire's child taking on its launcher's) calls this.
+    """
+    local.env.clear()
+    local.env.update(os.environ)
+
+
 def find_program(name: str, *, search_path: str | None = None) -> str:
     """The absolute path of program `name` as a shell would find it on PATH.
 

@@ -1,0 +1,312 @@
+"""`quire ci warm`: one process with quire imported, forking a child to run each command.
+
+The `quire` launcher (quire/cli/launch.py) connects to this server's socket
+and sends its arguments, working directory, environment, umask and standard
+streams. The server forks; the child takes all of those on, becomes the
+leader of a new session (no controlling terminal: the launcher holds the
+terminal and relays Ctrl-C to the child's process group), tells the
+launcher its pid, runs the command exactly as `quire.cli.app.main` would,
+and reports its exit code. If the launcher goes away, the child treats it
+as a SIGHUP: a run tears down and records itself as interrupted.
+
+The server refuses, and the launcher runs the command itself, when the
+launcher is another interpreter or another copy of quire, or when quire's
+code or the installed packages changed since the server started; after
+refusing for the last reason, the server re-executes itself to load the
+new code. It serves only its own uid (SO_PEERCRED), logs to stderr, and
+stops on SIGTERM, SIGINT or SIGHUP; commands it started go on to their end.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import gc
+import importlib
+import io
+import logging
+import os
+import selectors
+import signal
+import site
+import socket
+import struct
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from quire.cli import launch
+from quire.service.signals import SignalWatch
+
+log = logging.getLogger("quire.warm")
+
+# What quire's commands import, at the top or lazily: the time a child saves.
+PRELOAD = (
+    "quire.cli.app",
+    "quire.cli.console",
+    "quire.cli.history_commands",
+    "quire.cli.prune_command",
+    "quire.cli.service_commands",
+    "quire.ci.run.orchestrator",
+    "quire.ci.run.executors.host",
+    "quire.ci.run.executors.docker",
+    "quire.ci.store.reconcile",
+    "quire.ci.store.views",
+    "quire.tools.tar",
+    "platformdirs",
+    "rich.console",
+    "rich.live",
+    "rich.table",
+    "rich.text",
+    "rich.spinner",
+)
+_CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
+_REQUEST_TIMEOUT_S = 5.0
+
+
+def log_to_stderr() -> None:
+    """The server's log lines go to stderr; nothing else's logging is touched."""
+    handler = logging.StreamHandler()
+    formatter = logging.Formatter("%(asctime)s quire-warm: %(message)s", "%Y-%m-%dT%H:%M:%SZ")
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+class WarmServer:
+    """The server: `serve()` runs in the foreground until a stop signal."""
+
+    def __init__(self, state: Path) -> None:
+        self.state = state
+        self.identity = launch.identity()
+        self.fingerprint: dict[str, int] = {}
+        self.children: set[int] = set()
+
+    def serve(self) -> int:
+        """Serve until SIGTERM, SIGINT or SIGHUP; returns the exit code (0)."""
+        for name in PRELOAD:
+            importlib.import_module(name)
+        self.fingerprint = code_fingerprint()
+        self.state.mkdir(parents=True, exist_ok=True)
+        with (
+            SignalWatch() as signals,
+            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener,
+        ):
+            listener.bind(launch.address(str(self.state)))
+            listener.listen(64)
+            # Children share the server's objects copy-on-write; a collection would touch
+            # (and so copy) every page of them.
+            gc.freeze()
+            log.info("warm quire %d serving commands for %s", os.getpid(), self.state)
+            stale = self._loop(listener, signals)
+        if stale:
+            log.info("quire's code changed: restarting to load it")
+            os.execv(sys.executable, sys.orig_argv)
+        log.info("warm quire %d stopped", os.getpid())
+        return 0
+
+    def _loop(self, listener: socket.socket, signals: SignalWatch) -> bool:
+        """Accept commands until stopped; True when stopped because the code changed."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(listener, selectors.EVENT_READ)
+            selector.register(signals, selectors.EVENT_READ)
+            while not signals.stops:
+                for key, _events in selector.select():
+                    if key.fileobj is signals:
+                        signals.drain()
+                        self._reap()
+                    elif self._accept(listener, signals):
+                        return True
+        return False
+
+    def _accept(self, listener: socket.socket, signals: SignalWatch) -> bool:
+        """Serve one connection; True if it found the code changed."""
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return False
+        fds: list[int] = []
+        with conn:
+            try:
+                if peer_uid(conn) != os.getuid():
+                    log.warning("refused a connection from another user")
+                    return False
+                conn.settimeout(_REQUEST_TIMEOUT_S)
+                request, fds = launch.receive_with_fds(conn, 3)
+                if request is None:
+                    return False
+                refusal = self._refusal(request)
+                if refusal:
+                    log.info("refused %s: %s", _shown(request), refusal)
+                    launch.send(conn, {"refused": refusal})
+                    return refusal == CODE_CHANGED
+                conn.settimeout(None)
+                pid = os.fork()
+                if pid == 0:
+                    _child(conn, request, fds, listener, signals)  # never returns
+                self.children.add(pid)
+                log.info("child %d runs %s", pid, _shown(request))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("dropped a request: %s", exc)
+            finally:
+                for fd in fds:
+                    os.close(fd)
+        return False
+
+    def _refusal(self, request: dict[str, object]) -> str | None:
+        for key, mine in self.identity.items():
+            if request.get(key) != mine:
+                return f"another {key} ({request.get(key)!r}, this server's is {mine!r})"
+        if code_fingerprint() != self.fingerprint:
+            return CODE_CHANGED
+        return None
+
+    def _reap(self) -> None:
+        for pid in list(self.children):
+            with contextlib.suppress(ChildProcessError):
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if not done:
+                    continue
+                log.info("child %d ended with exit code %d", pid, os.waitstatus_to_exitcode(status))
+            self.children.discard(pid)
+
+
+CODE_CHANGED = "quire's code or the installed packages changed since this server started"
+
+
+def code_fingerprint() -> dict[str, int]:
+    """Modification times of quire's loaded modules and of the site-packages directories."""
+    package = Path(launch.identity()["package"])
+    files = {
+        str(module.__file__)
+        for module in list(sys.modules.values())
+        if getattr(module, "__file__", None) and str(module.__file__).startswith(str(package))
+    }
+    dirs = [*site.getsitepackages(), site.getusersitepackages()]
+    stamps: dict[str, int] = {}
+    for path in (*sorted(files), *dirs):
+        with contextlib.suppress(OSError):
+            stamps[path] = os.stat(path).st_mtime_ns
+    return stamps
+
+
+def peer_uid(conn: socket.socket) -> int:
+    """The uid of the process at the other end of a Unix socket."""
+    raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size)
+    _pid, uid, _gid = _CREDENTIALS.unpack(raw)
+    return int(uid)
+
+
+def _shown(request: dict[str, object]) -> str:
+    argv = request.get("argv")
+    return " ".join(str(a) for a in argv[1:]) if isinstance(argv, list) else "?"
+
+
+def _child(
+    conn: socket.socket,
+    request: dict[str, object],
+    fds: list[int],
+    listener: socket.socket,
+    signals: SignalWatch,
+) -> None:
+    """In the forked child: become the launcher's process and run its command; never returns."""
+    code = 70
+    ended = threading.Event()
+    try:
+        listener.close()
+        signals.__exit__(None, None, None)  # the server's handlers and wake-up fd
+        log.handlers.clear()
+        os.setsid()
+        _take_streams(request, fds)
+        _take_process_state(request)
+        launch.send(conn, {"pid": os.getpid()})
+        threading.Thread(target=_hang_up_when_gone, args=(conn, ended), daemon=True).start()
+        code = _run(request)
+    except BaseException:  # the child must end here, never back in the server's loop
+        with contextlib.suppress(Exception):
+            traceback.print_exc()
+    finally:
+        ended.set()  # before the launcher can read the code and close its end
+        with contextlib.suppress(Exception):
+            launch.send(conn, {"exit": code})
+        os._exit(code)
+
+
+def _take_streams(request: dict[str, object], fds: list[int]) -> None:
+    sent = request["fds"]
+    assert isinstance(sent, list) and len(sent) == len(fds)
+    given = dict(zip(sent, fds, strict=True))
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for target in (0, 1, 2):
+        os.dup2(given.get(target, devnull), target)
+    os.close(devnull)
+    # Python chose the streams' buffering for the server's own stdio; choose again, as
+    # Python does at start-up: stdout line-buffered on a terminal, stderr always.
+    sys.stdin = _text_stream(0, "r", sys.stdin)
+    sys.stdout = _text_stream(1, "w", sys.stdout, line_buffering=os.isatty(1))
+    sys.stderr = _text_stream(2, "w", sys.stderr, line_buffering=True)
+
+
+def _text_stream(
+    fd: int, mode: str, like: io.TextIOWrapper | object, *, line_buffering: bool = False
+) -> io.TextIOWrapper:
+    encoding = getattr(like, "encoding", None) or "utf-8"
+    errors = getattr(like, "errors", None) or "strict"
+    buffer = open(fd, mode + "b", closefd=False)  # noqa: SIM115 - lives as long as the process
+    return io.TextIOWrapper(buffer, encoding=encoding, errors=errors, line_buffering=line_buffering)
+
+
+def _take_process_state(request: dict[str, object]) -> None:
+    from quire.tools.process import refresh_environment
+
+    cwd, env, umask, argv = request["cwd"], request["env"], request["umask"], request["argv"]
+    assert isinstance(cwd, str) and isinstance(env, dict) and isinstance(umask, int)
+    assert isinstance(argv, list)
+    os.environ.clear()
+    os.environ.update(env)
+    refresh_environment()
+    time.tzset()
+    os.umask(umask)
+    os.chdir(cwd)
+    sys.argv = [str(a) for a in argv]
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def _hang_up_when_gone(conn: socket.socket, ended: threading.Event) -> None:
+    """The launcher closed its end before the command ended (it was killed): hang up on
+    ourselves, as a terminal would."""
+    with contextlib.suppress(OSError):
+        while conn.recv(1024):
+            pass
+    if not ended.is_set():
+        os.kill(os.getpid(), signal.SIGHUP)
+
+
+def _run(request: dict[str, object]) -> int:
+    """Run the command as `quire.cli.app.main` does in a process of its own; its exit code."""
+    from quire.cli.app import main
+
+    try:
+        main()
+        code: object = 0
+    except SystemExit as exc:
+        code = exc.code
+    except KeyboardInterrupt:
+        code = 130
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+    atexit._run_exitfuncs()
+    return int(code)  # a plain int: an IntEnum (ExitCode) does not marshal
