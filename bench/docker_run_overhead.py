@@ -14,15 +14,24 @@ Measures, interleaved over several repetitions with the image already cached:
   run cannot do without (pydantic's models, typer, PyYAML, plumbum), and a
   host run's time above that floor (what quire itself spends).
 
+Each quire row is measured twice: in a process of its own (QUIRE_NO_WARM=1)
+and through a warm quire (`quire ci warm` for the scratch state directory,
+started before and stopped after), which starts above none of that floor.
+
 Run:  .venv/bin/python bench/docker_run_overhead.py [--reps 7]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import _common as c
 
@@ -53,6 +62,28 @@ git --git-dir "$REPO/.git" archive HEAD | tar -x -C "$ws"
 (cd "$ws" && true)
 rm -rf "$ws"
 """
+
+
+@contextlib.contextmanager
+def warm_quire(env: dict[str, str], root: Path) -> Iterator[None]:
+    """`quire ci warm` for the scratch state directory, until the block ends (SIGTERM)."""
+    log_path = root / "warm.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [c.QUIRE, "ci", "warm"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while b"serving commands" not in log_path.read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"quire ci warm did not start:\n{log_path.read_text()}")
+            time.sleep(0.05)
+        yield
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    served = log_path.read_text().count(" runs ")
+    print(f"the warm quire served {served} commands", flush=True)
 
 
 def timed_subprocess(argv: list[str], env: dict[str, str]) -> float:
@@ -123,39 +154,54 @@ def main() -> int:
             "TAG": f"{sc.image_repository}:raw",
         }
         repo = str(sc.repo)
-        measures = {
-            "docker quire": [c.QUIRE, "ci", "run", "--executor", "docker", "--repo", repo],
-            "docker raw": ["sh", "-c", RAW_DOCKER],
-            "host quire": [c.QUIRE, "ci", "run", "--repo", repo],
-            "host raw": ["sh", "-c", RAW_HOST],
-            "help quire": [c.QUIRE, "--help"],
-            "help raw": [sys.executable, "-c", "pass"],
-            "floor": [sys.executable, "-c", FLOOR_IMPORTS],
+        cold = {**raw_env, "QUIRE_NO_WARM": "1"}
+        measures: dict[str, tuple[list[str], dict[str, str]]] = {
+            "docker quire": ([c.QUIRE, "ci", "run", "--executor", "docker", "--repo", repo], cold),
+            "docker quire warm": (
+                [c.QUIRE, "ci", "run", "--executor", "docker", "--repo", repo],
+                raw_env,
+            ),
+            "docker raw": (["sh", "-c", RAW_DOCKER], raw_env),
+            "host quire": ([c.QUIRE, "ci", "run", "--repo", repo], cold),
+            "host quire warm": ([c.QUIRE, "ci", "run", "--repo", repo], raw_env),
+            "host raw": (["sh", "-c", RAW_HOST], raw_env),
+            "help quire": ([c.QUIRE, "--help"], cold),
+            "help quire warm": ([c.QUIRE, "--help"], raw_env),
+            "help raw": ([sys.executable, "-c", "pass"], raw_env),
+            "floor": ([sys.executable, "-c", FLOOR_IMPORTS], raw_env),
         }
-        on_terminal = {"host quire on a terminal"}
+        on_terminal = {"host quire on a terminal", "host quire warm on a terminal"}
         measures["host quire on a terminal"] = measures["host quire"]
-        for name, argv in measures.items():  # warm-up: build the image, fill the page cache
-            if name not in on_terminal:
-                timed_subprocess(argv, raw_env)
-        times: dict[str, list[float]] = {name: [] for name in measures}
-        for rep in range(args.reps):
-            order = list(measures.items())
-            if rep % 2:
-                order.reverse()
-            for name, argv in order:
-                timer = timed_on_terminal if name in on_terminal else timed_subprocess
-                times[name].append(timer(argv, raw_env))
-            print(
-                f"rep {rep + 1}/{args.reps}: "
-                + "  ".join(f"{name} {values[-1]:.3f}s" for name, values in times.items()),
-                flush=True,
-            )
+        measures["host quire warm on a terminal"] = measures["host quire warm"]
+        with warm_quire(raw_env, sc.root):
+            for name, (argv, env) in measures.items():  # warm-up: image, page cache
+                if name not in on_terminal:
+                    timed_subprocess(argv, env)
+            times: dict[str, list[float]] = {name: [] for name in measures}
+            for rep in range(args.reps):
+                order = list(measures.items())
+                if rep % 2:
+                    order.reverse()
+                for name, (argv, env) in order:
+                    timer = timed_on_terminal if name in on_terminal else timed_subprocess
+                    times[name].append(timer(argv, env))
+                print(
+                    f"rep {rep + 1}/{args.reps}: "
+                    + "  ".join(f"{name} {values[-1]:.3f}s" for name, values in times.items()),
+                    flush=True,
+                )
     m = {name: c.median(values) for name, values in times.items()}
     c.print_table(
         f"whole-run overhead, one job running `true`, median of {args.reps} interleaved reps",
         [
             c.Row("docker: quire ci run vs raw script", m["docker quire"], m["docker raw"], 1.3),
             c.Row("docker: same, the brief's 1.5x", m["docker quire"], m["docker raw"], 1.5),
+            c.Row(
+                "docker: warm quire ci run vs raw script",
+                m["docker quire warm"],
+                m["docker raw"],
+                BRIEF_RATIO,
+            ),
             c.Row(
                 "docker: quire ci run (absolute)",
                 m["docker quire"],
@@ -171,6 +217,13 @@ def main() -> int:
                 check="quire",
             ),
             c.Row(
+                "host: warm quire ci run (absolute)",
+                m["host quire warm"],
+                m["host raw"],
+                TARGET_HOST_ABS,
+                check="quire",
+            ),
+            c.Row(
                 "host: the same on a terminal (absolute)",
                 m["host quire on a terminal"],
                 m["host raw"],
@@ -178,8 +231,22 @@ def main() -> int:
                 check="quire",
             ),
             c.Row(
+                "host: warm, on a terminal (absolute)",
+                m["host quire warm on a terminal"],
+                m["host raw"],
+                TARGET_HOST_ABS,
+                check="quire",
+            ),
+            c.Row(
                 "quire --help vs python -c pass",
                 m["help quire"],
+                m["help raw"],
+                TARGET_HELP_ABS,
+                check="quire",
+            ),
+            c.Row(
+                "warm quire --help vs python -c pass",
+                m["help quire warm"],
                 m["help raw"],
                 TARGET_HELP_ABS,
                 check="quire",

@@ -90,6 +90,9 @@ class WarmServer:
         """Serve until SIGTERM, SIGINT or SIGHUP; returns the exit code (0)."""
         for name in PRELOAD:
             importlib.import_module(name)
+        from quire.cli.app import command
+
+        command()
         self.fingerprint = code_fingerprint()
         self.state.mkdir(parents=True, exist_ok=True)
         with (
