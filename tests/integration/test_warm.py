@@ -29,6 +29,9 @@ from quire.cli import launch
 from quire.paths import state_dir
 from tests.helpers import GIT_ENV, make_repo
 from tests.integration.support import BASE_IMAGE, SESSION_PREFIX
+from tests.integration.test_worker import all_done, pushable, rows, worker
+from tests.integration.test_worker import push as git_push
+from tests.integration.test_worker import wait_for as wait_for_worker
 
 pytestmark = pytest.mark.integration
 
@@ -315,7 +318,7 @@ body = {request!r}
 try:
     conn.sendall(struct.pack("!I", len(body)) + body)
     answer = conn.recv(1024)
-except ConnectionResetError:
+except (ConnectionResetError, BrokenPipeError):
     answer = b""  # closed with our request unread
 print("answer:", answer)
 """
@@ -340,3 +343,15 @@ def test_a_docker_run_through_a_warm_quire_leaves_no_container(tmp_path: Path) -
     assert code == 0, (out, err)
     assert served(warm, "ci run --executor docker") == 1, warm.log()
     assert only_run()[0] == "complete"
+
+
+def test_a_workers_runs_go_through_the_warm_quire_of_its_state_directory(
+    tmp_path: Path,
+) -> None:
+    _bare, work = pushable(tmp_path, "warm-worker", {".quire/ci.py": ECHO_PIPELINE})
+    with warm_server(tmp_path) as warm, worker(tmp_path) as proc:
+        git_push(work, "HEAD:main")
+        wait_for_worker(all_done(1), "the run", proc=proc)
+        assert served(warm, "ci run --rev") == 1, warm.log()
+    (row,) = rows()
+    assert row.outcome == "complete"
