@@ -27,6 +27,7 @@ import signal
 import socket
 import struct
 import sys
+import time
 
 TYPE_CHECKING = False  # typing costs this path milliseconds on every command
 if TYPE_CHECKING:
@@ -34,17 +35,20 @@ if TYPE_CHECKING:
     from typing import TypedDict
 
     class Identity(TypedDict):
-        """What a warm quire must share with its launcher: interpreter and code."""
+        """What a warm quire must share with its launcher (see `identity`)."""
 
         executable: str
         prefix: str
         package: str
+        python: list[str]
+        process: list[str]
 
     class Request(Identity):
         """A command for a warm quire (with the descriptors `fds` attached)."""
 
         argv: list[str]
         cwd: str
+        path0: str
         env: dict[str, str]
         umask: int
         fds: list[int]
@@ -56,12 +60,42 @@ NO_WARM_ENV = "QUIRE_NO_WARM"
 # which finds the shell by walking up from its parent process.
 _LOCAL_WORDS = frozenset({"warm", "--install-completion", "--show-completion"})
 _HEADER = struct.Struct("!I")
+_CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _MAX_MESSAGE = 16 * 1024 * 1024
+# How long a warm quire may take to fork a child for the command; past it, the
+# command runs here (the child, if any, never gets the go-ahead and ends).
+ANSWER_TIMEOUT_S = 5.0
 # Signals a terminal sends to the whole foreground process group: relayed to the
 # child's group (the job's commands are in it), as the terminal would have done.
 _GROUP_SIGNALS = (signal.SIGINT, signal.SIGQUIT)
 # Signals someone sends to quire itself: relayed to the child alone.
 _PROCESS_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGWINCH)
+# What the child inherits from the warm quire, not from its launcher, and Python
+# fixed at start-up: a launcher that differs in any of these runs its command itself.
+_STATUS_FIELDS = frozenset(
+    [
+        "Uid",
+        "Gid",
+        "Groups",
+        "CapInh",
+        "CapPrm",
+        "CapEff",
+        "CapBnd",
+        "CapAmb",
+        "NoNewPrivs",
+        "Seccomp",
+    ]
+)
+_NAMESPACES = ("cgroup", "ipc", "mnt", "pid", "user", "uts")
+_STARTUP_ENV = ("LANG", "LC_ALL", "LC_CTYPE")
+
+
+class _Abort(Exception):
+    """A stop signal came before the warm quire's child was ready to receive it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 def main() -> None:
@@ -93,12 +127,48 @@ def address(state: str) -> str:
 
 
 def identity() -> Identity:
-    """What a warm quire must share with this process to run its commands: interpreter and code."""
+    """What a warm quire must share with this process to run its commands as this process
+    would: interpreter, code, Python's start-up settings, and the process's credentials,
+    limits, priority, cgroup and namespaces (a fork keeps the server's)."""
+    import resource
+
+    limits = [
+        resource.getrlimit(getattr(resource, name))
+        for name in sorted(dir(resource))
+        if name.startswith("RLIMIT_")
+    ]
+    process = [
+        line
+        for line in _read("/proc/self/status").splitlines()
+        if line.split(":", 1)[0] in _STATUS_FIELDS
+    ]
+    process.append(_read("/proc/self/cgroup"))
+    for name in _NAMESPACES:
+        try:
+            process.append(os.readlink(f"/proc/self/ns/{name}"))
+        except OSError:
+            process.append(f"{name}:?")
+    process.append(f"nice {os.getpriority(os.PRIO_PROCESS, 0)} limits {limits}")
+    startup = [
+        f"{key}={value}"
+        for key, value in sorted(os.environ.items())
+        if key.startswith("PYTHON") or key in _STARTUP_ENV
+    ]
     return {
         "executable": sys.executable,
         "prefix": sys.prefix,
         "package": os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        "python": [*sys.path[1:], *startup, str(tuple(sys.flags))],
+        "process": process,
     }
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as handle:
+            return handle.read()
+    except OSError:
+        return ""
 
 
 def run_warm(argv: list[str]) -> int | None:
@@ -107,67 +177,108 @@ def run_warm(argv: list[str]) -> int | None:
     with conn:
         try:
             conn.connect(address(state_dir()))
+            if peer_uid(conn) != os.getuid():
+                return None  # anyone can bind an abstract name: never talk to another user
+            cwd = os.getcwd()
         except OSError:
-            return None  # no state directory yet, or nobody listening
+            return None  # no state directory yet, nobody listening, no working directory
         umask = os.umask(0o22)
         os.umask(umask)
         fds = [fd for fd in (0, 1, 2) if _is_open(fd)]
         request: Request = {
             "argv": argv,
-            "cwd": os.getcwd(),
+            "cwd": cwd,
+            "path0": sys.path[0] if sys.path else "",
             "env": dict(os.environ),
             "umask": umask,
             "fds": fds,
             **identity(),
         }
-        pending: list[int] = []
-        previous = {
-            sig: signal.signal(sig, lambda signum, _frame: pending.append(signum))
-            for sig in (*_GROUP_SIGNALS, *_PROCESS_SIGNALS)
-        }
+
+        def abort(signum: int, _frame: FrameType | None) -> None:
+            raise _Abort(signum)
+
+        stops = (*_GROUP_SIGNALS, signal.SIGTERM, signal.SIGHUP)
+        previous = {sig: signal.signal(sig, abort) for sig in (*stops, signal.SIGWINCH)}
+        signal.signal(signal.SIGWINCH, signal.SIG_IGN)
         try:
-            send(conn, request, fds)
-            reply = receive(conn)
-            pid = None if reply is None else reply.get("pid")
-            if not isinstance(pid, int):
-                return None  # refused: another interpreter, or its code changed
-            return _relay(conn, pid, pending)
-        except OSError:
-            return None if not pending else 128 + pending[0]
+            conn.settimeout(ANSWER_TIMEOUT_S)
+            try:
+                send(conn, request, fds)
+                reply = receive(conn)
+                pid = None if reply is None else reply.get("pid")
+                if not isinstance(pid, int) or pid <= 1 or pid == os.getpid():
+                    return None  # refused (another interpreter, changed code), or nonsense
+                conn.settimeout(None)
+                return _relay(conn, pid)
+            except OSError:
+                return None  # the warm quire did not answer in time: run here
+        except _Abort as stopped:
+            return _die_of(stopped.signum)  # as this process would have, starting cold
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
 
-def _relay(conn: socket.socket, pid: int, pending: list[int]) -> int:
-    """Forward signals to the child until it reports its exit code."""
+def _relay(conn: socket.socket, pid: int) -> int:
+    """Let the child start, forward signals to it until it reports its exit code."""
+    relayed: list[int] = []
 
     def forward(signum: int, _frame: FrameType | None) -> None:
-        try:
-            if signum in _GROUP_SIGNALS:
-                os.killpg(pid, signum)
-            else:
-                os.kill(pid, signum)
-        except OSError:
-            pass  # it has just ended
+        if signum != signal.SIGWINCH:
+            relayed.append(signum)
+        _signal(pid, signum, group=signum in _GROUP_SIGNALS)
 
-    for signum in pending:
-        forward(signum, None)
-
-    def relay(signum: int, frame: FrameType | None) -> None:
-        pending.append(signum)
-        forward(signum, frame)
+    def suspend(signum: int, _frame: FrameType | None) -> None:
+        # Ctrl-Z: stop the child's group, then ourselves, as the terminal would have. SIGSTOP,
+        # as the kernel discards SIGTSTP sent to a group with no parent in its session.
+        _signal(pid, signal.SIGSTOP, group=True)
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTSTP)
+        signal.signal(signal.SIGTSTP, suspend)  # continued (`fg`): the child too
+        _signal(pid, signal.SIGCONT, group=True)
 
     for sig in (*_GROUP_SIGNALS, *_PROCESS_SIGNALS):
-        signal.signal(sig, relay)
-    done = receive(conn)
+        signal.signal(sig, forward)
+    previous_tstp = signal.signal(signal.SIGTSTP, suspend)
+    try:
+        send(conn, {"go": True})
+        done = receive(conn)
+    except OSError:
+        done = None
+    finally:
+        signal.signal(signal.SIGTSTP, previous_tstp)
     code = None if done is None else done.get("exit")
     if isinstance(code, int):
         return code
-    if pending:  # it ended of a signal we relayed, before it could say so
-        return 128 + pending[-1]
+    if relayed:  # it ended of a signal we relayed, before it could say so
+        return _die_of(relayed[-1])
     sys.stderr.write(f"error: quire's warm process {pid} ended without an exit status\n")
     return 70
+
+
+def _die_of(signum: int) -> int:
+    """End this process by `signum`'s default action; 128 + signum if that does not end it."""
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    return 128 + signum
+
+
+def _signal(pid: int, signum: int, *, group: bool) -> None:
+    try:
+        if group:
+            os.killpg(pid, signum)
+        else:
+            os.kill(pid, signum)
+    except OSError:
+        pass  # it has just ended
+
+
+def peer_uid(conn: socket.socket) -> int:
+    """The uid of the process at the other end of a Unix socket (SO_PEERCRED)."""
+    raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size)
+    _pid, uid, _gid = _CREDENTIALS.unpack(raw)
+    return int(uid)
 
 
 def _is_open(fd: int) -> bool:
@@ -196,12 +307,16 @@ def receive(conn: socket.socket) -> dict[str, object] | None:
 
 
 def receive_with_fds(
-    conn: socket.socket, max_fds: int
+    conn: socket.socket, max_fds: int, deadline: float | None = None
 ) -> tuple[dict[str, object] | None, list[int]]:
-    """One message and the descriptors that came with it (which the caller must close)."""
+    """One message and the descriptors that came with it (which the caller must close).
+
+    With a `deadline` (time.monotonic()), a peer too slow to send it all raises TimeoutError.
+    """
     head = b""
     fds: list[int] = []
     while len(head) < _HEADER.size:
+        _time_left(conn, deadline)
         if max_fds and not fds:
             chunk, fds, _flags, _addr = socket.recv_fds(conn, _HEADER.size - len(head), max_fds)
         else:
@@ -214,6 +329,7 @@ def receive_with_fds(
         raise OSError(f"message of {length} bytes is too large")
     body = b""
     while len(body) < length:
+        _time_left(conn, deadline)
         chunk = conn.recv(length - len(body))
         if not chunk:
             return None, fds
@@ -223,3 +339,11 @@ def receive_with_fds(
     if not isinstance(message, dict):
         raise OSError("malformed message")
     return message, fds
+
+
+def _time_left(conn: socket.socket, deadline: float | None) -> None:
+    if deadline is not None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the peer is too slow")
+        conn.settimeout(left)

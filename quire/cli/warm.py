@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
+import fcntl
 import gc
 import importlib
 import io
@@ -63,7 +65,9 @@ PRELOAD = (
     "rich.spinner",
 )
 _CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
-_REQUEST_TIMEOUT_S = 5.0
+_REQUEST_TIMEOUT_S = 2.0  # a launcher sends its request at once
+_BACKOFF_S = 0.5
+_GO_TIMEOUT_S = 10.0
 
 
 def log_to_stderr() -> None:
@@ -82,9 +86,7 @@ class WarmServer:
 
     def __init__(self, state: Path) -> None:
         self.state = state
-        self.identity = launch.identity()
         self.fingerprint: dict[str, int] = {}
-        self.children: set[int] = set()
 
     def serve(self) -> int:
         """Serve until SIGTERM, SIGINT or SIGHUP; returns the exit code (0)."""
@@ -130,7 +132,12 @@ class WarmServer:
         """Serve one connection; True if it found the code changed."""
         try:
             conn, _ = listener.accept()
-        except OSError:
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                # Out of descriptors: the connection stays queued and the listener readable;
+                # wait rather than spin.
+                log.warning("cannot accept a command: %s; retrying in %.1fs", exc, _BACKOFF_S)
+                time.sleep(_BACKOFF_S)
             return False
         fds: list[int] = []
         with conn:
@@ -138,8 +145,8 @@ class WarmServer:
                 if peer_uid(conn) != os.getuid():
                     log.warning("refused a connection from another user")
                     return False
-                conn.settimeout(_REQUEST_TIMEOUT_S)
-                request, fds = launch.receive_with_fds(conn, 3)
+                deadline = time.monotonic() + _REQUEST_TIMEOUT_S
+                request, fds = launch.receive_with_fds(conn, 3, deadline)
                 if request is None:
                     return False
                 refusal = self._refusal(request)
@@ -151,7 +158,6 @@ class WarmServer:
                 pid = os.fork()
                 if pid == 0:
                     _child(conn, request, fds, listener, signals)  # never returns
-                self.children.add(pid)
                 log.info("child %d runs %s", pid, _shown(request))
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.warning("dropped a request: %s", exc)
@@ -161,21 +167,25 @@ class WarmServer:
         return False
 
     def _refusal(self, request: dict[str, object]) -> str | None:
-        for key, mine in self.identity.items():
+        for key, mine in launch.identity().items():
             if request.get(key) != mine:
-                return f"another {key} ({request.get(key)!r}, this server's is {mine!r})"
+                shown = f" ({request.get(key)!r})" if isinstance(mine, str) else ""
+                return f"another {key}{shown} than this server's"
         if code_fingerprint() != self.fingerprint:
             return CODE_CHANGED
         return None
 
     def _reap(self) -> None:
-        for pid in list(self.children):
-            with contextlib.suppress(ChildProcessError):
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if not done:
-                    continue
-                log.info("child %d ended with exit code %d", pid, os.waitstatus_to_exitcode(status))
-            self.children.discard(pid)
+        # Any child: those forked before a reload (re-exec) are ours too, and unknown.
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if not pid:
+                return
+            code = os.waitstatus_to_exitcode(status)
+            log.info("child %d ended with exit code %d", pid, code)
 
 
 CODE_CHANGED = "quire's code or the installed packages changed since this server started"
@@ -227,6 +237,11 @@ def _child(
         _take_streams(request, fds)
         _take_process_state(request)
         launch.send(conn, {"pid": os.getpid()})
+        conn.settimeout(_GO_TIMEOUT_S)
+        go = launch.receive(conn)
+        if go is None or go.get("go") is not True:
+            os._exit(0)  # the launcher gave up on us and runs the command itself
+        conn.settimeout(None)
         threading.Thread(target=_hang_up_when_gone, args=(conn, ended), daemon=True).start()
         code = _run(request)
     except BaseException:  # the child must end here, never back in the server's loop
@@ -242,11 +257,17 @@ def _child(
 def _take_streams(request: dict[str, object], fds: list[int]) -> None:
     sent = request["fds"]
     assert isinstance(sent, list) and len(sent) == len(fds)
-    given = dict(zip(sent, fds, strict=True))
-    devnull = os.open(os.devnull, os.O_RDWR)
+    # Move the received descriptors above 2 first: one of them may have been given
+    # number 0-2 (a server started with a standard stream closed).
+    given = {}
+    for target, fd in zip(sent, fds, strict=True):
+        given[target] = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+        os.close(fd)
+    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     for target in (0, 1, 2):
         os.dup2(given.get(target, devnull), target)
-    os.close(devnull)
+    for fd in (*given.values(), devnull):
+        os.close(fd)
     # Python chose the streams' buffering for the server's own stdio; choose again, as
     # Python does at start-up: stdout line-buffered on a terminal, stderr always.
     sys.stdin = _text_stream(0, "r", sys.stdin)
@@ -259,8 +280,17 @@ def _text_stream(
 ) -> io.TextIOWrapper:
     encoding = getattr(like, "encoding", None) or "utf-8"
     errors = getattr(like, "errors", None) or "strict"
+    # The server started with the launcher's PYTHON* settings (launch.identity), so its
+    # streams' write-through (PYTHONUNBUFFERED, -u) is what the launcher's would be.
+    write_through = bool(getattr(like, "write_through", False))
     buffer = open(fd, mode + "b", closefd=False)  # noqa: SIM115 - lives as long as the process
-    return io.TextIOWrapper(buffer, encoding=encoding, errors=errors, line_buffering=line_buffering)
+    return io.TextIOWrapper(
+        buffer,
+        encoding=encoding,
+        errors=errors,
+        line_buffering=line_buffering,
+        write_through=write_through,
+    )
 
 
 def _take_process_state(request: dict[str, object]) -> None:
@@ -276,6 +306,9 @@ def _take_process_state(request: dict[str, object]) -> None:
     os.umask(umask)
     os.chdir(cwd)
     sys.argv = [str(a) for a in argv]
+    path0 = request.get("path0")
+    if isinstance(path0, str) and sys.path:
+        sys.path[0] = path0  # the rest is the server's, and the same (see launch.identity)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_DFL)
@@ -307,9 +340,14 @@ def _run(request: dict[str, object]) -> int:
     elif not isinstance(code, int):
         print(code, file=sys.stderr)
         code = 1
+    # What the interpreter does at exit, which os._exit skips: join the threads still
+    # running (a job's teardown after an abort), run atexit handlers, flush.
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
     with contextlib.suppress(Exception):
         sys.stdout.flush()
     with contextlib.suppress(Exception):
         sys.stderr.flush()
-    atexit._run_exitfuncs()
     return int(code)  # a plain int: an IntEnum (ExitCode) does not marshal

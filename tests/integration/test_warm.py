@@ -269,6 +269,29 @@ def test_a_terminal_stays_a_terminal_through_a_warm_quire(tmp_path: Path) -> Non
     assert b"\x1b[" in shown, "quire did not see a terminal: no colour, no live area"
 
 
+def process_state(pid: int) -> str:
+    stat = Path(f"/proc/{pid}/stat").read_bytes()
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3].decode()
+
+
+def test_ctrl_z_stops_the_warm_run_with_its_launcher_and_fg_resumes_both(tmp_path: Path) -> None:
+    repo = repo_with(tmp_path, SLEEP_PIPELINE.format(seconds="1.25"))
+    with warm_server(tmp_path) as warm:
+        proc = quire_cmd("ci", "run", cwd=repo)
+        wait_for(lambda: processes_running("sleep 1.25"), "the job's command to start")
+        child = int(warm.log().split("child ")[1].split()[0])
+        proc.send_signal(signal.SIGTSTP)  # what a terminal sends on Ctrl-Z
+        wait_for(lambda: process_state(proc.pid) == "T", "the launcher to stop")
+        wait_for(lambda: process_state(child) == "T", "the warm child to stop")
+        time.sleep(1.5)  # the job's command has ended by now, but quire is stopped
+        assert proc.poll() is None
+        assert process_state(child) == "T"
+        proc.send_signal(signal.SIGCONT)  # `fg`
+        code, out, err = finished(proc)
+    assert code == 0, (out, err)
+    assert only_run()[0] == "complete"
+
+
 # --- when a warm quire must not serve ------------------------------------------------------------
 
 
@@ -302,6 +325,45 @@ def test_a_launcher_of_another_quire_runs_its_command_itself(tmp_path: Path) -> 
         assert done[0] == 0, done
         assert "refused --version: another package" in warm.log()
         assert served(warm, "--version") == 0
+
+
+def test_a_launcher_with_other_limits_runs_its_command_itself(tmp_path: Path) -> None:
+    import resource
+
+    def lower_open_files() -> None:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft // 2, hard))
+
+    repo = repo_with(tmp_path, ECHO_PIPELINE)
+    with warm_server(tmp_path) as warm:
+        proc = quire_cmd("ci", "run", cwd=repo, preexec_fn=lower_open_files)
+        code, out, err = finished(proc)
+        assert "refused ci run: another process than this server's" in warm.log()
+    assert code == 0, (out, err)
+    assert "mark=" in out
+    assert served(warm, "ci run") == 0
+
+
+def test_a_launcher_in_a_deleted_directory_runs_its_command_itself(tmp_path: Path) -> None:
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    with warm_server(tmp_path) as warm:
+        proc = subprocess.Popen(
+            [
+                "sh",
+                "-c",
+                f'cd "{gone}" && rmdir "{gone}" && exec "$0" -m quire --version',
+                *QUIRE[:1],
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "QUIRE_DUMMY": "1"},
+        )
+        out, err = proc.communicate(timeout=60)
+        assert served(warm, "--version") == 0
+    assert (proc.returncode, out) == (0, f"quire {quire.__version__}\n"), err
+    assert "Traceback" not in err
 
 
 @pytest.mark.skipif(os.getuid() != 0 or not shutil.which("setpriv"), reason="needs root")

@@ -7,6 +7,7 @@ request and its descriptors, and answers as the server and its child would.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import socket
@@ -49,7 +50,8 @@ class FakeServer:
         conn, _ = self.listener.accept()
         with conn:
             request, fds = launch.receive_with_fds(conn, 3)
-            assert request is not None
+            if request is None:
+                return  # the launcher hung up without asking
             self.request = request
             for fd in fds:
                 self.fds_seen.append(os.fstat(fd).st_ino)
@@ -59,6 +61,15 @@ class FakeServer:
     def close(self) -> None:
         self.thread.join(10)
         self.listener.close()
+
+
+@pytest.fixture
+def other_pid() -> Iterator[int]:
+    """The pid of a process that stands for the warm quire's child."""
+    child = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    yield child.pid
+    child.kill()
+    child.wait()
 
 
 @pytest.fixture
@@ -155,6 +166,14 @@ def test_messages_and_descriptors_cross_the_socket_intact() -> None:
         os.close(fds[0])
 
 
+def test_a_request_sent_too_slowly_is_dropped() -> None:
+    left, right = socket.socketpair()
+    with left, right:
+        left.send(b"\0")  # one byte of the header, then nothing
+        with pytest.raises(TimeoutError):
+            launch.receive_with_fds(right, 3, time.monotonic() + 0.2)
+
+
 def test_a_peer_that_closes_before_answering_is_no_message() -> None:
     left, right = socket.socketpair()
     with right:
@@ -163,7 +182,10 @@ def test_a_peer_that_closes_before_answering_is_no_message() -> None:
 
 
 def test_the_launcher_sends_its_arguments_directory_environment_umask_and_streams(
-    state: Path, serving: Callable[..., FakeServer], monkeypatch: pytest.MonkeyPatch
+    state: Path,
+    serving: Callable[..., FakeServer],
+    monkeypatch: pytest.MonkeyPatch,
+    other_pid: int,
 ) -> None:
     monkeypatch.setenv("QUIRE_TEST_MARK", "seen")
     monkeypatch.chdir(state)
@@ -171,7 +193,8 @@ def test_the_launcher_sends_its_arguments_directory_environment_umask_and_stream
     try:
 
         def answer(conn: socket.socket, request: dict[str, object]) -> None:
-            launch.send(conn, {"pid": os.getpid()})
+            launch.send(conn, {"pid": other_pid})
+            assert launch.receive(conn) == {"go": True}
             launch.send(conn, {"exit": 3})
 
         server = serving(answer)
@@ -192,6 +215,48 @@ def test_the_launcher_sends_its_arguments_directory_environment_umask_and_stream
     assert server.fds_seen == [os.fstat(fd).st_ino for fd in sent]
 
 
+def test_a_warm_quire_of_another_user_is_never_sent_the_command(
+    state: Path, serving: Callable[..., FakeServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Anyone may bind an abstract socket name: one bound by another uid must get nothing.
+    server = serving(lambda conn, request: pytest.fail("the command was sent"))
+    monkeypatch.setattr(launch, "peer_uid", lambda conn: os.getuid() + 1)
+    assert launch.run_warm(["quire", "ci", "run"]) is None
+    server.close()
+    assert server.request is None
+
+
+@pytest.mark.parametrize("pid", [-1, 0, 1, "self"])
+def test_a_nonsense_pid_means_the_command_runs_here(
+    pid: int | str, state: Path, serving: Callable[..., FakeServer]
+) -> None:
+    # os.kill(-1, ...) would signal every process of the user.
+    answer = os.getpid() if pid == "self" else pid
+    serving(lambda conn, request: launch.send(conn, {"pid": answer}))
+    assert launch.run_warm(["quire", "ci", "run"]) is None
+
+
+def test_a_warm_quire_that_does_not_answer_in_time_leaves_the_command_to_the_launcher(
+    state: Path, serving: Callable[..., FakeServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(launch, "ANSWER_TIMEOUT_S", 0.2)
+    serving(lambda conn, request: time.sleep(1))
+    started = time.monotonic()
+    assert launch.run_warm(["quire", "ci", "run"]) is None
+    assert time.monotonic() - started < 0.9
+
+
+def test_a_stop_signal_before_the_child_is_ready_ends_the_launcher_by_that_signal(
+    state: Path, serving: Callable[..., FakeServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    died_of: list[int] = []
+    monkeypatch.setattr(launch, "_die_of", lambda signum: died_of.append(signum) or 99)
+    serving(lambda conn, request: time.sleep(1))
+    threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    assert launch.run_warm(["quire", "ci", "run"]) == 99
+    assert died_of == [signal.SIGTERM]
+
+
 def test_a_refusal_means_the_command_runs_here(
     state: Path, serving: Callable[..., FakeServer]
 ) -> None:
@@ -200,11 +265,14 @@ def test_a_refusal_means_the_command_runs_here(
 
 
 def test_a_child_that_dies_without_a_word_is_an_internal_error(
-    state: Path, serving: Callable[..., FakeServer], capsys: pytest.CaptureFixture[str]
+    state: Path,
+    serving: Callable[..., FakeServer],
+    capsys: pytest.CaptureFixture[str],
+    other_pid: int,
 ) -> None:
-    serving(lambda conn, request: launch.send(conn, {"pid": 1}))
+    serving(lambda conn, request: launch.send(conn, {"pid": other_pid}))
     assert launch.run_warm(["quire", "ci", "run"]) == 70
-    assert "warm process 1 ended without an exit status" in capsys.readouterr().err
+    assert f"warm process {other_pid} ended without an exit status" in capsys.readouterr().err
 
 
 def test_ctrl_c_goes_to_the_childs_whole_process_group(
@@ -244,12 +312,13 @@ def test_ctrl_c_goes_to_the_childs_whole_process_group(
 
 
 def test_the_launchers_signal_handlers_are_restored_after_the_command(
-    state: Path, serving: Callable[..., FakeServer]
+    state: Path, serving: Callable[..., FakeServer], other_pid: int
 ) -> None:
     before = signal.getsignal(signal.SIGTERM)
 
     def answer(conn: socket.socket, request: dict[str, object]) -> None:
-        launch.send(conn, {"pid": os.getpid()})
+        launch.send(conn, {"pid": other_pid})
+        assert launch.receive(conn) == {"go": True}
         launch.send(conn, {"exit": 0})
 
     serving(answer)
@@ -271,8 +340,38 @@ def test_a_request_from_another_interpreter_is_refused(tmp_path: Path) -> None:
     server.fingerprint = warm.code_fingerprint()
     request = {**launch.identity(), "executable": "/usr/bin/python9"}
     refusal = server._refusal(request)
-    assert refusal is not None and "/usr/bin/python9" in refusal
+    assert refusal == "another executable ('/usr/bin/python9') than this server's"
     assert server._refusal(dict(launch.identity())) is None
+
+
+def test_a_launcher_with_other_limits_is_another_process(tmp_path: Path) -> None:
+    import resource
+
+    before = launch.identity()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft - 1, hard))
+    try:
+        lowered = launch.identity()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert lowered["process"] != before["process"]
+    assert lowered["python"] == before["python"]
+    refusal = warm.WarmServer(tmp_path)._refusal(dict(lowered))
+    assert refusal == "another process than this server's"
+
+
+def test_out_of_descriptors_the_server_waits_instead_of_spinning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Exhausted:
+        def accept(self) -> tuple[socket.socket, object]:
+            raise OSError(errno.EMFILE, "Too many open files")
+
+    slept: list[float] = []
+    monkeypatch.setattr(warm.time, "sleep", slept.append)
+    server = warm.WarmServer(tmp_path)
+    assert server._accept(Exhausted(), None) is False  # type: ignore[arg-type]
+    assert slept and slept[0] > 0
 
 
 def test_installed_packages_changing_makes_the_server_refuse_and_restart(
