@@ -32,7 +32,6 @@ import selectors
 import signal
 import site
 import socket
-import struct
 import sys
 import threading
 import time
@@ -64,7 +63,6 @@ PRELOAD = (
     "rich.text",
     "rich.spinner",
 )
-_CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _REQUEST_TIMEOUT_S = 2.0  # a launcher sends its request at once
 _BACKOFF_S = 0.5
 _GO_TIMEOUT_S = 10.0
@@ -142,7 +140,7 @@ class WarmServer:
         fds: list[int] = []
         with conn:
             try:
-                if peer_uid(conn) != os.getuid():
+                if launch.peer_uid(conn) != os.getuid():
                     log.warning("refused a connection from another user")
                     return False
                 deadline = time.monotonic() + _REQUEST_TIMEOUT_S
@@ -205,13 +203,6 @@ def code_fingerprint() -> dict[str, int]:
         with contextlib.suppress(OSError):
             stamps[path] = os.stat(path).st_mtime_ns
     return stamps
-
-
-def peer_uid(conn: socket.socket) -> int:
-    """The uid of the process at the other end of a Unix socket."""
-    raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size)
-    _pid, uid, _gid = _CREDENTIALS.unpack(raw)
-    return int(uid)
 
 
 def _shown(request: dict[str, object]) -> str:

@@ -332,7 +332,7 @@ def test_the_launchers_signal_handlers_are_restored_after_the_command(
 def test_peer_credentials_name_the_connecting_user() -> None:
     left, right = socket.socketpair()
     with left, right:
-        assert warm.peer_uid(right) == os.getuid()
+        assert launch.peer_uid(right) == os.getuid()
 
 
 def test_a_request_from_another_interpreter_is_refused(tmp_path: Path) -> None:
