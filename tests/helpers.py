@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import textwrap
 from pathlib import Path
@@ -125,3 +126,16 @@ def host_executor(workspace: Path, outlet: object) -> object:
         outlet=outlet,  # type: ignore[arg-type]
     )
     return HostExecutor(setup)
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """Stop a long-running quire (worker, warm server) as a supervisor does: SIGTERM, then
+    SIGKILL if it has not exited within `timeout` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -27,7 +27,7 @@ import quire
 from quire.ci.store.records import RunResult, read_record
 from quire.cli import launch
 from quire.paths import state_dir
-from tests.helpers import GIT_ENV, make_repo
+from tests.helpers import GIT_ENV, make_repo, terminate
 from tests.integration.support import BASE_IMAGE, SESSION_PREFIX
 from tests.integration.test_worker import all_done, pushable, rows, worker
 from tests.integration.test_worker import push as git_push
@@ -80,13 +80,7 @@ def warm_server(tmp_path: Path, env: dict[str, str] | None = None) -> Iterator[W
         assert proc.poll() is None, warm.log()
         yield warm
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        terminate(proc, timeout=20)
 
 
 def quire_cmd(

@@ -23,7 +23,7 @@ from quire.ci.store.runs import RunDir, RunState, RunStore, store_for
 from quire.paths import state_dir
 from quire.service.notes import read_notes
 from quire.service.queue import Entry, Queue, queue_path
-from tests.helpers import GIT_ENV, commit, git, make_repo
+from tests.helpers import GIT_ENV, commit, git, make_repo, terminate
 from tests.integration.support import BASE_IMAGE, SESSION_PREFIX
 
 pytestmark = pytest.mark.integration
@@ -91,13 +91,7 @@ def worker(
         wait_for(lambda: ready in worker_log(tmp_path, name), "the worker to start", proc=proc)
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        terminate(proc)
         log.close()
 
 
