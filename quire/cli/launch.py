@@ -104,9 +104,10 @@ def main() -> None:
         code = run_warm(sys.argv)
         if code is not None:
             sys.exit(code)
+    from quire.cli import finish
     from quire.cli.app import main as run_here
 
-    run_here()
+    finish.finish(finish.exit_code(run_here))
 
 
 def state_dir() -> str:

@@ -19,7 +19,6 @@ stops on SIGTERM, SIGINT or SIGHUP; commands it started go on to their end.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import errno
 import fcntl
@@ -38,7 +37,7 @@ import time
 import traceback
 from pathlib import Path
 
-from quire.cli import launch
+from quire.cli import finish, launch
 from quire.service.signals import SignalWatch
 
 log = logging.getLogger("quire.warm")
@@ -316,29 +315,12 @@ def _hang_up_when_gone(conn: socket.socket, ended: threading.Event) -> None:
 
 
 def _run(request: dict[str, object]) -> int:
-    """Run the command as `quire.cli.app.main` does in a process of its own; its exit code."""
+    """Run the command as `quire.cli.app.main` does in a process of its own; its exit code,
+    once the threads, atexit handlers and flushes the interpreter's exit does are done."""
     from quire.cli.app import main
 
     try:
-        main()
-        code: object = 0
-    except SystemExit as exc:
-        code = exc.code
+        code = finish.exit_code(main)
     except KeyboardInterrupt:
         code = 130
-    if code is None:
-        code = 0
-    elif not isinstance(code, int):
-        print(code, file=sys.stderr)
-        code = 1
-    # What the interpreter does at exit, which os._exit skips: join the threads still
-    # running (a job's teardown after an abort), run atexit handlers, flush.
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
-    atexit._run_exitfuncs()
-    with contextlib.suppress(Exception):
-        sys.stdout.flush()
-    with contextlib.suppress(Exception):
-        sys.stderr.flush()
-    return int(code)  # a plain int: an IntEnum (ExitCode) does not marshal
+    return finish.wind_down(code)

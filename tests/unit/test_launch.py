@@ -33,6 +33,14 @@ def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
+@pytest.fixture
+def ended(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The codes a command run here ended with: `finish` recorded instead of exiting."""
+    codes: list[int] = []
+    monkeypatch.setattr("quire.cli.finish.finish", codes.append)
+    return codes
+
+
 class FakeServer:
     """Answers one request on `state`'s warm address with `answer(conn, request, fds)`."""
 
@@ -126,7 +134,7 @@ def test_a_state_directory_not_yet_made_means_the_command_runs_here(
     ],
 )
 def test_the_server_itself_and_completion_never_go_to_a_warm_quire(
-    argv: list[str], monkeypatch: pytest.MonkeyPatch
+    argv: list[str], monkeypatch: pytest.MonkeyPatch, ended: list[int]
 ) -> None:
     ran_here: list[list[str]] = []
 
@@ -138,9 +146,12 @@ def test_the_server_itself_and_completion_never_go_to_a_warm_quire(
     monkeypatch.setattr(sys, "argv", argv)
     launch.main()
     assert ran_here == [argv]
+    assert ended == [0]
 
 
-def test_quire_no_warm_runs_every_command_here(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_quire_no_warm_runs_every_command_here(
+    monkeypatch: pytest.MonkeyPatch, ended: list[int]
+) -> None:
     ran_here: list[bool] = []
     monkeypatch.setenv(launch.NO_WARM_ENV, "1")
     monkeypatch.setattr(launch, "run_warm", lambda argv: pytest.fail("sent to a warm quire"))
@@ -148,6 +159,7 @@ def test_quire_no_warm_runs_every_command_here(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(sys, "argv", ["quire", "ci", "runs"])
     launch.main()
     assert ran_here == [True]
+    assert ended == [0]
 
 
 # --- the conversation ----------------------------------------------------------------------------
