@@ -8,7 +8,6 @@ run until it ends.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -44,6 +43,8 @@ def runs_command(
     as_json: JsonOption = False,
 ) -> int:
     """List the repository's runs, newest first."""
+    import json
+
     from quire.ci.store.views import list_runs
     from quire.cli.console import format_duration
 
@@ -76,6 +77,8 @@ def show_command(
     run: RunArgument = "latest", repo: RepoOption = Path(), as_json: JsonOption = False
 ) -> int:
     """Show one run: revision, times, result, and each job's status, error and outputs."""
+    import json
+
     from quire.ci.store.views import details
     from quire.cli.console import format_duration
 

@@ -21,10 +21,11 @@ its own uid (SO_PEERCRED).
 
 from __future__ import annotations
 
+import _socket
+import array
 import marshal
 import os
 import signal
-import socket
 import struct
 import sys
 import time
@@ -174,8 +175,9 @@ def _read(path: str) -> str:
 
 def run_warm(argv: list[str]) -> int | None:
     """Run `argv` in a warm quire; its exit code, or None when none serves this command."""
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    with conn:
+    # _socket, not socket: the socket module's enums cost every command milliseconds.
+    conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
         try:
             conn.connect(address(state_dir()))
             if peer_uid(conn) != os.getuid():
@@ -219,9 +221,11 @@ def run_warm(argv: list[str]) -> int | None:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+    finally:
+        conn.close()
 
 
-def _relay(conn: socket.socket, pid: int) -> int:
+def _relay(conn: _socket.socket, pid: int) -> int:
     """Let the child start, forward signals to it until it reports its exit code."""
     relayed: list[int] = []
 
@@ -275,9 +279,9 @@ def _signal(pid: int, signum: int, *, group: bool) -> None:
         pass  # it has just ended
 
 
-def peer_uid(conn: socket.socket) -> int:
+def peer_uid(conn: _socket.socket) -> int:
     """The uid of the process at the other end of a Unix socket (SO_PEERCRED)."""
-    raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size)
+    raw = conn.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, _CREDENTIALS.size)
     _pid, uid, _gid = _CREDENTIALS.unpack(raw)
     return int(uid)
 
@@ -291,24 +295,28 @@ def _is_open(fd: int) -> bool:
 
 
 def send(
-    conn: socket.socket, message: Request | dict[str, object], fds: list[int] | None = None
+    conn: _socket.socket, message: Request | dict[str, object], fds: list[int] | None = None
 ) -> None:
     """Send one message (plain values only), with `fds` attached to its first byte."""
     body = marshal.dumps(dict(message))
     data = _HEADER.pack(len(body)) + body
-    sent = socket.send_fds(conn, [data], fds) if fds else conn.send(data)
+    if fds:
+        rights = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array.array("i", fds))]
+        sent = conn.sendmsg([data], rights)  # what socket.send_fds does
+    else:
+        sent = conn.send(data)
     if sent < len(data):
         conn.sendall(data[sent:])
 
 
-def receive(conn: socket.socket) -> dict[str, object] | None:
+def receive(conn: _socket.socket) -> dict[str, object] | None:
     """One message sent by `send`, or None when the peer closed the connection first."""
     message, _fds = receive_with_fds(conn, 0)
     return message
 
 
 def receive_with_fds(
-    conn: socket.socket, max_fds: int, deadline: float | None = None
+    conn: _socket.socket, max_fds: int, deadline: float | None = None
 ) -> tuple[dict[str, object] | None, list[int]]:
     """One message and the descriptors that came with it (which the caller must close).
 
@@ -319,7 +327,7 @@ def receive_with_fds(
     while len(head) < _HEADER.size:
         _time_left(conn, deadline)
         if max_fds and not fds:
-            chunk, fds, _flags, _addr = socket.recv_fds(conn, _HEADER.size - len(head), max_fds)
+            chunk, fds = _recv_fds(conn, _HEADER.size - len(head), max_fds)
         else:
             chunk = conn.recv(_HEADER.size - len(head))
         if not chunk:
@@ -342,7 +350,17 @@ def receive_with_fds(
     return message, fds
 
 
-def _time_left(conn: socket.socket, deadline: float | None) -> None:
+def _recv_fds(conn: _socket.socket, size: int, max_fds: int) -> tuple[bytes, list[int]]:
+    """Up to `size` bytes and the descriptors sent with them (what socket.recv_fds does)."""
+    ints = array.array("i")
+    data, ancillary, _flags, _addr = conn.recvmsg(size, _socket.CMSG_LEN(max_fds * ints.itemsize))
+    for level, kind, payload in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            ints.frombytes(payload[: len(payload) - len(payload) % ints.itemsize])
+    return data, list(ints)
+
+
+def _time_left(conn: _socket.socket, deadline: float | None) -> None:
     if deadline is not None:
         left = deadline - time.monotonic()
         if left <= 0:
