@@ -271,7 +271,9 @@ def process_state(pid: int) -> str:
 def test_ctrl_z_stops_the_warm_run_with_its_launcher_and_fg_resumes_both(tmp_path: Path) -> None:
     repo = repo_with(tmp_path, SLEEP_PIPELINE.format(seconds="1.25"))
     with warm_server(tmp_path) as warm:
-        proc = quire_cmd("ci", "run", cwd=repo)
+        # In a process group of its own, as a shell starts a job: the kernel discards a
+        # SIGTSTP's stop in an orphaned group, which the suite's own group may be.
+        proc = quire_cmd("ci", "run", cwd=repo, process_group=0)
         wait_for(lambda: processes_running("sleep 1.25"), "the job's command to start")
         child = int(warm.log().split("child ")[1].split()[0])
         proc.send_signal(signal.SIGTSTP)  # what a terminal sends on Ctrl-Z
