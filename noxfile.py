@@ -43,5 +43,13 @@ def integration(session: nox.Session) -> None:
     """The real-docker suite (QUIRE_REQUIRE_DOCKER=1 turns a missing engine into a failure)."""
     session.install("-e", ".[test]")
     session.run(
-        "pytest", "-q", "-m", "integration", "--timeout=600", "tests/integration", *session.posargs
+        "pytest",
+        "-q",
+        "-n",
+        "0",
+        "-m",
+        "integration",
+        "--timeout=600",
+        "tests/integration",
+        *session.posargs,
     )

@@ -56,6 +56,10 @@ ENGINE_NAMES = ("docker", "podman", "podman-remote")
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # One process: the engines, podman service and leak checks are the session's
+    # (pyproject's addopts spread the unit tests over workers; nox asks -n 0 here).
+    if getattr(config, "workerinput", None) is not None:
+        raise pytest.UsageError("the integration tests run in one process: add -n 0")
     config.addinivalue_line(
         "markers",
         "engines(*names): run the test once per container engine named "
