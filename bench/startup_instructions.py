@@ -10,7 +10,8 @@ stands on:
 - `python -c pass`: the interpreter alone;
 - the floor: a python importing what no run can do without (pydantic's
   models, typer, PyYAML, plumbum) and defining one pydantic model (which
-  pulls in pydantic's model machinery);
+  pulls in pydantic's model machinery), ending as quire does, without the
+  interpreter's teardown;
 - `quire --help`, and `quire ci run --help` (a subcommand's parsing: typer
   0.29 imported pydantic for it, one reason typer is kept below 0.29);
 - a do-nothing host run (`quire ci run`, one job that runs no command: under
@@ -37,6 +38,9 @@ from pydantic import BaseModel, ConfigDict
 class Probe(BaseModel):
     model_config = ConfigDict(defer_build=True)
     a: int = 1
+
+import os
+os._exit(0)  # as quire ends (quire/cli/finish.py): no interpreter teardown
 """
 
 # A job that runs no command: valgrind does not know pidfd_open, which quire waits
