@@ -90,8 +90,9 @@ class WarmServer:
         for name in PRELOAD:
             importlib.import_module(name)
         from quire.cli.app import command
+        from quire.cli.lazy_tree import build_everything
 
-        command()
+        build_everything(command())  # so no child builds a command of its own
         self.fingerprint = code_fingerprint()
         self.state.mkdir(parents=True, exist_ok=True)
         with (

@@ -1,14 +1,18 @@
-"""The root `quire` command: --version on its own, shell completion, help without arguments."""
+"""The root `quire` command: --version on its own, shell completion, help without arguments,
+and the command tree that builds each command when first used."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
+import pytest
+import typer
 from typer.testing import CliRunner
 
 from quire import __version__
 from quire.cli.app import app
+from quire.cli.lazy_tree import LazyCommands, build_everything, command_tree
 
 
 def test_version_works_without_a_subcommand() -> None:
@@ -50,3 +54,57 @@ def test_plain_quire_prints_its_help() -> None:
 def test_prune_is_a_ci_command() -> None:
     result = CliRunner().invoke(app, ["ci", "--help"], prog_name="quire")
     assert "prune" in result.output
+
+
+# --- the command tree: each `ci` command built when first used (quire/cli/lazy_tree.py) ----------
+
+
+def lazy_runner(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Make typer's CliRunner invoke the lazy tree; returns the list of trees it built."""
+    trees: list[object] = []
+
+    def build(typer_app: typer.Typer) -> object:
+        trees.append(command_tree(typer_app))
+        return trees[-1]
+
+    monkeypatch.setattr("typer.testing._get_command", build)
+    return trees
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["ci", "--help"],
+        ["ci", "run", "--help"],
+        ["ci", "hook", "--help"],
+        ["ci", "hook", "install", "--help"],
+        ["ci", "rnu"],
+        ["ci"],
+    ],
+)
+def test_the_lazy_tree_answers_as_the_tree_typer_builds(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    eager = CliRunner().invoke(app, argv, prog_name="quire")
+    lazy_runner(monkeypatch)
+    lazy = CliRunner().invoke(app, argv, prog_name="quire")
+    assert (lazy.exit_code, lazy.output) == (eager.exit_code, eager.output)
+    assert eager.output  # each of them says something
+
+
+def test_a_command_builds_only_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    trees = lazy_runner(monkeypatch)
+    result = CliRunner().invoke(app, ["ci", "jobs", "--help"], prog_name="quire")
+    assert result.exit_code == 0, result.output
+    ci = trees[0].commands["ci"]  # type: ignore[attr-defined]
+    assert isinstance(ci.commands, LazyCommands)
+    assert ci.commands.built == ["jobs"]
+
+
+def test_build_everything_builds_every_subcommand() -> None:
+    tree = command_tree(app)
+    build_everything(tree)
+    ci = tree.commands["ci"]  # type: ignore[attr-defined]
+    assert ci.commands.built == list(ci.commands)
+    assert {"run", "validate", "runs", "hook", "warm", "prune"} <= set(ci.commands.built)
