@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from quire.config import load_config
+from quire.config import DockerSettings, OutputSettings, load_config
 from quire.errors import ConfigError, UnknownSecret
 
 
@@ -214,3 +216,52 @@ def test_docker_workspace_mode_is_read(tmp_path: Path, mode: str) -> None:
 def test_docker_workspace_mode_defaults_to_none_meaning_by_engine(tmp_path: Path) -> None:
     path = write_config(tmp_path / "c.toml", "[docker]\ncpus = 1\n")
     assert load_config(path).docker.workspace is None
+
+
+def test_the_defaults_without_a_file_are_the_validated_defaults(tmp_path: Path) -> None:
+    config = load_config(tmp_path / "missing.toml")
+    assert config.docker == DockerSettings()
+    assert config.output == OutputSettings()
+
+
+def run_fresh(program: str) -> subprocess.CompletedProcess[str]:
+    """`program` in a python of its own: pydantic's model and plugin caches are per process."""
+    root = Path(__file__).resolve().parents[2]
+    return subprocess.run(
+        [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(root)!r})\n{program}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_run_without_a_config_file_builds_no_settings_model(tmp_path: Path) -> None:
+    done = run_fresh(
+        f"""
+from quire.config import DockerSettings, OutputSettings, load_config
+config = load_config(__import__("pathlib").Path({str(tmp_path / "missing.toml")!r}))
+assert config.docker.network and config.output.capture_limit
+print(DockerSettings.__pydantic_complete__, OutputSettings.__pydantic_complete__)
+"""
+    )
+    assert (done.returncode, done.stdout) == (0, "False False\n"), done.stderr
+
+
+def test_quires_models_never_look_for_pydantic_plugins() -> None:
+    done = run_fresh(
+        """
+import importlib.metadata
+def no_scan(*args, **kwargs):
+    raise AssertionError("pydantic scanned the installed packages for plugins")
+importlib.metadata.entry_points = no_scan
+from pydantic.plugin import _loader
+_loader.entry_points = no_scan
+from quire.ci.store.records import RunMeta
+from quire.config import DockerSettings
+DockerSettings(network=False)
+RunMeta.model_rebuild(force=True)
+print("built")
+"""
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.endswith("built\n")

@@ -27,6 +27,10 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from quire import pydantic_plugins
+
+pydantic_plugins.disable()
+
 try:  # libyaml when present: several times faster
     from yaml import CSafeDumper as _Dumper
     from yaml import CSafeLoader as _Loader
