@@ -203,11 +203,15 @@ class Scratch:
         ).stdout.split()
         if ids:
             subprocess.run(["docker", "rm", "-f", *set(ids)], capture_output=True)
-        tags = subprocess.run(
-            ["docker", "images", "--format", "{{.Repository}}:{{.Tag}}", self.image_repository],
-            capture_output=True,
-            text=True,
-        ).stdout.split()
+        # quire names the repository `<folder>-<8 hex>`: its images are quire-ci/<name>-*.
+        tags = []
+        listing = ["docker", "images", "--format", "{{.Repository}}:{{.Tag}}", "--filter"]
+        for reference in (self.image_repository, f"{self.image_repository}-*"):
+            tags += subprocess.run(
+                [*listing, f"reference={reference}"],
+                capture_output=True,
+                text=True,
+            ).stdout.split()
         if self.base_image:
             tags.append(self.base_image)
         tags = [t for t in tags if not t.endswith(":<none>")]
