@@ -595,12 +595,17 @@ def test_the_next_run_reconciles_a_killed_runs_leftovers_first(tmp_path: Path, s
 
 
 def test_reconcile_never_touches_a_live_run_or_its_container(tmp_path: Path, start: Any) -> None:
-    ci = """
+    # The run lives until the test says so, however long the reconcile takes on a slow day.
+    go = tmp_path / "go"
+    ci = f"""
+    import pathlib, time
     from quire.ci import job
 
     @job(inputs=["quire/push"])
     def wait(rt):
-        rt.sh(["sleep", "3"], check=True)
+        rt.sh(["true"], check=True)
+        while not pathlib.Path({str(go)!r}).exists():
+            time.sleep(0.05)
     """
     started = start(repo(tmp_path, "live", ci))
     wait_until("the job's command", command_started(started, "wait"), started)
@@ -610,6 +615,7 @@ def test_reconcile_never_touches_a_live_run_or_its_container(tmp_path: Path, sta
     assert done.returncode == 0
     assert done.stdout.strip() == "nothing to reconcile", done.stdout
     assert containers_of_run(run.run_id) != []
+    go.touch()
     code, out, err = started.wait(30)
     assert code == 0, out + err
     assert started.store.find(run.run_id).state == RunState.complete
