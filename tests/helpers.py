@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 from typing import TypeVar
@@ -139,3 +140,18 @@ def terminate(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fresh_python(program: str, tmp_path: Path, **popen: object) -> subprocess.CompletedProcess[str]:
+    """`program` in a python process of its own that imports this checkout's quire: for
+    what is per process (pydantic's caches, how a process ends). Its stdout is buffered,
+    as a pipe's is by default (PYTHONUNBUFFERED removed)."""
+    script = tmp_path / "program.py"
+    script.write_text(f"import sys\nsys.path.insert(0, {str(ROOT)!r})\n{textwrap.dedent(program)}")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    options: dict[str, object] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    options.update({"timeout": 60, "env": env, "text": True, **popen})
+    return subprocess.run([sys.executable, str(script)], cwd=tmp_path, **options)  # type: ignore[call-overload, no-any-return]

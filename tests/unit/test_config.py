@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from quire.config import DockerSettings, OutputSettings, load_config
 from quire.errors import ConfigError, UnknownSecret
+from tests.helpers import fresh_python
 
 
 def write_config(path: Path, text: str) -> Path:
@@ -224,31 +223,21 @@ def test_the_defaults_without_a_file_are_the_validated_defaults(tmp_path: Path) 
     assert config.output == OutputSettings()
 
 
-def run_fresh(program: str) -> subprocess.CompletedProcess[str]:
-    """`program` in a python of its own: pydantic's model and plugin caches are per process."""
-    root = Path(__file__).resolve().parents[2]
-    return subprocess.run(
-        [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(root)!r})\n{program}"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def test_a_run_without_a_config_file_builds_no_settings_model(tmp_path: Path) -> None:
-    done = run_fresh(
+    done = fresh_python(
         f"""
 from quire.config import DockerSettings, OutputSettings, load_config
 config = load_config(__import__("pathlib").Path({str(tmp_path / "missing.toml")!r}))
 assert config.docker.network and config.output.capture_limit
 print(DockerSettings.__pydantic_complete__, OutputSettings.__pydantic_complete__)
-"""
+""",
+        tmp_path,
     )
     assert (done.returncode, done.stdout) == (0, "False False\n"), done.stderr
 
 
-def test_quires_models_never_look_for_pydantic_plugins() -> None:
-    done = run_fresh(
+def test_quires_models_never_look_for_pydantic_plugins(tmp_path: Path) -> None:
+    done = fresh_python(
         """
 import importlib.metadata
 def no_scan(*args, **kwargs):
@@ -261,7 +250,8 @@ from quire.config import DockerSettings
 DockerSettings(network=False)
 RunMeta.model_rebuild(force=True)
 print("built")
-"""
+""",
+        tmp_path,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.endswith("built\n")

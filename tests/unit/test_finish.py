@@ -15,22 +15,15 @@ import pytest
 
 from quire import __version__
 from quire.cli import finish, launch
+from tests.helpers import ROOT, fresh_python
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def run_program(body: str, tmp_path: Path, **popen: object) -> subprocess.CompletedProcess[bytes]:
-    program = tmp_path / "program.py"
-    program.write_text(
-        "import sys\n"
-        f"sys.path.insert(0, {str(ROOT)!r})\n"
-        "from quire.cli.finish import exit_code, finish\n" + textwrap.dedent(body)
+def run_program(body: str, tmp_path: Path, **popen: object) -> subprocess.CompletedProcess[str]:
+    return fresh_python(
+        "from quire.cli.finish import exit_code, finish\n" + textwrap.dedent(body),
+        tmp_path,
+        **popen,
     )
-    # Buffered, as a pipe's stdout is by default: the flush at the end is finish's.
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
-    options: dict[str, object] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
-    options.update({"timeout": 30, "env": env, **popen})
-    return subprocess.run([sys.executable, str(program)], cwd=tmp_path, **options)  # type: ignore[call-overload, no-any-return]
 
 
 def test_output_still_in_stdouts_buffer_reaches_the_pipe(tmp_path: Path) -> None:
@@ -44,8 +37,8 @@ def test_output_still_in_stdouts_buffer_reaches_the_pipe(tmp_path: Path) -> None
     )
     assert (done.returncode, done.stdout, done.stderr) == (
         0,
-        b"no newline, still buffered",
-        b"and on stderr",
+        "no newline, still buffered",
+        "and on stderr",
     )
 
 
@@ -58,7 +51,7 @@ def test_atexit_handlers_run(tmp_path: Path) -> None:
         """,
         tmp_path,
     )
-    assert (done.returncode, done.stdout) == (4, b"atexit ran\n")
+    assert (done.returncode, done.stdout) == (4, "atexit ran\n")
 
 
 def test_a_non_daemon_thread_is_waited_for(tmp_path: Path) -> None:
@@ -73,7 +66,7 @@ def test_a_non_daemon_thread_is_waited_for(tmp_path: Path) -> None:
         """,
         tmp_path,
     )
-    assert done.stdout == b"thread done\n"
+    assert done.stdout == "thread done\n"
 
 
 def test_a_thread_pool_never_shut_down_ends_instead_of_hanging(tmp_path: Path) -> None:
@@ -88,7 +81,7 @@ def test_a_thread_pool_never_shut_down_ends_instead_of_hanging(tmp_path: Path) -
         tmp_path,
         timeout=10,
     )
-    assert (done.returncode, done.stdout) == (0, b"42\n")
+    assert (done.returncode, done.stdout) == (0, "42\n")
 
 
 def test_the_teardown_of_modules_and_objects_is_skipped(tmp_path: Path) -> None:
@@ -111,14 +104,14 @@ def test_the_teardown_of_modules_and_objects_is_skipped(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("body", "code", "stderr"),
     [
-        ("pass", 0, b""),
-        ("raise SystemExit", 0, b""),
-        ("raise SystemExit(3)", 3, b""),
-        ("raise SystemExit('error: told so')", 1, b"error: told so\n"),
+        ("pass", 0, ""),
+        ("raise SystemExit", 0, ""),
+        ("raise SystemExit(3)", 3, ""),
+        ("raise SystemExit('error: told so')", 1, "error: told so\n"),
     ],
 )
 def test_exit_code_reads_system_exit_as_the_interpreter_does(
-    tmp_path: Path, body: str, code: int, stderr: bytes
+    tmp_path: Path, body: str, code: int, stderr: str
 ) -> None:
     done = run_program(
         f"""
@@ -151,7 +144,7 @@ def test_a_reader_that_went_away_is_no_error(tmp_path: Path) -> None:
         stdout=write,
     )
     os.close(write)
-    assert (done.returncode, done.stderr) == (0, b"")
+    assert (done.returncode, done.stderr) == (0, "")
 
 
 def test_output_that_cannot_be_written_fails_a_successful_command(tmp_path: Path) -> None:
@@ -165,8 +158,8 @@ def test_output_that_cannot_be_written_fails_a_successful_command(tmp_path: Path
             stdout=full,
         )
     assert done.returncode == finish.FLUSH_FAILED
-    assert b"error: cannot write quire's output" in done.stderr
-    assert b"Traceback" not in done.stderr
+    assert "error: cannot write quire's output" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_the_quire_command_prints_everything_into_a_pipe(tmp_path: Path) -> None:
