@@ -8,8 +8,10 @@ plugin has no business watching quire write its records. pydantic offers
 `PYDANTIC_DISABLE_PLUGINS` for this, but an environment variable would
 reach every command a job runs, whose own pydantic code may want its
 plugins. So quire tells pydantic's loader, in this process only, that the
-plugins are loaded and there are none. If a pydantic release moves that
-cache, this does nothing and pydantic scans as before.
+plugins are loaded and there are none: the commands jobs run keep theirs,
+but a host-mode job's own Python code, which runs inside quire, sees none
+either. If a pydantic release moves that cache, this does nothing and
+pydantic scans as before.
 """
 
 from __future__ import annotations
