@@ -23,6 +23,7 @@ import os
 import selectors
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -119,6 +120,19 @@ def _command(argv: Sequence[str]) -> Any:
 _spawned: set[int] = set()
 
 
+# Spawning and orphan-collecting exclude each other. Between fork and `_spawned.add` a fast
+# child may already be a zombie; a collector looking then would take it for an orphan, steal
+# its exit status and make `pidfd_open` fail. Under this lock every child quire started is
+# in `_spawned` whenever the collector looks.
+_spawn_lock = threading.Lock()
+
+
+def reap_orphans() -> None:
+    """Collect ended orphans adopted as a subreaper; never a child quire started itself."""
+    with _spawn_lock:
+        proctree.reap_adopted(spawned)
+
+
 def spawned(pid: int) -> bool:
     """Whether quire started `pid` itself (as opposed to adopting it as an orphan)."""
     return pid in _spawned
@@ -138,20 +152,21 @@ def _popen(
     """
     command = _command(argv)
     try:
-        proc: subprocess.Popen[bytes] = command.popen(
-            list(argv[1:]),
-            cwd=None if cwd is None else str(cwd),
-            env=dict(env) if env else None,
-            stdin=stdin,
-            stdout=stdout,
-            stderr=subprocess.PIPE,
-            new_session=True,
-        )
+        with _spawn_lock:
+            proc: subprocess.Popen[bytes] = command.popen(
+                list(argv[1:]),
+                cwd=None if cwd is None else str(cwd),
+                env=dict(env) if env else None,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=subprocess.PIPE,
+                new_session=True,
+            )
+            _spawned.add(proc.pid)
     except PermissionError as exc:
         raise ProgramNotFound(f"{argv[0]}: permission denied") from exc
     except OSError as exc:  # no such file, exec format error (no #! line), ...
         raise ProgramNotFound(f"{argv[0]}: cannot be started ({exc.strerror})") from exc
-    _spawned.add(proc.pid)
     return proc
 
 
@@ -478,19 +493,20 @@ def start(
     preexec = None if parent_death_signal is None else _die_with_parent(parent_death_signal)
     with open(output, "ab") as sink:
         try:
-            proc: subprocess.Popen[bytes] = command.popen(
-                list(argv[1:]),
-                cwd=None if cwd is None else str(cwd),
-                env=dict(env) if env else None,
-                stdin=subprocess.DEVNULL,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                new_session=True,
-                preexec_fn=preexec,
-            )
+            with _spawn_lock:
+                proc: subprocess.Popen[bytes] = command.popen(
+                    list(argv[1:]),
+                    cwd=None if cwd is None else str(cwd),
+                    env=dict(env) if env else None,
+                    stdin=subprocess.DEVNULL,
+                    stdout=sink,
+                    stderr=subprocess.STDOUT,
+                    new_session=True,
+                    preexec_fn=preexec,
+                )
+                _spawned.add(proc.pid)
         except PermissionError as exc:
             raise ProgramNotFound(f"{argv[0]}: permission denied") from exc
         except FileNotFoundError as exc:
             raise ProgramNotFound(f"{argv[0]}: cannot be started ({exc.strerror})") from exc
-    _spawned.add(proc.pid)
     return Child(tuple(argv), proc)

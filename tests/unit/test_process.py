@@ -12,6 +12,7 @@ from plumbum import local
 
 from quire.errors import ProgramNotFound
 from quire.tools import process
+from quire.tools.drain import Drainer
 from quire.tools.process import StreamName
 
 MIB = 1024 * 1024
@@ -275,3 +276,58 @@ def test_find_program_honours_a_search_path(tmp_path: Path) -> None:
     )
     with pytest.raises(ProgramNotFound):
         process.find_program("quire-only-here")
+
+
+# --- a subreaper's orphan-collecting never takes a child quire started ------------------------
+
+
+def test_orphans_are_never_collected_between_a_spawn_and_its_bookkeeping(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The forced interleaving of the host-mode race: a fast child is already a zombie
+    when the collector looks, before `popen` has returned its pid."""
+    import threading
+
+    real_command = process._command
+    collectors: list[threading.Thread] = []
+
+    class Racing:
+        def __init__(self, argv: list[str]) -> None:
+            self._real = real_command(argv)
+
+        def popen(self, *args: object, **kwargs: object) -> object:
+            proc = self._real.popen(*args, **kwargs)
+            assert gone(proc.pid)  # a zombie: exactly what the collector looks for
+            collector = threading.Thread(target=process.reap_orphans)
+            collector.start()
+            collectors.append(collector)
+            collector.join(0.5)  # give the collector every chance to run in the window
+            return proc
+
+    monkeypatch.setattr(process, "_command", Racing)
+    result = process.stream(["sh", "-c", "exit 7"], Collected(), leftovers=Drainer())
+    for collector in collectors:
+        collector.join()
+    assert result.exit == 7  # neither ProcessLookupError nor a stolen exit status
+
+
+def test_many_fast_commands_pass_while_orphans_are_collected_without_pause() -> None:
+    """500 fast steps in a row, with the collector running flat out beside them."""
+    import threading
+
+    stop = threading.Event()
+
+    def collect() -> None:
+        while not stop.is_set():
+            process.reap_orphans()
+
+    collector = threading.Thread(target=collect, daemon=True)
+    collector.start()
+    try:
+        drainer = Drainer()
+        exits = [process.stream(["true"], Collected(), leftovers=drainer).exit for _ in range(500)]
+        drainer.close()
+    finally:
+        stop.set()
+        collector.join()
+    assert exits == [0] * 500

@@ -60,7 +60,7 @@ class HostExecutor:
         """Orphans adopted as the subreaper are collected as they end, not left as zombies
         until the job does (a test suite leaves hundreds)."""
         while not self._collecting.wait(0.2):
-            proctree.reap_adopted(process.spawned)
+            process.reap_orphans()
 
     def __exit__(
         self,
