@@ -3,6 +3,7 @@ and the command tree that builds each command when first used."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -34,15 +35,22 @@ def test_help_offers_shell_completion() -> None:
     assert "--show-completion" in result.output
 
 
-def test_show_completion_prints_a_script_for_the_named_shell() -> None:
+@pytest.mark.parametrize(
+    ("shell", "mark"), [("bash", "complete "), ("zsh", "#compdef quire"), ("fish", "complete --")]
+)
+def test_show_completion_prints_a_script_for_the_named_shell(shell: str, mark: str) -> None:
+    # By default typer guesses the shell from the parent processes (`sh` when the suite was
+    # started from a script) and ignores the word after --show-completion; with detection
+    # off, --show-completion takes the shell's name, so the test does not depend on its parent.
     done = subprocess.run(
-        [sys.executable, "-m", "quire", "--show-completion", "bash"],
+        [sys.executable, "-m", "quire", "--show-completion", shell],
         capture_output=True,
         text=True,
         timeout=30,
+        env={**os.environ, "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"},
     )
     assert done.returncode == 0, done.stderr
-    assert "complete " in done.stdout and "_QUIRE_COMPLETE" in done.stdout
+    assert mark in done.stdout and "_QUIRE_COMPLETE" in done.stdout
 
 
 def test_plain_quire_prints_its_help() -> None:

@@ -25,6 +25,21 @@ from quire.cli import launch, warm
 from quire.paths import state_dir
 
 
+@pytest.fixture(autouse=True)
+def foreground_signals() -> Iterator[None]:
+    """SIGINT handled as in a foreground pytest, whatever the suite inherited.
+
+    A suite started with `&` from a script inherits SIGINT ignored; the launcher would then
+    restore "ignored" after relaying, and the processes these tests start would ignore the
+    Ctrl-C they are sent (a program keeps an ignored disposition across exec).
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture
 def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "state"
@@ -292,9 +307,10 @@ def test_ctrl_c_goes_to_the_childs_whole_process_group(
 ) -> None:
     # The "child" leads a process group, as the server's child does after setsid, and
     # runs a command in it, as a job does: a terminal's Ctrl-C would reach both.
+    # It takes Ctrl-C's default action, as a child started from a terminal does.
     spawn = (
-        "import subprocess; p = subprocess.Popen(['sleep', '30']); "
-        "print(p.pid, flush=True); p.wait()"
+        "import signal, subprocess; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+        "p = subprocess.Popen(['sleep', '30']); print(p.pid, flush=True); p.wait()"
     )
     child = subprocess.Popen(
         [sys.executable, "-c", spawn], start_new_session=True, stdout=subprocess.PIPE, text=True
