@@ -40,7 +40,11 @@ def pids_in(path: Path) -> list[int]:
     return [int(word) for word in path.read_text().split()] if path.exists() else []
 
 
-def wait_gone(pids: list[int], seconds: float = 5.0) -> list[int]:
+# A shell loop that returns once the pid file is written.
+UNTIL_PIDS = "until [ -s {PIDS} ]; do sleep 0.01; done"
+
+
+def wait_gone(pids: list[int], seconds: float = 30.0) -> list[int]:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and any(alive(pid) for pid in pids):
         time.sleep(0.05)
@@ -77,10 +81,23 @@ def pipeline(tmp_path: Path, name: str, body: str) -> tuple[Path, Path]:
     [
         ("ampersand", 'rt.sh(f"sleep 300 & echo $! >> {PIDS}")'),
         ("nohup", 'rt.sh(f"nohup sleep 300 >/dev/null 2>&1 & echo $! >> {PIDS}")'),
-        ("setsid", "rt.sh(f\"setsid sh -c 'sleep 300 & echo $! >> {PIDS}; wait' &\")"),
+        # The command waits for the pid to be written (a condition, not a time): a job that
+        # ended first would have its leftovers killed before they could say who they are.
+        (
+            "setsid",
+            f"rt.sh(f\"setsid sh -c 'sleep 300 & echo $! >> {{PIDS}}; wait' & {UNTIL_PIDS}\")",
+        ),
         (
             "double-fork",
-            "rt.sh(f\"sh -c '(sleep 300 & echo $! >> {PIDS}) &' && sleep 0.2\")",
+            f"rt.sh(f\"sh -c '(sleep 300 & echo $! >> {{PIDS}}) &' && {UNTIL_PIDS}\")",
+        ),
+        (
+            "four-levels-deep",
+            "import shlex\n"
+            "chain = f'sleep 300 & echo $! >> {PIDS}; wait'\n"
+            "for _ in range(3):\n"
+            "    chain = f'sh -c {shlex.quote(chain)} & wait'\n"
+            f'rt.sh(chain + f" & {UNTIL_PIDS}")',
         ),
     ],
 )
@@ -88,12 +105,8 @@ def test_a_job_that_leaves_a_process_behind_finishes_and_the_process_ends_with_i
     tmp_path: Path, docker_engine: str, name: str, body: str
 ) -> None:
     repo, pids_file = pipeline(tmp_path, name, body)
-    t0 = time.monotonic()
-    done = run_quire(repo)
-    took = time.monotonic() - t0
+    done = run_quire(repo, timeout=120)  # far less than `sleep 300`: it did not wait for it
     assert done.returncode == 0, done.stdout + done.stderr
-    print(f"{name}: run took {took:.2f}s")
-    assert took < 30  # it did not wait for `sleep 300`
     assert "after ran" in done.stdout
     assert re.search(r"ended \d+ process\(es\) the job left running", done.stdout)
     pids = pids_in(pids_file)
@@ -194,7 +207,14 @@ def test_reconcile_ends_a_killed_runners_commands_before_it_removes_their_worksp
         time.sleep(0.05)
     (command,) = pids_in(pids_file)
     workspace = Path(cwd_file.read_text().strip())
-    time.sleep(0.3)  # processes.yml is written as the command starts
+
+    def recorded() -> bool:  # processes.yml is written as the command starts
+        files = [run.path / "processes.yml" for run in store_for(repo).runs()]
+        return any(f.exists() and f"pid: {command}" in f.read_text() for f in files)
+
+    while not recorded() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert recorded()
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
     assert alive(command)  # in its own session: killing quire does not end it

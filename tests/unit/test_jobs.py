@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -87,6 +88,7 @@ class Runner:
     executor: FakeExecutor | Callable[[RunOutlet], Any]
     secrets: Secrets = field(default_factory=Secrets)
     seen: Collected = field(default_factory=Collected)
+    jobs: int = 1
 
     def __call__(self, source: str) -> JobsOutcome:
         pipeline = load_pipeline(textwrap.dedent(source).lstrip("\n"))
@@ -102,6 +104,7 @@ class Runner:
                 secrets=self.secrets,
                 capture_limit=1024 * 1024,
                 push_outputs=PUSH,
+                jobs=self.jobs,
             ).run_all()
         finally:
             outlet.close()
@@ -504,3 +507,146 @@ def test_outputs_past_the_limit_fail_the_job_with_a_clear_message(run: RunDir) -
     assert "outputs_limit" in (state.error or "")
     assert state.outputs == {}
     assert (run.path / "jobs" / "big" / "state.yml").stat().st_size < 4096
+
+
+# --- side by side: slots and inputs -----------------------------------------------------------
+
+
+class Stage:
+    """What the jobs of a side-by-side test do, seen from the test: who runs, in what order.
+
+    Jobs reach it as `tests.unit.test_jobs.STAGE`; each wait is for a condition, and the
+    short windows only give a wrong scheduler its chance to show itself."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.running: set[str] = set()
+        self.most = 0
+        self.events: list[str] = []
+
+    def enter(self, job: str) -> None:
+        with self.cond:
+            self.running.add(job)
+            self.most = max(self.most, len(self.running))
+            self.events.append(f"start {job}")
+            self.cond.notify_all()
+
+    def leave(self, job: str) -> None:
+        with self.cond:
+            self.running.discard(job)
+            self.events.append(f"end {job}")
+            self.cond.notify_all()
+
+    def wait_for(self, predicate: Callable[[], bool], within: float) -> bool:
+        with self.cond:
+            return self.cond.wait_for(predicate, within)
+
+
+STAGE = Stage()
+
+
+@pytest.fixture
+def stage() -> Iterator[Stage]:
+    global STAGE
+    STAGE = Stage()
+    yield STAGE
+
+
+SLOTS = """
+import tests.unit.test_jobs as t
+from quire.ci import job
+
+def busy(name):
+    t.STAGE.enter(name)
+    t.STAGE.wait_for(lambda: len(t.STAGE.running) >= 2, 30)  # two slots fill at once
+    t.STAGE.wait_for(lambda: len(t.STAGE.running) >= 3, 0.3)  # a third must never come
+    t.STAGE.leave(name)
+
+@job(inputs=["quire/push"])
+def a(rt): busy("a")
+
+@job(inputs=["quire/push"])
+def b(rt): busy("b")
+
+@job(inputs=["quire/push"])
+def c(rt): busy("c")
+
+@job(inputs=["quire/push"])
+def d(rt): busy("d")
+"""
+
+
+def test_no_more_jobs_run_at_once_than_there_are_slots(runner: Runner, stage: Stage) -> None:
+    runner.jobs = 2
+    outcome = runner(SLOTS)
+    assert statuses(outcome) == dict.fromkeys("abcd", "success")
+    assert stage.most == 2
+
+
+READY_ORDER = """
+import tests.unit.test_jobs as t
+from quire.ci import job
+
+@job(inputs=["quire/push"])
+def a(rt):
+    t.STAGE.enter("a")
+    t.STAGE.leave("a")
+
+@job(inputs=["quire/push"])
+def b(rt):
+    t.STAGE.enter("b")
+    t.STAGE.wait_for(lambda: "start c" in t.STAGE.events, 10)  # c takes a's slot
+    t.STAGE.leave("b")
+
+@job(inputs=["a"])
+def c(rt):
+    t.STAGE.enter("c")
+    t.STAGE.leave("c")
+
+@job(inputs=["quire/push"])
+def d(rt):
+    t.STAGE.enter("d")
+    t.STAGE.leave("d")
+"""
+
+
+def test_a_freed_slot_goes_to_the_first_job_ready_in_declaration_order(
+    runner: Runner, stage: Stage
+) -> None:
+    """Nothing is handed to the pool before a slot is free: `d` was ready first, but once
+    `a` ends, `c` (declared before it) is ready too and takes the slot."""
+    runner.jobs = 2
+    outcome = runner(READY_ORDER)
+    assert statuses(outcome) == dict.fromkeys("abcd", "success")
+    starts = [event for event in stage.events if event.startswith("start")]
+    assert starts.index("start c") < starts.index("start d")
+
+
+ALL_INPUTS = """
+import tests.unit.test_jobs as t
+from quire.ci import job
+
+@job(inputs=["quire/push"])
+def fast(rt):
+    t.STAGE.enter("fast")
+    t.STAGE.leave("fast")
+
+@job(inputs=["quire/push"])
+def slow(rt):
+    t.STAGE.enter("slow")
+    t.STAGE.wait_for(lambda: "end fast" in t.STAGE.events, 30)
+    t.STAGE.wait_for(lambda: "start both" in t.STAGE.events, 0.3)  # too early if it comes
+    t.STAGE.leave("slow")
+
+@job(inputs=["fast", "slow"])
+def both(rt):
+    t.STAGE.enter("both")
+    t.STAGE.leave("both")
+"""
+
+
+def test_a_job_starts_only_when_all_of_its_inputs_are_done(runner: Runner, stage: Stage) -> None:
+    runner.jobs = 3
+    outcome = runner(ALL_INPUTS)
+    assert statuses(outcome) == {"fast": "success", "slow": "success", "both": "success"}
+    assert stage.events.index("end slow") < stage.events.index("start both")
