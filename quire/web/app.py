@@ -20,6 +20,7 @@ is HTML-escaped by the renderer and everything else by Jinja's autoescape.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -64,6 +65,9 @@ HERE = Path(__file__).parent
 # Tail of each job shown on a run's page; the job's own page shows more.
 RUN_PAGE_TAIL = 64 * 1024
 PER_PAGE = 50
+# The largest ?page=, ?per_page= or ?limit= accepted (a page past the last is empty).
+MAX_NUMBER = 1_000_000
+_DIGITS = re.compile(r"[0-9]{1,7}")
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -204,7 +208,8 @@ class Web:
         state_name = params.get("state") or None
         if state_name is not None and state_name not in RunState.__members__:
             raise HTTPException(400, f"unknown state {state_name!r}")
-        return repo, RunState(state_name) if state_name else None, _positive(params.get("page"))
+        page = _positive("page", params.get("page"))
+        return repo, RunState(state_name) if state_name else None, page
 
     def _list_context(self, request: Request) -> dict[str, Any]:
         repo, state, page_number = self._filters(request)
@@ -349,7 +354,7 @@ class Web:
 
     def api_runs(self, request: Request) -> Response:
         repo, state, page_number = self._filters(request)
-        per_page = min(_positive(request.query_params.get("per_page"), PER_PAGE), 500)
+        per_page = min(_positive("per_page", request.query_params.get("per_page"), PER_PAGE), 500)
         self.index.sync()
         page = self.index.page(repo=repo, state=state, page=page_number, per_page=per_page)
         return JSONResponse(
@@ -364,7 +369,7 @@ class Web:
     def api_repo_runs(self, request: Request) -> Response:
         repo = request.path_params["repo"]
         self.view.store(repo)
-        limit = _positive(request.query_params.get("limit"), 20)
+        limit = _positive("limit", request.query_params.get("limit"), 20)
         self.index.sync()
         page = self.index.page(repo=repo, per_page=limit)
         fields = set(RunSummary.model_fields)
@@ -429,13 +434,17 @@ def _event_stream(events: AsyncIterator[bytes]) -> StreamingResponse:
     )
 
 
-def _positive(text: str | None, default: int = 1) -> int:
-    try:
-        value = int(text) if text else default
-    except ValueError as exc:
-        raise HTTPException(400, f"not a number: {text!r}") from exc
-    if value < 1:
-        raise HTTPException(400, f"must be at least 1: {text!r}")
+def _positive(name: str, text: str | None, default: int = 1) -> int:
+    """A query parameter that counts from 1; anything else is a 400 naming it.
+
+    Digits only, and at most `MAX_NUMBER`: SQLite takes nothing past 2**63, and
+    `int()` alone would also take `-3`, ` 7`, `1_000` and other scripts' digits.
+    """
+    if not text:
+        return default
+    value = int(text) if _DIGITS.fullmatch(text) else 0
+    if not 1 <= value <= MAX_NUMBER:
+        raise HTTPException(400, f"{name} must be a whole number from 1 to {MAX_NUMBER}: {text!r}")
     return value
 
 

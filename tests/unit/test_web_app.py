@@ -79,6 +79,35 @@ def test_runs_page_rejects_unknown_filters(store: Store, client: TestClient) -> 
     assert client.get("/?page=x").status_code == 400
 
 
+@pytest.mark.parametrize(
+    "value", ["99999999999999999999", "-1", "-99999999999999999999", "0", "x", "1.5", " 2", "1_0"]
+)
+@pytest.mark.parametrize(
+    ("url", "name"),
+    [
+        ("/?page=", "page"),
+        ("/runs/proj?page=", "page"),
+        ("/api/runs?page=", "page"),
+        ("/api/runs?per_page=", "per_page"),
+        ("/api/runs/proj?limit=", "limit"),
+    ],
+)
+def test_numbers_in_queries_out_of_range_or_malformed_are_400_naming_the_parameter(
+    store: Store, client: TestClient, url: str, name: str, value: str
+) -> None:
+    store.add(1)
+    response = client.get(url + value)
+    assert response.status_code == 400, url + value
+    assert f"{name} must be a whole number from 1 to 1000000" in response.text
+
+
+def test_the_largest_accepted_page_is_empty_not_an_error(store: Store, client: TestClient) -> None:
+    store.add(1)
+    assert client.get("/api/runs?page=1000000&per_page=1000000").json()["runs"] == []
+    assert len(client.get("/api/runs/proj?limit=1000000").json()) == 1
+    assert "page 1000000 of 1" in client.get("/?page=1000000").text
+
+
 def test_runs_page_picks_up_a_run_that_moved_to_complete(store: Store, client: TestClient) -> None:
     path = store.add(1, state="active")
     assert 'class="state active"' in client.get("/").text
