@@ -52,6 +52,20 @@ def test_an_unknown_job_is_exit_2_with_a_suggestion_and_records_nothing(repo: Pa
     assert list(store_for(repo).runs()) == []
 
 
+def test_a_word_that_is_no_revision_where_there_is_no_pipeline_is_bad_input(
+    tmp_path: Path,
+) -> None:
+    make_repo(tmp_path / "plain", {"README": "no pipeline here\n"})
+    result = quire("ci", "run", "tests", "--repo", str(tmp_path / "plain"))
+    assert result.exit_code == 2, result.output
+    assert "no revision 'tests'" in result.stderr and "no job 'tests'" in result.stderr
+    assert ".quire/ci.py" in result.stderr
+    nothing = quire("ci", "run", "--repo", str(tmp_path / "plain"))
+    assert nothing.exit_code == 0  # no word: nothing to run, as before
+    assert "nothing to run" in nothing.output
+    assert quire("ci", "run", "HEAD", "--repo", str(tmp_path / "plain")).exit_code == 0
+
+
 def test_jobs_lists_each_job_with_its_inputs_and_as_json(repo: Path) -> None:
     listed = quire("ci", "jobs", "--repo", str(repo))
     assert listed.exit_code == 0, listed.output

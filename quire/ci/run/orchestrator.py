@@ -51,7 +51,7 @@ from quire.ci.store.records import (
 )
 from quire.ci.store.runs import RunDir, RunState, RunStore, store_of
 from quire.config import Config, load_config
-from quire.errors import ExitCode, Interrupted, PipelineError, QuireError
+from quire.errors import ExitCode, Interrupted, PipelineError, QuireError, UsageError
 from quire.tools import git
 
 if TYPE_CHECKING:
@@ -162,6 +162,11 @@ def _run(
     if not request.dirty:
         note_uncommitted_changes(loaded, request.revision, reporter)
     if loaded.pipeline is None:
+        if request.jobs:  # jobs were asked for by name, and nothing can hold them
+            raise UsageError(
+                f"no job {request.jobs[0]!r}: there is no {PIPELINE_FILE} at "
+                f"{request.revision} ({loaded.revision.sha[:12]})"
+            )
         reporter.handle(
             Notice(
                 f"no {PIPELINE_FILE} at {request.revision} ({loaded.revision.sha[:12]}): "
