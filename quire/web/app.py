@@ -151,6 +151,21 @@ def branch_of(ref: str | None) -> tuple[str, str] | None:
     return None
 
 
+def is_sha(run: RunSummary) -> bool:
+    """Whether the revision a run was asked for is its sha (or an abbreviation of it), as
+    for a pushed run, which the worker runs by full sha: then the sha says it all."""
+    return bool(run.revision and run.sha and run.sha.startswith(run.revision))
+
+
+def revision_name(run: RunSummary) -> str:
+    """What the runs list shows before the short sha: the revision asked for, or, when
+    that was the sha itself, the branch or tag pushed (as `quire ci runs` does)."""
+    if not is_sha(run):
+        return run.revision or "?"
+    branch = branch_of(run.ref)
+    return branch[1] if branch else run.ref or ""
+
+
 def _templates() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -166,6 +181,8 @@ def _templates() -> jinja2.Environment:
         repo_url=repo_url,
         run_url=run_url,
         job_url=job_url,
+        is_sha=is_sha,
+        revision_name=revision_name,
         static=lambda name: f"/static/{name}",
         pretty=lambda value: json.dumps(value, indent=2, sort_keys=True),
     )

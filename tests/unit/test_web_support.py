@@ -58,6 +58,7 @@ class Store:
         outputs: dict[str, dict[str, Any]] | None = None,
         error: str | None = None,
         container: bool = False,
+        revision: str = "HEAD",
     ) -> Path:
         """Run number `n` of `repo` in `state`, with job logs given as raw JSON Lines."""
         rid = run_id(n)
@@ -71,7 +72,7 @@ class Store:
                     "run_id": rid,
                     "repo": repo,
                     "git_dir": "/nowhere/.git",
-                    "revision": "HEAD",
+                    "revision": revision,
                     "sha": f"{n:040x}",
                     "ref": "refs/heads/main",
                     "pushed_at": started,
