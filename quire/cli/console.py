@@ -186,7 +186,7 @@ class PlainReporter:
 class TerminalReporter:
     """Colour and a live area (unfinished line, current job, elapsed), for a person."""
 
-    def __init__(self, *, quiet: bool = False) -> None:
+    def __init__(self, *, quiet: bool = False, merged: bool = False) -> None:
         from rich.console import Console
 
         self.quiet = quiet
@@ -199,6 +199,8 @@ class TerminalReporter:
         self.err_console = Console(
             file=sys.stderr, stderr=True, highlight=False, emoji=False, no_color=no_color
         )
+        if merged:  # the jobs' stderr shares stdout's console, wherever stderr points
+            self.err_console = self.console
         self._live: Live | None = None
         self._job: str | None = None
         self._t0 = time.monotonic()
@@ -432,8 +434,13 @@ def silence_closed_streams() -> None:
                 os.close(null)
 
 
-def make_reporter(*, quiet: bool) -> PlainReporter | TerminalReporter:
-    """A TerminalReporter when stdout is a terminal, else a PlainReporter."""
+def make_reporter(*, quiet: bool, merged: bool = False) -> PlainReporter | TerminalReporter:
+    """A TerminalReporter when stdout is a terminal, else a PlainReporter.
+
+    `merged`: the jobs' stderr goes to stdout too, in the order it came (a log read back,
+    so that `| grep` sees what the terminal showed)."""
     if sys.stdout.isatty():
-        return TerminalReporter(quiet=quiet)
+        return TerminalReporter(quiet=quiet, merged=merged)
+    if merged:
+        return PlainReporter(quiet=quiet, err=sys.stdout.buffer)
     return PlainReporter(quiet=quiet)

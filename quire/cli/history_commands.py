@@ -123,9 +123,18 @@ def logs_command(
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing until the run ends.")
     ] = False,
+    split_streams: Annotated[
+        bool,
+        typer.Option(
+            "--split-streams",
+            help="The jobs' stderr to stderr (by default both streams go to stdout, in order).",
+        ),
+    ] = False,
 ) -> int:
     """Print a run's output as it was shown live (optionally one job, optionally following).
 
+    The jobs' stdout and stderr both go to stdout, in the order they were written, so
+    `| grep` finds what a test runner wrote to stderr; --split-streams keeps them apart.
     With --follow, end with the run's outcome and exit with the run's exit code.
     """
     from quire.ci.store import views
@@ -139,7 +148,7 @@ def logs_command(
     finished = found.state in (RunState.complete, RunState.failed)
     if job is not None and not (found.path / "jobs" / job).is_dir() and (finished or not follow):
         raise RunNotFound(f"run {found.run_id} has no job {job!r}")
-    reporter = make_reporter(quiet=False)
+    reporter = make_reporter(quiet=False, merged=not split_streams)
     try:
         if follow:
             outcome, notes = views.follow(store, found.run_id, job, reporter.handle)

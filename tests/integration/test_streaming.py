@@ -338,7 +338,7 @@ def test_logs_follow_started_mid_run_prints_the_output_live_and_returns_when_the
     repo = make(tmp_path, f"follow-{executor}", TICKER)
     run = start_run(repo, executor)
     wait_for_active_run(repo, run, 60)
-    follower = quire("ci", "logs", "latest", "--follow", "--repo", str(repo))
+    follower = quire("ci", "logs", "latest", "--follow", "--split-streams", "--repo", str(repo))
     assert run.wait(90) == 0, bytes(run.err.data)
     run_ended = uptime()
     assert follower.wait(10) == 0, bytes(follower.err.data)
@@ -359,7 +359,7 @@ def test_logs_follow_started_mid_run_prints_the_output_live_and_returns_when_the
     assert first < printed[TICKS], (first, printed)
     assert last - printed[TICKS] < 1.0, (last, printed)
     # It is what `logs` shows once the run is over, then the run's outcome.
-    replay = quire("ci", "logs", "latest", "--repo", str(repo))
+    replay = quire("ci", "logs", "latest", "--split-streams", "--repo", str(repo))
     assert replay.wait(30) == 0
     replayed = bytes(replay.out.data)
     assert followed_out.startswith(replayed)

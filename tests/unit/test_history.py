@@ -322,13 +322,33 @@ def test_show_never_prints_a_configured_secret(tmp_path: Path) -> None:
 def test_logs_latest_reproduces_the_jobs_output_bytes_exactly(tmp_path: Path) -> None:
     repo = emit_repo(tmp_path)
     live = ci_run(repo)
-    result = quire("ci", "logs", "latest", "--repo", str(repo))
+    result = quire("ci", "logs", "latest", "--split-streams", "--repo", str(repo))
     assert result.exit_code == 0, result.output
     assert result.stdout_bytes == emit_header() + PAYLOAD
     assert result.stderr_bytes == ERR_PAYLOAD
     # What `ci run` showed live, minus its run header and closing summary.
     assert emit_header() + PAYLOAD in live.stdout_bytes
     assert live.stderr_bytes == ERR_PAYLOAD
+
+
+def test_logs_writes_both_streams_to_stdout_in_the_order_they_came(tmp_path: Path) -> None:
+    """`quire ci logs latest tests | grep FAIL` must find what a runner wrote to stderr."""
+    ci = """
+import sys
+from quire.ci import job
+
+@job(inputs=["quire/push"])
+def tests(rt):
+    rt.sh("echo first out; echo FAIL on err >&2; echo last out")
+"""
+    repo = tmp_path / "proj"
+    make_repo(repo, {".quire/ci.py": ci})
+    ci_run(repo)
+    result = quire("ci", "logs", "latest", "tests", "--repo", str(repo))
+    assert result.exit_code == 0, result.output
+    shown = result.stdout
+    assert shown.index("first out") < shown.index("FAIL on err") < shown.index("last out")
+    assert result.stderr_bytes == b""
 
 
 def test_logs_of_one_job_of_a_run_named_by_unique_prefix_shows_only_that_job(
@@ -414,7 +434,7 @@ def test_logs_tolerates_a_torn_last_line_and_says_so(tmp_path: Path) -> None:
     repo = emit_repo(tmp_path)
     ci_run(repo)
     log = torn_job_log(repo, "emit")
-    result = quire("ci", "logs", "latest", "--repo", str(repo))
+    result = quire("ci", "logs", "latest", "--split-streams", "--repo", str(repo))
     assert result.exit_code == 0, result.output
     assert result.stdout_bytes.startswith(emit_header() + PAYLOAD)
     assert b"lost" not in result.stdout_bytes
@@ -436,7 +456,9 @@ def run_in_thread(*args: str, timeout: float) -> Result:
 def test_logs_follow_of_a_finished_run_prints_everything_and_returns(tmp_path: Path) -> None:
     repo = emit_repo(tmp_path)
     ci_run(repo)
-    result = run_in_thread("ci", "logs", "latest", "--follow", "--repo", str(repo), timeout=15)
+    result = run_in_thread(
+        "ci", "logs", "latest", "--follow", "--split-streams", "--repo", str(repo), timeout=15
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout_bytes.startswith(emit_header() + PAYLOAD)
     assert result.stderr_bytes == ERR_PAYLOAD
