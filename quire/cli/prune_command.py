@@ -30,18 +30,42 @@ def prune_command(
     ] = False,
     repo: Annotated[
         Path | None,
-        typer.Option("--repo", help="Only this repository (default: every repository)."),
+        typer.Option(
+            "--repo",
+            help="The repository (normal or bare).",
+            show_default="current directory",
+        ),
     ] = None,
+    every: Annotated[
+        bool,
+        typer.Option("--all", help="Every repository of the state directory, not just one."),
+    ] = False,
 ) -> int:
     """Remove old runs' records, their image tags and workspaces, leftover workspaces,
     the :latest image of repositories that no longer exist, and (--caches) caches.
 
     Without --keep or --older-than no run is removed; with both, a run goes when it
     is past the newest N AND older than DAYS. A run in progress is never touched.
+    Like every other command it means the current repository (or --repo); --all
+    means every repository of the state directory.
     """
     from quire.ci.store.prune import PruneOptions, describe, prune
-    from quire.ci.store.runs import store_for
+    from quire.ci.store.runs import RunStore, store_for
     from quire.config import load_config
+    from quire.errors import NotARepository, UsageError
+
+    if every and repo is not None:
+        raise UsageError("give --repo PATH or --all, not both")
+    stores: list[RunStore] | None = None
+    if not every:
+        try:
+            stores = [store_for(repo or Path())]
+        except NotARepository as exc:
+            if repo is not None:
+                raise
+            raise UsageError(
+                f"{exc}; `quire ci prune --all` prunes every repository of the state directory"
+            ) from exc
 
     options = PruneOptions(
         keep=keep,
@@ -50,7 +74,6 @@ def prune_command(
         dry_run=dry_run,
         ceiling_s=load_config().docker.ceiling,
     )
-    stores = None if repo is None else [store_for(repo)]
     report = prune(stores, options)
     for line in describe(report, dry_run=dry_run):
         typer.echo(line)

@@ -28,7 +28,7 @@ PRUNE = [sys.executable, "-m", "quire", "ci", "prune"]
 
 
 def quire_prune(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*PRUNE, *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([*PRUNE, "--all", *args], capture_output=True, text=True, timeout=60)
 
 
 def volumes() -> list[str]:

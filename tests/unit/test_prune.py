@@ -346,12 +346,47 @@ def test_describe_says_what_went_and_the_space_freed(repo: Repo) -> None:
 def test_prune_command_dry_run_prints_and_keeps(repo: Repo) -> None:
     old = repo.add(30)
     repo.add(1)
-    result = CliRunner().invoke(app, ["ci", "prune", "--keep", "1", "--dry-run"])
+    result = CliRunner().invoke(app, ["ci", "prune", "--all", "--keep", "1", "--dry-run"])
     assert result.exit_code == 0, result.output
     assert f"would remove run proj-1a2b3c4d/{old.run_id}" in result.output
     assert old.path.is_dir()
-    result = CliRunner().invoke(app, ["ci", "prune", "--keep", "1"])
+    result = CliRunner().invoke(app, ["ci", "prune", "--all", "--keep", "1"])
     assert result.exit_code == 0, result.output
     assert f"removed run proj-1a2b3c4d/{old.run_id}" in result.output
     assert "freed " in result.output
     assert not old.path.exists()
+
+
+def test_prune_means_the_current_repository_and_all_means_every_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from quire.ci.store.runs import store_for
+    from tests.helpers import make_repo
+
+    ci = 'from quire.ci import job\n\n@job(inputs=["quire/push"])\ndef a(rt):\n    pass\n'
+    repos = [tmp_path / "one", tmp_path / "two"]
+    for path in repos:
+        make_repo(path, {".quire/ci.py": ci})
+        for _ in range(2):
+            ran = CliRunner().invoke(app, ["ci", "run", "--quiet", "--repo", str(path)])
+            assert ran.exit_code == 0, ran.output
+
+    def count(path: Path) -> int:
+        return len(list(store_for(path).runs()))
+
+    monkeypatch.chdir(repos[0])
+    result = CliRunner().invoke(app, ["ci", "prune", "--keep", "1"])
+    assert result.exit_code == 0, result.output
+    assert (count(repos[0]), count(repos[1])) == (1, 2)
+
+    monkeypatch.chdir(tmp_path)  # no repository here
+    refused = CliRunner().invoke(app, ["ci", "prune", "--keep", "1"])
+    assert refused.exit_code == 2
+    assert "--all" in refused.output
+    assert count(repos[1]) == 2
+    both = CliRunner().invoke(app, ["ci", "prune", "--all", "--repo", str(repos[1])])
+    assert both.exit_code == 2
+
+    result = CliRunner().invoke(app, ["ci", "prune", "--all", "--keep", "0"])
+    assert result.exit_code == 0, result.output
+    assert (count(repos[0]), count(repos[1])) == (0, 0)
