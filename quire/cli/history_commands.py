@@ -90,8 +90,10 @@ def show_command(
     typer.echo(f"run       {info.id}")
     typer.echo(f"repo      {info.repo}")
     typer.echo(f"state     {state}")
+    # A pushed run's revision is its full sha: show it once.
+    named = "" if info.revision == info.sha else f"{info.revision} "
     typer.echo(
-        f"revision  {info.revision} {info.sha or '?'}"
+        f"revision  {named}{info.sha or '?'}"
         + (f" ({info.ref})" if info.ref else "")
         + (" + the working tree's changes (--dirty)" if info.dirty else "")
     )

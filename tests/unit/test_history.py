@@ -258,6 +258,17 @@ def test_show_prints_the_run_and_each_jobs_status_error_and_outputs(three_jobs: 
     assert "    input 'second' failed" in lines
 
 
+def test_show_prints_a_pushed_runs_sha_once(three_jobs: Path) -> None:
+    from tests.helpers import git
+
+    sha = git(three_jobs, "rev-parse", "HEAD").strip()
+    pushed = quire("ci", "run", "--rev", sha, "--ref", "refs/heads/main", "--repo", str(three_jobs))
+    assert pushed.exit_code == 1, pushed.output
+    result = quire("ci", "show", "--repo", str(three_jobs))
+    assert f"revision  {sha} (refs/heads/main)" in result.stdout.splitlines()
+    assert result.stdout.count(sha) == 1
+
+
 def test_show_json_has_jobs_with_status_times_error_and_outputs(three_jobs: Path) -> None:
     run_id = runs_json(three_jobs)[0]["id"]
     result = quire("ci", "show", run_id, "--repo", str(three_jobs), "--json")
