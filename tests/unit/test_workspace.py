@@ -156,3 +156,15 @@ def test_dirty_is_refused_for_a_bare_repository_and_another_revision(tmp_path: P
         load(tmp_path / "p.git", "HEAD", dirty=True)
     with pytest.raises(UsageError, match="it runs HEAD, not 'main'"):
         load(tmp_path / "p", "main", dirty=True)
+
+
+def test_a_workspace_lies_in_a_run_directory_only_its_user_may_enter(tmp_path: Path) -> None:
+    sha = make_repo(tmp_path / "proj", FILES)
+    committed = tmp_path / "cache" / "runs" / "proj" / "run-1" / "workspace"
+    materialize(tmp_path / "proj" / ".git", sha, committed)
+    dirty = tmp_path / "cache" / "runs" / "proj" / "run-2" / "workspace"
+    workspaces.materialize_worktree(tmp_path / "proj", dirty)
+    for workspace in (committed, dirty):
+        assert (workspace / "README.md").is_file()
+        for top in (workspace.parent, workspace.parent.parent, workspace.parent.parent.parent):
+            assert top.stat().st_mode & 0o777 == 0o700, top

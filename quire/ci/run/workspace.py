@@ -61,8 +61,14 @@ def materialize_worktree(worktree: Path, workspace: Path) -> None:
 
 
 def _create(workspace: Path) -> None:
+    """The workspace, inside a per-run directory only its user may enter (0700): the tree
+    may hold what nobody else on the machine should read. The workspace itself keeps the
+    usual mode, as it is what a container sees at /work."""
+    from quire.ci.store.runs import private_dir
+
     try:
-        workspace.mkdir(parents=True)
+        private_dir(workspace.parent)
+        workspace.mkdir()
     except OSError as exc:
         raise WorkspaceMaterializationFailed(
             f"cannot create workspace {workspace}: {exc.strerror}"
