@@ -82,7 +82,8 @@ class RunIndex:
         # One connection shared by the server's threads, serialized by _lock.
         if path is not None:
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                _private(path)
                 db = sqlite3.connect(path, check_same_thread=False, timeout=5)
                 db.execute("PRAGMA journal_mode=WAL")
                 return db
@@ -218,6 +219,25 @@ class RunIndex:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _private(path: Path) -> None:
+    """Create the index file readable by its owner only, and take that mode back from an
+    index (and its -wal and -shm) made before: it holds every run's summary.
+
+    SQLite gives the -wal and -shm files it creates the mode of the database
+    file, so creating that one 0600 is enough for all three.
+    """
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600))
+    for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
+        try:
+            fd = os.open(path.with_name(name), os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            continue
+        try:
+            os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
 
 
 def _run_names(directory: Path) -> list[str]:

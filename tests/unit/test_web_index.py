@@ -166,3 +166,40 @@ def test_an_unwritable_index_location_falls_back_to_memory(store: Store) -> None
     blocker.write_text("")
     index = open_index(store, blocker / "index.sqlite3")
     assert ids(index) == [run_id(1)]
+
+
+def _modes(path: Path) -> dict[str, int]:
+    names = (path.name, f"{path.name}-wal", f"{path.name}-shm")
+    return {name: path.with_name(name).stat().st_mode & 0o777 for name in names}
+
+
+def test_the_index_and_its_wal_and_shm_are_readable_by_their_owner_only(store: Store) -> None:
+    store.add(1)
+    old = os.umask(0o022)  # the usual umask, which leaves what SQLite creates 0644
+    index = open_index(store)
+    try:
+        assert ids(index) == [run_id(1)]  # a write: the -wal and -shm exist now
+        assert _modes(default_index_path(store.state)) == dict.fromkeys(
+            ("index.sqlite3", "index.sqlite3-wal", "index.sqlite3-shm"), 0o600
+        )
+    finally:
+        index.close()
+        os.umask(old)
+
+
+def test_an_index_made_readable_by_others_is_made_private_again(store: Store) -> None:
+    store.add(1)
+    path = default_index_path(store.state)
+    open_index(store).close()
+    # Another connection keeps the -wal and -shm in place while the index opens.
+    other = sqlite3.connect(path)
+    try:
+        other.execute("SELECT COUNT(*) FROM runs").fetchone()
+        for name in _modes(path):
+            path.with_name(name).chmod(0o644)
+        index = open_index(store)
+        assert _modes(path) == dict.fromkeys(_modes(path), 0o600)
+        assert ids(index) == [run_id(1)]
+        index.close()
+    finally:
+        other.close()
