@@ -10,6 +10,7 @@ for the traceback. Heavy modules are imported inside the commands so that
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
 import sys
@@ -64,14 +65,34 @@ def _guarded(func: Callable[P, int | None]) -> Callable[P, None]:
         except KeyboardInterrupt:
             _error("interrupted")
             code = ExitCode.interrupted
+        except OSError as exc:
+            code = _environment_or_internal(exc)
         except Exception as exc:
-            if _debug:
-                raise
-            _error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for details)")
-            code = ExitCode.internal
+            code = _internal(exc)
         raise typer.Exit(code)
 
     return wrapper
+
+
+def _environment_or_internal(exc: OSError) -> int:
+    """A full disk (or quota) wherever quire writes is the machine's state, not a bug:
+    exit 3 with the message every command gives for it."""
+    from quire.errors import StoreWriteFailed
+
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return _internal(exc)
+    problem = StoreWriteFailed.of(exc.filename or "a file", exc)
+    _error(str(problem))
+    return problem.exit_code
+
+
+def _internal(exc: Exception) -> int:
+    from quire.errors import ExitCode
+
+    if _debug:
+        raise exc
+    _error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for details)")
+    return ExitCode.internal
 
 
 def _error(message: str) -> None:
@@ -309,7 +330,7 @@ def reconcile_command(
     """Fail orphaned runs, quarantine unreadable ones, remove containers no live run owns."""
     from quire.ci.store.reconcile import reconcile
     from quire.ci.store.runs import store_for
-    from quire.errors import DockerUnavailable
+    from quire.errors import DockerUnavailable, ExitCode
 
     stores = None if repo is None else [store_for(repo)]
     try:
@@ -321,7 +342,8 @@ def reconcile_command(
         typer.echo(str(action))
     if not actions:
         typer.echo("nothing to reconcile")
-    return 0
+    # Something it could not fix (a full disk) is not done: a script or a timer retries.
+    return ExitCode.environment if any(a.kind == "problem" for a in actions) else 0
 
 
 def _register_history() -> None:

@@ -420,7 +420,7 @@ def test_a_log_that_cannot_be_written_stops_the_run_with_exit_3_and_records_it(
     assert harness.seen.output("build") == b"ran make\n"  # the terminal still showed it
 
 
-def test_a_run_whose_end_cannot_be_written_stays_for_reconcile_and_says_so(
+def test_a_run_whose_end_cannot_be_written_is_marked_failed_where_it_lies(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real = recorder.write_record
@@ -433,12 +433,24 @@ def test_a_run_whose_end_cannot_be_written_stays_for_reconcile_and_says_so(
     monkeypatch.setattr(recorder, "write_record", full)
     assert harness.run_unbroken() == ExitCode.environment
     state, path = harness.only_run()
-    assert state == RunState.active
+    assert state == RunState.failed  # never left looking like a running run
     assert not (path / "result.yml").exists()
-    (finished,) = harness.seen.of(RunFinished)  # the terminal is told where it stays
-    assert finished.state == RunState.active and finished.location == path
+    (finished,) = harness.seen.of(RunFinished)  # the terminal is told where it is
+    assert finished.state == RunState.failed and finished.location == path
     assert "result.yml: No space left on device" in str(finished.result.error)
-    assert f"the run stays in {path} until `quire ci reconcile`" in str(finished.result.error)
+    assert f"the run is in {path} without its result" in str(finished.result.error)
+    monkeypatch.setattr(recorder, "write_record", real)  # space again, and its runner gone:
+    from quire.ci.store.reconcile import reconcile_store  # ... reconcile writes the result
+    from quire.ci.store.records import RunnerInfo, write_record
+
+    runner = read_record(path / "runner.yml", RunnerInfo)
+    assert reconcile_store(harness.store) == []  # not while its runner lives
+    write_record(path / "runner.yml", runner.model_copy(update={"pid_start": 1}))
+    (action,) = reconcile_store(harness.store)
+    assert action.kind == "completed"
+    result = read_record(path / "result.yml", RunResult)
+    assert result.exit_code == ExitCode.environment
+    assert result.error is not None and "could not be written" in result.error
 
 
 def test_every_command_sees_ci_and_the_runs_identity_by_name(harness: Harness) -> None:

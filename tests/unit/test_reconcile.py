@@ -701,6 +701,64 @@ def test_cli_reconcile_without_docker_still_fixes_records_and_says_so(
     assert where(orphan) == RunState.failed
 
 
+# --- a full disk ---------------------------------------------------------------------------------
+
+
+def test_on_a_full_disk_an_orphan_is_marked_failed_and_reconcile_exits_3_until_space_returns(
+    alive: set[int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    monkeypatch.setenv("QUIRE_DOCKER", str(write_shim(tmp_path / "bin", "docker", "exit 1\n")))
+    orphan = make_run(pid=DEAD_PID)
+    real = reconcile_module.write_record
+
+    def full(path: Path, record: object, *, durable: bool = True) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(reconcile_module, "write_record", full)
+    for _ in range(2):  # as often as it is asked, while there is no space
+        done = CliRunner().invoke(app, ["ci", "reconcile"])
+        assert done.exit_code == 3, done.output
+        assert f"problem: proj/{orphan.run_id}" in done.stdout
+        assert "No space left on device" in done.stdout
+        assert where(orphan) == RunState.failed  # no reader takes it for a running run
+
+    monkeypatch.setattr(reconcile_module, "write_record", real)
+    done = CliRunner().invoke(app, ["ci", "reconcile"])
+    assert done.exit_code == 0, done.output
+    assert f"completed: proj/{orphan.run_id}" in done.stdout
+    got = result(orphan)
+    assert got.exit_code == 3 and got.error is not None and "could not be written" in got.error
+    assert not orphan.workspace.exists()
+    assert CliRunner().invoke(app, ["ci", "reconcile"]).stdout.strip() == "nothing to reconcile"
+
+
+def test_every_command_on_a_full_disk_exits_3_with_the_disk_full_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from quire.ci.store import runs
+
+    repo = tmp_path / "proj"
+    make_repo(
+        repo,
+        {
+            ".quire/ci.py": 'from quire.ci import job\n\n@job(inputs=["quire/push"])\ndef a(rt):\n    pass\n'
+        },
+    )
+
+    def full(path: Path, record: object, *, durable: bool = True) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(runs, "write_record", full)
+    done = CliRunner().invoke(app, ["ci", "run", "--repo", str(repo)])
+    assert done.exit_code == 3, done.output
+    assert "No space left on device" in done.stderr and "the disk is full" in done.stderr
+    assert "internal error" not in done.stderr
+
+
 # --- concurrent reconcilers -----------------------------------------------------------------------
 
 

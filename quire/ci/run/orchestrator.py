@@ -49,7 +49,7 @@ from quire.ci.store.records import (
     RunResult,
     utcnow,
 )
-from quire.ci.store.runs import RunDir, RunState, RunStore, store_of
+from quire.ci.store.runs import LatestLinkFailed, RunDir, RunState, RunStore, store_of
 from quire.config import Config, load_config
 from quire.errors import ExitCode, Interrupted, PipelineError, QuireError, UsageError
 from quire.tools import git
@@ -414,8 +414,9 @@ class _Run:
     ) -> RunFinished:
         """Jobs that never started become skipped; times, result and the final move.
 
-        A run whose end cannot be written (a full disk) stays in active/, said
-        on the terminal: `quire ci reconcile` fails it once its runner is gone.
+        A run whose end cannot be written (a full disk) is still marked failed where it
+        lies, by the rename that needs no space, and the terminal says so: `quire ci
+        reconcile` writes its result once there is space again.
         """
         with interrupts.shielded():
             for job_id in self.pipeline.order:
@@ -431,13 +432,7 @@ class _Run:
             outlet.emit(RunEnding(result))
             if len(outlet.failures) > failed_before:  # the end could not be written
                 failure = outlet.failures[failed_before]
-                where = self.run_dir.path
-                result = _ended(
-                    EndReason.error,
-                    f"{failure}; the run stays in {where} until `quire ci reconcile` marks it "
-                    "failed",
-                    failure.exit_code,
-                )
+                result = _ended(EndReason.error, self._mark_failed(failure), failure.exit_code)
             else:
                 self.run_dir.transition(target)
             finished = outlet.emit(
@@ -451,6 +446,24 @@ class _Run:
                 )
             )
         return finished
+
+
+    def _mark_failed(self, failure: QuireError) -> str:
+        """Move a run whose end could not be written to failed/ (a rename needs no space);
+        what to tell the person, either way."""
+        try:
+            self.run_dir.transition(RunState.failed)
+        except LatestLinkFailed:
+            pass  # moved all the same; `latest` falls back to the newest run
+        except OSError:
+            return (
+                f"{failure}; the run stays in {self.run_dir.path} until `quire ci reconcile` "
+                "marks it failed"
+            )
+        return (
+            f"{failure}; the run is in {self.run_dir.path} without its result until `quire ci "
+            "reconcile` can write it"
+        )
 
 
 class _ShieldedExit:

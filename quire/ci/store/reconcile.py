@@ -8,6 +8,9 @@
   quarantined into failed/ with reason `unreadable`.
 - The jobs such a run (pending/active, runner gone) left `running` or
   `pending` fail with "orphaned: the runner died".
+- A run whose records cannot be written (a full disk) is still moved to
+  failed/ (a rename needs no space), reported as a problem; once there is
+  space, a later reconcile writes the result of a failed run that has none.
 - A container labelled `quire.run-id`, of this state directory
   (`quire.store`) and this host (`quire.host`), whose run is not owned by a
   live runner is removed; then, for the docker runs failed above, the run's
@@ -54,7 +57,8 @@ if TYPE_CHECKING:
 class Action:
     """One thing reconcile did, for the report."""
 
-    # orphaned | quarantined | processes-killed | container-removed | image-untagged | problem
+    # orphaned | quarantined | completed | processes-killed | container-removed |
+    # image-untagged | problem
     kind: str
     target: str
     detail: str
@@ -114,6 +118,8 @@ def _reconcile_runs(store: RunStore, *, in_flight_only: bool) -> _Reconciled:
     done = _Reconciled()
     for run in list(store.runs()):
         if run.state == RunState.failed:
+            if not (run.path / "result.yml").exists() and not owner_alive(run):
+                done.actions += _write_missing_result(run)
             continue
         if in_flight_only and run.state == RunState.complete:
             continue
@@ -162,10 +168,62 @@ def _finish(
     except FileNotFoundError:
         return []  # another reconcile (or the runner itself) got there first
     except OSError as exc:
-        return [Action("problem", label, f"could not move it to failed/: {exc}")]
+        return [*ended, _mark_failed_where_it_lies(run, label, exc)]
     # Only now: a command of the dead runner may have been working in it.
     workspaces.remove(run.workspace)
     return [*ended, Action(kind, label, detail)]
+
+
+# The result reconcile writes for a run that was marked failed without one.
+UNWRITTEN_END = "the run's end could not be written (a full disk?); its result was written later"
+
+
+def _mark_failed_where_it_lies(run: RunDir, label: str, exc: OSError) -> Action:
+    """Its records could not be written: move it to failed/ all the same (a rename needs
+    no space), so that no reader takes it for a running run; the result comes later."""
+    try:
+        if run.state != RunState.failed:
+            run.quarantine()
+    except (OSError, QuireError) as moving:
+        if run.state != RunState.failed:
+            return Action("problem", label, f"could not mark it failed: {exc}; {moving}")
+    return Action(
+        "problem",
+        label,
+        f"marked failed, but its result could not be written: {exc}; "
+        "run `quire ci reconcile` again once there is space",
+    )
+
+
+def _write_missing_result(run: RunDir) -> list[Action]:
+    """A run marked failed on a full disk gets its times and result once there is space."""
+    label = f"{run.store.repo}/{run.run_id}"
+    try:
+        times_path = run.path / "times.yml"
+        try:
+            times = read_record(times_path, RunTimes)
+        except RecordUnreadable:
+            times = RunTimes(started_at=utcnow())
+        times.finished_at = times.finished_at or utcnow()
+        write_record(times_path, times)
+        _fail_unfinished_jobs(run, times.finished_at)
+        write_record(
+            run.path / "result.yml",
+            RunResult(reason=EndReason.error, error=UNWRITTEN_END, exit_code=ExitCode.environment),
+        )
+    except FileNotFoundError:
+        return []  # pruned meanwhile
+    except OSError as exc:
+        return [
+            Action(
+                "problem",
+                label,
+                f"its result could not be written: {exc}; "
+                "run `quire ci reconcile` again once there is space",
+            )
+        ]
+    workspaces.remove(run.workspace)
+    return [Action("completed", label, UNWRITTEN_END)]
 
 
 def _end_recorded_processes(run: RunDir) -> list[Action]:

@@ -201,7 +201,10 @@ class RunStore:
         pending = self.root / RunState.pending.value
         if not self.root.is_dir():  # a new repository: its state dir may be new too
             make_private(Path(self.label))
-        private_dir(pending)
+        # Every state's directory exists before a run does: on a full disk, marking a run
+        # failed is then a rename that needs no space.
+        for state in RunState:
+            private_dir(self.root / state.value)
         run_id = run_id or new_run_id()
         # Build it under a dot-name, then rename: a reader never sees a run without meta.
         staging = pending / f".{run_id}.new"
