@@ -12,6 +12,11 @@ class QueueCorrupt(EnvironmentProblem):
     """The queue database cannot be read as a queue (not SQLite, or damaged)."""
 
 
+class QueueReplaced(EnvironmentProblem):
+    """The queue file was deleted, replaced, truncated or overwritten while it was open:
+    SQLite would go on using what it opened, and runs queued since would be lost."""
+
+
 class QueueUnavailable(EnvironmentProblem):
     """The queue database cannot be written now (disk full, locked, read-only)."""
 

@@ -1,6 +1,6 @@
 """The run queue: one SQLite database in the state directory, shared by hooks and workers.
 
-    $QUIRE_STATE_DIR/queue.sqlite3      (WAL mode: -wal and -shm files beside it)
+    $QUIRE_STATE_DIR/queue.sqlite3      (WAL mode: -wal and -shm files beside it; all 0600)
 
 Schema (version 1, kept in `PRAGMA user_version`):
 
@@ -43,13 +43,38 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
-from quire.service.errors import QueueCorrupt, QueueEntryNotFound, QueueUnavailable
+from quire.service.errors import (
+    QueueCorrupt,
+    QueueEntryNotFound,
+    QueueReplaced,
+    QueueUnavailable,
+)
 
 TYPE_CHECKING = False  # typing itself costs the hook milliseconds
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, Protocol
 
     StrPath = str | os.PathLike[str]
+
+    class WorkQueue(Protocol):
+        """The queue as a worker uses it: `Queue`, or the in-memory fake of the worker's
+        unit tests (tests/unit/test_worker_loop.py)."""
+
+        path: str
+
+        def verify(self) -> None: ...
+        def claim(self, owner: Owner) -> Entry | None: ...
+        def started(self, run_id: str, executor: str, pid: int, start: int | None) -> bool: ...
+        def release(self, run_id: str) -> None: ...
+        def finish(
+            self, run_id: str, outcome: str, reason: str | None, message: str | None
+        ) -> bool: ...
+        def requeue(self, run_id: str) -> Entry | None: ...
+        def running(self) -> list[Entry]: ...
+        def get(self, run_id: str) -> Entry: ...
+        def active(self) -> list[Entry]: ...
+        def prune(self, keep: int = 1000) -> int: ...
+
 
 QUEUE_FILE = "queue.sqlite3"
 SCHEMA_VERSION = 1
@@ -87,6 +112,7 @@ _SCHEMA = (
 )
 
 _CORRUPT = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first bytes of every SQLite database file
 
 
 def queue_path(state: StrPath) -> str:
@@ -236,6 +262,8 @@ class Queue:
         self.path = os.fspath(path)
         with self._translated("open"):
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            _refuse_truncated(self.path)
+            _create_private(self.path)
             self._db = sqlite3.connect(path, timeout=timeout, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         try:
@@ -243,9 +271,11 @@ class Queue:
                 # FULL: a queued run survives a power cut, not only a crash.
                 self._db.execute("PRAGMA synchronous = FULL")
                 self._ensure_schema()
+                found = os.stat(self.path)
         except BaseException:
             self._db.close()
             raise
+        self._identity = (found.st_dev, found.st_ino)
 
     def close(self) -> None:
         self._db.close()
@@ -316,6 +346,32 @@ class Queue:
             found = [row[0] for row in self._db.execute("PRAGMA quick_check").fetchall()]
         if found != ["ok"]:
             raise QueueCorrupt(corrupt_message(self.path, "; ".join(found[:3])))
+
+    def verify(self) -> None:
+        """Raise `QueueReplaced` unless the file at `path` is still the database this
+        connection opened, whole (`QueueUnavailable` if it cannot be looked at now).
+
+        SQLite goes on using the file it opened, deleted or not, and does not
+        read a file truncated under it while its WAL holds the pages: without
+        this a worker would claim from a file nobody queues to any more.
+        """
+        try:
+            with open(self.path, "rb") as handle:
+                found = os.fstat(handle.fileno())
+                header = handle.read(len(SQLITE_HEADER))
+        except FileNotFoundError:
+            raise QueueReplaced(replaced_message(self.path, "it was deleted")) from None
+        except OSError as exc:
+            raise QueueUnavailable(f"cannot read the queue {self.path}: {exc}") from exc
+        if (found.st_dev, found.st_ino) != self._identity:
+            what = "another file took its place"
+        elif found.st_size == 0:
+            what = "it was truncated to 0 bytes"
+        elif header != SQLITE_HEADER:
+            what = "it was overwritten and is not a database any more"
+        else:
+            return
+        raise QueueReplaced(replaced_message(self.path, what))
 
     # --- the hook's side -----------------------------------------------------------------------
 
@@ -479,6 +535,44 @@ def corrupt_message(path: str, detail: str) -> str:
         "is made. Runs still queued in the old file are not run; push again, or run one "
         "with `quire ci run SHA --repo REPO`"
     )
+
+
+def replaced_message(path: str, what: str) -> str:
+    """What to do about a queue file replaced or truncated under the workers."""
+    return (
+        f"the queue file {path} was replaced or truncated while workers had it open "
+        f"({what}): runs queued since are not seen by those workers. Restart the workers "
+        "(`quire ci worker`; each stops by itself, exit 3, when it notices)"
+    )
+
+
+def _refuse_truncated(path: str) -> None:
+    """Raise `QueueReplaced` if `path` is empty while its write-ahead log is not.
+
+    SQLite writes its header to the file before it makes a WAL, so this is a
+    file truncated under open connections; SQLite itself would only answer
+    "database is locked" (the workers hold the WAL), after its whole timeout.
+    """
+    try:
+        if os.stat(path).st_size != 0 or os.stat(path + "-wal").st_size == 0:
+            return
+    except FileNotFoundError:
+        return
+    raise QueueReplaced(
+        replaced_message(path, f"it is empty, its write-ahead log {path}-wal is not")
+    )
+
+
+def _create_private(path: str) -> None:
+    """Create the database file 0600 if it is missing (an existing file keeps its mode).
+
+    SQLite would make it 0644, and makes the -wal and -shm files with the
+    database's own mode: created first, all three stay private.
+    """
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    except FileExistsError:
+        return
 
 
 def open_queue(state: StrPath) -> Queue:

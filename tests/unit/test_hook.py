@@ -3,6 +3,7 @@ and how install keeps (and uninstall restores) a hook that was there before."""
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 from pathlib import Path
@@ -12,9 +13,9 @@ import pytest
 from quire.ci.store.runs import store_for
 from quire.paths import state_dir
 from quire.service.errors import HookConflict
-from quire.service.hook import parse_updates, wanted
+from quire.service.hook import parse_updates, queue_pushes, wanted
 from quire.service.install import CHAINED, install, render_hook, uninstall
-from quire.service.queue import Queue, queue_path
+from quire.service.queue import Push, Queue, queue_path
 from tests.helpers import GIT_ENV, commit, git, make_repo
 
 ZERO = "0" * 40
@@ -157,6 +158,21 @@ def test_a_corrupt_queue_warns_the_pusher_and_the_push_succeeds(tmp_path: Path) 
     assert "quire: warning: no CI run queued for refs/heads/main" in done.stderr
     assert "damaged" in done.stderr
     assert git(bare, "rev-parse", "main") == sha
+
+
+def test_a_queue_truncated_under_its_workers_is_named_to_the_pusher(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    path = Path(queue_path(state))
+    with Queue(path) as worker:  # a worker's connection keeps the WAL open
+        worker.enqueue([Push("/srv/p.git", "refs/heads/old", "b" * 40, "2026-11-24T10:00:00Z")])
+        os.truncate(path, 0)
+        out = io.StringIO()
+        assert queue_pushes(str(state), "/srv/p.git", [("a" * 40, "refs/heads/main")], out) == 0
+    said = out.getvalue()
+    assert "quire: warning: no CI run queued for refs/heads/main" in said
+    assert f"the queue file {path} was replaced or truncated while workers had it open" in said
+    assert "restart the workers" in said.lower()
+    assert "database is locked" not in said
 
 
 def test_an_unusable_state_directory_warns_and_the_push_succeeds(tmp_path: Path) -> None:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from quire.ci.store.runs import new_run_id as store_run_id
-from quire.service.errors import QueueCorrupt, QueueEntryNotFound, QueueUnavailable
+from quire.errors import ExitCode
+from quire.service.errors import QueueCorrupt, QueueEntryNotFound, QueueReplaced, QueueUnavailable
 from quire.service.queue import Owner, Push, Queue, new_run_id, queue_path
 
 ME = Owner(pid=100, start=1, host="here")
@@ -165,3 +169,89 @@ def test_prune_keeps_the_newest_finished_rows(queue: Queue) -> None:
         queue.finish(claimed.run_id, "complete", None, None)
     assert queue.prune(keep=2) == 3
     assert [e.run_id for e in queue.recent(10)] == [e.run_id for e in entries[:-3:-1]]
+
+
+# --- the file itself: private, and noticed when it is replaced under an open connection ---------
+
+
+def test_the_queue_files_are_created_private(tmp_path: Path) -> None:
+    path = Path(queue_path(tmp_path / "state"))
+    old = os.umask(0o022)  # the usual umask, under which SQLite alone makes them 0644
+    try:
+        with Queue(path) as q:
+            q.enqueue([push()])  # a write: the -wal and -shm files exist now
+            modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in path.parent.iterdir()}
+    finally:
+        os.umask(old)
+    assert modes == {
+        "queue.sqlite3": 0o600,
+        "queue.sqlite3-wal": 0o600,
+        "queue.sqlite3-shm": 0o600,
+    }
+
+
+def test_an_existing_queue_file_keeps_its_mode(tmp_path: Path) -> None:
+    path = Path(queue_path(tmp_path))
+    Queue(path).close()
+    path.chmod(0o640)  # a deliberate choice (a group of operators) is not undone
+    Queue(path).close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
+def test_verify_accepts_the_file_it_opened_after_writes_and_checkpoints(queue: Queue) -> None:
+    queue.enqueue([push(f"refs/heads/b{i}") for i in range(50)])
+    queue._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    queue.verify()
+
+
+def replace_by_another_queue(path: Path) -> None:
+    other = path.with_name("other.sqlite3")
+    Queue(other).close()
+    os.replace(other, path)
+
+
+def truncate(path: Path) -> None:
+    os.truncate(path, 0)
+
+
+def delete_all(path: Path) -> None:
+    for name in ("", "-wal", "-shm"):
+        Path(f"{path}{name}").unlink(missing_ok=True)
+
+
+def overwrite(path: Path) -> None:
+    path.write_bytes(b"not a database " * 500)
+
+
+@pytest.mark.parametrize(
+    ("damage", "what"),
+    [
+        (replace_by_another_queue, "another file took its place"),
+        (truncate, "truncated to 0 bytes"),
+        (delete_all, "it was deleted"),
+        (overwrite, "not a database"),
+    ],
+)
+def test_verify_notices_the_file_replaced_under_an_open_queue(
+    tmp_path: Path, damage: Callable[[Path], None], what: str
+) -> None:
+    path = Path(queue_path(tmp_path / "state"))
+    with Queue(path) as q:
+        q.enqueue([push()])
+        damage(path)
+        q.active()  # SQLite itself goes on as if nothing happened
+        with pytest.raises(QueueReplaced, match="replaced or truncated") as raised:
+            q.verify()
+    assert str(path) in str(raised.value) and what in str(raised.value)
+    assert raised.value.exit_code == ExitCode.environment  # `quire ci worker` exits 3
+
+
+def test_opening_a_queue_truncated_under_its_workers_names_the_problem(tmp_path: Path) -> None:
+    path = Path(queue_path(tmp_path / "state"))
+    with Queue(path) as worker:
+        worker.enqueue([push()])
+        truncate(path)
+        # SQLite alone says "database is locked", after its whole timeout.
+        with pytest.raises(QueueReplaced, match="truncated while workers had it open") as raised:
+            Queue(path, timeout=30)
+    assert "-wal is not" in str(raised.value) and "locked" not in str(raised.value)
