@@ -742,12 +742,8 @@ def test_every_command_on_a_full_disk_exits_3_with_the_disk_full_message(
     from quire.ci.store import runs
 
     repo = tmp_path / "proj"
-    make_repo(
-        repo,
-        {
-            ".quire/ci.py": 'from quire.ci import job\n\n@job(inputs=["quire/push"])\ndef a(rt):\n    pass\n'
-        },
-    )
+    ci = 'from quire.ci import job\n\n@job(inputs=["quire/push"])\ndef a(rt):\n    pass\n'
+    make_repo(repo, {".quire/ci.py": ci})
 
     def full(path: Path, record: object, *, durable: bool = True) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
