@@ -164,6 +164,11 @@ class RunIndex:
             self._db.execute("DELETE FROM dirs WHERE path = ?", (key,))
 
     def _put(self, run: RunDir, now: float) -> None:
+        if not self.view.confined(run):  # its page is a 404: it is not listed either
+            self._db.execute(
+                "DELETE FROM runs WHERE repo = ? AND run_id = ?", (run.store.repo, run.run_id)
+            )
+            return
         summary = summarize(run)
         row = IndexedRun(**summary.model_dump(), repo=run.store.repo)
         finished = run.state in (RunState.complete, RunState.failed)

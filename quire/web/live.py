@@ -115,7 +115,11 @@ class RunFollower:
         # The state is read BEFORE the logs: a run writes everything before its
         # final rename, so seeing it finished here means the logs below are whole.
         ended = self.run.state in FINISHED
-        messages = self._jobs_changed()
+        try:
+            messages = self._jobs_changed()
+        except NotFound:
+            self.finished = True
+            return [("end", {"state": "gone"})]
         for job, tail in self._open_tails().items():
             messages += tail.read(job)
         if ended and not any(tail.behind() for tail in self._tails.values()):
@@ -128,7 +132,9 @@ class RunFollower:
         if signature == self._signature:
             return []
         self._signature = signature
-        html = self.render_jobs(details(self.run))
+        # The records changed (a new job among them, perhaps): read them only while
+        # none leads outside the state directory.
+        html = self.render_jobs(details(self.view.check(self.run)))
         if html == self._jobs_html:
             return []
         self._jobs_html = html
@@ -153,10 +159,11 @@ class RunFollower:
 
     def _open_tails(self) -> dict[str, _JobTail]:
         for job in self._job_names():
-            if job in self._tails:
+            job_dir = self.run.path / "jobs" / job
+            if job in self._tails or not self.view.job_confined(job_dir):
                 continue
             try:
-                handle = open(self.run.path / "jobs" / job / "log.jsonl", "rb")  # noqa: SIM115
+                handle = open(job_dir / "log.jsonl", "rb")  # noqa: SIM115
             except OSError:
                 continue  # the job has not written its log yet
             self._tails[job] = _JobTail(handle, self._offsets.get(job, 0))
