@@ -106,6 +106,8 @@ def _job_end_line(state: JobState) -> str:
 def outcome_line(event: RunFinished) -> str:
     """`run failed (jobs-failed) in 1.20s: <where its records are>`."""
     reason = f" ({event.result.reason.value})" if event.result.reason else ""
+    if event.result.cancelled_by:
+        reason = f" by {event.result.cancelled_by}"
     return (
         f"run {event.state.value}{reason} in {format_duration(event.duration_s)}: {event.location}"
     )

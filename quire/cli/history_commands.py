@@ -57,7 +57,7 @@ def runs_command(
         return 0
     rows = [("id", "state", "revision", "executor", "started", "duration")]
     for s in summaries:
-        state = f"{s.state.value} ({s.reason})" if s.reason else s.state.value
+        state = s.state_text()
         # A pushed run's revision is its full sha (the worker runs exactly that commit):
         # show the ref it was pushed to instead of the sha twice.
         name = (s.ref or "") if s.revision == s.sha else s.revision
@@ -86,7 +86,9 @@ def show_command(
     if as_json:
         typer.echo(json.dumps(info.model_dump(mode="json"), indent=2))
         return 0
-    state = f"{info.state.value} ({info.reason})" if info.reason else info.state.value
+    state = info.state_text()
+    if info.cancelled_at is not None:
+        state += f" at {info.cancelled_at.strftime('%Y-%m-%d %H:%M:%S')} UTC"
     typer.echo(f"run       {info.id}")
     typer.echo(f"repo      {info.repo}")
     typer.echo(f"state     {state}")
@@ -140,14 +142,14 @@ def logs_command(
     With --follow, end with the run's outcome and exit with the run's exit code.
     """
     from quire.ci.store import views
-    from quire.ci.store.runs import RunState
+    from quire.ci.store.runs import FINISHED
     from quire.cli.console import make_reporter
     from quire.errors import RunNotFound
 
     store = _store(repo)
     found = store.find(run)
     # A run still going may yet start the job; a finished one never will.
-    finished = found.state in (RunState.complete, RunState.failed)
+    finished = found.state in FINISHED
     if job is not None and not (found.path / "jobs" / job).is_dir() and (finished or not follow):
         raise RunNotFound(f"run {found.run_id} has no job {job!r}")
     reporter = make_reporter(quiet=False, merged=not split_streams)

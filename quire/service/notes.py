@@ -41,6 +41,7 @@ class CiNote(BaseModel):
     failed_jobs: list[str] = Field(default_factory=list)
     finished_at: datetime
     message: str | None = None
+    cancelled_by: str | None = None  # state `cancelled`: who asked
 
     def line(self) -> bytes:
         """The note line: compact JSON and a newline."""

@@ -11,11 +11,21 @@ with the child's message, in the queue row and the commit's note.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
-from quire.ci.store.records import JobStatus, RecordUnreadable
+from quire.ci.store.records import (
+    CancelRequest,
+    EndReason,
+    ExecutorKind,
+    JobStatus,
+    RecordUnreadable,
+    RunMeta,
+    RunResult,
+    RunTimes,
+)
 from quire.ci.store.runs import RunDir, RunState, RunStore
-from quire.errors import QuireError, RunNotFound
+from quire.errors import ExitCode, QuireError, RunNotFound
 from quire.service.queue import Entry
 from quire.tools import git
 
@@ -34,6 +44,7 @@ class Outcome:
     duration_s: float | None = None
     failed_jobs: list[str] = field(default_factory=list)
     recorded: bool = False  # a run record exists in the store
+    cancelled_by: str | None = None  # who asked, when `outcome` is cancelled
 
     def describe(self) -> str:
         """One line for the worker's log."""
@@ -73,12 +84,58 @@ def from_record(run: RunDir, *, cancelled: bool) -> Outcome:
     reason = result.reason.value if result and result.reason else None
     if run.state == RunState.complete:
         state = COMPLETE
-    elif cancelled and reason == "interrupted":
+    elif run.state == RunState.cancelled or (cancelled and reason == "interrupted"):
         state, reason = CANCELLED, "cancelled"
     else:
         state = FAILED
     message = result.error if result else None
-    return Outcome(state, reason, message, meta.sha, duration, failed, recorded=True)
+    by = result.cancelled_by if result and state == CANCELLED else None
+    return Outcome(
+        state, reason, message, meta.sha, duration, failed, recorded=True, cancelled_by=by
+    )
+
+
+def record_cancelled(entry: Entry, request: CancelRequest) -> RunDir | None:
+    """The run record of a push cancelled before its run existed (still queued, or
+    stopped while its `quire ci run` was starting): in cancelled/, like any cancelled run,
+    so `runs`, `show` and the web page show it. None if it cannot be written."""
+    store = store_of(entry)
+    commit = commit_of(entry) or entry.sha
+
+    def meta(run_id: str) -> RunMeta:
+        return RunMeta(
+            run_id=run_id,
+            repo=store.repo,
+            git_dir=entry.git_dir,
+            revision=entry.sha,
+            sha=commit,
+            ref=entry.ref,
+            pushed_at=datetime.fromisoformat(entry.pushed_at.replace("Z", "+00:00")),
+            executor=ExecutorKind(entry.executor or ExecutorKind.host.value),
+        )
+
+    try:
+        if store.find(entry.run_id).run_id == entry.run_id:
+            return None  # its run exists: it records its own end
+    except RunNotFound:
+        pass
+    try:
+        run = store.create(meta, run_id=entry.run_id)
+        run.write_times(RunTimes(started_at=request.at, finished_at=request.at))
+        run.write_result(
+            RunResult(
+                reason=EndReason.cancelled,
+                error=f"cancelled by {request.by} before it started",
+                exit_code=ExitCode.interrupted,
+                cancelled_by=request.by,
+                cancelled_at=request.at,
+            )
+        )
+        run.transition(RunState.cancelled)
+    except (OSError, QuireError):
+        return None
+    store.forget_cancel(entry.run_id)
+    return run
 
 
 def without_record(

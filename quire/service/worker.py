@@ -334,6 +334,7 @@ def write_note(entry: Entry, result: Outcome) -> None:
         failed_jobs=result.failed_jobs,
         finished_at=datetime.now(UTC),
         message=result.message,
+        cancelled_by=result.cancelled_by,
     )
     try:
         append_note(Path(entry.git_dir), result.commit, note)

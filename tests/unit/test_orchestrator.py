@@ -281,6 +281,38 @@ def test_an_interrupt_is_recorded_as_interrupted_with_130_and_unstarted_jobs_ski
     assert not executor.setup.workspace.exists()
 
 
+def test_a_cancelled_run_is_recorded_as_cancelled_by_whom_and_when_not_as_failed(
+    harness: Harness,
+) -> None:
+    asked: list[datetime] = []
+
+    def cancel(executor: FakeExecutor, command: Command) -> None:
+        run_id = executor.setup.workspace.parent.name
+        asked.append(harness.store.request_cancel(run_id, "alice").at)
+        kill_self(signal.SIGTERM)  # as `quire ci cancel` does after asking
+
+    harness.hooks["execute"] = cancel
+    assert harness.run() == ExitCode.interrupted
+    state, path = harness.only_run()
+    assert state == RunState.cancelled
+    result = harness.result()
+    assert result.reason == EndReason.cancelled
+    assert (result.cancelled_by, result.cancelled_at) == ("alice", asked[0])
+    assert result.exit_code == 130
+    assert harness.job("test").skip_reason == "not run: interrupted"
+    (finished,) = harness.seen.of(RunFinished)
+    assert finished.state == RunState.cancelled
+    assert harness.store.cancel_request(path.name) is None  # it is in the result now
+
+
+def test_an_interrupt_nobody_asked_for_as_a_cancel_stays_interrupted(harness: Harness) -> None:
+    harness.store.request_cancel("20000101-000000-000000-abcdef", "bob")  # another run's
+    harness.hooks["execute"] = lambda executor, command: kill_self(signal.SIGTERM)
+    assert harness.run() == ExitCode.interrupted
+    assert harness.only_run()[0] == RunState.failed
+    assert harness.result().reason == EndReason.interrupted
+
+
 def test_teardown_is_shielded_from_a_second_signal(harness: Harness) -> None:
     harness.hooks["execute"] = lambda executor, command: kill_self(signal.SIGINT)
     harness.hooks["exit"] = lambda executor: kill_self(signal.SIGTERM)

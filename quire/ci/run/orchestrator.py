@@ -427,7 +427,10 @@ class _Run:
                     outlet.emit(JobFinished(state))
             if outlet.failure is not None and result.exit_code in _NOT_ENVIRONMENT:
                 result = _ended(EndReason.error, str(outlet.failure), outlet.failure.exit_code)
+            result = self._cancelled(result)
             target = RunState.complete if result.exit_code == ExitCode.ok else RunState.failed
+            if result.reason == EndReason.cancelled:
+                target = RunState.cancelled
             failed_before = len(outlet.failures)
             outlet.emit(RunEnding(result))
             if len(outlet.failures) > failed_before:  # the end could not be written
@@ -435,6 +438,7 @@ class _Run:
                 result = _ended(EndReason.error, self._mark_failed(failure), failure.exit_code)
             else:
                 self.run_dir.transition(target)
+            self.run_dir.store.forget_cancel(self.run_dir.run_id)
             finished = outlet.emit(
                 RunFinished(
                     run_id=self.run_dir.run_id,
@@ -447,6 +451,21 @@ class _Run:
             )
         return finished
 
+    def _cancelled(self, result: RunResult) -> RunResult:
+        """An interrupted run that someone cancelled (`quire ci cancel`) ended as they
+        asked: recorded as cancelled, by whom and when, not as a failure."""
+        if result.reason != EndReason.interrupted:
+            return result
+        request = self.run_dir.store.cancel_request(self.run_dir.run_id)
+        if request is None:
+            return result
+        return RunResult(
+            reason=EndReason.cancelled,
+            error=f"cancelled by {request.by}",
+            exit_code=ExitCode.interrupted,
+            cancelled_by=request.by,
+            cancelled_at=request.at,
+        )
 
     def _mark_failed(self, failure: QuireError) -> str:
         """Move a run whose end could not be written to failed/ (a rename needs no space);

@@ -36,11 +36,10 @@ from pathlib import Path
 
 from quire.ci.store.reconcile import all_stores, owner_alive
 from quire.ci.store.records import RecordUnreadable, RunMeta, read_record
-from quire.ci.store.runs import RunDir, RunState, RunStore
+from quire.ci.store.runs import FINISHED, RunDir, RunState, RunStore
 from quire.errors import DockerUnavailable, QuireError
 from quire.paths import state_dir
 
-FINISHED = (RunState.complete, RunState.failed)
 IN_FLIGHT = (RunState.pending, RunState.active)
 DEFAULT_CEILING_S = 6 * 3600
 

@@ -89,16 +89,27 @@ class EndReason(StrEnum):
     jobs_failed = "jobs-failed"
     error = "error"
     interrupted = "interrupted"
+    cancelled = "cancelled"
     orphaned = "orphaned"
     unreadable = "unreadable"
 
 
 class RunResult(Record):
-    """How a run ended; only runs in complete/ or failed/ have one."""
+    """How a run ended; only finished runs (complete/, failed/, cancelled/) have one."""
 
     reason: EndReason | None = None
     error: str | None = None
     exit_code: int
+    cancelled_by: str | None = None  # who asked (reason `cancelled`)
+    cancelled_at: datetime | None = None
+
+
+class CancelRequest(Record):
+    """Someone asked for a run to stop: who, and when (the store keeps it by run id, so
+    it can be asked before the run's record exists)."""
+
+    by: str
+    at: datetime
 
 
 class ContainerInfo(Record):

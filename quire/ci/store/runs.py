@@ -2,9 +2,10 @@
 
     $QUIRE_STATE_DIR/runs/<repo>/
       latest -> <state>/<run-id>        symlink, replaced atomically
-      pending|active|complete|failed/<run-id>/
+      pending|active|complete|failed|cancelled/<run-id>/
         meta.yml runner.yml times.yml result.yml container.yml log.jsonl
         jobs/<job-id>/state.yml, log.jsonl
+      .cancel/<run-id>.yml              a cancel asked for (who, when), until the run ends
 
 A transition is one `rename` between state directories, checked against
 `ALLOWED`. Run ids sort by creation time and carry a random suffix, so
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from quire.ci.store.records import (
+    CancelRequest,
     JobState,
     JobStatus,
     RecordUnreadable,
@@ -47,14 +49,19 @@ class RunState(StrEnum):
     active = "active"
     complete = "complete"
     failed = "failed"
+    cancelled = "cancelled"  # someone asked it to stop (`quire ci cancel`): not a failure
 
 
 ALLOWED: dict[RunState, frozenset[RunState]] = {
-    RunState.pending: frozenset({RunState.active, RunState.failed}),
-    RunState.active: frozenset({RunState.complete, RunState.failed}),
+    RunState.pending: frozenset({RunState.active, RunState.failed, RunState.cancelled}),
+    RunState.active: frozenset({RunState.complete, RunState.failed, RunState.cancelled}),
     RunState.complete: frozenset(),
     RunState.failed: frozenset(),
+    RunState.cancelled: frozenset(),
 }
+
+# The states a run ends in: it has a result, and nobody writes to it any more.
+FINISHED = frozenset({RunState.complete, RunState.failed, RunState.cancelled})
 
 
 class InvalidTransition(QuireError):
@@ -241,6 +248,29 @@ class RunStore:
             with contextlib.suppress(OSError):
                 tmp.unlink()  # gone already unless something above failed
 
+    def request_cancel(self, run_id: str, by: str) -> CancelRequest:
+        """Record that `by` asked run `run_id` to stop (its record may not exist yet)."""
+        request = CancelRequest(by=by, at=datetime.now(UTC))
+        private_dir(self.root / ".cancel")
+        write_record(self.root / ".cancel" / f"{run_id}.yml", request)
+        return request
+
+    def cancel_request(self, run_id: str) -> CancelRequest | None:
+        """Who asked run `run_id` to stop, if anyone did (an unreadable request counts as
+        none: the run is then recorded as interrupted, which it was)."""
+        path = self.root / ".cancel" / f"{run_id}.yml"
+        if not path.exists():
+            return None
+        try:
+            return read_record(path, CancelRequest)
+        except RecordUnreadable:
+            return None
+
+    def forget_cancel(self, run_id: str) -> None:
+        """The run has ended: its cancel request is in its result now."""
+        with contextlib.suppress(OSError):
+            (self.root / ".cancel" / f"{run_id}.yml").unlink()
+
     def _exists(self, run_id: str) -> bool:
         return any((self.root / s.value / run_id).is_dir() for s in RunState)
 
@@ -315,7 +345,7 @@ def adopt_legacy_runs(store: RunStore, legacy_name: str, git_dir: Path) -> list[
         return []
     mine = os.path.realpath(git_dir)
     moved: list[RunDir] = []
-    for state in (RunState.complete, RunState.failed):
+    for state in sorted(FINISHED):
         directory = legacy / state.value
         for entry in sorted(directory.iterdir()) if directory.is_dir() else []:
             if entry.name.startswith(".") or not _recorded_for(entry, mine):

@@ -28,7 +28,7 @@ from quire.ci.store.records import (
     RunTimes,
     read_record,
 )
-from quire.ci.store.runs import RunDir, RunState, RunStore
+from quire.ci.store.runs import FINISHED, RunDir, RunState, RunStore
 from quire.errors import EnvironmentProblem
 
 
@@ -51,6 +51,14 @@ class RunSummary(BaseModel):
     finished_at: datetime | None = None
     duration_s: float | None = None
     problem: str | None = None  # why some of its records could not be read
+    cancelled_by: str | None = None  # state `cancelled`: who asked, and when
+    cancelled_at: datetime | None = None
+
+    def state_text(self) -> str:
+        """The state as people read it: `failed (jobs-failed)`, `cancelled by alice`."""
+        if self.state == RunState.cancelled:
+            return f"cancelled by {self.cancelled_by}" if self.cancelled_by else "cancelled"
+        return f"{self.state.value} ({self.reason})" if self.reason else self.state.value
 
 
 class RunDetails(RunSummary):
@@ -89,6 +97,8 @@ def summarize(run: RunDir) -> RunSummary:
     result = _result(run)
     if result is not None and result.reason is not None:
         summary.reason = result.reason.value
+    if result is not None:
+        summary.cancelled_by, summary.cancelled_at = result.cancelled_by, result.cancelled_at
     summary.problem = "; ".join(problems) or None
     return summary
 
@@ -248,7 +258,7 @@ def follow(
     next_check = time.monotonic() + liveness_s
     while True:
         run = store.find(run_id)
-        done = run.state in (RunState.complete, RunState.failed)
+        done = run.state in FINISHED
         drain(run)
         if done:
             return finished(run), [_torn_note(path) for path in torn.values()]
