@@ -13,10 +13,12 @@ it refuses (another interpreter, code changed since it started), the
 command runs here as always. So this module is on every command's path:
 standard library only, nothing imported that the warm path does not use.
 
-The socket is in Linux's abstract namespace, named after the state
-directory's device and inode (nothing on disk to go stale, no path length
-limit), like the worker's wake-up socket; the server only serves peers of
-its own uid (SO_PEERCRED).
+The socket is the file `warm.sock` in the state directory, which the
+server makes private (0700), so no other user can take its name first (as
+anyone could an abstract name). A path too long for a socket address is
+reached through the directory's descriptor. Both ends still check the
+other's uid (SO_PEERCRED): a state directory named in QUIRE_STATE_DIR may
+be open to others.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import time
 
 TYPE_CHECKING = False  # typing costs this path milliseconds on every command
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from types import FrameType
     from typing import TypedDict
 
@@ -89,6 +92,9 @@ _STATUS_FIELDS = frozenset(
 )
 _NAMESPACES = ("cgroup", "ipc", "mnt", "pid", "user", "uts")
 _STARTUP_ENV = ("LANG", "LC_ALL", "LC_CTYPE")
+SOCKET_NAME = "warm.sock"
+# sun_path holds 108 bytes; keep one for the NUL some systems want.
+_SOCKET_PATH_MAX = 107
 
 
 class _Abort(Exception):
@@ -122,10 +128,24 @@ def state_dir() -> str:
     return os.path.join(base, "quire")
 
 
-def address(state: str) -> str:
-    """The warm quire's socket for `state`: abstract, named after the directory's identity."""
-    found = os.stat(state)
-    return f"\0quire-warm-{found.st_dev:x}-{found.st_ino:x}"
+def socket_path(state: str) -> str:
+    """The warm quire's socket for the state directory `state`."""
+    return os.path.join(state, SOCKET_NAME)
+
+
+def reach(state: str, act: Callable[[str], object]) -> None:
+    """`act(address)` (a socket's connect or bind) with an address of `state`'s warm socket:
+    its path, or, when that is too long for a socket address, the same file reached through
+    the directory's descriptor (/proc/self/fd/N/warm.sock). Raises OSError."""
+    path = socket_path(state)
+    if len(os.fsencode(path)) <= _SOCKET_PATH_MAX:
+        act(path)
+        return
+    fd = os.open(state, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        act(f"/proc/self/fd/{fd}/{SOCKET_NAME}")
+    finally:
+        os.close(fd)
 
 
 def identity() -> Identity:
@@ -179,9 +199,9 @@ def run_warm(argv: list[str]) -> int | None:
     conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         try:
-            conn.connect(address(state_dir()))
+            reach(state_dir(), conn.connect)
             if peer_uid(conn) != os.getuid():
-                return None  # anyone can bind an abstract name: never talk to another user
+                return None  # a state directory others can write to: never talk to them
             cwd = os.getcwd()
         except OSError:
             return None  # no state directory yet, nobody listening, no working directory

@@ -15,6 +15,10 @@ code or the installed packages changed since the server started; after
 refusing for the last reason, the server re-executes itself to load the
 new code. It serves only its own uid (SO_PEERCRED), logs to stderr, and
 stops on SIGTERM, SIGINT or SIGHUP; commands it started go on to their end.
+
+    $QUIRE_STATE_DIR/            0700: no other user can make a file in it
+      warm.sock                  the socket launchers connect to, removed on stop
+      warm.lock                  flock()ed by the one server that holds warm.sock
 """
 
 from __future__ import annotations
@@ -31,13 +35,18 @@ import selectors
 import signal
 import site
 import socket
+import stat
 import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+from quire.ci.store.runs import make_private
 from quire.cli import finish, launch
+from quire.errors import EnvironmentProblem
 from quire.service.signals import SignalWatch
 
 log = logging.getLogger("quire.warm")
@@ -65,6 +74,115 @@ PRELOAD = (
 _REQUEST_TIMEOUT_S = 2.0  # a launcher sends its request at once
 _BACKOFF_S = 0.5
 _GO_TIMEOUT_S = 10.0
+LOCK_NAME = "warm.lock"
+
+
+class WarmAlreadyRunning(EnvironmentProblem):
+    """Another warm quire serves this state directory."""
+
+
+class WarmSocketUnavailable(EnvironmentProblem):
+    """The warm quire's socket cannot be made in the state directory."""
+
+
+@dataclass
+class WarmSocket:
+    """The socket a server listens on, and the lock that makes it this server's."""
+
+    listener: socket.socket
+    lock_fd: int
+    path: Path
+
+    def release_in_child(self) -> None:
+        """In a forked child: let go of both, leaving the file to the server, so that a
+        server started after this one stops is not told one still runs."""
+        self.listener.close()
+        os.close(self.lock_fd)
+
+
+@contextlib.contextmanager
+def claim_socket(state: Path) -> Iterator[WarmSocket]:
+    """Listen on the warm socket of `state` (made private, 0700) until the block ends, then
+    remove it. A socket file left by a server that died is replaced.
+
+    Raises WarmAlreadyRunning when a server holds it, WarmSocketUnavailable when it cannot
+    be made (both exit 3, naming the socket).
+    """
+    path = Path(launch.socket_path(str(state)))
+    lock_fd = _lock(state, path)
+    try:
+        listener = _listen(state, path)
+        try:
+            yield WarmSocket(listener, lock_fd, path)
+        finally:
+            # Still under the lock: no other server can have bound a new file here.
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            listener.close()
+    finally:
+        os.close(lock_fd)
+
+
+def _lock(state: Path, path: Path) -> int:
+    """The lock only the server holding `path` holds: two servers starting at once never
+    both take the socket (each removing the other's as stale)."""
+    try:
+        make_private(state)
+        fd = os.open(state / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise WarmSocketUnavailable(
+            f"cannot make the warm quire's socket {path}: {exc.strerror or exc}"
+        ) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise WarmAlreadyRunning(_already(state, path)) from None
+        raise WarmSocketUnavailable(f"cannot lock {state / LOCK_NAME}: {exc}") from exc
+    return fd
+
+
+def _listen(state: Path, path: Path) -> socket.socket:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        try:
+            launch.reach(str(state), listener.bind)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            _remove_stale(state, path)
+            launch.reach(str(state), listener.bind)
+        listener.listen(64)
+    except OSError as exc:
+        listener.close()
+        raise WarmSocketUnavailable(f"cannot listen on {path}: {exc.strerror or exc}") from exc
+    except BaseException:
+        listener.close()
+        raise
+    return listener
+
+
+def _remove_stale(state: Path, path: Path) -> None:
+    """Remove the socket file at `path` if no server listens on it (it died)."""
+    if not stat.S_ISSOCK(path.lstat().st_mode):
+        raise WarmSocketUnavailable(f"cannot listen on {path}: it is there and not a socket")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            launch.reach(str(state), probe.connect)
+        except ConnectionRefusedError:
+            pass  # nobody listens: a server that died left it
+        else:
+            raise WarmAlreadyRunning(_already(state, path))
+    log.info("replacing %s, left by a warm quire that has stopped", path)
+    path.unlink()
+
+
+def _already(state: Path, path: Path) -> str:
+    return (
+        f"a warm quire already serves {state} (socket {path}); "
+        "stop it (SIGTERM) before starting another"
+    )
 
 
 def log_to_stderr() -> None:
@@ -84,28 +202,27 @@ class WarmServer:
     def __init__(self, state: Path) -> None:
         self.state = state
         self.fingerprint: dict[str, int] = {}
+        self.held: WarmSocket | None = None
 
     def serve(self) -> int:
-        """Serve until SIGTERM, SIGINT or SIGHUP; returns the exit code (0)."""
-        for name in PRELOAD:
-            importlib.import_module(name)
-        from quire.cli.app import command
-        from quire.cli.lazy_tree import build_everything
+        """Serve until SIGTERM, SIGINT or SIGHUP; returns the exit code (0).
 
-        build_everything(command())  # so no child builds a command of its own
-        self.fingerprint = code_fingerprint()
-        self.state.mkdir(parents=True, exist_ok=True)
-        with (
-            SignalWatch() as signals,
-            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener,
-        ):
-            listener.bind(launch.address(str(self.state)))
-            listener.listen(64)
-            # Children share the server's objects copy-on-write; a collection would touch
-            # (and so copy) every page of them.
-            gc.freeze()
-            log.info("warm quire %d serving commands for %s", os.getpid(), self.state)
-            stale = self._loop(listener, signals)
+        Raises WarmAlreadyRunning or WarmSocketUnavailable before loading anything."""
+        with claim_socket(self.state) as held:
+            self.held = held
+            for name in PRELOAD:
+                importlib.import_module(name)
+            from quire.cli.app import command
+            from quire.cli.lazy_tree import build_everything
+
+            build_everything(command())  # so no child builds a command of its own
+            self.fingerprint = code_fingerprint()
+            with SignalWatch() as signals:
+                # Children share the server's objects copy-on-write; a collection would
+                # touch (and so copy) every page of them.
+                gc.freeze()
+                log.info("warm quire %d serving commands for %s", os.getpid(), self.state)
+                stale = self._loop(held.listener, signals)
         if stale:
             log.info("quire's code changed: restarting to load it")
             os.execv(sys.executable, sys.orig_argv)
@@ -155,7 +272,7 @@ class WarmServer:
                 conn.settimeout(None)
                 pid = os.fork()
                 if pid == 0:
-                    _child(conn, request, fds, listener, signals)  # never returns
+                    _child(conn, request, fds, self._let_go, signals)  # never returns
                 log.info("child %d runs %s", pid, _shown(request))
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.warning("dropped a request: %s", exc)
@@ -163,6 +280,11 @@ class WarmServer:
                 for fd in fds:
                     os.close(fd)
         return False
+
+    def _let_go(self) -> None:
+        """In a forked child: the socket and its lock stay the server's alone."""
+        if self.held is not None:
+            self.held.release_in_child()
 
     def _refusal(self, request: dict[str, object]) -> str | None:
         for key, mine in launch.identity().items():
@@ -214,14 +336,14 @@ def _child(
     conn: socket.socket,
     request: dict[str, object],
     fds: list[int],
-    listener: socket.socket,
+    let_go: Callable[[], None],
     signals: SignalWatch,
 ) -> None:
     """In the forked child: become the launcher's process and run its command; never returns."""
     code = 70
     ended = threading.Event()
     try:
-        listener.close()
+        let_go()
         signals.__exit__(None, None, None)  # the server's handlers and wake-up fd
         log.handlers.clear()
         os.setsid()

@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -362,16 +363,38 @@ def test_a_launcher_in_a_deleted_directory_runs_its_command_itself(tmp_path: Pat
     assert "Traceback" not in err
 
 
-@pytest.mark.skipif(os.getuid() != 0 or not shutil.which("setpriv"), reason="needs root")
-def test_another_user_is_never_served(tmp_path: Path) -> None:
+def as_nobody(program: str) -> subprocess.CompletedProcess[str]:
+    """Run a Python `program` as uid 65534 (needs root and setpriv)."""
     python = shutil.which("python3", path="/usr/bin:/bin")
     assert python, "a python for the other user"
+    return subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python, "-c", program],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd="/",
+    )
+
+
+@pytest.fixture
+def reachable_state() -> Iterator[Path]:
+    """A state directory whose parents another user may pass through (pytest's tmp is
+    0700, which would deny that user before quire's own protection is met)."""
+    parent = Path(tempfile.mkdtemp(prefix=f"{SESSION_PREFIX}-"))
+    parent.chmod(0o755)
+    yield parent / "state"
+    shutil.rmtree(parent, ignore_errors=True)
+
+
+def other_user_client(state: Path) -> str:
     request = marshal.dumps({"argv": ["quire", "--version"], "fds": []})
-    with warm_server(tmp_path) as warm:
-        client = f"""
+    return f"""
 import socket, struct
 conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-conn.connect({launch.address(str(state_dir()))!r})
+try:
+    conn.connect({launch.socket_path(str(state))!r})
+except PermissionError:
+    raise SystemExit("answer: denied")
 body = {request!r}
 try:
     conn.sendall(struct.pack("!I", len(body)) + body)
@@ -380,16 +403,47 @@ except (ConnectionResetError, BrokenPipeError):
     answer = b""  # closed with our request unread
 print("answer:", answer)
 """
-        done = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python, "-c", client],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            cwd="/",
-        )
+
+
+@pytest.mark.skipif(os.getuid() != 0 or not shutil.which("setpriv"), reason="needs root")
+def test_another_user_cannot_reach_the_socket(tmp_path: Path, reachable_state: Path) -> None:
+    with warm_server(tmp_path, {"QUIRE_STATE_DIR": str(reachable_state)}) as warm:
+        done = as_nobody(other_user_client(reachable_state))
+        assert done.stderr.strip() == "answer: denied", done
+        assert "runs" not in warm.log()
+
+
+@pytest.mark.skipif(os.getuid() != 0 or not shutil.which("setpriv"), reason="needs root")
+def test_another_user_is_never_served(tmp_path: Path, reachable_state: Path) -> None:
+    with warm_server(tmp_path, {"QUIRE_STATE_DIR": str(reachable_state)}) as warm:
+        # As if the state directory and socket were open to all: the server's own check holds.
+        reachable_state.chmod(0o755)
+        Path(launch.socket_path(str(reachable_state))).chmod(0o777)
+        done = as_nobody(other_user_client(reachable_state))
         assert done.stdout.strip() == "answer: b''", done
         assert "refused a connection from another user" in warm.log()
         assert "runs" not in warm.log()
+
+
+def test_a_second_warm_quire_for_the_same_state_directory_exits_3(tmp_path: Path) -> None:
+    with warm_server(tmp_path) as warm:
+        second = finished(quire_cmd("ci", "warm", cwd=tmp_path))
+        assert second[0] == 3, second
+        assert f"a warm quire already serves {state_dir()}" in second[2]
+        assert warm.proc.poll() is None
+        assert finished(quire_cmd("--version", cwd=tmp_path))[0] == 0
+        assert served(warm, "--version") == 1, warm.log()
+
+
+def test_a_socket_left_by_a_killed_warm_quire_is_replaced(tmp_path: Path) -> None:
+    with warm_server(tmp_path) as warm:
+        warm.proc.kill()
+        warm.proc.wait(timeout=10)
+    assert Path(launch.socket_path(str(state_dir()))).exists()
+    assert finished(quire_cmd("--version", cwd=tmp_path))[0] == 0  # runs in its launcher
+    with warm_server(tmp_path) as warm:
+        assert finished(quire_cmd("--version", cwd=tmp_path))[0] == 0
+        assert served(warm, "--version") == 1, warm.log()
 
 
 def test_a_docker_run_through_a_warm_quire_leaves_no_container(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """The `quire` launcher and the warm server's pieces, without forking a server.
 
-A thread stands in for the server: it accepts on the launcher's abstract socket, reads the
+A thread stands in for the server: it accepts on the state directory's warm socket, reads the
 request and its descriptors, and answers as the server and its child would.
 """
 
@@ -57,11 +57,11 @@ def ended(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 class FakeServer:
-    """Answers one request on `state`'s warm address with `answer(conn, request, fds)`."""
+    """Answers one request on `state`'s warm socket with `answer(conn, request, fds)`."""
 
     def __init__(self, state: Path, answer: Callable[[socket.socket, dict[str, object]], None]):
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.listener.bind(launch.address(str(state)))
+        launch.reach(str(state), self.listener.bind)
         self.listener.listen(1)
         self.answer = answer
         self.request: dict[str, object] | None = None
@@ -245,7 +245,8 @@ def test_the_launcher_sends_its_arguments_directory_environment_umask_and_stream
 def test_a_warm_quire_of_another_user_is_never_sent_the_command(
     state: Path, serving: Callable[..., FakeServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Anyone may bind an abstract socket name: one bound by another uid must get nothing.
+    # A state directory others can write to (QUIRE_STATE_DIR may name one) could hold another
+    # uid's socket: it must get nothing.
     server = serving(lambda conn, request: pytest.fail("the command was sent"))
     monkeypatch.setattr(launch, "peer_uid", lambda conn: os.getuid() + 1)
     assert launch.run_warm(["quire", "ci", "run"]) is None
