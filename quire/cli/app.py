@@ -246,14 +246,11 @@ def _revision_and_jobs(repo: Path, rev: str | None, targets: list[str]) -> tuple
     are job ids."""
     if rev is not None or not targets:
         return rev or "HEAD", targets
-    from quire.errors import UnknownRevision
-    from quire.tools import git
+    from quire.ci.run.loading import names_commit
 
-    try:
-        git.resolve(git.open_repository(repo).git_dir, targets[0])
-    except UnknownRevision:
-        return "HEAD", targets
-    return targets[0], targets[1:]
+    if names_commit(repo, targets[0]):
+        return targets[0], targets[1:]
+    return "HEAD", targets
 
 
 def _parse_time(text: str | None) -> datetime | None:

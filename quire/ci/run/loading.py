@@ -13,7 +13,7 @@ from pathlib import Path
 from quire.ci.events import Notice
 from quire.ci.pipeline import PIPELINE_FILE, Pipeline, load_pipeline
 from quire.ci.run.outlet import Subscriber
-from quire.errors import UsageError
+from quire.errors import UnknownRevision, UsageError
 from quire.tools import git
 
 
@@ -41,6 +41,17 @@ def load(repo_path: Path, revision: str, *, dirty: bool = False) -> LoadedPipeli
         return LoadedPipeline(repo, resolved, None)
     modules = {path.removeprefix(".quire/"): text for path, text in files.items()}
     return LoadedPipeline(repo, resolved, load_pipeline(source, modules))
+
+
+def names_commit(repo_path: Path, word: str) -> bool:
+    """Whether `word` names a commit of the repository at `repo_path` (`quire ci run WORD`
+    may give a revision or a job). Raises `NotARepository`."""
+    git_dir = git.open_repository(repo_path).git_dir
+    try:
+        git.resolve(git_dir, word)
+    except UnknownRevision:
+        return False
+    return True
 
 
 def _pipeline_files(repo: git.Repository, sha: str, *, dirty: bool) -> dict[str, bytes]:
