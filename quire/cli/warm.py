@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import gc
 import importlib
 import io
@@ -48,6 +49,7 @@ from quire.ci.store.runs import make_private
 from quire.cli import finish, launch
 from quire.errors import EnvironmentProblem
 from quire.service.signals import SignalWatch
+from quire.tools import fork
 
 log = logging.getLogger("quire.warm")
 
@@ -225,7 +227,7 @@ class WarmServer:
                 stale = self._loop(held.listener, signals)
         if stale:
             log.info("quire's code changed: restarting to load it")
-            os.execv(sys.executable, sys.orig_argv)
+            fork.reexec()
         log.info("warm quire %d stopped", os.getpid())
         return 0
 
@@ -270,9 +272,9 @@ class WarmServer:
                     launch.send(conn, {"refused": refusal})
                     return refusal == CODE_CHANGED
                 conn.settimeout(None)
-                pid = os.fork()
-                if pid == 0:
-                    _child(conn, request, fds, self._let_go, signals)  # never returns
+                pid = fork.fork_child(
+                    functools.partial(_child, conn, request, fds, self._let_go, signals)
+                )
                 log.info("child %d runs %s", pid, _shown(request))
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.warning("dropped a request: %s", exc)
@@ -296,15 +298,7 @@ class WarmServer:
         return None
 
     def _reap(self) -> None:
-        # Any child: those forked before a reload (re-exec) are ours too, and unknown.
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if not pid:
-                return
-            code = os.waitstatus_to_exitcode(status)
+        for pid, code in fork.reap():
             log.info("child %d ended with exit code %d", pid, code)
 
 
