@@ -7,6 +7,7 @@
     ansi.py     terminal output (ANSI SGR colours, carriage returns) as escaped HTML
     live.py     server-sent events following a running run's logs and records
     server.py   uvicorn in the foreground, stopped cleanly by SIGINT/SIGTERM
+    protocol.py uvicorn's h11 protocol with a deadline for reading each request
 
 Nothing here writes to the run store; the only file it writes is its own
 index. The core (`quire.ci`) never imports this package.

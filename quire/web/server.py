@@ -5,6 +5,11 @@ the real one (also with `--port 0`) and a port in use is a plain error.
 Logs go to stderr. On SIGINT or SIGTERM uvicorn stops accepting, gives
 open connections (live streams never end on their own) `GRACE_S` seconds,
 and returns; the command then exits 0.
+
+A client gets `REQUEST_TIMEOUT_S` seconds to send each request whole
+(quire.web.protocol), `KEEP_ALIVE_S` seconds of quiet between requests,
+and at most `MAX_HEAD_BYTES` of request line and headers: a connection
+that sends nothing, or half a request, is closed rather than held.
 """
 
 from __future__ import annotations
@@ -19,6 +24,10 @@ from types import FrameType
 from quire.errors import EnvironmentProblem
 
 GRACE_S = 2
+# An idle connection between two requests is closed after this many seconds.
+KEEP_ALIVE_S = 5
+# Request line and headers beyond this are a 400 (h11's own default, said out loud).
+MAX_HEAD_BYTES = 16 * 1024
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
@@ -65,6 +74,7 @@ def serve(state: Path, host: str, port: int, *, rebuild_index: bool = False) -> 
     import uvicorn
 
     from quire.web.app import create_app
+    from quire.web.protocol import RequestDeadlineProtocol
 
     loopback = is_loopback(host)
     app = create_app(state, allowed_hosts=LOOPBACK_NAMES if loopback else None)
@@ -86,6 +96,10 @@ def serve(state: Path, host: str, port: int, *, rebuild_index: bool = False) -> 
         lifespan="off",
         timeout_graceful_shutdown=GRACE_S,
         server_header=False,
+        # Not "auto": httptools, if installed, would lack the request deadline.
+        http=RequestDeadlineProtocol,
+        timeout_keep_alive=KEEP_ALIVE_S,
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
     )
     server = uvicorn.Server(config)
     # uvicorn handles SIGINT/SIGTERM itself, then raises the signal again for the

@@ -1,4 +1,5 @@
-"""`quire ci serve` as a process: the printed URL, a clean stop on SIGTERM, the public warning.
+"""`quire ci serve` as a process: the printed URL, a clean stop on SIGTERM, the public warning,
+connections that never send a whole request closed.
 
 No browser and no docker needed; `serve()` is also how the browser tests
 start their server (a free port, the test's private QUIRE_STATE_DIR,
@@ -7,9 +8,11 @@ stopped by pid).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,6 +29,8 @@ from quire.paths import state_dir
 pytestmark = pytest.mark.integration
 
 STOP_TIMEOUT_S = 15
+# Six times the server's request deadline, and inside pytest's 60 s per test.
+CLOSED_WITHIN_S = 30
 
 
 @pytest.fixture(autouse=True)
@@ -125,3 +130,80 @@ def test_a_port_in_use_is_exit_3_with_a_message(tmp_path: Path) -> None:
         taken.close()
     assert done.returncode == 3
     assert "error: cannot listen on 127.0.0.1" in done.stderr
+
+
+def _connect(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").rstrip("/").rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=CLOSED_WITHIN_S)
+
+
+def _closed_by_server(sock: socket.socket, *, trickle: bytes = b"") -> bool:
+    """Whether the server closes `sock` (recv gives b'' or a reset) before
+    CLOSED_WITHIN_S; reads and drops whatever it answers meanwhile. With
+    `trickle`, sends one more byte of it every half second while waiting."""
+    deadline = time.monotonic() + CLOSED_WITHIN_S
+    sock.settimeout(0.5 if trickle else CLOSED_WITHIN_S)
+    while time.monotonic() < deadline:
+        try:
+            if not sock.recv(65536):
+                return True
+        except TimeoutError:
+            if trickle:
+                try:
+                    sock.sendall(trickle[:1])
+                except (BrokenPipeError, ConnectionResetError):
+                    return True
+                trickle = trickle[1:] or b"X"
+        except ConnectionResetError:
+            return True
+    return False
+
+
+def _read_until(sock: socket.socket, marker: bytes) -> bytes:
+    data = b""
+    while marker not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before {marker!r}: {data!r}"
+        data += chunk
+    return data
+
+
+@pytest.mark.parametrize("sent", [b"", b"GET / HT", b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n"])
+def test_a_connection_that_never_sends_a_whole_request_is_closed(
+    tmp_path: Path, sent: bytes
+) -> None:
+    with serve(tmp_path / "serve.log") as served, _connect(served.url) as sock:
+        sock.sendall(sent)
+        assert _closed_by_server(sock), served.log.read_text()
+
+
+def test_a_request_trickled_a_byte_at_a_time_is_closed_all_the_same(tmp_path: Path) -> None:
+    with serve(tmp_path / "serve.log") as served, _connect(served.url) as sock:
+        assert _closed_by_server(sock, trickle=b"GET / HTTP/1.1\r\nX-Slow: "), (
+            served.log.read_text()
+        )
+
+
+def test_half_a_second_request_on_a_kept_alive_connection_is_closed(tmp_path: Path) -> None:
+    with serve(tmp_path / "serve.log") as served, _connect(served.url) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert b"200 OK" in _read_until(sock, b"</html>")
+        sock.sendall(b"GET / HTTP/1.1\r\nHo")
+        assert _closed_by_server(sock), served.log.read_text()
+
+
+def test_a_live_stream_outlives_the_request_deadline(tmp_path: Path) -> None:
+    with (
+        serve(tmp_path / "serve.log") as served,
+        _connect(served.url) as stream,
+        _connect(served.url) as stalled,
+    ):
+        stream.sendall(b"GET /live/runs HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert b"retry:" in _read_until(stream, b"retry:")
+        stalled.sendall(b"GET / HT")
+        # The stalled connection, opened after the stream, is closed by its deadline:
+        # had a deadline run for the stream, it would have passed by now too.
+        assert _closed_by_server(stalled), served.log.read_text()
+        stream.setblocking(False)
+        with contextlib.suppress(BlockingIOError):  # open, with nothing new to say
+            assert stream.recv(65536) != b"", "the server closed a live stream"
