@@ -209,16 +209,17 @@ class WarmServer:
     def serve(self) -> int:
         """Serve until SIGTERM, SIGINT or SIGHUP; returns the exit code (0).
 
-        Raises WarmAlreadyRunning or WarmSocketUnavailable before loading anything."""
+        Raises WarmAlreadyRunning or WarmSocketUnavailable."""
+        for name in PRELOAD:
+            importlib.import_module(name)
+        from quire.cli.app import command
+        from quire.cli.lazy_tree import build_everything
+
+        build_everything(command())  # so no child builds a command of its own
+        self.fingerprint = code_fingerprint()
+        # Listening only now: until then a launcher finds nobody and runs its command itself.
         with claim_socket(self.state) as held:
             self.held = held
-            for name in PRELOAD:
-                importlib.import_module(name)
-            from quire.cli.app import command
-            from quire.cli.lazy_tree import build_everything
-
-            build_everything(command())  # so no child builds a command of its own
-            self.fingerprint = code_fingerprint()
             with SignalWatch() as signals:
                 # Children share the server's objects copy-on-write; a collection would
                 # touch (and so copy) every page of them.
