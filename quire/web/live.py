@@ -135,6 +135,11 @@ class RunFollower:
         # The records changed (a new job among them, perhaps): read them only while
         # none leads outside the state directory.
         html = self.render_jobs(details(self.view.check(self.run)))
+        if not self.run.path.is_dir():
+            # The run moved while its records were read: they read as missing, which
+            # would flash an empty jobs table. The next poll reads them where they are.
+            self._signature = None
+            return []
         if html == self._jobs_html:
             return []
         self._jobs_html = html
