@@ -155,3 +155,46 @@ def fresh_python(program: str, tmp_path: Path, **popen: object) -> subprocess.Co
     options: dict[str, object] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
     options.update({"timeout": 60, "env": env, "text": True, **popen})
     return subprocess.run([sys.executable, str(script)], cwd=tmp_path, **options)  # type: ignore[call-overload, no-any-return]
+
+
+class ThreadJobHost:
+    """A fake job host over the real protocol: each job's function runs on a thread of the
+    test's own process, talking to quire through a socketpair exactly as a job process
+    does, so a test's jobs can meet the test's own objects. No output capture: a test that
+    needs `print()` in a job uses the real job host."""
+
+    def __init__(self, pipeline: object) -> None:
+        import threading
+
+        self.pipeline = pipeline
+        self.threads: dict[str, threading.Thread] = {}
+
+    def start_job(self, job_id: str) -> object:
+        import socket
+        import threading
+
+        from quire.ci.run.jobhost import JobProcess
+        from quire.jobhost.main import run_job
+        from quire.jobhost.protocol import Channel, ProtocolError
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+
+        def job() -> None:
+            channel = Channel(theirs)
+            try:
+                run_job(self.pipeline, job_id, channel, capture_output=False)  # type: ignore[arg-type]
+            except ProtocolError:
+                pass  # quire ended the job first
+            finally:
+                channel.close()
+
+        thread = threading.Thread(target=job, name=f"job-{job_id}", daemon=True)
+        self.threads[job_id] = thread
+        thread.start()
+        return JobProcess(self, job_id, Channel(ours))  # type: ignore[arg-type]
+
+    def end_job(self, job_id: str, grace: float = 5.0) -> int | None:
+        thread = self.threads.pop(job_id, None)
+        if thread is not None:
+            thread.join(grace)
+        return 0

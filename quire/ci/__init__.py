@@ -10,6 +10,6 @@ def lint(rt: Runtime):
 """
 
 from quire.ci.pipeline import Skip, cache, job
-from quire.ci.run.runtime import Runtime, ShOutput
+from quire.jobhost.runtime import Runtime, ShOutput
 
 __all__ = ["Runtime", "ShOutput", "Skip", "cache", "job"]

@@ -18,23 +18,22 @@ file and line too, never a traceback.
 
 from __future__ import annotations
 
-import difflib
-import importlib.abc
 import importlib.machinery
 import importlib.util
 import re
 import sys
-import traceback
 import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from quire.errors import PipelineError, PipelineProblem, UsageError
 
 if TYPE_CHECKING:
-    from quire.ci.run.runtime import Runtime
+    import importlib.abc
+
+    from quire.jobhost.runtime import Runtime
 
 PIPELINE_FILE = ".quire/ci.py"
 SOURCES = ("quire/push",)
@@ -53,7 +52,7 @@ class JobDef:
 
     id: str
     inputs: tuple[str, ...]
-    func: JobFunction
+    func: JobFunction | None  # None in quire: the function lives in the job host
     line: int | None
     timeout: float | None = None
 
@@ -223,7 +222,9 @@ def _collecting() -> Iterator[list[_Registration]]:
         _collector = previous
 
 
-class _PipelineModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+class _PipelineModules:
+    # A meta path finder and loader by shape, not by importlib.abc's classes: importing those
+    # costs the job host ~10 ms at every start.
     """Imports of the modules beside ci.py (`.quire/helpers.py`, `.quire/lib/__init__.py`),
     served from the texts read at the run's revision, never from the working tree."""
 
@@ -238,12 +239,16 @@ class _PipelineModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             (f"{fullname.replace('.', '/')}/__init__.py", True),
         ):
             if file in self.sources:
-                spec = importlib.util.spec_from_loader(fullname, self, is_package=package)
+                loader = cast("importlib.abc.Loader", self)  # a loader by shape
+                spec = importlib.util.spec_from_loader(fullname, loader, is_package=package)
                 if spec is not None:
                     spec.origin = f".quire/{file}"
                     spec.has_location = True
                 return spec
         return None
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
+        return None  # the default module
 
     def exec_module(self, module: types.ModuleType) -> None:
         spec = module.__spec__
@@ -272,11 +277,17 @@ def pipeline_modules(sources: Mapping[str, bytes]) -> Iterator[None]:
                 del sys.modules[name]
 
 
-def load_pipeline(source: bytes | str, modules: Mapping[str, bytes] | None = None) -> Pipeline:
+def load_pipeline(
+    source: bytes | str, modules: Mapping[str, bytes] | None = None, *, keep_modules: bool = False
+) -> Pipeline:
     """Execute ci.py's text and validate its jobs; raises `PipelineError`.
 
     `modules` are the other `.py` files under `.quire/` (path below `.quire/` ->
-    text), importable from ci.py and its jobs."""
+    text), importable from ci.py and its jobs: while it loads, or from then on
+    with `keep_modules` (the job host, whose jobs may import them late)."""
+    if keep_modules and modules:
+        sys.meta_path.insert(0, _PipelineModules(modules))
+        modules = None
     try:
         code = compile(source, PIPELINE_FILE, "exec")
     except SyntaxError as exc:
@@ -299,6 +310,8 @@ def load_pipeline(source: bytes | str, modules: Mapping[str, bytes] | None = Non
 
 def pipeline_line(exc: BaseException) -> int | None:
     """The innermost line of ci.py in `exc`'s traceback."""
+    import traceback  # only when something failed: ~10 ms of imports
+
     line = None
     for frame in traceback.extract_tb(exc.__traceback__):
         if frame.filename == PIPELINE_FILE:
@@ -353,6 +366,8 @@ def closest(name: str, known: Sequence[str]) -> str | None:
     for candidate in known:  # the same letters in another order: `tset` for `tests`
         if sorted(candidate) == sorted(name) or sorted(candidate) == sorted(name + "s"):
             return candidate
+    import difflib
+
     found = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
     return found[0] if found else None
 

@@ -510,3 +510,35 @@ def start(
         except FileNotFoundError as exc:
             raise ProgramNotFound(f"{argv[0]}: cannot be started ({exc.strerror})") from exc
     return Child(tuple(argv), proc)
+
+
+def start_with_fds(
+    argv: Sequence[str],
+    *,
+    pass_fds: Sequence[int],
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> Child:
+    """Start `argv` in its own session with the file descriptors `pass_fds` kept open (a
+    socket to talk to it); its stdout and stderr are quire's stderr. It gets SIGKILL if we
+    die. `env` adds to quire's environment. Raises `ProgramNotFound`."""
+    command = _command(argv)
+    try:
+        with _spawn_lock:
+            proc: subprocess.Popen[bytes] = command.popen(
+                list(argv[1:]),
+                cwd=None if cwd is None else str(cwd),
+                env=dict(env) if env else None,
+                stdin=subprocess.DEVNULL,
+                stdout=2,
+                stderr=2,
+                new_session=True,
+                pass_fds=tuple(pass_fds),
+                preexec_fn=_die_with_parent(signal.SIGKILL),
+            )
+            _spawned.add(proc.pid)
+    except PermissionError as exc:
+        raise ProgramNotFound(f"{argv[0]}: permission denied") from exc
+    except OSError as exc:
+        raise ProgramNotFound(f"{argv[0]}: cannot be started ({exc.strerror})") from exc
+    return Child(tuple(argv), proc)

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from quire.ci.events import JobFinished
-from quire.ci.pipeline import load_pipeline
+from quire.ci.pipeline import Pipeline, load_pipeline
 from quire.ci.run.executors.base import Command, ExecResult
+from quire.ci.run.jobhost import JobHost
 from quire.ci.run.jobs import JobRunner, JobsOutcome
 from quire.ci.run.orchestrator import outlet_for
 from quire.ci.run.outlet import RunOutlet
@@ -25,7 +26,7 @@ from quire.ci.store.records import ExecutorKind, JobState, JobStatus, RunMeta, r
 from quire.ci.store.runs import RunDir, RunStore
 from quire.config import Secrets
 from quire.tools.process import OutputHandler
-from tests.helpers import Collected, host_executor
+from tests.helpers import Collected, ThreadJobHost, host_executor
 
 PUSH = {"sha": "a" * 40, "ref": "refs/heads/main", "branch": "main", "tag": None}
 
@@ -89,9 +90,20 @@ class Runner:
     secrets: Secrets = field(default_factory=Secrets)
     seen: Collected = field(default_factory=Collected)
     jobs: int = 1
+    real_host: bool = False  # the job host process, not a thread of this one
 
     def __call__(self, source: str) -> JobsOutcome:
-        pipeline = load_pipeline(textwrap.dedent(source).lstrip("\n"))
+        text = textwrap.dedent(source).lstrip("\n")
+        if self.real_host:
+            host = JobHost.start()
+            try:
+                return self._run(host.load({".quire/ci.py": text.encode()}), host)
+            finally:
+                host.close()
+        pipeline = load_pipeline(text)
+        return self._run(pipeline, ThreadJobHost(pipeline))
+
+    def _run(self, pipeline: Pipeline, host: object) -> JobsOutcome:
         outlet = outlet_for(self.run, Redactor(self.secrets.values.values()), [self.seen])
         executor = (
             self.executor if isinstance(self.executor, FakeExecutor) else self.executor(outlet)
@@ -105,6 +117,7 @@ class Runner:
                 capture_limit=1024 * 1024,
                 push_outputs=PUSH,
                 jobs=self.jobs,
+                host=host,  # type: ignore[arg-type]
             ).run_all()
         finally:
             outlet.close()
@@ -415,19 +428,26 @@ def test_job_commands_go_to_the_jobs_own_log(run: RunDir, tmp_path: Path) -> Non
     assert events[1]["data"] == "hello from the job\n"
 
 
-def test_interrupt_in_a_job_is_recorded_and_propagates(runner: Runner) -> None:
-    with pytest.raises(KeyboardInterrupt):
-        runner(
-            """
-            from quire.ci import job
+def test_a_keyboard_interrupt_raised_by_a_jobs_python_fails_that_job_only(
+    runner: Runner,
+) -> None:
+    """Only a signal quire receives interrupts the run; a job's own exceptions are its own."""
+    outcome = runner(
+        """
+        from quire.ci import job
 
-            @job(inputs=["quire/push"])
-            def long(rt):
-                raise KeyboardInterrupt
-            """
-        )
+        @job(inputs=["quire/push"])
+        def long(rt):
+            raise KeyboardInterrupt("from the job")
+
+        @job(inputs=["quire/push"])
+        def other(rt):
+            pass
+        """
+    )
+    assert statuses(outcome) == {"long": "failed", "other": "success"}
     state = runner.state_on_disk("long")
-    assert (state.status, state.error) == (JobStatus.failed, "interrupted")
+    assert state.error is not None and state.error.startswith("KeyboardInterrupt: from the job")
 
 
 def test_sys_exit_in_a_job_fails_only_that_job(runner: Runner) -> None:
@@ -455,7 +475,7 @@ def test_sys_exit_in_a_job_fails_only_that_job(runner: Runner) -> None:
 def test_a_jobs_print_and_rt_log_land_in_its_log_in_order_with_its_commands(
     run: RunDir,
 ) -> None:
-    runner = Runner(run, FakeExecutor(stdout=b"from the command\n"))
+    runner = Runner(run, FakeExecutor(stdout=b"from the command\n"), real_host=True)
     runner(
         """
         from quire.ci import job

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -13,9 +14,10 @@ import pytest
 from plumbum import local
 
 from quire.ci.pipeline import Pipeline, load_pipeline
+from quire.ci.run.jobhost import LogLine, Named, Out, ShRequest, parse
 from quire.ci.run.outlet import RunOutlet
 from quire.ci.run.redact import Redactor
-from quire.ci.run.runtime import JobContext, Runtime
+from quire.ci.run.runtime import JobContext, JobServer
 from quire.ci.store.eventlog import JsonLogs
 from quire.ci.store.logs import event_bytes
 from quire.config import Secrets
@@ -27,6 +29,8 @@ from quire.errors import (
     JobTimedOut,
     UnknownSecret,
 )
+from quire.jobhost.protocol import Message
+from quire.jobhost.runtime import JobLink, Runtime, unless_error
 from tests.helpers import host_executor
 
 GRAPH = """
@@ -54,6 +58,27 @@ def slow(rt):
 """
 
 PUSH = {"sha": "a" * 40, "ref": "refs/heads/main", "branch": "main", "tag": None}
+
+
+class ServedLink(JobLink):
+    """The job side's link answered in this process by quire's side (`JobServer`), each
+    message through JSON as on the wire: both halves of the runtime, without a socket."""
+
+    def __init__(self, server: JobServer) -> None:  # no channel: nothing is sent
+        self._server = server
+        self._owner = os.getpid()
+
+    def tell(self, message: Message) -> None:
+        parsed = parse(json.loads(json.dumps(message)))
+        if isinstance(parsed, Out):
+            self._server.output(parsed.stream, parsed.data)
+        elif isinstance(parsed, LogLine):
+            self._server.log(parsed.message)
+
+    def ask(self, message: Message) -> Message:
+        parsed = parse(json.loads(json.dumps(message)))
+        assert isinstance(parsed, ShRequest | Named)
+        return unless_error(json.loads(json.dumps(self._server.handle(parsed))))
 
 
 @dataclass
@@ -92,7 +117,7 @@ class Harness:
             capture_limit=capture_limit,
             deadline=deadline,
         )
-        return Runtime(ctx)
+        return Runtime(ServedLink(JobServer(ctx)), job_id)
 
     def events(self) -> list[dict[str, Any]]:
         if not self.log_path.exists():  # nothing was ever logged for the job

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -389,3 +390,71 @@ def test_ansi_palette_css_is_served(client: TestClient) -> None:
     css = client.get("/static/ansi.css")
     assert css.headers["content-type"].startswith("text/css")
     assert ".f1{color:#cd3131}" in css.text and ".b255{" in css.text
+
+
+# --- found by breaking the code on purpose (see the commit) ---------------------------------------
+
+
+def test_the_pager_links_only_to_pages_that_exist(store: Store, client: TestClient) -> None:
+    for n in range(1, 61):
+        store.add(n)
+    first, last = client.get("/").text, client.get("/?page=2").text
+    assert 'rel="next"' in first and 'rel="prev"' not in first
+    assert 'rel="prev"' in last and 'rel="next"' not in last
+    assert 'rel="next"' not in client.get("/?state=failed").text  # no runs: one empty page
+
+
+def test_message_lines_in_a_job_log_are_escaped(store: Store, client: TestClient) -> None:
+    store.add(1, jobs={"a": line("message", text="<img src=x onerror=alert(1)>")})
+    for url in (f"/runs/proj/{run_id(1)}", f"/runs/proj/{run_id(1)}/jobs/a"):
+        text = client.get(url).text
+        assert "<img" not in text and "&lt;img src=x onerror=alert(1)&gt;" in text, url
+
+
+def test_runs_stream_keeps_the_state_filter(store: Store, client: TestClient) -> None:
+    store.add(1, state="failed")
+    with client.stream("GET", "/live/runs", params={"state": "failed"}) as response:
+        lines = response.iter_lines()
+        assert next(lines).startswith("retry:")
+        store.add(2, state="active")  # not failed: the filtered list does not change...
+        store.add(3, state="failed")  # ...until this one
+        event = next(line for line in lines if line.startswith("data:"))
+    assert run_id(3) in event and run_id(1) in event and run_id(2) not in event
+
+
+def test_hidden_job_directories_are_not_jobs(store: Store, client: TestClient) -> None:
+    path = store.add(1, jobs={"a": job_log(out("x\n"))})
+    Store.write_job(path, ".partial", "running")
+    (path / "jobs" / ".partial" / "log.jsonl").write_bytes(job_log(out("hidden\n")))
+    for url in ("jobs/.partial", "jobs/.partial/output.txt"):
+        assert client.get(f"/runs/proj/{run_id(1)}/{url}").status_code == 404, url
+    stream = client.get(f"/live/runs/proj/{run_id(1)}", params={"job": ".partial"})
+    assert stream.status_code == 404
+
+
+def test_a_run_being_staged_or_a_hidden_repository_is_not_served(
+    store: Store, client: TestClient
+) -> None:
+    path = store.add(1, state="pending")
+    staging = path.parent / f".{run_id(2)}.new"  # how the store stages a new run
+    shutil.copytree(path, staging)
+    shutil.copytree(store.state / "runs" / "proj", store.state / "runs" / ".trash")
+    assert client.get(f"/runs/proj/.{run_id(2)}.new").status_code == 404
+    assert client.get(f"/api/runs/proj/.{run_id(2)}.new").status_code == 404
+    assert client.get(f"/runs/.trash/{run_id(1)}").status_code == 404
+    assert client.get("/api/runs/.trash").status_code == 404
+    listed = client.get("/").text
+    assert ".trash" not in listed and f".{run_id(2)}" not in listed
+
+
+def test_a_job_page_paged_back_to_its_end_is_at_the_tail(store: Store, client: TestClient) -> None:
+    log = job_log(out("only\n"))
+    store.add(1, state="active", jobs={"a": log})
+    text = client.get(f"/runs/proj/{run_id(1)}/jobs/a?before={len(log)}").text
+    assert 'rel="next"' not in text
+    assert f'data-live="/live/runs/proj/{run_id(1)}?job=a"' in text
+
+
+def test_api_runs_pages_hold_at_most_500_runs(store: Store, client: TestClient) -> None:
+    store.add(1)
+    assert client.get("/api/runs?per_page=501").json()["per_page"] == 500

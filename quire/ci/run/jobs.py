@@ -19,10 +19,19 @@ from typing import Any
 from quire import interrupts
 from quire.ci.events import JobFinished, JobStarted
 from quire.ci.pipeline import PIPELINE_FILE, JobDef, Pipeline, Skip, pipeline_line
-from quire.ci.run.capture import captured_output
 from quire.ci.run.executors.base import Executor
+from quire.ci.run.jobhost import (
+    BadMessage,
+    JobEnd,
+    JobHostLike,
+    JobProcess,
+    LogLine,
+    Named,
+    Out,
+    ShRequest,
+)
 from quire.ci.run.outlet import RunOutlet
-from quire.ci.run.runtime import JobContext, Runtime
+from quire.ci.run.runtime import JobContext, JobServer
 from quire.ci.store.records import JobState, JobStatus, utcnow
 from quire.config import Secrets
 from quire.errors import (
@@ -70,6 +79,8 @@ class JobRunner:
     run_env: Mapping[str, str] = field(default_factory=dict)
     jobs: int = 1  # how many jobs may run at the same time
     outcome: JobsOutcome = field(default_factory=JobsOutcome)
+    host: JobHostLike | None = None  # where the jobs' Python runs (docs/architecture.md)
+    _live: set[JobProcess] = field(default_factory=set)
 
     def run_all(self) -> JobsOutcome:
         """Run every job in `pipeline.order`, up to `jobs` at a time; interrupts propagate
@@ -112,6 +123,9 @@ class JobRunner:
                         outputs[job_id] = state.outputs
         except BaseException:
             self.executor.abort()  # the running jobs' commands end now, and so do the jobs
+            for job in list(self._live):  # ... and their Python, whatever it is doing
+                with interrupts.shielded():
+                    job.end()
             wait(running, timeout=ABORT_WAIT_S)
             pool.shutdown(wait=False, cancel_futures=True)
             raise
@@ -175,14 +189,13 @@ class JobRunner:
             run_env=self.run_env,
         )
         try:
-            with captured_output(self.outlet, defined.id):
-                try:
-                    result = defined.func(Runtime(ctx))
-                finally:
-                    self.executor.end_job()  # what the job started ends with it
+            try:
+                end = self._converse(defined, JobServer(ctx), ctx.deadline)
+            finally:
+                self.executor.end_job()  # what the job started ends with it
             interrupts.check()  # the job caught the signal's exception: still interrupted
             self.outlet.check()  # ... or the error of a write that failed
-            state.outputs = self._checked_outputs(defined, result)
+            state.outputs = self._outcome_of(defined, end)
         except Skip as exc:
             _unless_interrupted(finish, exc)
             finish(JobStatus.skipped, str(exc) or "skipped")
@@ -192,7 +205,7 @@ class JobRunner:
         except (ContainerDied, DockerUnavailable, StoreWriteFailed) as exc:
             outcome.fatal = exc
             finish(JobStatus.failed, str(exc))
-        except (Exception, SystemExit) as exc:  # sys.exit() in a job fails that job
+        except Exception as exc:
             _unless_interrupted(finish, exc)
             if self.outlet.failure is not None:  # whatever the job made of it
                 outcome.fatal = self.outlet.failure
@@ -203,6 +216,45 @@ class JobRunner:
         else:
             finish(JobStatus.success, None)
         return state
+
+    def _converse(self, defined: JobDef, server: JobServer, deadline: float | None) -> JobEnd:
+        """Start the job in the job host and answer what it asks until it ends; its process
+        tree is gone when this returns (or raises: an interrupt)."""
+        if self.host is None:
+            raise JobError(f"job {defined.id!r}: no job host to run it in")  # a bug of ours
+        job = self.host.start_job(defined.id)
+        self._live.add(job)
+        try:
+            for message in job.messages(deadline):
+                if isinstance(message, ShRequest | Named):
+                    job.answer(server.handle(message))
+                elif isinstance(message, Out):
+                    server.output(message.stream, message.data)
+                elif isinstance(message, LogLine):
+                    server.log(message.message)
+                elif message.kind == "timeout":
+                    raise server.job_timed_out("in its own Python")
+                else:
+                    return message
+            raise JobError(f"job {defined.id!r}: its process ended without a word")  # unreachable
+        except BadMessage as exc:
+            raise JobError(
+                f"job {defined.id!r}: its Python sent quire a message it cannot use: {exc}"
+            ) from exc
+        finally:
+            with interrupts.shielded():
+                job.end()
+            self._live.discard(job)
+
+    def _outcome_of(self, defined: JobDef, end: JobEnd) -> dict[str, Any]:
+        """The job's outputs, or the exception its end means."""
+        if end.kind == "skip":
+            raise Skip(end.text or "skipped")
+        if end.kind == "failed":
+            raise JobError(end.text or f"job {defined.id!r} failed")
+        if end.kind == "died":
+            raise JobError(f"job {defined.id!r}: {describe_death(end.status)}")
+        return self._checked_outputs(defined, end.outputs)
 
     def _checked_outputs(self, defined: JobDef, result: object) -> dict[str, Any]:
         if result is None:
@@ -242,6 +294,24 @@ def _unless_interrupted(
     if received is not None:
         finish(JobStatus.failed, str(received))
         raise received from exc
+
+
+def describe_death(status: int | None) -> str:
+    """What happened to a job's Python that ended without saying how the job went."""
+    if status is None:
+        return "its Python process ended before the job did"
+    if status < 0:
+        import signal
+
+        try:
+            name = signal.Signals(-status).name
+        except ValueError:
+            name = f"signal {-status}"
+        return f"its Python process was killed by {name} before the job ended"
+    return (
+        f"its Python process exited with status {status} before the job ended "
+        "(os._exit() or sys.exit() outside the job function?)"
+    )
 
 
 def describe_failure(exc: BaseException) -> str:

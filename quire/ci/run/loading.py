@@ -7,11 +7,13 @@ pointed out in one line instead.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from quire.ci.events import Notice
-from quire.ci.pipeline import PIPELINE_FILE, Pipeline, load_pipeline
+from quire.ci.pipeline import PIPELINE_FILE, Pipeline
+from quire.ci.run.jobhost import JobHost
 from quire.ci.run.outlet import Subscriber
 from quire.errors import UnknownRevision, UsageError
 from quire.tools import git
@@ -22,13 +24,24 @@ class LoadedPipeline:
     repo: git.Repository
     revision: git.Revision
     pipeline: Pipeline | None
+    # The job host that ran ci.py and will run its jobs (`keep_host`); closed by the caller.
+    host: JobHost | None = None
 
 
-def load(repo_path: Path, revision: str, *, dirty: bool = False) -> LoadedPipeline:
+def load(
+    repo_path: Path,
+    revision: str,
+    *,
+    dirty: bool = False,
+    keep_host: bool = False,
+    sandbox: Sequence[str] = (),
+) -> LoadedPipeline:
     """Find the repository, resolve the revision, load its ci.py (None if it has none).
 
-    `dirty`: the working tree's ci.py and modules, as they are on disk (its HEAD
-    is the revision). Raises `UsageError` for a bare repository or another revision.
+    ci.py runs in a job host, never in this process (`sandbox`: the argv it runs
+    inside). `dirty`: the working tree's ci.py and modules, as they are on disk
+    (its HEAD is the revision). Raises `UsageError` for a bare repository or
+    another revision, `PipelineError` for an invalid pipeline.
     """
     repo = git.open_repository(repo_path)
     if dirty and (repo.bare or revision != "HEAD"):
@@ -39,8 +52,15 @@ def load(repo_path: Path, revision: str, *, dirty: bool = False) -> LoadedPipeli
     source = files.pop(PIPELINE_FILE, None)
     if source is None:
         return LoadedPipeline(repo, resolved, None)
-    modules = {path.removeprefix(".quire/"): text for path, text in files.items()}
-    return LoadedPipeline(repo, resolved, load_pipeline(source, modules))
+    host = JobHost.start(wrap=sandbox)
+    try:
+        pipeline = host.load({PIPELINE_FILE: source, **files})
+    except BaseException:
+        host.close()
+        raise
+    if not keep_host:
+        host.close()
+    return LoadedPipeline(repo, resolved, pipeline, host if keep_host else None)
 
 
 def names_commit(repo_path: Path, word: str) -> bool:

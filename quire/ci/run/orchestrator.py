@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from quire import interrupts
 from quire.ci.events import JobFinished, Notice, RunEnding, RunFinished, RunStarted
-from quire.ci.pipeline import PIPELINE_FILE, Pipeline, pipeline_modules
+from quire.ci.pipeline import PIPELINE_FILE, Pipeline
 from quire.ci.run import workspace as workspaces
 from quire.ci.run.executors.base import Executor, ExecutorFactory, ExecutorSetup
 from quire.ci.run.jobs import JobRunner, JobsOutcome
@@ -154,11 +154,26 @@ def _run(
     listing: ContainerListing | None,
 ) -> RunOutcome:
     try:
-        loaded = load(request.repo_path, request.revision, dirty=request.dirty)
+        loaded = load(request.repo_path, request.revision, dirty=request.dirty, keep_host=True)
     except PipelineError as exc:
         if request.run_id is not None:  # a queued push: its run must be findable, failed
             _record_invalid_pipeline(request, exc)
         raise
+    try:
+        return _run_loaded(request, reporter, executors, listing, loaded)
+    finally:
+        if loaded.host is not None:
+            with interrupts.shielded():
+                loaded.host.close()
+
+
+def _run_loaded(
+    request: RunRequest,
+    reporter: Subscriber,
+    executors: ExecutorFactory,
+    listing: ContainerListing | None,
+    loaded: LoadedPipeline,
+) -> RunOutcome:
     if not request.dirty:
         note_uncommitted_changes(loaded, request.revision, reporter)
     if loaded.pipeline is None:
@@ -310,8 +325,7 @@ class _Run:
                 )
             )
             outcome = JobsOutcome()
-            with pipeline_modules(self.pipeline.modules):  # a job may import them late
-                result, internal = self._run_jobs(outlet, outcome)
+            result, internal = self._run_jobs(outlet, outcome)
             finished = self._finish(outlet, outcome, result, time.monotonic() - t0)
         finally:
             with interrupts.shielded():
@@ -359,6 +373,7 @@ class _Run:
                         run_env=self._run_env(),
                         jobs=self.request.concurrency,
                         outcome=outcome,
+                        host=self.loaded.host,
                     ).run_all()
             return _result_of(outcome, outlet), None
         except (Interrupted, KeyboardInterrupt) as exc:
@@ -407,6 +422,7 @@ class _Run:
             host=socket.gethostname(),
             caches=tuple(self.pipeline.caches.values()),
             jobs=self.request.concurrency,
+            spared=frozenset() if self.loaded.host is None else frozenset({self.loaded.host.pid}),
         )
 
     def _finish(

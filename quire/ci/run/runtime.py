@@ -1,7 +1,8 @@
-"""The Runtime a job function receives: `sh`, `secret`, `jobs`, `log`.
+"""quire's side of a job's runtime: what `rt.sh`, `rt.secret`, `rt.jobs` and `rt.log`
+do, asked for by the job's Python from the job host (quire/jobhost/runtime.py).
 
-Each `rt.sh` output chunk takes two roads: the raw bytes go to the
-`ShOutput` the job gets back (the last `capture_limit` bytes of each
+Each `rt.sh` output chunk takes two roads: the raw bytes go to the tail the
+job gets back in its `ShOutput` (the last `capture_limit` bytes of each
 stream), and the same bytes go to the run's outlet, which masks secrets
 and hands them to the logs and the terminal as they arrive.
 """
@@ -12,13 +13,14 @@ import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from quire import interrupts
-from quire.ci.events import CommandFinished, CommandStarted, Message, StreamName
+from quire.ci.events import CommandFinished, CommandStarted, StreamName
+from quire.ci.events import Message as Message_
 from quire.ci.pipeline import JobDef, Pipeline
 from quire.ci.run.executors.base import Command, Executor
+from quire.ci.run.jobhost import Named, ShRequest
 from quire.ci.run.outlet import RunOutlet
 from quire.config import Secrets
 from quire.errors import (
@@ -28,26 +30,9 @@ from quire.errors import (
     JobAccessError,
     JobError,
     JobTimedOut,
+    QuireError,
 )
-
-
-@dataclass(frozen=True)
-class ShOutput:
-    """What `rt.sh` returns. `exit` < 0: killed by that signal.
-
-    `stdout`/`stderr` are UTF-8 text (invalid bytes replaced), the last
-    `capture_limit` bytes of each stream; `*_truncated` says the start was
-    dropped (the log keeps everything).
-    """
-
-    cmd: str | list[str]
-    exit: int
-    stdout: str
-    stderr: str
-    started_at: datetime
-    duration_s: float
-    stdout_truncated: bool = False
-    stderr_truncated: bool = False
+from quire.jobhost.protocol import Message
 
 
 class TailBuffer:
@@ -106,37 +91,36 @@ class _OutputSink:
         self._outlet.check()  # output that cannot be logged stops the command
 
 
-class Runtime:
-    """The object every job function receives."""
+class JobServer:
+    """quire's side of one job's runtime: answers what the job's Python asks for over its
+    socket (`rt.sh`, `rt.secret`, `rt.jobs`, `rt.log`, its own output)."""
 
     def __init__(self, ctx: JobContext) -> None:
         self._ctx = ctx
 
     @property
     def job_id(self) -> str:
-        """The id of the job this runtime belongs to."""
         return self._ctx.job.id
 
-    def sh(
-        self,
-        cmd: str | Sequence[str],
-        *,
-        env: Mapping[str, str] | None = None,
-        check: bool = False,
-        timeout: float | None = None,
-    ) -> ShOutput:
-        """Run `cmd` (argv list, or a string for `sh -c`) in the workspace.
+    def handle(self, request: ShRequest | Named) -> Message:
+        """The answer to one request; quire's errors become `error` answers (raised as
+        themselves in the job), an interrupt goes on."""
+        try:
+            if isinstance(request, ShRequest):
+                return self.sh(request)
+            if request.kind == "secret":
+                return {"t": "value", "value": self.secret(request.name)}
+            return {"t": "value", "value": dict(self.jobs(request.name))}
+        except QuireError as exc:
+            return {"t": "error", "kind": type(exc).__name__, "message": str(exc)}
 
-        `env` adds to the environment. A non-zero exit is returned in
-        `.exit`; with `check=True` it raises `CommandFailed`. A command
-        running past `timeout` seconds (or past the job's timeout) is
-        killed and raises `CommandTimedOut`.
-        """
+    def sh(self, request: ShRequest) -> Message:
+        """Run the command in the workspace; its outcome for the job's `ShOutput`."""
         interrupts.check()  # a caught Ctrl-C still stops the run: no command after it
         ctx = self._ctx
         ctx.outlet.check()  # nor after the run's logs could not be written
-        limit, by_job = self._timeout(timeout)
-        given = self._checked_env(env)
+        cmd, given = request.cmd, self._checked_env(request.env)
+        limit, by_job = self._timeout(request.timeout)
         environment = {**ctx.run_env, "QUIRE_JOB": ctx.job.id, **given}
         command = Command.from_user(self._checked(cmd), environment, limit)
         shown = ctx.outlet.emit(CommandStarted(ctx.job.id, _as_given(cmd), tuple(sorted(given))))
@@ -147,26 +131,28 @@ class Runtime:
         ctx.outlet.emit(
             CommandFinished(ctx.job.id, result.exit, result.duration_s, result.timed_out)
         )
-        out = ShOutput(
-            cmd=cmd if isinstance(cmd, str) else list(cmd),
-            exit=result.exit,
-            stdout=sink.captured["stdout"].text(),
-            stderr=sink.captured["stderr"].text(),
-            started_at=result.started_at,
-            duration_s=result.duration_s,
-            stdout_truncated=sink.captured["stdout"].truncated,
-            stderr_truncated=sink.captured["stderr"].truncated,
-        )
         if result.timed_out:
-            raise self._timed_out(display, timeout, by_job)
-        if check and result.exit != 0:
+            raise self._timed_out(display, request.timeout, by_job)
+        if request.check and result.exit != 0:
             raise CommandFailed(f"command `{display}` exited {result.exit}")
-        return out
+        return {
+            "t": "sh_done",
+            "exit": result.exit,
+            "stdout": sink.captured["stdout"].text(),
+            "stderr": sink.captured["stderr"].text(),
+            "started_at": result.started_at.isoformat(),
+            "duration_s": result.duration_s,
+            "stdout_truncated": sink.captured["stdout"].truncated,
+            "stderr_truncated": sink.captured["stderr"].truncated,
+        }
 
     def log(self, message: str) -> None:
-        """Show `message` as a line of this job's output (logged, masked, quiet under
-        `--quiet` like the rest of the job's output)."""
-        self._ctx.outlet.emit(Message(self.job_id, str(message)))
+        """A line of the job's own, in its output."""
+        self._ctx.outlet.emit(Message_(self.job_id, message))
+
+    def output(self, stream: StreamName, data: bytes) -> None:
+        """What the job's Python printed (print, sys.stdout/sys.stderr, logging)."""
+        self._ctx.outlet.output(self.job_id, stream, data)
 
     def _checked(self, cmd: object) -> str | Sequence[str]:
         if isinstance(cmd, str) and cmd.strip():
@@ -197,20 +183,21 @@ class Runtime:
 
     def _timed_out(self, display: str, asked: float | None, by_job: bool) -> JobError:
         if by_job:
-            limit = self._ctx.job.timeout
-            return JobTimedOut(
-                f"job {self.job_id!r} ran past its timeout of {limit:g}s "
-                f"(@job timeout={limit:g}) while running `{display}`"
-            )
+            return self.job_timed_out(f"while running `{display}`")
         return CommandTimedOut(
             f"command `{display}` ran past its timeout of {asked:g}s and was killed"
         )
 
-    def secret(self, name: str) -> str:
-        """The value of a configured secret; raises `UnknownSecret`.
+    def job_timed_out(self, doing: str) -> JobTimedOut:
+        limit = self._ctx.job.timeout or 0
+        return JobTimedOut(
+            f"job {self.job_id!r} ran past its timeout of {limit:g}s "
+            f"(@job timeout={limit:g}) {doing}"
+        )
 
-        The value is hidden (`***`) everywhere quire shows or stores text.
-        """
+    def secret(self, name: str) -> str:
+        """The value of a configured secret; raises `UnknownSecret`. Hidden (`***`) from here
+        on everywhere quire shows or stores text."""
         value = self._ctx.secrets.get(name)
         self._ctx.outlet.hide(value)
         return value

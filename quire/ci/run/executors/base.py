@@ -96,6 +96,9 @@ class ExecutorSetup:
     # The pipeline's `cache(name, path)` declarations: docker mounts a volume per cache
     # at its path; the host executor has nothing to do (the path is the host's own).
     caches: tuple[CacheDef, ...] = ()
+    # Processes of quire's own that are not the jobs' (the job host): never ended as a
+    # job's leftovers.
+    spared: frozenset[int] = frozenset()
 
 
 class ExecutorFactory(Protocol):

@@ -42,6 +42,7 @@ class HostExecutor:
     def __init__(self, setup: ExecutorSetup) -> None:
         self.workspace: Path = setup.workspace
         self.outlet = setup.outlet
+        self._spared = setup.spared
         self._drainer = Drainer()
         self._recorded: tuple[tuple[int, int], ...] = ()
         self._side_by_side = setup.jobs > 1
@@ -144,7 +145,11 @@ class HostExecutor:
             proctree.kill_group_and_tree(proc.pid)
 
     def _running(self) -> list[int]:
-        return proctree.descendants(os.getpid())
+        """Every process of the run's jobs: quire's descendants but the spared ones' trees."""
+        spared = set(self._spared)
+        for pid in self._spared:
+            spared.update(proctree.descendants(pid))
+        return [pid for pid in proctree.descendants(os.getpid()) if pid not in spared]
 
     def _record(self, pids: list[int]) -> None:
         running = tuple((p.pid, p.start) for p in proctree.described(pids) if p.start is not None)
