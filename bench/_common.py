@@ -13,11 +13,13 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -291,12 +293,15 @@ def in_process_run(sc: Scratch, sha: str, executor_name: str) -> Iterator[InProc
     from quire.ci.events import JobFinished, JobStarted
     from quire.ci.pipeline import JobDef, Pipeline
     from quire.ci.run import workspace as workspaces
+    from quire.ci.run.jobhost import Named, ShRequest, parse
     from quire.ci.run.orchestrator import make_executor, outlet_for
     from quire.ci.run.redact import Redactor
-    from quire.ci.run.runtime import JobContext, Runtime
+    from quire.ci.run.runtime import JobContext, JobServer
     from quire.ci.store.records import ExecutorKind, JobState, JobStatus, RunMeta, utcnow
     from quire.ci.store.runs import RunState, RunStore
     from quire.config import Secrets
+    from quire.jobhost.protocol import Channel
+    from quire.jobhost.runtime import JobLink, Runtime
 
     store = RunStore(sc.repo_name)
     run_dir = store.create(
@@ -330,7 +335,24 @@ def in_process_run(sc: Scratch, sha: str, executor_name: str) -> Iterator[InProc
                 outlet=outlet,
                 capture_limit=4 * 1024 * 1024,
             )
-            yield InProcessRun(ex, Runtime(ctx), job_log, run_dir.path)
+            # The job side talks to quire's side over a socketpair, as a job process does:
+            # every rt.sh is a real request and answer of the job host protocol.
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            server = JobServer(ctx)
+
+            def serve() -> None:
+                channel = Channel(ours)
+                while (message := channel.receive()) is not None:
+                    request = parse(message)
+                    if isinstance(request, ShRequest | Named):
+                        channel.send(server.handle(request))
+
+            threading.Thread(target=serve, daemon=True).start()
+            runtime = Runtime(JobLink(Channel(theirs)), "bench")
+            try:
+                yield InProcessRun(ex, runtime, job_log, run_dir.path)
+            finally:
+                theirs.close()
             outlet.emit(JobFinished(JobState(job_id="bench", status=JobStatus.success)))
     finally:
         outlet.close()
