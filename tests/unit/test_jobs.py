@@ -670,3 +670,39 @@ def test_a_job_starts_only_when_all_of_its_inputs_are_done(runner: Runner, stage
     outcome = runner(ALL_INPUTS)
     assert statuses(outcome) == {"fast": "success", "slow": "success", "both": "success"}
     assert stage.events.index("end slow") < stage.events.index("start both")
+
+
+@dataclass
+class DyingExecutor(FakeExecutor):
+    """The run's container dies at the first command."""
+
+    def execute(self, command: Command, on_output: OutputHandler) -> ExecResult:
+        from quire.errors import ContainerDied
+
+        raise ContainerDied("the run's container abc123 died: it no longer exists")
+
+
+def test_a_dead_container_fails_the_job_and_no_later_job_runs_whatever_the_job_does(
+    run: RunDir,
+) -> None:
+    runner = Runner(run, DyingExecutor())
+    outcome = runner(
+        """
+        from quire.ci import job
+
+        @job(inputs=["quire/push"])
+        def first(rt):
+            try:
+                rt.sh(["true"])
+            except Exception:
+                pass  # the job's Python cannot make the run go on
+
+        @job(inputs=["quire/push"])
+        def second(rt):
+            rt.sh(["true"])
+        """
+    )
+    assert statuses(outcome) == {"first": "failed", "second": "skipped"}
+    assert "container abc123 died" in (outcome.states["first"].error or "")
+    assert outcome.fatal is not None
+    assert outcome.states["second"].skip_reason.startswith("not run: the run's container")

@@ -27,10 +27,13 @@ from quire.errors import (
     BadCommand,
     CommandFailed,
     CommandTimedOut,
+    ContainerDied,
+    DockerUnavailable,
     JobAccessError,
     JobError,
     JobTimedOut,
     QuireError,
+    StoreWriteFailed,
 )
 from quire.jobhost.protocol import Message
 
@@ -91,6 +94,11 @@ class _OutputSink:
         self._outlet.check()  # output that cannot be logged stops the command
 
 
+# Errors that end the run, not just the job: a dead container, a lost docker daemon, logs
+# that cannot be written. They go to JobRunner, never to the job's Python.
+RUN_ENDING = (ContainerDied, DockerUnavailable, StoreWriteFailed)
+
+
 class JobServer:
     """quire's side of one job's runtime: answers what the job's Python asks for over its
     socket (`rt.sh`, `rt.secret`, `rt.jobs`, `rt.log`, its own output)."""
@@ -111,6 +119,8 @@ class JobServer:
             if request.kind == "secret":
                 return {"t": "value", "value": self.secret(request.name)}
             return {"t": "value", "value": dict(self.jobs(request.name))}
+        except RUN_ENDING:
+            raise  # the run cannot go on, whatever the job would make of it
         except QuireError as exc:
             return {"t": "error", "kind": type(exc).__name__, "message": str(exc)}
 
