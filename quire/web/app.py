@@ -47,7 +47,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from quire.ci.store.records import JobState, RecordUnreadable, read_record
-from quire.ci.store.runs import RunDir, RunState
+from quire.ci.store.runs import FINISHED, RunDir, RunState
 from quire.ci.store.views import RunDetails, RunSummary, details
 from quire.web import live, runlog
 from quire.web.ansi import palette_css
@@ -293,7 +293,7 @@ class Web:
             return RedirectResponse(run_url(run.store.repo, run.run_id), status_code=307)
         info = details(run)
         logs = [self._log_tail(run, job) for job in runlog.job_order(run, info.jobs)]
-        finished = run.state in live.FINISHED
+        finished = run.state in FINISHED
         events = runlog.run_events(run.path / "log.jsonl")
         return self.render(
             "run.html",
@@ -346,7 +346,7 @@ class Web:
         except OSError as exc:
             raise NotFound(f"job {job!r} has no log yet") from exc
         html = Markup(LogRenderer().render(window.events))
-        active = run.state not in live.FINISHED
+        active = run.state not in FINISHED
         stream = f"/live{run_url(run.store.repo, run.run_id)}?" + urlencode({"job": job})
         return self.render(
             "job.html",

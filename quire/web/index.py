@@ -31,7 +31,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from quire.ci.store.runs import RunDir, RunState
+from quire.ci.store.runs import FINISHED, RunDir, RunState
 from quire.ci.store.views import RunSummary, summarize
 from quire.web.lookup import STATES, StoreView, valid_name
 
@@ -171,7 +171,7 @@ class RunIndex:
             return
         summary = summarize(run)
         row = IndexedRun(**summary.model_dump(), repo=run.store.repo)
-        finished = run.state in (RunState.complete, RunState.failed)
+        finished = run.state in FINISHED
         settled = finished and summary.finished_at is not None and summary.problem is None
         self._db.execute(
             "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?)",

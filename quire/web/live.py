@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from quire.ci.store.runs import RunDir, RunState
+from quire.ci.store.runs import FINISHED, RunDir
 from quire.ci.store.views import RunDetails, details
 from quire.web.logview import LogRenderer, read_after, read_before
 from quire.web.lookup import NotFound, StoreView
@@ -39,7 +39,6 @@ SKIP_BYTES = 4 * 1024 * 1024
 TAIL_BYTES = 128 * 1024
 
 Message = tuple[str, dict[str, Any]]
-FINISHED = (RunState.complete, RunState.failed)
 
 
 def sse(name: str, data: dict[str, Any]) -> bytes:

@@ -458,3 +458,18 @@ def test_a_job_page_paged_back_to_its_end_is_at_the_tail(store: Store, client: T
 def test_api_runs_pages_hold_at_most_500_runs(store: Store, client: TestClient) -> None:
     store.add(1)
     assert client.get("/api/runs?per_page=501").json()["per_page"] == 500
+
+
+def test_a_cancelled_run_shows_as_cancelled_by_whom_in_the_list_and_on_its_page(
+    store: Store, client: TestClient
+) -> None:
+    store.add(1, state="cancelled")
+    store.add(2, state="failed")
+    listed = client.get("/?state=cancelled").text
+    assert re.findall(r'data-run="([^"]+)"', listed) == [run_id(1)]
+    assert '<span class="state cancelled">cancelled</span> <span class="muted">by alice</span>' in (
+        listed
+    )
+    page = client.get(f"/runs/proj/{run_id(1)}").text
+    assert "<dt>cancelled</dt><dd>by alice at " in page
+    assert 'class="state cancelled"' in page

@@ -80,10 +80,23 @@ class Store:
                 }
             ),
         )
-        finished = state in ("complete", "failed")
+        finished = state in ("complete", "failed", "cancelled")
         end = started + timedelta(seconds=2) if finished else None
         write_record(path / "times.yml", RunTimes(started_at=started, finished_at=end))
-        if finished:
+        if state == "cancelled":
+            write_record(
+                path / "result.yml",
+                RunResult.model_validate(
+                    {
+                        "exit_code": 130,
+                        "reason": "cancelled",
+                        "error": "cancelled by alice",
+                        "cancelled_by": "alice",
+                        "cancelled_at": end,
+                    }
+                ),
+            )
+        elif finished:
             code = 0 if state == "complete" else 1
             reason = None if code == 0 else "jobs-failed"
             write_record(
