@@ -219,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     _become_subreaper()
     control = Channel(socket.socket(fileno=fd))
     try:
-        return Zygote(control).serve()
+        code = Zygote(control).serve()
     except ProtocolError:
-        return 3
+        code = 3
+    # No interpreter teardown: quire waits for this exit, and nothing is left to flush.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -79,11 +79,13 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def descendants(pid: int) -> list[int]:
-    """Every living descendant of `pid`, parents before children."""
+def descendants(pid: int, *, skip: Iterable[int] = ()) -> list[int]:
+    """Every living descendant of `pid`, parents before children; the processes in `skip`
+    and their descendants left out (never walked)."""
     found: list[int] = []
-    todo = children(pid)
-    seen = set(todo)
+    skipped = set(skip)
+    todo = [child for child in children(pid) if child not in skipped]
+    seen = set(todo) | skipped
     while todo:
         current = todo.pop(0)
         found.append(current)

@@ -151,11 +151,14 @@ class JobHost:
         self._child = child
         self._control = control
         self._lock = threading.Lock()  # jobs side by side share the control socket
+        self._hello = False
         self.pid = pid
 
     @classmethod
     def start(cls, *, wrap: Sequence[str] = (), env: Mapping[str, str] | None = None) -> JobHost:
-        """Start `python -m quire.jobhost` (inside `wrap`, a sandbox's argv, if given)."""
+        """Start `python -m quire.jobhost` (inside `wrap`, a sandbox's argv, if given) and
+        return at once: its interpreter starts while quire goes on (reading the commit);
+        the first message waits for its hello."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         argv = [*wrap, sys.executable, "-m", "quire.jobhost"]
         try:
@@ -169,16 +172,19 @@ class JobHost:
             raise JobHostFailed(f"cannot start the job host: {exc}") from exc
         finally:
             theirs.close()
-        control = Channel(ours)
-        host = cls(child, control, child.pid)
-        hello = host._receive("start")
+        return cls(child, Channel(ours), child.pid)
+
+    def _greeted(self) -> None:
+        """Wait for the job host's hello (once) and check its protocol version."""
+        if self._hello:
+            return
+        hello = self._receive("start")
         if hello.get("t") != "hello" or hello.get("v") != VERSION:
-            host.close()
             raise JobHostFailed(
                 f"the job host speaks protocol {hello.get('v')!r}, quire speaks {VERSION}: "
                 "reinstall quire"
             )
-        return host
+        self._hello = True
 
     def _receive(self, doing: str) -> Message:
         try:
@@ -197,6 +203,7 @@ class JobHost:
         """Run ci.py (and the modules beside it) in the job host and take its jobs as data;
         raises `PipelineError` listing every problem."""
         with self._lock:
+            self._greeted()
             self._control.send({"t": "load", "files": {k: pack(v) for k, v in files.items()}})
             answer = self._receive("load the pipeline")
         if answer.get("t") == "invalid":

@@ -35,14 +35,31 @@ def load(
     dirty: bool = False,
     keep_host: bool = False,
     sandbox: Sequence[str] = (),
+    host: JobHost | None = None,
 ) -> LoadedPipeline:
     """Find the repository, resolve the revision, load its ci.py (None if it has none).
 
-    ci.py runs in a job host, never in this process (`sandbox`: the argv it runs
-    inside). `dirty`: the working tree's ci.py and modules, as they are on disk
-    (its HEAD is the revision). Raises `UsageError` for a bare repository or
+    ci.py runs in a job host, never in this process: `host`, started earlier by the
+    caller (which then closes it), or one started here (`sandbox`: the argv it runs
+    inside), kept for the caller with `keep_host`. `dirty`: the working tree's ci.py
+    and modules, as they are on disk (its HEAD is the revision). Raises `UsageError` for a bare repository or
     another revision, `PipelineError` for an invalid pipeline.
     """
+    own = host is None
+    host = host or JobHost.start(wrap=sandbox)  # its interpreter starts while we read git
+    try:
+        loaded = _load(host, repo_path, revision, dirty=dirty)
+    except BaseException:
+        if own:
+            host.close()
+        raise
+    if own and (not keep_host or loaded.pipeline is None):
+        host.close()
+    kept = loaded.pipeline is not None and (keep_host or not own)
+    return LoadedPipeline(loaded.repo, loaded.revision, loaded.pipeline, host if kept else None)
+
+
+def _load(host: JobHost, repo_path: Path, revision: str, *, dirty: bool) -> LoadedPipeline:
     repo = git.open_repository(repo_path)
     if dirty and (repo.bare or revision != "HEAD"):
         where = f"{repo.git_dir} is bare" if repo.bare else f"it runs HEAD, not {revision!r}"
@@ -52,15 +69,7 @@ def load(
     source = files.pop(PIPELINE_FILE, None)
     if source is None:
         return LoadedPipeline(repo, resolved, None)
-    host = JobHost.start(wrap=sandbox)
-    try:
-        pipeline = host.load({PIPELINE_FILE: source, **files})
-    except BaseException:
-        host.close()
-        raise
-    if not keep_host:
-        host.close()
-    return LoadedPipeline(repo, resolved, pipeline, host if keep_host else None)
+    return LoadedPipeline(repo, resolved, host.load({PIPELINE_FILE: source, **files}))
 
 
 def names_commit(repo_path: Path, word: str) -> bool:

@@ -31,6 +31,7 @@ from quire.ci.events import JobFinished, Notice, RunEnding, RunFinished, RunStar
 from quire.ci.pipeline import PIPELINE_FILE, Pipeline
 from quire.ci.run import workspace as workspaces
 from quire.ci.run.executors.base import Executor, ExecutorFactory, ExecutorSetup
+from quire.ci.run.jobhost import JobHost
 from quire.ci.run.jobs import JobRunner, JobsOutcome
 from quire.ci.run.loading import LoadedPipeline, load, note_uncommitted_changes
 from quire.ci.run.outlet import RunOutlet, Subscriber
@@ -153,18 +154,18 @@ def _run(
     executors: ExecutorFactory,
     listing: ContainerListing | None,
 ) -> RunOutcome:
+    host = JobHost.start()  # first: its interpreter starts while we read the commit
     try:
-        loaded = load(request.repo_path, request.revision, dirty=request.dirty, keep_host=True)
-    except PipelineError as exc:
-        if request.run_id is not None:  # a queued push: its run must be findable, failed
-            _record_invalid_pipeline(request, exc)
-        raise
-    try:
+        try:
+            loaded = load(request.repo_path, request.revision, dirty=request.dirty, host=host)
+        except PipelineError as exc:
+            if request.run_id is not None:  # a queued push: its run must be findable, failed
+                _record_invalid_pipeline(request, exc)
+            raise
         return _run_loaded(request, reporter, executors, listing, loaded)
     finally:
-        if loaded.host is not None:
-            with interrupts.shielded():
-                loaded.host.close()
+        with interrupts.shielded():
+            host.close()
 
 
 def _run_loaded(

@@ -146,10 +146,7 @@ class HostExecutor:
 
     def _running(self) -> list[int]:
         """Every process of the run's jobs: quire's descendants but the spared ones' trees."""
-        spared = set(self._spared)
-        for pid in self._spared:
-            spared.update(proctree.descendants(pid))
-        return [pid for pid in proctree.descendants(os.getpid()) if pid not in spared]
+        return proctree.descendants(os.getpid(), skip=self._spared)
 
     def _record(self, pids: list[int]) -> None:
         running = tuple((p.pid, p.start) for p in proctree.described(pids) if p.start is not None)
