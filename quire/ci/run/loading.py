@@ -42,8 +42,8 @@ def load(
     ci.py runs in a job host, never in this process: `host`, started earlier by the
     caller (which then closes it), or one started here (`sandbox`: the argv it runs
     inside), kept for the caller with `keep_host`. `dirty`: the working tree's ci.py
-    and modules, as they are on disk (its HEAD is the revision). Raises `UsageError` for a bare repository or
-    another revision, `PipelineError` for an invalid pipeline.
+    and modules, as they are on disk (its HEAD is the revision). Raises `UsageError`
+    for a bare repository or another revision, `PipelineError` for an invalid pipeline.
     """
     own = host is None
     host = host or JobHost.start(wrap=sandbox)  # its interpreter starts while we read git
