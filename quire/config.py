@@ -5,6 +5,10 @@
 github_token = { file = "/run/secrets/github_token" }   # trailing newline stripped
 pypi_token = { env = "PYPI_TOKEN" }
 plain_one = "hunter2"
+deploy_key = { file = "/run/secrets/key", repos = ["proj", "infra-*"] }
+scoped_one = { value = "hunter3", repos = ["proj-1a2b3c4d"] }
+# repos: globs over the repositories that may read the secret (default: every one),
+# each matched against the store name (proj-1a2b3c4d) and the folder name (proj)
 
 [docker]
 cpus = 2            # docker run --cpus
@@ -33,10 +37,18 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from quire import pydantic_plugins
 from quire.errors import ConfigError, UnknownSecret
@@ -45,14 +57,70 @@ from quire.paths import config_file
 pydantic_plugins.disable()
 
 
-class FileSecret(BaseModel):
-    model_config = ConfigDict(extra="forbid", defer_build=True)
-    file: Path
+# A repos glob holds what a repository's name can (quire lowercases the folder name and makes
+# other characters `-`, see `repo_id`) and glob characters: anything else could never match.
+_GLOB = re.compile(r"^[a-z0-9._\-*?\[\]!]+$")
+# A store name: the folder name, `-`, 8 hex digits of the git dir's hash (`repo_id`).
+_STORE_NAME = re.compile(r"^(?P<folder>.+)-[0-9a-f]{8}$")
 
 
-class EnvSecret(BaseModel):
+def repo_names(repo: str) -> tuple[str, ...]:
+    """The names repository `repo` answers to in the config: its store name
+    (`proj-1a2b3c4d`) and, less precisely, its folder name (`proj`; `proj.git` -> `proj`)."""
+    found = _STORE_NAME.match(repo)
+    return (repo, found["folder"]) if found else (repo,)
+
+
+class SecretSpec(BaseModel):
+    """One `[secrets]` entry: a string, or a table with one of `file`, `env` or `value`,
+    and `repos`, the globs of the repositories that may read it (absent: every one)."""
+
     model_config = ConfigDict(extra="forbid", defer_build=True)
-    env: str
+    file: Path | None = None
+    env: str | None = None
+    value: str | None = None
+    repos: tuple[str, ...] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_string_is_a_value(cls, data: object) -> object:
+        if isinstance(data, str):
+            return {"value": data}
+        if not isinstance(data, dict):
+            raise ValueError("a secret is a string or a table with file, env or value")
+        return data
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretSpec:
+        given = [key for key in ("file", "env", "value") if getattr(self, key) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of file, env or value (got {len(given)})")
+        return self
+
+    @field_validator("repos", mode="before")
+    @classmethod
+    def _repos_are_globs(cls, value: object) -> object:
+        if not isinstance(value, list) or not value:
+            # An empty list would hide the secret from everyone: more likely a slip than
+            # meant, and easy to mistake for "no restriction".
+            raise ValueError('repos must be a non-empty list of globs, e.g. repos = ["proj"]')
+        for glob in value:
+            if not isinstance(glob, str) or not glob:
+                raise ValueError(f"repos entry {glob!r} must be a non-empty string")
+            if not _GLOB.match(glob) or glob.endswith(".git"):
+                raise ValueError(
+                    f"repos entry {glob!r} can never match: quire names a repository by its "
+                    "folder, lowercased, other characters made '-', without '.git' (a bare "
+                    "My Proj.git is my-proj), or by its store name (my-proj-1a2b3c4d)"
+                )
+        return value
+
+    def readable_by(self, repo: str) -> bool:
+        """Whether a run of repository `repo` (its store name) may read this secret."""
+        if self.repos is None:
+            return True
+        names = repo_names(repo)
+        return any(fnmatchcase(name, glob) for glob in self.repos for name in names)
 
 
 # What docker and podman take for --memory: a number and a unit (b, k, m, g; kb, mib...).
@@ -114,7 +182,7 @@ class RepositorySettings(BaseModel):
 
 class ConfigFile(BaseModel):
     model_config = ConfigDict(extra="forbid", defer_build=True)
-    secrets: dict[str, str | FileSecret | EnvSecret] = Field(default_factory=dict)
+    secrets: dict[str, SecretSpec] = Field(default_factory=dict)
     docker: DockerSettings = Field(default_factory=DockerSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
     repositories: dict[str, RepositorySettings] = Field(default_factory=dict)
@@ -122,14 +190,17 @@ class ConfigFile(BaseModel):
 
 @dataclass
 class Secrets:
-    """Configured secrets, resolved once; values are never shown anywhere.
+    """The secrets one repository may read (or, without `repo`, every configured one),
+    resolved once; values are never shown anywhere.
 
     A secret whose file or variable is missing does not fail the run: it
-    fails only the job that asks for it, with the reason.
+    fails only the job that asks for it, with the reason. A secret scoped to
+    other repositories is not here at all, so it is neither answered nor masked.
     """
 
     values: dict[str, str] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)
+    repo: str | None = None
 
     def get(self, name: str) -> str:
         """The value of secret `name`; raises `UnknownSecret` if it has none."""
@@ -138,9 +209,17 @@ class Secrets:
         if name in self.unavailable:
             raise UnknownSecret(f"secret {name!r} is configured but {self.unavailable[name]}")
         known = ", ".join(sorted(self.values) + sorted(self.unavailable)) or "none"
+        if self.repo is None:
+            raise UnknownSecret(
+                f"unknown secret {name!r} (configured: {known}; add it under [secrets] in "
+                f"{config_file()})"
+            )
+        # The same words whether or not the name exists for other repositories: which
+        # secrets others may read is none of this one's business.
+        globs = " or ".join(repo_names(self.repo))
         raise UnknownSecret(
-            f"unknown secret {name!r} (configured: {known}; add it under [secrets] in "
-            f"{config_file()})"
+            f"unknown secret {name!r} (repository {self.repo} may read: {known}; add it "
+            f"under [secrets] in {config_file()}, and if it has repos, a glob matching {globs})"
         )
 
 
@@ -148,33 +227,58 @@ class Secrets:
 class Config:
     """What the rest of quire reads from the config file."""
 
-    secrets: Secrets = field(default_factory=Secrets)
+    secret_specs: dict[str, SecretSpec] = field(default_factory=dict)
     # Without a file, the settings are the models' defaults: constructed, not validated, so
     # a run without a config file never builds their validators (~15 ms).
     docker: DockerSettings = field(default_factory=DockerSettings.model_construct)
     output: OutputSettings = field(default_factory=OutputSettings.model_construct)
     repositories: dict[str, RepositorySettings] = field(default_factory=dict)
     path: Path | None = None
+    # Resolved once per repository, so a run's masking and its jobs see the same values.
+    _resolved: dict[str | None, Secrets] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    @property
+    def secrets(self) -> Secrets:
+        """Every configured secret, whichever repositories may read it. A run must use
+        `secrets_for`: this is for code that predates `repos`."""
+        return self._secrets(None)
+
+    def secrets_for(self, repo: str) -> Secrets:
+        """The secrets a run of repository `repo` (its store name, `proj-1a2b3c4d`) may
+        read: those without `repos` and those with a glob matching its store name or its
+        folder name. Only those are resolved (files read, variables looked up)."""
+        return self._secrets(repo)
+
+    def _secrets(self, repo: str | None) -> Secrets:
+        secrets = self._resolved.get(repo)
+        if secrets is None:
+            secrets = Secrets(repo=repo)
+            for name, spec in self.secret_specs.items():
+                if repo is None or spec.readable_by(repo):
+                    _resolve(name, spec, secrets)
+            self._resolved[repo] = secrets
+        return secrets
 
     def executor_for(self, repo: str) -> str | None:
         """The executor configured for repository `repo` (its store name `proj-1a2b3c4d`,
         or, less precisely, its folder name `proj`), if any."""
-        name, _, digest = repo.rpartition("-")
-        settings = self.repositories.get(repo)
-        if settings is None and len(digest) == 8:
-            settings = self.repositories.get(name)
-        return settings.executor if settings else None
+        for name in repo_names(repo):
+            if name in self.repositories:
+                return self.repositories[name].executor
+        return None
 
 
-def _resolve(name: str, spec: str | FileSecret | EnvSecret, secrets: Secrets) -> None:
-    if isinstance(spec, str):
-        secrets.values[name] = spec
-    elif isinstance(spec, FileSecret):
+def _resolve(name: str, spec: SecretSpec, secrets: Secrets) -> None:
+    if spec.value is not None:
+        secrets.values[name] = spec.value
+    elif spec.file is not None:
         try:
             secrets.values[name] = spec.file.read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as exc:
             secrets.unavailable[name] = f"its file {spec.file} cannot be read ({exc.strerror})"
-    elif spec.env in os.environ:
+    elif spec.env is not None and spec.env in os.environ:
         secrets.values[name] = os.environ[spec.env]
     else:
         secrets.unavailable[name] = f"the environment variable {spec.env} is not set"
@@ -202,11 +306,8 @@ def load_config(path: Path | None = None) -> Config:
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigError(f"config file {path} is invalid: {problems}") from exc
-    secrets = Secrets()
-    for name, spec in parsed.secrets.items():
-        _resolve(name, spec, secrets)
     return Config(
-        secrets=secrets,
+        secret_specs=parsed.secrets,
         docker=parsed.docker,
         output=parsed.output,
         repositories=parsed.repositories,

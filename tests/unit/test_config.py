@@ -255,3 +255,201 @@ print("built")
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.endswith("built\n")
+
+
+# --- [secrets] repos: a secret only the named repositories may read -------------------------------
+
+STORE = "proj-1a2b3c4d"  # a store name: folder `proj`, hash of its git dir
+
+
+def scoped_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    key = tmp_path / "key"
+    key.write_text("deploy-key-value\n")
+    monkeypatch.setenv("QUIRE_TEST_TOKEN", "token-value")
+    return write_config(
+        tmp_path / "c.toml",
+        f"""
+[secrets]
+deploy_key = {{ file = "{key}", repos = ["proj", "infra-*"] }}
+plain = "plain-value"
+token = {{ env = "QUIRE_TEST_TOKEN", repos = ["proj"] }}
+pinned = {{ value = "pinned-value", repos = ["{STORE}"] }}
+""",
+    )
+
+
+@pytest.mark.parametrize("glob", ["proj", STORE, "pro*", "proj-*", "p?oj", "[op]roj"])
+def test_a_repos_glob_matches_the_store_name_or_its_folder_name(tmp_path: Path, glob: str) -> None:
+    path = write_config(
+        tmp_path / "c.toml", f'[secrets]\nk = {{ value = "v", repos = ["{glob}"] }}\n'
+    )
+    assert load_config(path).secrets_for(STORE).get("k") == "v"
+
+
+@pytest.mark.parametrize(
+    "repo", ["proj2-1a2b3c4d", "myproj-1a2b3c4d", "proj-9f9f9f9f-1a2b3c4d", "infra", "proj-x"]
+)
+def test_a_repos_glob_matches_whole_names_only(tmp_path: Path, repo: str) -> None:
+    path = write_config(tmp_path / "c.toml", '[secrets]\nk = { value = "v", repos = ["proj"] }\n')
+    assert "k" not in load_config(path).secrets_for(repo).values
+
+
+def test_a_store_name_glob_does_not_match_another_folder_of_the_same_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = load_config(scoped_config(tmp_path, monkeypatch))
+    assert config.secrets_for(STORE).get("pinned") == "pinned-value"
+    assert "pinned" not in config.secrets_for("proj-00000000").values
+
+
+def test_a_bare_repository_is_matched_by_its_folder_name_without_dot_git(
+    tmp_path: Path,
+) -> None:
+    from quire.paths import repo_id
+
+    bare = repo_id("proj.git", tmp_path / "proj.git")
+    path = write_config(tmp_path / "c.toml", '[secrets]\nk = { value = "v", repos = ["proj"] }\n')
+    assert load_config(path).secrets_for(bare).get("k") == "v"
+
+
+def test_repositories_see_their_scoped_secrets_and_every_unscoped_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = load_config(scoped_config(tmp_path, monkeypatch))
+    assert config.secrets_for(STORE).values == {
+        "deploy_key": "deploy-key-value",
+        "plain": "plain-value",
+        "token": "token-value",
+        "pinned": "pinned-value",
+    }
+    assert config.secrets_for("infra-web-00ff00ff").values == {
+        "deploy_key": "deploy-key-value",
+        "plain": "plain-value",
+    }
+    assert config.secrets_for("other-12345678").values == {"plain": "plain-value"}
+
+
+def test_a_secret_without_repos_is_readable_by_every_repository(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "c.toml", '[secrets]\nplain = "x"\ntable = { value = "y" }\n')
+    config = load_config(path)
+    for repo in (STORE, "anything-00000000", "repo"):
+        assert config.secrets_for(repo).values == {"plain": "x", "table": "y"}
+
+
+def test_a_secret_scoped_elsewhere_is_unknown_and_the_message_lists_only_visible_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = load_config(scoped_config(tmp_path, monkeypatch))
+    other = config.secrets_for("other-12345678")
+    with pytest.raises(UnknownSecret) as hidden:
+        other.get("deploy_key")
+    with pytest.raises(UnknownSecret) as absent:
+        other.get("no_such_secret")
+    message = str(hidden.value)
+    assert "unknown secret 'deploy_key'" in message
+    assert "may read: plain;" in message
+    for name in ("token", "pinned"):
+        assert name not in message
+    assert "-value" not in message
+    # Nothing tells a hidden secret from one that does not exist.
+    assert message.replace("deploy_key", "NAME") == str(absent.value).replace(
+        "no_such_secret", "NAME"
+    )
+
+
+def test_a_hidden_secret_is_not_in_the_values_so_never_sent_nor_masked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = load_config(scoped_config(tmp_path, monkeypatch))
+    other = config.secrets_for("other-12345678")
+    assert set(other.values) | set(other.unavailable) == {"plain"}
+    assert "deploy-key-value" not in other.values.values()
+    assert "token-value" not in other.values.values()
+
+
+def test_a_missing_file_of_a_hidden_secret_is_not_even_read(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-key"
+    path = write_config(
+        tmp_path / "c.toml",
+        f'[secrets]\nk = {{ file = "{missing}", repos = ["proj"] }}\nplain = "x"\n',
+    )
+    config = load_config(path)
+    assert config.secrets_for("other-12345678").values == {"plain": "x"}
+    assert config.secrets_for("other-12345678").unavailable == {}
+    with pytest.raises(UnknownSecret, match="cannot be read"):
+        config.secrets_for(STORE).get("k")
+
+
+def test_a_repositorys_secrets_are_resolved_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = load_config(scoped_config(tmp_path, monkeypatch))
+    first = config.secrets_for(STORE)
+    (tmp_path / "key").write_text("rotated\n")
+    assert config.secrets_for(STORE) is first
+    assert first.get("deploy_key") == "deploy-key-value"
+
+
+def test_config_secrets_still_holds_every_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = load_config(scoped_config(tmp_path, monkeypatch))
+    assert set(config.secrets.values) == {"deploy_key", "plain", "token", "pinned"}
+
+
+def test_without_a_config_file_a_repository_has_no_secrets(tmp_path: Path) -> None:
+    secrets = load_config(tmp_path / "absent.toml").secrets_for(STORE)
+    assert secrets.values == {}
+    with pytest.raises(UnknownSecret, match="may read: none"):
+        secrets.get("anything")
+
+
+@pytest.mark.parametrize(
+    ("repos", "problem"),
+    [
+        ('"proj"', "non-empty list"),
+        ("[]", "non-empty list"),
+        ('[""]', "non-empty string"),
+        ('["proj", 3]', "non-empty string"),
+        ('["Proj"]', "can never match"),
+        ('["proj.git"]', "can never match"),
+        ('["srv/proj"]', "can never match"),
+    ],
+)
+def test_a_bad_repos_value_is_a_config_error_naming_the_secret_and_file(
+    tmp_path: Path, repos: str, problem: str
+) -> None:
+    path = write_config(tmp_path / "c.toml", f'[secrets]\nkey = {{ env = "X", repos = {repos} }}\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert str(path) in message
+    assert "secrets.key.repos" in message
+    assert problem in message
+    assert caught.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    "spec", ['{ file = "/k", env = "K" }', '{ repos = ["proj"] }', "5", '{ value = "v", x = 1 }']
+)
+def test_a_secret_needs_exactly_one_of_file_env_or_value(tmp_path: Path, spec: str) -> None:
+    path = write_config(tmp_path / "c.toml", f"[secrets]\nkey = {spec}\n")
+    with pytest.raises(ConfigError, match=r"secrets\.key"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("section", "repo", "executor"),
+    [
+        ("proj", STORE, "docker"),
+        (STORE, STORE, "docker"),
+        ("proj", "proj-00000000", "docker"),
+        (STORE, "proj-00000000", None),
+        ("proj", "projx-1a2b3c4d", None),
+    ],
+)
+def test_executor_for_takes_the_store_name_or_the_folder_name(
+    tmp_path: Path, section: str, repo: str, executor: str | None
+) -> None:
+    path = write_config(tmp_path / "c.toml", f'[repositories.{section}]\nexecutor = "docker"\n')
+    assert load_config(path).executor_for(repo) == executor
