@@ -105,7 +105,7 @@ class HostExecutor:
             on_output("stderr", f"quire: {exc}\n".encode())
             return ExecResult(127, datetime.now(UTC), 0.0)
         finally:
-            self._record(self._running())
+            self._record(self._running(), grow_only=True)
         return ExecResult(result.exit, result.started_at, result.duration_s, result.timed_out)
 
     def _started(self, pid: int) -> None:
@@ -148,8 +148,13 @@ class HostExecutor:
         """Every process of the run's jobs: quire's descendants but the spared ones' trees."""
         return proctree.descendants(os.getpid(), skip=self._spared)
 
-    def _record(self, pids: list[int]) -> None:
+    def _record(self, pids: list[int], *, grow_only: bool = False) -> None:
+        """Record the processes running (processes.yml, for reconcile). `grow_only`: only
+        when new ones appeared; a record that still lists ended ones is harmless (reconcile
+        checks pid and start time) and saves a write per command."""
         running = tuple((p.pid, p.start) for p in proctree.described(pids) if p.start is not None)
+        if grow_only and set(running) <= set(self._recorded):
+            return
         if running != self._recorded:
             self._recorded = running
             self.outlet.emit(ProcessesRunning(running))
