@@ -136,6 +136,10 @@ class ContainerStartFailed(EnvironmentProblem):
     """`docker run` of the run's container failed."""
 
 
+class SandboxUnavailable(EnvironmentProblem):
+    """The job host's sandbox (bubblewrap) cannot run here: not installed, or no namespaces."""
+
+
 # --- raised inside jobs (they fail the job, not quire) ------------------------------------------
 
 
