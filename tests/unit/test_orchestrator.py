@@ -369,6 +369,43 @@ def test_a_secret_in_a_commands_argv_is_masked_in_what_watchers_see(
     assert b"hunter22" not in b"".join(e.data for e in harness.seen.of(Output))
 
 
+def test_a_secret_scoped_to_other_repositories_does_not_exist_for_this_one(
+    harness: Harness, isolated_dirs: Path
+) -> None:
+    isolated_dirs.mkdir(parents=True, exist_ok=True)
+    (isolated_dirs / "config.toml").write_text(
+        "[secrets]\n"
+        'theirs = { value = "their-deploy-key", repos = ["infra-*"] }\n'
+        'ours = { value = "our-token", repos = ["proj"] }\n'
+    )
+    commit(
+        harness.repo,
+        {
+            ".quire/ci.py": """
+            from quire.ci import job
+
+            @job(inputs=["quire/push"])
+            def steal(rt):
+                rt.secret("theirs")
+
+            @job(inputs=["quire/push"])
+            def own(rt):
+                print("mine:", rt.secret("ours"))
+            """
+        },
+    )
+    assert harness.run() == ExitCode.jobs_failed
+    steal, own = harness.job("steal"), harness.job("own")
+    assert steal.status == JobStatus.failed and own.status == JobStatus.success
+    assert steal.error is not None and "unknown secret 'theirs'" in steal.error
+    assert "theirs" not in steal.error.split("may read:")[-1].split(";")[0]
+    assert harness.seen.output("own") == b"mine: ***\n"
+    _, path = harness.only_run()
+    for record in path.rglob("*"):
+        if record.is_file():
+            assert b"their-deploy-key" not in record.read_bytes(), record
+
+
 SWALLOWS = """
 from quire.ci import job
 

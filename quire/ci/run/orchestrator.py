@@ -209,7 +209,7 @@ def _record_invalid_pipeline(request: RunRequest, problem: PipelineError) -> Non
     run_dir, meta = _create_run(store_of(repo), loaded, request)
     run_dir.transition(RunState.active)
     try:
-        redactor = Redactor(load_config().secrets.values.values())
+        redactor = Redactor(load_config().secrets_for(run_dir.store.repo).values.values())
     except QuireError:
         redactor = Redactor()
     outlet = outlet_for(run_dir, redactor, [])
@@ -349,7 +349,7 @@ class _Run:
         )
 
     def _outlet(self, reporter: Subscriber) -> RunOutlet:
-        redactor = Redactor(self.config.secrets.values.values())
+        redactor = Redactor(self.config.secrets_for(self.run_dir.store.repo).values.values())
         return outlet_for(self.run_dir, redactor, [reporter])
 
     def _run_jobs(
@@ -367,7 +367,7 @@ class _Run:
                         pipeline=self.pipeline,
                         executor=executor,
                         outlet=outlet,
-                        secrets=self.config.secrets,
+                        secrets=self.config.secrets_for(self.run_dir.store.repo),
                         capture_limit=self.config.output.capture_limit,
                         push_outputs=push_outputs(self.meta),
                         outputs_limit=self.config.output.outputs_limit,
