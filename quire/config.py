@@ -146,6 +146,9 @@ class DockerSettings(BaseModel):
     # see this machine's files), "copy" copies it into the container. None: copy for
     # tcp:// and ssh:// engines, bind otherwise.
     workspace: Literal["bind", "copy"] | None = None
+    # ci.py and the jobs' Python run in a bubblewrap sandbox (docs/security.md). False runs
+    # them unsandboxed: only for a worker whose every pusher is trusted.
+    sandbox: bool = True
 
     @field_validator("memory")
     @classmethod

@@ -14,7 +14,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -23,6 +23,10 @@ from quire.ci.pipeline import CacheDef, JobDef, Pipeline
 from quire.errors import EnvironmentProblem, PipelineError, PipelineProblem, QuireError
 from quire.jobhost.protocol import VERSION, Channel, Message, ProtocolError, pack
 from quire.tools import process
+
+# All the environment a sandboxed job host gets (bwrap starts it from an empty one): it
+# never sees quire's, which may hold the values of `{ env = ... }` secrets.
+SANDBOX_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/tmp", "TMPDIR": "/tmp"}
 
 # How long a job's processes get between SIGTERM and SIGKILL when it is stopped.
 TERM_GRACE_S = 5.0
@@ -152,33 +156,50 @@ class JobHost:
         self._control = control
         self._lock = threading.Lock()  # jobs side by side share the control socket
         self._hello = False
+        self.sandboxed = False
         self.pid = pid
 
     @classmethod
-    def start(cls, *, wrap: Sequence[str] = (), env: Mapping[str, str] | None = None) -> JobHost:
-        """Start `python -m quire.jobhost` (inside `wrap`, a sandbox's argv, if given) and
-        return at once: its interpreter starts while quire goes on (reading the commit);
-        the first message waits for its hello."""
+    def start(cls, *, sandboxed: bool = False) -> JobHost:
+        """Start `python -m quire.jobhost` (`sandboxed`: in the bubblewrap sandbox,
+        quire/tools/sandbox.py) and return at once: its interpreter starts while quire
+        goes on (reading the commit); the first message waits for its hello."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        argv = [*wrap, sys.executable, "-m", "quire.jobhost"]
+        fd = {"QUIRE_JOBHOST_FD": str(theirs.fileno())}
         try:
-            child = process.start_with_fds(
-                argv,
-                pass_fds=[theirs.fileno()],
-                env={**(env or {}), "QUIRE_JOBHOST_FD": str(theirs.fileno())},
-            )
+            if sandboxed:
+                from quire.tools import sandbox
+
+                argv = sandbox.wrap(
+                    [str(sandbox.interpreter()), "-m", "quire.jobhost"],
+                    env={**SANDBOX_ENV, **fd},
+                )
+            else:
+                argv = [sys.executable, "-m", "quire.jobhost"]
+            child = process.start_with_fds(argv, pass_fds=[theirs.fileno()], env=fd)
         except QuireError as exc:
             ours.close()
+            if isinstance(exc, EnvironmentProblem):
+                raise
             raise JobHostFailed(f"cannot start the job host: {exc}") from exc
         finally:
             theirs.close()
-        return cls(child, Channel(ours), child.pid)
+        host = cls(child, Channel(ours), child.pid)
+        host.sandboxed = sandboxed
+        return host
 
     def _greeted(self) -> None:
         """Wait for the job host's hello (once) and check its protocol version."""
         if self._hello:
             return
-        hello = self._receive("start")
+        try:
+            hello = self._receive("start")
+        except JobHostFailed:
+            if self.sandboxed:  # say why the sandbox cannot work here, if that is it
+                from quire.tools import sandbox
+
+                sandbox.check_available()
+            raise
         if hello.get("t") != "hello" or hello.get("v") != VERSION:
             raise JobHostFailed(
                 f"the job host speaks protocol {hello.get('v')!r}, quire speaks {VERSION}: "

@@ -7,7 +7,6 @@ pointed out in one line instead.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,19 +33,19 @@ def load(
     *,
     dirty: bool = False,
     keep_host: bool = False,
-    sandbox: Sequence[str] = (),
+    sandboxed: bool = False,
     host: JobHost | None = None,
 ) -> LoadedPipeline:
     """Find the repository, resolve the revision, load its ci.py (None if it has none).
 
     ci.py runs in a job host, never in this process: `host`, started earlier by the
-    caller (which then closes it), or one started here (`sandbox`: the argv it runs
-    inside), kept for the caller with `keep_host`. `dirty`: the working tree's ci.py
+    caller (which then closes it), or one started here (`sandboxed`: in the
+    bubblewrap sandbox), kept for the caller with `keep_host`. `dirty`: the working tree's ci.py
     and modules, as they are on disk (its HEAD is the revision). Raises `UsageError`
     for a bare repository or another revision, `PipelineError` for an invalid pipeline.
     """
     own = host is None
-    host = host or JobHost.start(wrap=sandbox)  # its interpreter starts while we read git
+    host = host or JobHost.start(sandboxed=sandboxed)  # its interpreter starts while we read git
     try:
         loaded = _load(host, repo_path, revision, dirty=dirty)
     except BaseException:

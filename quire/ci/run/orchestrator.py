@@ -154,7 +154,8 @@ def _run(
     executors: ExecutorFactory,
     listing: ContainerListing | None,
 ) -> RunOutcome:
-    host = JobHost.start()  # first: its interpreter starts while we read the commit
+    # First: its interpreter starts while we read the commit.
+    host = JobHost.start(sandboxed=_sandboxed(request))
     try:
         try:
             loaded = load(request.repo_path, request.revision, dirty=request.dirty, host=host)
@@ -166,6 +167,12 @@ def _run(
     finally:
         with interrupts.shielded():
             host.close()
+
+
+def _sandboxed(request: RunRequest) -> bool:
+    """A docker run's pipeline runs sandboxed unless the config says `[docker] sandbox =
+    false`; a host run's commands run on the host by design (docs/security.md)."""
+    return request.executor == ExecutorKind.docker and load_config().docker.sandbox
 
 
 def _run_loaded(
