@@ -176,6 +176,15 @@ class OutputSettings(BaseModel):
     outputs_limit: int = Field(default=1024 * 1024, ge=1024)
 
 
+class JobSettings(BaseModel):
+    """How quire ends a job's processes (`[jobs]`)."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+    # Seconds a job's Python and what it started get between SIGTERM and SIGKILL, when
+    # the job ends, times out, or the run is interrupted or cancelled.
+    term_grace: float = Field(default=5.0, gt=0, le=300)
+
+
 class RepositorySettings(BaseModel):
     """Settings of one repository's pushed runs (`[repositories.<name>]`)."""
 
@@ -188,6 +197,7 @@ class ConfigFile(BaseModel):
     secrets: dict[str, SecretSpec] = Field(default_factory=dict)
     docker: DockerSettings = Field(default_factory=DockerSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
     repositories: dict[str, RepositorySettings] = Field(default_factory=dict)
 
 
@@ -235,6 +245,7 @@ class Config:
     # a run without a config file never builds their validators (~15 ms).
     docker: DockerSettings = field(default_factory=DockerSettings.model_construct)
     output: OutputSettings = field(default_factory=OutputSettings.model_construct)
+    jobs: JobSettings = field(default_factory=JobSettings.model_construct)
     repositories: dict[str, RepositorySettings] = field(default_factory=dict)
     path: Path | None = None
     # Resolved once per repository, so a run's masking and its jobs see the same values.
@@ -313,6 +324,7 @@ def load_config(path: Path | None = None) -> Config:
         secret_specs=parsed.secrets,
         docker=parsed.docker,
         output=parsed.output,
+        jobs=parsed.jobs,
         repositories=parsed.repositories,
         path=path,
     )

@@ -41,6 +41,7 @@ def run(
             capture_limit=1024 * 1024,
             push_outputs=PUSH,
             host=host,
+            term_grace=0.5,  # the stubborn job's SIGKILL comes soon
         ).run_all()
     finally:
         host.close()

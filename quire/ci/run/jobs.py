@@ -21,6 +21,7 @@ from quire.ci.events import JobFinished, JobStarted
 from quire.ci.pipeline import PIPELINE_FILE, JobDef, Pipeline, Skip, pipeline_line
 from quire.ci.run.executors.base import Executor
 from quire.ci.run.jobhost import (
+    TERM_GRACE_S,
     BadMessage,
     JobEnd,
     JobHostLike,
@@ -80,6 +81,7 @@ class JobRunner:
     jobs: int = 1  # how many jobs may run at the same time
     outcome: JobsOutcome = field(default_factory=JobsOutcome)
     host: JobHostLike | None = None  # where the jobs' Python runs (docs/architecture.md)
+    term_grace: float = TERM_GRACE_S  # between SIGTERM and SIGKILL for a job's processes
     _live: set[JobProcess] = field(default_factory=set)
 
     def run_all(self) -> JobsOutcome:
@@ -125,7 +127,7 @@ class JobRunner:
             self.executor.abort()  # the running jobs' commands end now, and so do the jobs
             for job in list(self._live):  # ... and their Python, whatever it is doing
                 with interrupts.shielded():
-                    job.end()
+                    job.end(self.term_grace)
             wait(running, timeout=ABORT_WAIT_S)
             pool.shutdown(wait=False, cancel_futures=True)
             raise
@@ -243,7 +245,7 @@ class JobRunner:
             ) from exc
         finally:
             with interrupts.shielded():
-                job.end()
+                job.end(self.term_grace)
             self._live.discard(job)
 
     def _outcome_of(self, defined: JobDef, end: JobEnd) -> dict[str, Any]:

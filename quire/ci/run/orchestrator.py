@@ -382,6 +382,7 @@ class _Run:
                         jobs=self.request.concurrency,
                         outcome=outcome,
                         host=self.loaded.host,
+                        term_grace=self.config.jobs.term_grace,
                     ).run_all()
             return _result_of(outcome, outlet), None
         except (Interrupted, KeyboardInterrupt) as exc:
