@@ -453,3 +453,21 @@ def test_executor_for_takes_the_store_name_or_the_folder_name(
 ) -> None:
     path = write_config(tmp_path / "c.toml", f'[repositories.{section}]\nexecutor = "docker"\n')
     assert load_config(path).executor_for(repo) == executor
+
+
+def test_jobs_term_grace_defaults_to_five_seconds_and_must_be_positive(tmp_path: Path) -> None:
+    assert load_config(write_config(tmp_path / "none.toml", "")).jobs.term_grace == 5.0
+    assert (
+        load_config(
+            write_config(tmp_path / "ok.toml", "[jobs]\nterm_grace = 1.5\n")
+        ).jobs.term_grace
+        == 1.5
+    )
+    with pytest.raises(ConfigError, match="jobs.term_grace"):
+        load_config(write_config(tmp_path / "bad.toml", "[jobs]\nterm_grace = 0\n"))
+
+
+def test_docker_sandbox_is_on_unless_the_config_turns_it_off(tmp_path: Path) -> None:
+    assert load_config(write_config(tmp_path / "none.toml", "")).docker.sandbox is True
+    off = write_config(tmp_path / "off.toml", "[docker]\nsandbox = false\n")
+    assert load_config(off).docker.sandbox is False
