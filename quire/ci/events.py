@@ -21,8 +21,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Self
 
-from quire.ci.store.records import ExecutorKind, JobState, RunResult, utcnow
-from quire.ci.store.runs import RunState
+from quire.ci.vocabulary import ExecutorKind, JobState, RunResult, RunState, utcnow
 
 if TYPE_CHECKING:
     from quire.ci.run.redact import Redactor

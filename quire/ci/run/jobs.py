@@ -33,7 +33,7 @@ from quire.ci.run.jobhost import (
 )
 from quire.ci.run.outlet import RunOutlet
 from quire.ci.run.runtime import JobContext, JobServer
-from quire.ci.store.records import JobState, JobStatus, utcnow
+from quire.ci.vocabulary import JobState, JobStatus, utcnow
 from quire.config import Secrets
 from quire.errors import (
     ContainerDied,

@@ -19,17 +19,37 @@ from __future__ import annotations
 
 import os
 import tempfile
-from datetime import UTC, datetime
-from enum import StrEnum
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from quire import pydantic_plugins
+from quire.ci.vocabulary import (
+    CancelRequest,
+    EndReason,
+    ExecutorKind,
+    JobState,
+    JobStatus,
+    Record,
+    RunResult,
+    utcnow,
+)
 
 pydantic_plugins.disable()
+
+__all__ = [
+    "CancelRequest",
+    "EndReason",
+    "ExecutorKind",
+    "JobState",
+    "JobStatus",
+    "Record",
+    "RunResult",
+    "utcnow",
+]
 
 try:  # libyaml when present: several times faster
     from yaml import CSafeDumper as _Dumper
@@ -37,23 +57,6 @@ try:  # libyaml when present: several times faster
 except ImportError:  # pragma: no cover - depends on how PyYAML was built
     from yaml import SafeDumper as _Dumper  # type: ignore[assignment]
     from yaml import SafeLoader as _Loader  # type: ignore[assignment]
-
-
-def utcnow() -> datetime:
-    """Now, in UTC (records never hold local times)."""
-    return datetime.now(UTC)
-
-
-class Record(BaseModel):
-    # Schemas are built on first use: a run only pays for the records it writes.
-    model_config = ConfigDict(extra="ignore", defer_build=True)
-
-
-class ExecutorKind(StrEnum):
-    """Where a run's commands run (the executor classes are in quire.ci.run.executors)."""
-
-    host = "host"
-    docker = "docker"
 
 
 class RunMeta(Record):
@@ -85,33 +88,6 @@ class RunTimes(Record):
     finished_at: datetime | None = None
 
 
-class EndReason(StrEnum):
-    jobs_failed = "jobs-failed"
-    error = "error"
-    interrupted = "interrupted"
-    cancelled = "cancelled"
-    orphaned = "orphaned"
-    unreadable = "unreadable"
-
-
-class RunResult(Record):
-    """How a run ended; only finished runs (complete/, failed/, cancelled/) have one."""
-
-    reason: EndReason | None = None
-    error: str | None = None
-    exit_code: int
-    cancelled_by: str | None = None  # who asked (reason `cancelled`)
-    cancelled_at: datetime | None = None
-
-
-class CancelRequest(Record):
-    """Someone asked for a run to stop: who, and when (the store keeps it by run id, so
-    it can be asked before the run's record exists)."""
-
-    by: str
-    at: datetime
-
-
 class ContainerInfo(Record):
     """container.yml: filled in as the container's life goes on."""
 
@@ -121,26 +97,6 @@ class ContainerInfo(Record):
     build_finished_at: datetime | None = None
     container_started_at: datetime | None = None
     container_stopped_at: datetime | None = None
-
-
-class JobStatus(StrEnum):
-    pending = "pending"
-    running = "running"
-    success = "success"
-    failed = "failed"
-    skipped = "skipped"
-    unreadable = "unreadable"  # only ever read back: its state.yml is torn or corrupt
-
-
-class JobState(Record):
-    job_id: str
-    status: JobStatus
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    duration_s: float | None = None
-    error: str | None = None
-    skip_reason: str | None = None
-    outputs: dict[str, Any] = Field(default_factory=dict)
 
 
 class RecordedProcess(Record):

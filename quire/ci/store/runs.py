@@ -21,7 +21,6 @@ import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,19 +36,14 @@ from quire.ci.store.records import (
     read_record,
     write_record,
 )
+from quire.ci.vocabulary import FINISHED, RunState
 from quire.errors import EnvironmentProblem, QuireError, RunNotFound
 from quire.paths import cache_dir, state_dir
 
 if TYPE_CHECKING:
     from quire.tools.git import Repository
 
-
-class RunState(StrEnum):
-    pending = "pending"
-    active = "active"
-    complete = "complete"
-    failed = "failed"
-    cancelled = "cancelled"  # someone asked it to stop (`quire ci cancel`): not a failure
+__all__ = ["FINISHED", "RunState"]
 
 
 ALLOWED: dict[RunState, frozenset[RunState]] = {
@@ -59,9 +53,6 @@ ALLOWED: dict[RunState, frozenset[RunState]] = {
     RunState.failed: frozenset(),
     RunState.cancelled: frozenset(),
 }
-
-# The states a run ends in: it has a result, and nobody writes to it any more.
-FINISHED = frozenset({RunState.complete, RunState.failed, RunState.cancelled})
 
 
 class InvalidTransition(QuireError):

@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
 
 from quire.ci.pipeline import CacheDef
-from quire.ci.store.records import ExecutorKind
+from quire.ci.vocabulary import ExecutorKind
 from quire.config import DockerSettings
 
 if TYPE_CHECKING:

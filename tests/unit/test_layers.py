@@ -1,0 +1,65 @@
+"""The layers DESIGN.md draws, checked on the source: who may import whom."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+QUIRE = Path(__file__).resolve().parents[2] / "quire"
+
+
+def imported(path: Path) -> set[str]:
+    """Every module `path` imports, at any depth of the file (lazy imports included)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def files(*parts: str) -> list[Path]:
+    found: list[Path] = []
+    for part in parts:
+        target = QUIRE / part
+        found.extend(sorted(target.rglob("*.py")) if target.is_dir() else [target])
+    return found
+
+
+@pytest.mark.parametrize(
+    "path",
+    files(
+        "ci/events.py",
+        "ci/vocabulary.py",
+        "ci/pipeline.py",
+        "ci/run/executors",
+        "ci/run/runtime.py",
+        "ci/run/jobs.py",
+        "jobhost",
+    ),
+    ids=lambda p: str(p.relative_to(QUIRE)),
+)
+def test_the_run_side_never_imports_the_store(path: Path) -> None:
+    assert not [name for name in imported(path) if name.startswith("quire.ci.store")]
+
+
+@pytest.mark.parametrize("path", files("jobhost", "ci/pipeline.py", "errors.py"), ids=str)
+def test_what_the_job_host_loads_imports_only_the_standard_library_and_itself(
+    path: Path,
+) -> None:
+    """The job host starts for every run and runs sandboxed with nothing installed."""
+    allowed = ("quire.jobhost", "quire.ci.pipeline", "quire.errors")
+    third_party = {"pydantic", "plumbum", "typer", "yaml", "rich", "starlette", "psutil"}
+    for name in imported(path):
+        if name.startswith("quire"):
+            assert name in ("quire", "quire.ci") or name.startswith(allowed), (path, name)
+        else:
+            assert name.split(".")[0] not in third_party, (path, name)
+
+
+def test_ci_package_init_imports_only_the_pipeline_api() -> None:
+    names = imported(QUIRE / "ci" / "__init__.py")
+    assert names == {"quire.ci.pipeline", "quire.jobhost.runtime"}
