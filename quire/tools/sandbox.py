@@ -112,13 +112,18 @@ def wrap(
     docstring lists, with `read_only` bound read-only at their own paths too.
 
     Its environment is exactly `env` plus PYTHONPATH (quire's directory; `env` may
-    override it) and PWD (set by bwrap). The values travel in bwrap's argv, which
-    other users can read: pass no secret through `env`. To keep a descriptor open
-    inside, pass it to the spawner (`process.start_with_fds(pass_fds=...)`).
+    override it) and PWD (set by bwrap). bwrap itself starts from an empty environment
+    (`env -i`), whatever the spawner passes: its init process, PID 1 inside, keeps the
+    environment bwrap started with, and the sandbox can read /proc/1/environ (quire's
+    environment may hold the values of `{ env = ... }` secrets). The values of `env`
+    travel in bwrap's argv, which other users can read: pass no secret through `env`.
+    To keep a descriptor open inside, pass it to the spawner
+    (`process.start_with_fds(pass_fds=...)`).
     Raises `SandboxUnavailable` when bwrap is not installed.
     """
     install = python_install()
     return [
+        *(_env(), "-i"),
         _bwrap(),
         *_NAMESPACES,
         *("--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_GID)),
@@ -179,6 +184,14 @@ def _inside(path: Path, dirs: Iterable[Path]) -> bool:
 def _outermost(paths: Sequence[Path]) -> list[Path]:
     """`paths` without those another one already contains (lib-dynload in the stdlib)."""
     return [p for p in paths if not _inside(p, [q for q in paths if q != p])]
+
+
+def _env() -> str:
+    """`env`, to start bwrap with an empty environment (coreutils: always there)."""
+    try:
+        return process.find_program("env")
+    except ProgramNotFound:
+        return "/usr/bin/env"
 
 
 def _bwrap() -> str:
