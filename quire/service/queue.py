@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 
     class WorkQueue(Protocol):
         """The queue as a worker uses it: `Queue`, or the in-memory fake of the worker's
-        unit tests (tests/unit/test_worker_loop.py)."""
+        unit tests (tests/unit/test_worker_loop_fakes.py)."""
 
         path: str
 
@@ -112,7 +112,6 @@ _SCHEMA = (
 )
 
 _CORRUPT = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
-SQLITE_HEADER = b"SQLite format 3\x00"  # the first bytes of every SQLite database file
 
 
 def queue_path(state: StrPath) -> str:
@@ -349,16 +348,18 @@ class Queue:
 
     def verify(self) -> None:
         """Raise `QueueReplaced` unless the file at `path` is still the database this
-        connection opened, whole (`QueueUnavailable` if it cannot be looked at now).
+        connection opened, not truncated (`QueueUnavailable` if it cannot be looked at now).
 
         SQLite goes on using the file it opened, deleted or not, and does not
         read a file truncated under it while its WAL holds the pages: without
-        this a worker would claim from a file nobody queues to any more.
+        this a worker would claim from a file nobody queues to any more. Only
+        `stat`, never open: closing any descriptor of the file would drop this
+        process's SQLite locks, and another connection would then take the WAL
+        for its own and delete it under us. A file overwritten in place is left
+        to SQLite, which says so (`QueueCorrupt`) once it reads the damage.
         """
         try:
-            with open(self.path, "rb") as handle:
-                found = os.fstat(handle.fileno())
-                header = handle.read(len(SQLITE_HEADER))
+            found = os.stat(self.path)
         except FileNotFoundError:
             raise QueueReplaced(replaced_message(self.path, "it was deleted")) from None
         except OSError as exc:
@@ -367,8 +368,6 @@ class Queue:
             what = "another file took its place"
         elif found.st_size == 0:
             what = "it was truncated to 0 bytes"
-        elif header != SQLITE_HEADER:
-            what = "it was overwritten and is not a database any more"
         else:
             return
         raise QueueReplaced(replaced_message(self.path, what))
@@ -567,7 +566,9 @@ def _create_private(path: str) -> None:
     """Create the database file 0600 if it is missing (an existing file keeps its mode).
 
     SQLite would make it 0644, and makes the -wal and -shm files with the
-    database's own mode: created first, all three stay private.
+    database's own mode: created first, all three stay private. An existing
+    file is never opened here: closing a descriptor of it would drop this
+    process's SQLite locks on it.
     """
     try:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
