@@ -8,7 +8,9 @@ records its run `interrupted`), the run is reconciled like
 `orphaned`, its container removed), its outcome is noted, and the row is
 queued again with a new run id at its old place in the queue; the second
 time a worker dies under it, it is given up (`abandoned`). A run that
-finished normally just as its worker died keeps its result.
+finished normally just as its worker died keeps its result. A run that
+cannot be recovered now (its record cannot be reconciled: a full disk) is
+left running in the queue, so the next poll tries it again.
 """
 
 from __future__ import annotations
@@ -16,18 +18,45 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from quire.ci.store.liveness import is_alive
-from quire.ci.store.runs import RunState
+from quire.ci.store.runs import FINISHED, RunDir
 from quire.errors import QuireError
 from quire.service import outcome as outcomes
+from quire.service.errors import QueueCorrupt, QueueReplaced, QueueUnavailable
 from quire.service.outcome import FAILED, Outcome
-from quire.service.queue import MAX_ATTEMPTS, Entry, Owner, Queue
+from quire.service.queue import MAX_ATTEMPTS, Entry, Owner
+
+if TYPE_CHECKING:
+    from quire.service.queue import WorkQueue
 
 log = logging.getLogger("quire.worker")
 
 LOST_REASONS = ("interrupted", "orphaned", "unreadable")
+# The queue's own failures: handled by the worker's loop (retry later, or stop), not per run.
+QUEUE_ERRORS = (QueueUnavailable, QueueCorrupt, QueueReplaced)
 Recorder = Callable[[Entry, Outcome], None]
+
+
+class Records:
+    """The run store as the worker sees a queued run's record: find it, reconcile it.
+
+    One object so the worker's unit tests can stand in for the store, and
+    for its failures (a full disk), without making real runs.
+    """
+
+    def find(self, entry: Entry) -> RunDir | None:
+        """The run record of `entry`'s run id, or None if it was never made."""
+        return outcomes.find_record(entry)
+
+    def reconcile(self, entry: Entry) -> None:
+        """Fail the run if it is still in flight; raises `OSError` or a `QuireError`
+        when its records cannot be written."""
+        reconcile_run(entry)
+
+
+RECORDS = Records()
 
 
 def orphaned(entry: Entry, me: Owner) -> bool:
@@ -42,21 +71,37 @@ def orphaned(entry: Entry, me: Owner) -> bool:
     return entry.child_pid is None or not is_alive(entry.child_pid, entry.child_start)
 
 
-def recover(queue: Queue, me: Owner, note: Recorder) -> int:
-    """Recover every running row of dead workers; returns how many were handled."""
+def recover(queue: WorkQueue, me: Owner, note: Recorder, records: Records = RECORDS) -> int:
+    """Recover every running row of dead workers; returns how many were handled.
+
+    A run whose record cannot be reconciled now is logged and left for the
+    next call; the queue's own errors (`QUEUE_ERRORS`) are raised.
+    """
     handled = 0
     for entry in queue.running():
-        if orphaned(entry, me):
-            recover_one(queue, entry, note)
-            handled += 1
+        if not orphaned(entry, me):
+            continue
+        try:
+            recover_one(queue, entry, note, records)
+        except QUEUE_ERRORS:
+            raise
+        except (OSError, QuireError) as exc:
+            log.error(
+                "cannot recover run %s of dead worker %s yet: %s; trying again at the next poll",
+                entry.run_id,
+                entry.worker_pid,
+                exc,
+            )
+            continue
+        handled += 1
     return handled
 
 
-def recover_one(queue: Queue, entry: Entry, note: Recorder) -> None:
+def recover_one(queue: WorkQueue, entry: Entry, note: Recorder, records: Records = RECORDS) -> None:
     """Reap one dead worker's run, note its outcome, and queue it again (once)."""
-    reconcile_run(entry)
-    run = outcomes.find_record(entry)
-    if run is not None and run.state in (RunState.complete, RunState.failed):
+    records.reconcile(entry)
+    run = records.find(entry)
+    if run is not None and run.state in FINISHED:
         result = outcomes.from_record(run, cancelled=entry.cancel)
         if result.reason not in LOST_REASONS:
             # It finished by itself just as its worker died: that is its result.

@@ -15,7 +15,16 @@ and tear down rather than run on unsupervised.
 
 On SIGTERM/SIGINT/SIGHUP the worker stops claiming, sends SIGTERM to its
 children (recorded `interrupted`; not queued again: a stop is deliberate),
-waits up to `stop_grace_s` (a second signal: at once) and exits 0.
+waits up to `stop_grace_s` (a second signal: at once) and exits 0. When the
+queue file is replaced, truncated or damaged under it, it stops the same way
+and raises (`quire ci worker` exits 3): its connection would never see the
+runs queued since.
+
+Failures that pass (the queue cannot be written now, a run's record cannot
+be reconciled: a full disk) are logged and tried again later; nothing is
+lost or skipped. The world outside (queue, clock, children, run store,
+notes) comes in through `Worker`'s keyword arguments, so unit tests drive
+`tick()` with fakes.
 """
 
 from __future__ import annotations
@@ -30,22 +39,55 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from quire.ci.store.runs import RunState
 from quire.errors import ConfigError, QuireError
 from quire.service import outcome as outcomes
 from quire.service import recovery
-from quire.service.errors import QueueUnavailable
+from quire.service.errors import QueueCorrupt, QueueReplaced, QueueUnavailable
 from quire.service.notes import CiNote, append_note
 from quire.service.outcome import Outcome
-from quire.service.queue import Entry, Queue, open_queue
+from quire.service.queue import Entry, Owner, Queue, open_queue
 from quire.service.signals import SignalWatch
 from quire.service.wake import Listener
 from quire.tools import process
 
+if TYPE_CHECKING:
+    from quire.service.queue import WorkQueue
+
 log = logging.getLogger("quire.worker")
 
 OUTPUT_DIR = "queue.out"
+# The queue cannot be used any more: the worker stops rather than retry.
+FATAL = (QueueCorrupt, QueueReplaced)
+
+
+class ChildProcess(Protocol):
+    """A started run, as the worker handles it (`process.Child`; fakes in tests)."""
+
+    @property
+    def pid(self) -> int: ...
+    def poll(self) -> int | None: ...
+    def signal(self, signum: int) -> None: ...
+    def kill_group(self) -> None: ...
+    def wait(self, timeout: float | None = None) -> int | None: ...
+
+
+class Stops(Protocol):
+    """Stop signals received so far (`SignalWatch`): a second one means "now"."""
+
+    stops: int
+    last: str | None
+
+
+StartChild = Callable[[list[str], Path], ChildProcess]
+
+
+def start_child(argv: list[str], output: Path) -> ChildProcess:
+    """Start a run's `quire ci run`, its output appended to `output`; it gets SIGTERM
+    if the worker dies. Raises `OSError` or `ProgramNotFound`."""
+    return process.start(argv, output=output)
 
 
 @dataclass(frozen=True)
@@ -65,46 +107,72 @@ class Running:
     """A run this worker started."""
 
     entry: Entry
-    child: process.Child
+    child: ChildProcess
     output: Path
-    started: float  # monotonic
+    started: float  # on the worker's clock
     cancel: bool = False
 
 
 class Worker:
-    """One worker process; `serve()` until a stop signal."""
+    """One worker process; `serve()` until a stop signal.
 
-    def __init__(self, settings: WorkerSettings) -> None:
+    The keyword arguments are the world outside, real by default: the queue
+    (opened by `serve` when None), a monotonic clock, how a child starts,
+    the run store, how a commit's note is written, and who claims rows.
+    """
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        *,
+        queue: WorkQueue | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        start_child: StartChild = start_child,
+        records: recovery.Records = recovery.RECORDS,
+        note: recovery.Recorder | None = None,
+        me: Owner | None = None,
+    ) -> None:
         self.settings = settings
-        self.me = recovery.owner()
+        self.queue = queue
+        self.clock = clock
+        self.start_child = start_child
+        self.records = records
+        self.note = note or write_note
+        self.me = me or recovery.owner()
         self.running: dict[str, Running] = {}
+        self.ended: list[tuple[Running, int]] = []  # children gone, outcome not worked out yet
         self.unrecorded: list[tuple[Entry, Outcome]] = []  # the queue could not take them yet
-        self.retry_at = 0.0
-        self.queue: Queue | None = None
+        self.next_poll = 0.0
+        self.retry_at = 0.0  # no claims before (the queue or a child start failed)
+        self.finish_at = 0.0  # no outcomes worked out before (a record could not be reconciled)
+        self.queue_lost = False  # the queue file was replaced or damaged: never write it again
 
     def serve(self) -> int:
-        """Run until stopped; returns the exit code (0). Raises `QueueCorrupt`."""
+        """Run until stopped; returns the exit code (0). Raises `QueueCorrupt` and
+        `QueueReplaced`."""
         state = self.settings.state
-        with SignalWatch() as signals:
-            queue = self._open(signals)
-            if queue is None:
-                return 0  # asked to stop before the queue could be opened
-            with queue, Listener(state) as listener:
-                self.queue = queue
-                self._step(lambda: log.debug("pruned %d finished rows", queue.prune()))
-                waiting = len([e for e in queue.active() if e.state == "queued"])
-                log.info(
-                    "worker %d started: concurrency %d, executor %s, queue %s (%d queued)",
-                    self.me.pid,
-                    self.settings.concurrency,
-                    self.settings.executor,
-                    queue.path,
-                    waiting,
-                )
-                try:
-                    self._loop(listener, signals)
-                finally:
-                    self._stop(signals)
+        with SignalWatch() as signals, contextlib.ExitStack() as stack:
+            if self.queue is None:
+                opened = self._open(signals)
+                if opened is None:
+                    return 0  # asked to stop before the queue could be opened
+                self.queue = stack.enter_context(opened)
+            queue = self.queue
+            listener = stack.enter_context(Listener(state))
+            self._step(lambda: log.debug("pruned %d finished rows", queue.prune()))
+            waiting = len([e for e in queue.active() if e.state == "queued"])
+            log.info(
+                "worker %d started: concurrency %d, executor %s, queue %s (%d queued)",
+                self.me.pid,
+                self.settings.concurrency,
+                self.settings.executor,
+                queue.path,
+                waiting,
+            )
+            try:
+                self._loop(listener, signals)
+            finally:
+                self.stop(signals)
         log.info("worker %d stopped", self.me.pid)
         return 0
 
@@ -129,23 +197,47 @@ class Worker:
         return None
 
     def _loop(self, listener: Listener, signals: SignalWatch) -> None:
-        next_poll = 0.0
         with selectors.DefaultSelector() as selector:
             selector.register(listener, selectors.EVENT_READ)
             selector.register(signals, selectors.EVENT_READ)
-            while not signals.stops:
-                now = time.monotonic()
-                if now >= next_poll:
-                    self._step(self._recover)
-                    next_poll = now + self.settings.poll_s
-                self._step(self._reap)
-                if now >= self.retry_at:
-                    self._step(self._fill)
-                wake_in = min(next_poll, self.retry_at if self.retry_at > now else next_poll)
-                selector.select(max(0.0, wake_in - time.monotonic()))
+
+            def wait(timeout: float) -> None:
+                selector.select(timeout)
                 listener.drain()
                 signals.drain()
+
+            self.run(wait, signals)
+
+    def run(self, wait: Callable[[float], None], signals: Stops) -> None:
+        """`tick()` until a stop signal; `wait(seconds)` returns sooner on a wake-up (the
+        hook) or a signal (SIGCHLD, a stop). Raises `QueueCorrupt` and `QueueReplaced`."""
+        try:
+            while not signals.stops:
+                wait(self.tick())
+        except FATAL as exc:
+            self.queue_lost = True
+            log.error("%s; stopping (%d runs to interrupt)", exc, len(self.running))
+            raise
         log.info("%s received: stopping (%d runs to interrupt)", signals.last, len(self.running))
+
+    def tick(self) -> float:
+        """One turn of the loop: check the queue file is still ours, recover dead workers'
+        runs (every poll), reap children that ended, start runs up to the concurrency.
+
+        Returns how long to wait before the next turn, in seconds. Raises
+        `QueueCorrupt` and `QueueReplaced`.
+        """
+        assert self.queue is not None
+        now = self.clock()
+        self._step(self.queue.verify)
+        if now >= self.next_poll:
+            self._step(self._recover)
+            self.next_poll = now + self.settings.poll_s
+        self._step(self._reap)
+        if now >= self.retry_at:
+            self._step(self._fill)
+        later = [t for t in (self.retry_at, self.finish_at) if t > now]
+        return max(0.0, min([self.next_poll, *later]) - self.clock())
 
     def _step(self, action: Callable[[], None]) -> None:
         """Run one part of the loop; a queue that cannot be written now is retried later."""
@@ -153,7 +245,7 @@ class Worker:
             action()
         except QueueUnavailable as exc:
             log.error("%s; retrying in %.0fs", exc, self.settings.retry_s)
-            self.retry_at = time.monotonic() + self.settings.retry_s
+            self.retry_at = self.clock() + self.settings.retry_s
 
     # --- claiming and starting -----------------------------------------------------------------
 
@@ -173,7 +265,7 @@ class Worker:
         output = out_dir / f"{entry.run_id}.log"
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
-            child = process.start(child_argv(entry, executor), output=output)
+            child = self.start_child(child_argv(entry, executor), output)
         except (OSError, QuireError) as exc:
             log.error(
                 "cannot start run %s: %s; retrying in %.0fs",
@@ -182,13 +274,13 @@ class Worker:
                 self.settings.retry_s,
             )
             self.queue.release(entry.run_id)
-            self.retry_at = time.monotonic() + self.settings.retry_s
+            self.retry_at = self.clock() + self.settings.retry_s
             return False
         from quire.ci.store.liveness import process_start_ticks
 
         start = process_start_ticks(child.pid)
         entry = entry.replaced(executor=executor, child_pid=child.pid, child_start=start)
-        running = Running(entry, child, output, time.monotonic())
+        running = Running(entry, child, output, self.clock())
         self.running[entry.run_id] = running
         running.cancel = self.queue.started(entry.run_id, executor, child.pid, start)
         log.info(
@@ -223,21 +315,47 @@ class Worker:
             if code is None:
                 continue
             del self.running[run_id]
-            self._finish(running, code)
+            self.ended.append((running, code))
+        self._finish_ended()
         self._record_pending()
+
+    def _finish_ended(self) -> None:
+        """Work out the outcomes of ended children, in the order they ended.
+
+        One whose record cannot be reconciled now (a full disk) is tried again
+        at the next poll, and those after it wait: outcomes keep their order.
+        """
+        while self.ended and self.clock() >= self.finish_at:
+            running, code = self.ended[0]
+            try:
+                self._finish(running, code)
+            except FATAL:
+                raise
+            except (OSError, QuireError) as exc:
+                log.error(
+                    "run %s ended (exit %d) but its record cannot be reconciled: %s; "
+                    "trying again in %.0fs",
+                    running.entry.run_id,
+                    code,
+                    exc,
+                    self.settings.poll_s,
+                )
+                self.finish_at = self.clock() + self.settings.poll_s
+                return
+            self.ended.pop(0)
 
     def _finish(self, running: Running, code: int) -> None:
         entry = running.entry
         cancelled = running.cancel or self._cancel_asked(entry)
-        run = outcomes.find_record(entry)
+        run = self.records.find(entry)
         if run is not None and run.state in (RunState.pending, RunState.active):
-            recovery.reconcile_run(entry)  # the child died without finishing its record
-            run = outcomes.find_record(entry)
+            self.records.reconcile(entry)  # the child died without finishing its record
+            run = self.records.find(entry)
         if run is not None:
             result = outcomes.from_record(run, cancelled=cancelled)
         else:
             text = outcomes.read_output(running.output)
-            elapsed = time.monotonic() - running.started
+            elapsed = self.clock() - running.started
             result = outcomes.without_record(
                 entry, code, text, cancelled=cancelled, duration_s=elapsed
             )
@@ -260,33 +378,47 @@ class Worker:
                 log.info(
                     "done %s: %s %s: %s", entry.run_id, entry.repo, entry.ref, result.describe()
                 )
-                write_note(entry, result)
+                self.note(entry, result)
             self.unrecorded.pop(0)
 
     def _recover(self) -> None:
         assert self.queue is not None
-        recovery.recover(self.queue, self.me, write_note)
+        recovery.recover(self.queue, self.me, self.note, self.records)
 
     # --- stopping ------------------------------------------------------------------------------
 
-    def _stop(self, signals: SignalWatch) -> None:
+    def stop(self, signals: Stops) -> None:
         """Interrupt the children, wait for them (bounded), record what they left."""
         for running in self.running.values():
             running.child.signal(signal.SIGTERM)
-        deadline = time.monotonic() + self.settings.stop_grace_s
+        deadline = self.clock() + self.settings.stop_grace_s
         stops = signals.stops
-        while self.running and time.monotonic() < deadline and signals.stops == stops:
+        while self.running and self.clock() < deadline and signals.stops == stops:
             for run_id, running in list(self.running.items()):
                 code = running.child.wait(0.05)
                 if code is not None:
                     del self.running[run_id]
-                    self._finish(running, code)
+                    self.ended.append((running, code))
         for running in self.running.values():
             log.warning("run %s did not stop in time: killing it", running.entry.run_id)
             running.child.kill_group()
             code = running.child.wait()
-            self._finish(running, -signal.SIGKILL if code is None else code)
+            self.ended.append((running, -signal.SIGKILL if code is None else code))
         self.running.clear()
+        self.finish_at = 0.0  # no next poll to wait for
+        self._finish_ended()
+        if self.ended:
+            unknown = ", ".join(running.entry.run_id for running, _ in self.ended)
+            log.error(
+                "outcomes of %s not worked out: their rows stay running for a later worker "
+                "to recover",
+                unknown,
+            )
+        if self.queue_lost:
+            if self.unrecorded:
+                lost = ", ".join(entry.run_id for entry, _ in self.unrecorded)
+                log.error("outcomes of %s not recorded: the queue file is not ours any more", lost)
+            return
         try:
             self._record_pending()
         except QueueUnavailable as exc:
