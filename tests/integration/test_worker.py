@@ -346,3 +346,17 @@ def test_a_corrupt_queue_stops_the_worker_with_a_message(tmp_path: Path) -> None
     assert done.returncode == 3
     assert "damaged" in done.stderr and "move it aside" in done.stderr
     assert path.read_bytes().startswith(b"not a database")  # left for the person to look at
+
+
+def test_a_queue_file_truncated_under_the_worker_stops_it_with_exit_3(tmp_path: Path) -> None:
+    _bare, work = pushable(tmp_path, "truncated", {".quire/ci.py": OK_PIPELINE})
+    with worker(tmp_path) as proc:
+        push(work, "HEAD:main")
+        wait_for(all_done(1), "the first run", proc=proc)
+        os.truncate(queue_path(state_dir()), 0)
+        # The idle worker looks at its queue file at its next poll (5 s at most).
+        wait_for(lambda: proc.poll() is not None, "the worker to notice", timeout=60)
+        assert proc.returncode == 3, worker_log(tmp_path)
+    said = worker_log(tmp_path)
+    assert "was replaced or truncated while workers had it open" in said
+    assert "truncated to 0 bytes" in said and str(queue_path(state_dir())) in said
