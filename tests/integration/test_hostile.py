@@ -14,6 +14,12 @@ added, no container made, no connection seen, secret values and the other run's 
 no record or log of the hostile run, the run recorded once with the right exit code, and
 no process of the run left (every process the pipeline starts carries a marker name).
 
+Then what host mode (and docker mode with `[docker] sandbox = false`) leaves a pusher:
+quire's own reach. And, in both executors, the four ways a job's Python used to break its
+run (`os.fork()`, `os._exit(0)` while another job failed, a non-daemon thread, a job that
+ignores SIGTERM and SIGINT then Ctrl-C): each costs at most its own job, the run is
+recorded once with the right exit code, and nothing it started is left.
+
 docs/security.md cites these tests, sentence by sentence.
 """
 
@@ -328,6 +334,16 @@ def alive_marked(marker: str) -> list[str]:
     return found
 
 
+def marked_pids(marker: str) -> list[int]:
+    return [int(entry.split(":")[0]) for entry in alive_marked(marker)]
+
+
+def host_status(pid: int) -> dict[str, str]:
+    """/proc/PID/status as the host sees it."""
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {key: value.strip() for key, _, value in (line.partition(":") for line in lines)}
+
+
 def nothing_of_the_run_left(marker: str, run_ids: list[str]) -> None:
     """No process the pipeline started (bounded wait: SIGKILL is asynchronous) and no
     container of the run."""
@@ -393,7 +409,7 @@ def assert_nothing_reached(scene: Scene, run: Path, said: str) -> None:
     # Secret values, the host's /etc/shadow, the other run's log: in no record or log of
     # this run, nor in what quire printed (the other run's own files aside).
     shadow = [line for line in Path("/etc/shadow").read_text().splitlines() if line.strip()]
-    needles = [scene.other_secret, scene.env_secret, *shadow[:3]]
+    needles = [scene.other_secret, scene.env_secret, *shadow]
     for path in files_under(scene.state):
         data = path.read_bytes()
         for needle in needles:
@@ -635,6 +651,16 @@ def test_ctrl_c_ends_a_job_that_ignores_signals_within_the_grace(
             return bool(logs) and "ignoring signals now" in logs[0].read_text()
 
         wait_for(ignoring, "the job to ignore its signals", timeout=90)
+        # Seen from the host, the job's process has quire's uid (root here: the sandbox
+        # maps its uid 65534 to the caller's); in docker mode no capability and no new
+        # privileges, in host mode all that quire's user has.
+        (status,) = [host_status(pid) for pid in marked_pids(marker)]
+        assert status["Uid"].split() == [str(os.geteuid())] * 4, status
+        if executor == "docker":
+            assert int(status["CapEff"], 16) == int(status["CapBnd"], 16) == 0, status
+            assert status["NoNewPrivs"] == "1", status
+        else:
+            assert status["CapEff"] == host_status(os.getpid())["CapEff"], status
         sent = time.monotonic()
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=60)
