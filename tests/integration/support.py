@@ -78,3 +78,19 @@ def engine_cli(
     return subprocess.run(
         [binary, *args], capture_output=True, text=True, check=check, timeout=timeout, env=env
     )
+
+
+def without_sandbox(config_text: str = "") -> None:
+    """Write the config file with `[docker] sandbox = false` (and `config_text`, whose own
+    `[docker]` table gets the key): for tests whose pipeline reaches the host from its
+    Python on purpose (the engine's CLI, files of the test), which the sandbox forbids."""
+    import os
+    from pathlib import Path
+
+    config = Path(os.environ["QUIRE_CONFIG"])
+    config.parent.mkdir(parents=True, exist_ok=True)
+    if "[docker]" in config_text:
+        text = config_text.replace("[docker]\n", "[docker]\nsandbox = false\n", 1)
+    else:
+        text = config_text + "\n[docker]\nsandbox = false\n"
+    config.write_text(text)

@@ -25,7 +25,13 @@ import yaml
 from quire.ci.store.logs import LogReader, event_bytes
 from quire.ci.store.runs import RunDir, store_for
 from tests.helpers import make_repo
-from tests.integration.support import BASE_IMAGE, SESSION_PREFIX, Engine, docker_cli
+from tests.integration.support import (
+    BASE_IMAGE,
+    SESSION_PREFIX,
+    Engine,
+    docker_cli,
+    without_sandbox,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -506,6 +512,7 @@ def later(rt):
 
 @pytest.mark.engines("docker", "podman")
 def test_a_container_that_disappears_mid_run_fails_the_run_with_exit_3(tmp_path: Path) -> None:
+    without_sandbox()  # the job's Python removes its container through the engine's CLI
     done = pipeline(tmp_path, "vanish", VANISHING)
     assert done.code == 3, done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr

@@ -20,7 +20,13 @@ from plumbum import local
 from quire.ci.store.logs import LogReader
 from quire.paths import state_dir
 from quire.tools import docker
-from tests.integration.support import BASE_IMAGE, SESSION_PREFIX, Engine, docker_cli
+from tests.integration.support import (
+    BASE_IMAGE,
+    SESSION_PREFIX,
+    Engine,
+    docker_cli,
+    without_sandbox,
+)
 from tests.integration.test_docker_runs import pipeline, quire_run, repo_with
 from tests.integration.test_reliability import quire
 
@@ -48,6 +54,7 @@ def inspect(rt):
 def test_the_container_stops_with_sigkill_carries_its_host_and_goes_quickly(
     tmp_path: Path, engine: Engine
 ) -> None:
+    without_sandbox()  # the job's Python inspects its container through the engine's CLI
     done = pipeline(tmp_path, "inspect", INSPECT_SELF)
     assert done.code == 0, done.stdout + done.stderr
     out = done.outputs("inspect")

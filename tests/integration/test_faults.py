@@ -66,7 +66,34 @@ def test_a_full_state_dir_ends_the_run_with_exit_3_naming_the_disk_and_path(
     assert f"cannot write {state}" in done.stderr
     assert "No space left on device" in done.stderr and "the disk is full" in done.stderr
     assert "the other job ran" not in done.stdout
-    # Finalized as failed where its end could be written; else left for reconcile, said so.
-    finished = list((state / "runs").glob("*/failed/*/result.yml"))
-    left = list((state / "runs").glob("*/active/*"))
-    assert finished or (left and "quire ci reconcile" in shown), shown
+    # Marked failed where it lies (a rename needs no space), its result maybe not written.
+    (failed,) = list((state / "runs").glob("*/failed/*"))
+    assert not list((state / "runs").glob("*/active/*"))
+    if not (failed / "result.yml").exists():
+        assert "quire ci reconcile" in shown, shown
+
+    # While the disk is full, every command says so (exit 3, never 70) and reconcile is
+    # not done.
+    filler = small_disk / "filler"
+    subprocess.run(["sh", "-c", f"cat /dev/zero > {filler}"], capture_output=True)
+    (failed / "result.yml").unlink(missing_ok=True)  # as if its end had never been written
+    again = subprocess.run(
+        [sys.executable, "-m", "quire", "ci", "run", "--executor", "host", "--repo", str(repo)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert again.returncode == 3, again.stdout + again.stderr
+    assert "the disk is full" in again.stderr and "internal error" not in again.stderr
+    reconcile = [sys.executable, "-m", "quire", "ci", "reconcile", "--repo", str(repo)]
+    full = subprocess.run(reconcile, capture_output=True, text=True, env=env, timeout=120)
+    assert full.returncode == 3, full.stdout + full.stderr
+    assert "No space left on device" in full.stdout + full.stderr
+
+    filler.unlink()  # space again (the job's 1 MiB of output too): reconcile finishes the run
+    (failed / "jobs" / "loud" / "log.jsonl").unlink()
+    freed = subprocess.run(reconcile, capture_output=True, text=True, env=env, timeout=120)
+    assert freed.returncode == 0, freed.stdout + freed.stderr
+    assert (failed / "result.yml").exists()
+    assert "could not be written" in (failed / "result.yml").read_text()

@@ -40,7 +40,7 @@ from quire.ci.store.records import (
 )
 from quire.ci.store.runs import RunDir, RunState, RunStore, store_for
 from quire.paths import cache_dir, state_dir
-from tests.integration.support import BASE_IMAGE, docker_cli, engine
+from tests.integration.support import BASE_IMAGE, docker_cli, engine, without_sandbox
 from tests.integration.test_docker_runs import DOCKERFILE, QUIRE_RUN, image_exists, repo_with
 
 pytestmark = pytest.mark.integration
@@ -595,7 +595,9 @@ def test_the_next_run_reconciles_a_killed_runs_leftovers_first(tmp_path: Path, s
 
 
 def test_reconcile_never_touches_a_live_run_or_its_container(tmp_path: Path, start: Any) -> None:
-    # The run lives until the test says so, however long the reconcile takes on a slow day.
+    # The run lives until the test says so, however long the reconcile takes on a slow day:
+    # the job's Python waits for a file of the test's (unsandboxed, so it can see it).
+    without_sandbox()
     go = tmp_path / "go"
     ci = f"""
     import pathlib, time
@@ -784,7 +786,8 @@ def test_docker_limits_from_the_config_file_reach_the_container(tmp_path: Path) 
     config = Path(os.environ["QUIRE_CONFIG"])
     config.parent.mkdir(parents=True, exist_ok=True)
     team = f"reliability-{secrets.token_hex(3)}"
-    config.write_text(
+    # The job's Python inspects its container through the engine's CLI: unsandboxed.
+    without_sandbox(
         f'[docker]\ncpus = 0.5\nmemory = "64m"\nnetwork = false\nlabels = {{ team = "{team}" }}\n'
     )
     done = subprocess.run(
