@@ -783,8 +783,6 @@ def limits(rt):
 
 
 def test_docker_limits_from_the_config_file_reach_the_container(tmp_path: Path) -> None:
-    config = Path(os.environ["QUIRE_CONFIG"])
-    config.parent.mkdir(parents=True, exist_ok=True)
     team = f"reliability-{secrets.token_hex(3)}"
     # The job's Python inspects its container through the engine's CLI: unsandboxed.
     without_sandbox(
