@@ -20,7 +20,7 @@ import time
 
 from quire.ci.pipeline import PIPELINE_FILE, Pipeline, Skip, load_pipeline, pipeline_line
 from quire.errors import PipelineError, QuireError
-from quire.jobhost.capture import capture
+from quire.jobhost.capture import FdCapture, capture
 from quire.jobhost.protocol import VERSION, Channel, Message, ProtocolError, unpack
 from quire.jobhost.runtime import JobLink, Runtime
 
@@ -80,12 +80,14 @@ class Zygote:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         sys.stdout.flush()
         sys.stderr.flush()
+        me = os.getpid()
         pid = os.fork()
         if pid == 0:  # the job process
             try:
                 theirs.close()
                 self.control.close()
                 os.setsid()  # its own process group: ended as one
+                _die_with(me)
                 run_job(self.pipeline, job_id, Channel(ours))
             except ProtocolError:
                 os._exit(3)  # quire is gone: nobody to tell
@@ -119,8 +121,10 @@ def run_job(
     """Run the job function and send how it ended (in the job process; on a thread in
     unit tests, without `capture_output`). Raises `ProtocolError` when quire is gone."""
     link = JobLink(channel)
+    fds = None
     if capture_output:
         capture(link)
+        fds = FdCapture(link)
     defined = pipeline.jobs[job_id]
     assert defined.func is not None
     try:
@@ -132,6 +136,10 @@ def run_job(
         raise
     except (Exception, SystemExit, KeyboardInterrupt) as exc:
         end = {"t": "failed", "error": _describe(exc)}
+    if fds is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        fds.finish()  # its last words at the fd level come before its end
     link.tell(end)
 
 
@@ -201,6 +209,19 @@ def _children() -> list[int]:
         with open(f"/proc/{me}/task/{tid}/children") as handle:
             found.extend(int(pid) for pid in handle.read().split())
     return found
+
+
+def _die_with(parent: int) -> None:
+    """The job process gets SIGKILL when the job host dies (quire killed with -9 takes the
+    job host with it, and so the jobs: nothing is left to run on unsupervised)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before prctl: no signal would come
+        os._exit(1)
 
 
 def _become_subreaper() -> None:

@@ -380,3 +380,57 @@ def _cmdline(pid: int) -> str:
             return handle.read().replace(b"\0", b" ").decode().strip()
     except OSError:
         return ""
+
+
+def test_what_programs_started_by_a_jobs_python_write_is_the_jobs_output_masked() -> None:
+    outcome, seen = run(
+        f"""
+        import os, subprocess
+        from quire.ci import job
+
+        @job(inputs=["quire/push"])
+        def direct(rt):
+            subprocess.run(["echo", "from a child {SECRET}"], check=True)
+            os.write(2, b"raw on fd 2\\n")
+        """,
+        secrets={"token": SECRET},
+    )
+    assert statuses(outcome) == {"direct": "success"}
+    assert seen.output("direct") == b"from a child ***\n"
+    assert seen.output("direct", "stderr") == b"raw on fd 2\n"
+
+
+def test_a_job_dies_with_its_job_host(tmp_path: Path) -> None:
+    """quire killed with -9 takes the job host with it (its death signal), and the job
+    host takes its jobs: nothing runs on unsupervised."""
+    import signal
+
+    pid_file = tmp_path / "job.pid"
+    host = JobHost.start()
+    try:
+        host.load(
+            {
+                ".quire/ci.py": textwrap.dedent(
+                    f"""
+                    import os, signal, time
+                    from quire.ci import job
+
+                    @job(inputs=["quire/push"])
+                    def stubborn(rt):
+                        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                        open({str(pid_file)!r}, "w").write(str(os.getpid()))
+                        time.sleep(300)
+                    """
+                ).encode()
+            }
+        )
+        job = host.start_job("stubborn")
+        deadline = time.monotonic() + 30
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        os.kill(host.pid, signal.SIGKILL)
+        assert wait_gone(int(pid_file.read_text()))
+        job.channel.close()
+    finally:
+        host.close()
