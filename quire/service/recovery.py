@@ -15,6 +15,7 @@ left running in the queue, so the next poll tries it again.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 from collections.abc import Callable
@@ -49,6 +50,16 @@ class Records:
     def find(self, entry: Entry) -> RunDir | None:
         """The run record of `entry`'s run id, or None if it was never made."""
         return outcomes.find_record(entry)
+
+    def record_cancelled(self, entry: Entry, result: Outcome) -> Outcome:
+        """A cancelled run that ended before its record existed gets one (in cancelled/,
+        who asked and when), as a run cancelled while queued does."""
+        store = outcomes.store_of(entry)
+        request = store.cancel_request(entry.run_id)
+        if request is None:
+            return result
+        recorded = outcomes.record_cancelled(entry, request) is not None
+        return dataclasses.replace(result, recorded=recorded, cancelled_by=request.by)
 
     def reconcile(self, entry: Entry) -> None:
         """Fail the run if it is still in flight; raises `OSError` or a `QuireError`

@@ -359,6 +359,8 @@ class Worker:
             result = outcomes.without_record(
                 entry, code, text, cancelled=cancelled, duration_s=elapsed
             )
+            if cancelled:  # stopped before its run existed: recorded as cancelled all the same
+                result = self.records.record_cancelled(entry, result)
         with contextlib.suppress(OSError):
             running.output.unlink()
         self.unrecorded.append((entry, result))

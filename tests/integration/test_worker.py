@@ -24,7 +24,7 @@ from quire.paths import state_dir
 from quire.service.notes import read_notes
 from quire.service.queue import Entry, Queue, queue_path
 from tests.helpers import GIT_ENV, commit, git, make_repo, terminate
-from tests.integration.support import BASE_IMAGE, SESSION_PREFIX
+from tests.integration.support import BASE_IMAGE, SESSION_PREFIX, without_sandbox
 
 pytestmark = pytest.mark.integration
 
@@ -246,6 +246,7 @@ def test_kill_9_of_the_worker_requeues_its_run_once_and_runs_the_queued_ones_onc
         ".quire/ci.py": SLOW_ONCE.format(marker=str(marker)),
         ".quire/Dockerfile": DOCKERFILE,
     }
+    without_sandbox()  # the job's Python tells the test it started through a file of the host
     bare, work = pushable(tmp_path, "kill9", files)
     with worker(tmp_path, "--executor", "docker", name="first") as first:
         push(work, "HEAD:refs/heads/slow")
@@ -333,7 +334,19 @@ def test_cancel_removes_a_queued_run_and_interrupts_a_running_one(tmp_path: Path
         "refs/heads/main": "cancelled",
         "refs/heads/later": "cancelled",
     }
-    assert [meta(r).ref for r in runs_of(bare)] == ["refs/heads/main"]  # the queued one never ran
+    # Both are runs of their own in cancelled/, by whom and when; the queued one never ran.
+    runs = {meta(r).ref: r for r in runs_of(bare)}
+    assert sorted(runs) == ["refs/heads/later", "refs/heads/main"]
+    for run in runs.values():
+        assert run.state == RunState.cancelled
+        result = run.result()
+        assert result is not None and result.cancelled_by and result.cancelled_at
+        assert result.exit_code == 130
+    notes = {n.ref: n for n in read_notes(bare, git(work, "rev-parse", "HEAD"))}
+    assert {ref: (n.state, bool(n.cancelled_by)) for ref, n in notes.items()} == {
+        "refs/heads/main": ("cancelled", True),
+        "refs/heads/later": ("cancelled", True),
+    }
 
 
 def test_a_corrupt_queue_stops_the_worker_with_a_message(tmp_path: Path) -> None:

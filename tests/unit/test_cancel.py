@@ -60,3 +60,32 @@ def test_cancelling_a_run_no_longer_queued_changes_nothing(tmp_path: Path) -> No
     assert again.exit_code == 2
     assert len(list(store_for(bare).runs())) == 1
     assert len(read_notes(bare, sha)) == 1
+
+
+def test_a_run_cancelled_before_its_record_existed_gets_one_from_the_worker(
+    tmp_path: Path,
+) -> None:
+    """The child was stopped while `quire ci run` was starting: the worker records it."""
+    from quire.service import outcome as outcomes
+    from quire.service.recovery import Records
+
+    sha = make_repo(tmp_path / "proj", {".quire/ci.py": CI}, bare_clone=True)
+    bare = tmp_path / "proj.git"
+    with open_queue(state_dir()) as queue:
+        (entry,) = queue.enqueue([Push(str(bare), "refs/heads/main", sha, "2026-12-04T00:00:00Z")])
+    outcomes.store_of(entry).request_cancel(entry.run_id, "alice")
+    ended = outcomes.without_record(entry, 130, "", cancelled=True, duration_s=0.2)
+
+    result = Records().record_cancelled(entry, ended)
+
+    assert (result.outcome, result.cancelled_by, result.recorded) == ("cancelled", "alice", True)
+    (run,) = store_for(bare).runs()
+    assert (run.run_id, run.state) == (entry.run_id, RunState.cancelled)
+    recorded = run.result()
+    assert recorded is not None and recorded.cancelled_by == "alice"
+    # Nobody asked: nothing is made up.
+    with open_queue(state_dir()) as queue:
+        (other,) = queue.enqueue([Push(str(bare), "refs/heads/b", sha, "2026-12-04T00:00:00Z")])
+    plain = outcomes.without_record(other, 130, "", cancelled=True, duration_s=0.1)
+    assert Records().record_cancelled(other, plain) == plain
+    assert len(list(store_for(bare).runs())) == 1
