@@ -11,7 +11,11 @@ daemons and `setsid` children stay its descendants:
   started gets SIGTERM, then SIGKILL after a short grace;
 - a command's timeout kills its process group and all its descendants;
 - the processes running are recorded (processes.yml, with start times), so
-  `quire ci reconcile` can end them when the runner itself was killed.
+  `quire ci reconcile` can end them when the runner itself was killed: a
+  command once it has run for `RECORD_AFTER_S` (the collector's tick), and
+  whatever a command left running when it ends. A command shorter than
+  that is never written down: it costs no write, and a runner killed in
+  that instant leaves a command that is about to end anyway.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from quire.tools.process import OutputHandler
 
 # How long a job's processes get between SIGTERM and SIGKILL when it ends.
 TERM_GRACE_S = 0.5
+# How often orphans are collected, and how long a command runs before it is recorded.
+RECORD_AFTER_S = 0.2
 
 
 class HostExecutor:
@@ -45,6 +51,8 @@ class HostExecutor:
         self._spared = setup.spared
         self._drainer = Drainer()
         self._recorded: tuple[tuple[int, int], ...] = ()
+        self._record_lock = threading.Lock()  # the collector records too
+        self._in_flight = 0  # commands running now (jobs side by side: several)
         self._side_by_side = setup.jobs > 1
         self._mine = threading.local()  # the command pids of the job on this thread
         self._collecting = threading.Event()  # set: stop collecting orphans
@@ -60,8 +68,10 @@ class HostExecutor:
     def _collect(self) -> None:
         """Orphans adopted as the subreaper are collected as they end, not left as zombies
         until the job does (a test suite leaves hundreds)."""
-        while not self._collecting.wait(0.2):
+        while not self._collecting.wait(RECORD_AFTER_S):
             process.reap_orphans()
+            if self._in_flight:  # a command has run a tick: reconcile must know of it
+                self._record(self._running(), grow_only=True)
 
     def __exit__(
         self,
@@ -90,6 +100,8 @@ class HostExecutor:
 
     def execute(self, command: Command, on_output: OutputHandler) -> ExecResult:
         """Run `command` in the workspace; a program that cannot start gives exit 127."""
+        with self._record_lock:
+            self._in_flight += 1
         try:
             program = self.resolve(command)
             result = process.stream(
@@ -105,6 +117,8 @@ class HostExecutor:
             on_output("stderr", f"quire: {exc}\n".encode())
             return ExecResult(127, datetime.now(UTC), 0.0)
         finally:
+            with self._record_lock:
+                self._in_flight -= 1
             self._record(self._running(), grow_only=True)
         return ExecResult(result.exit, result.started_at, result.duration_s, result.timed_out)
 
@@ -112,7 +126,6 @@ class HostExecutor:
         if not hasattr(self._mine, "pids"):
             self._mine.pids = []
         self._mine.pids.append(pid)
-        self._record(self._running())
 
     def end_job(self) -> None:
         """End every process the job started (TERM, then KILL) and read their last output.
@@ -153,6 +166,10 @@ class HostExecutor:
         when new ones appeared; a record that still lists ended ones is harmless (reconcile
         checks pid and start time) and saves a write per command."""
         running = tuple((p.pid, p.start) for p in proctree.described(pids) if p.start is not None)
+        with self._record_lock:
+            self._write(running, grow_only=grow_only)
+
+    def _write(self, running: tuple[tuple[int, int], ...], *, grow_only: bool) -> None:
         if grow_only and set(running) <= set(self._recorded):
             return
         if running != self._recorded:
