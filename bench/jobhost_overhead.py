@@ -92,23 +92,25 @@ def main() -> None:
                 )
             )
 
-            commit(sc, COMMANDS.format(n=args.commands))
-            quire_run(sc)
-            with_commands = [c.timed(lambda: quire_run(sc)) for _ in range(args.reps)]
-            commit(sc, COMMANDS.format(n=0))
-            quire_run(sc)
-            without = [c.timed(lambda: quire_run(sc)) for _ in range(args.reps)]
-            per_quire = (c.median(with_commands) - c.median(without)) / args.commands
+            def per_command(pythonpath: str | None) -> float:
+                commit(sc, COMMANDS.format(n=args.commands))
+                quire_run(sc, pythonpath)
+                with_commands = [c.timed(lambda: quire_run(sc, pythonpath)) for _ in range(args.reps)]
+                commit(sc, COMMANDS.format(n=0))
+                quire_run(sc, pythonpath)
+                without = [c.timed(lambda: quire_run(sc, pythonpath)) for _ in range(args.reps)]
+                return (c.median(with_commands) - c.median(without)) / args.commands
+
+            per_quire = per_command(None)
+            per_before = per_command(str(old))
             loop = f"i=0; while [ $i -lt {args.commands} ]; do /bin/true; i=$((i+1)); done"
             raw = [c.timed(lambda: c.run(["sh", "-c", loop])) for _ in range(args.reps)]
             per_raw = c.median(raw) / args.commands
             rows.append(
-                c.Row(
-                    "per command on the host (rt.sh vs sh loop)",
-                    per_quire,
-                    per_raw,
-                    target=2.0,
-                )
+                c.Row("per command on the host (rt.sh vs sh loop)", per_quire, per_raw, target=2.0)
+            )
+            rows.append(
+                c.Row("per command on the host, before (vs sh loop)", per_before, per_raw, None)
             )
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(old)], check=False)
