@@ -95,10 +95,14 @@ def main() -> None:
             def per_command(pythonpath: str | None) -> float:
                 commit(sc, COMMANDS.format(n=args.commands))
                 quire_run(sc, pythonpath)
-                with_commands = [c.timed(lambda: quire_run(sc, pythonpath)) for _ in range(args.reps)]
+
+                def once() -> None:
+                    quire_run(sc, pythonpath)
+
+                with_commands = [c.timed(once) for _ in range(args.reps)]
                 commit(sc, COMMANDS.format(n=0))
-                quire_run(sc, pythonpath)
-                without = [c.timed(lambda: quire_run(sc, pythonpath)) for _ in range(args.reps)]
+                once()
+                without = [c.timed(once) for _ in range(args.reps)]
                 return (c.median(with_commands) - c.median(without)) / args.commands
 
             per_quire = per_command(None)
