@@ -67,13 +67,13 @@ class CacheDef:
 
 
 @dataclass
-class _Registration:
+class Registration:
     job: JobDef | None
     problems: list[PipelineProblem] = field(default_factory=list)
     cache: CacheDef | None = None
 
 
-_collector: list[_Registration] | None = None
+_collector: list[Registration] | None = None
 
 
 def _caller_line() -> int | None:
@@ -94,7 +94,7 @@ def job(
     the job when it runs longer.
     """
     line = _caller_line()
-    registration = _Registration(job=None)
+    registration = Registration(job=None)
     if _collector is not None:
         _collector.append(registration)
 
@@ -127,7 +127,7 @@ def cache(name: str, path: str) -> None:
     host, `path` is the host's own directory and quire does nothing with it.
     """
     line = _caller_line()
-    registration = _Registration(job=None, cache=CacheDef(str(name), str(path), line))
+    registration = Registration(job=None, cache=CacheDef(str(name), str(path), line))
     if not isinstance(name, str) or not JOB_ID.fullmatch(name):
         registration.problems.append(
             PipelineProblem(
@@ -213,7 +213,7 @@ class Pipeline:
 
 
 @contextmanager
-def _collecting() -> Iterator[list[_Registration]]:
+def _collecting() -> Iterator[list[Registration]]:
     global _collector
     previous, _collector = _collector, []
     try:
@@ -319,7 +319,7 @@ def pipeline_line(exc: BaseException) -> int | None:
     return line
 
 
-def validate(registrations: list[_Registration]) -> Pipeline:
+def validate(registrations: list[Registration]) -> Pipeline:
     """Check the whole graph; raises one `PipelineError` listing every problem."""
     problems: list[PipelineProblem] = []
     jobs: dict[str, JobDef] = {}

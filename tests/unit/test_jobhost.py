@@ -434,3 +434,41 @@ def test_a_job_dies_with_its_job_host(tmp_path: Path) -> None:
         job.channel.close()
     finally:
         host.close()
+
+
+@pytest.mark.parametrize(
+    ("tamper", "expected"),
+    [
+        ('message["jobs"][0]["id"] = "../../escape"', "is not a valid name"),
+        ('message["jobs"][0]["inputs"] = ["a"]', "no valid pipeline"),
+        ('message["caches"] = [{"name": "c", "path": "relative", "line": 1}]', "cache 'c'"),
+    ],
+)
+def test_a_pipeline_description_rewritten_by_ci_py_is_refused(tamper: str, expected: str) -> None:
+    """ci.py runs in the job host and can rewrite what it says; quire checks it again (job
+    ids become directory names in the store)."""
+    source = f"""
+import json
+from quire.ci import job
+from quire.jobhost import protocol
+
+real = json.dumps
+
+def dumps(message, **kwargs):
+    if isinstance(message, dict) and message.get("t") == "pipeline":
+        {tamper}
+    return real(message, **kwargs)
+
+protocol.json.dumps = dumps
+
+@job(inputs=["quire/push"])
+def a(rt):
+    pass
+"""
+    host = JobHost.start()
+    try:
+        with pytest.raises(JobHostFailed) as caught:
+            host.load({".quire/ci.py": source.encode()})
+    finally:
+        host.close()
+    assert expected in str(caught.value)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from quire.ci.events import StreamName
-from quire.ci.pipeline import CacheDef, JobDef, Pipeline
+from quire.ci.pipeline import JOB_ID, CacheDef, JobDef, Pipeline, Registration, validate
 from quire.errors import EnvironmentProblem, PipelineError, PipelineProblem, QuireError
 from quire.jobhost.protocol import VERSION, Channel, Message, ProtocolError, pack
 from quire.tools import process
@@ -273,32 +273,38 @@ class JobHost:
 
 
 def _pipeline(answer: Message) -> Pipeline:
+    """The pipeline the job host describes, checked again here: the job host runs ci.py,
+    which may have rewritten it, and job ids become directory names in the store."""
     if answer.get("t") != "pipeline":
         raise BadMessage(f"expected the pipeline, got {answer.get('t')!r}")
-    jobs: dict[str, JobDef] = {}
+    registrations = []
     for item in _field(answer, "jobs", list):
         if not isinstance(item, dict):
             raise BadMessage("a job is not an object")
-        inputs = _field(item | {"t": "job"}, "inputs", list)
-        jobs[_field(item, "id", str)] = JobDef(
-            id=_field(item, "id", str),
-            inputs=tuple(str(i) for i in inputs),
-            func=None,
-            line=_field(item, "line", int, optional=True),
-            timeout=_field(item, "timeout", (int, float), optional=True),
-        )
-    caches = {}
+        job_id = _field(item, "id", str)
+        if not JOB_ID.fullmatch(job_id):
+            raise BadMessage(f"job id {job_id[:80]!r} is not a valid name")
+        inputs = _field(item, "inputs", list)
+        if not all(isinstance(name, str) for name in inputs):
+            raise BadMessage(f"job {job_id!r}: inputs are not names")
+        timeout = _field(item, "timeout", (int, float), optional=True)
+        if timeout is not None and timeout <= 0:
+            raise BadMessage(f"job {job_id!r}: timeout {timeout!r}")
+        line = _field(item, "line", int, optional=True)
+        defined = JobDef(id=job_id, inputs=tuple(inputs), func=None, line=line, timeout=timeout)
+        registrations.append(Registration(job=defined))
     for item in _field(answer, "caches", list):
         if not isinstance(item, dict):
             raise BadMessage("a cache is not an object")
-        name = _field(item, "name", str)
-        caches[name] = CacheDef(
-            name, _field(item, "path", str), _field(item, "line", int, optional=True)
-        )
-    order = [str(name) for name in _field(answer, "order", list)]
-    if sorted(order) != sorted(jobs):
-        raise BadMessage("the order does not name every job once")
-    return Pipeline(jobs=jobs, order=order, caches=caches)
+        name, path = _field(item, "name", str), _field(item, "path", str)
+        if not JOB_ID.fullmatch(name) or not path.startswith("/"):
+            raise BadMessage(f"cache {name[:80]!r} at {path[:80]!r}")
+        line = _field(item, "line", int, optional=True)
+        registrations.append(Registration(job=None, cache=CacheDef(name, path, line)))
+    try:
+        return validate(registrations)  # the graph and its order, computed here
+    except PipelineError as exc:
+        raise BadMessage(f"the jobs it describes are no valid pipeline: {exc}") from exc
 
 
 class JobProcess:
