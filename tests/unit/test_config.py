@@ -463,7 +463,7 @@ def test_jobs_term_grace_defaults_to_five_seconds_and_must_be_positive(tmp_path:
         ).jobs.term_grace
         == 1.5
     )
-    with pytest.raises(ConfigError, match="jobs.term_grace"):
+    with pytest.raises(ConfigError, match=r"jobs\.term_grace"):
         load_config(write_config(tmp_path / "bad.toml", "[jobs]\nterm_grace = 0\n"))
 
 
