@@ -143,9 +143,10 @@ def wrap(
 
 
 def _filesystem(install: PythonInstall, read_only: Sequence[Path]) -> list[str]:
-    """The mount operations, in bwrap's order: binds, then what hides or empties parts of
-    them, then everything read-only but /tmp."""
-    args: list[str] = []
+    """The mount operations, in bwrap's order: the private /tmp, binds, then what hides or
+    empties parts of them, then everything read-only but /tmp."""
+    # /tmp first: binds below it (quire installed from a clone under /tmp) stay visible.
+    args: list[str] = ["--tmpfs", "/tmp"]
     system: list[Path] = []
     for name in _SYSTEM_LIBS:
         path = Path(name)
@@ -165,7 +166,7 @@ def _filesystem(install: PythonInstall, read_only: Sequence[Path]) -> list[str]:
     # After the hiding: quire may itself live in one of those site-packages.
     for path in (install.package, *read_only):
         args += ["--ro-bind", str(path), str(path)]
-    args += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--chdir", "/tmp"]
+    args += ["--dev", "/dev", "--proc", "/proc", "--chdir", "/tmp"]
     for path in hidden:
         args += ["--remount-ro", str(path)]
     # The root bwrap builds is a writable tmpfs; only /tmp stays writable.
