@@ -19,3 +19,21 @@ def docker_guard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     )
     monkeypatch.setenv("QUIRE_DOCKER", str(shim))
     return shim
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "sandboxed: a docker-mode run here starts its job host in the real bubblewrap sandbox",
+    )
+
+
+@pytest.fixture(autouse=True)
+def no_sandbox_by_default(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Docker-mode runs of the unit suite talk to a fake engine: their job host runs
+    unsandboxed, so the suite needs no bubblewrap. The sandbox's own tests
+    (test_sandbox.py, and tests marked `sandboxed`) use the real one."""
+    if request.node.get_closest_marker("sandboxed") is None:
+        from quire.ci.run import orchestrator
+
+        monkeypatch.setattr(orchestrator, "_sandboxed", lambda request: False)

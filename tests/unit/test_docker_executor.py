@@ -9,6 +9,7 @@ and answers as the test told it.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 import tarfile
@@ -1018,3 +1019,33 @@ def test_a_secret_in_a_jobs_outputs_never_reaches_its_state_record(
     (run,) = store_for(tmp_path / "proj").runs()
     state = (run.path / "jobs" / "publish" / "state.yml").read_text()
     assert "hunter2" not in state
+
+
+SANDBOX_PROBE = """
+import os
+from quire.ci import job
+
+@job(inputs=["quire/push"])
+def probe(rt):
+    print("uid", os.getuid(), "etc", os.path.exists("/etc"), "state", os.path.exists(STATE))
+"""
+
+
+@pytest.mark.sandboxed
+def test_a_docker_runs_pipeline_runs_in_the_sandbox(
+    fake_docker: FakeDocker, tmp_path: Path
+) -> None:
+    from quire.errors import SandboxUnavailable
+    from quire.paths import state_dir
+    from quire.tools import sandbox
+
+    try:
+        sandbox.check_available()
+    except SandboxUnavailable as exc:
+        if os.environ.get("QUIRE_REQUIRE_SANDBOX") == "1":
+            pytest.fail(f"QUIRE_REQUIRE_SANDBOX=1 but {exc}")
+        pytest.skip(f"no working bubblewrap here: {exc}")
+    ci = SANDBOX_PROBE.replace("STATE", repr(str(state_dir())))
+    code, out, err = run_cli(docker_repo(tmp_path, ci))
+    assert code == 0, out + err
+    assert "uid 65534 etc False state False" in out
