@@ -192,8 +192,25 @@ class RepositorySettings(BaseModel):
     executor: Literal["host", "docker"] | None = None
 
 
+class ServerSettings(BaseModel):
+    """Where quire keeps what machines share (`[server]`)."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+    # postgresql://...: the run queue on PostgreSQL (quire.service.pgqueue); None: SQLite in
+    # the state directory. QUIRE_DATABASE_URL overrides it (quire.service.queues).
+    database: str | None = None
+
+    @field_validator("database")
+    @classmethod
+    def _database_is_postgresql(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+
 class ConfigFile(BaseModel):
     model_config = ConfigDict(extra="forbid", defer_build=True)
+    server: ServerSettings = Field(default_factory=ServerSettings)
     secrets: dict[str, SecretSpec] = Field(default_factory=dict)
     docker: DockerSettings = Field(default_factory=DockerSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
@@ -247,6 +264,7 @@ class Config:
     output: OutputSettings = field(default_factory=OutputSettings.model_construct)
     jobs: JobSettings = field(default_factory=JobSettings.model_construct)
     repositories: dict[str, RepositorySettings] = field(default_factory=dict)
+    server: ServerSettings = field(default_factory=ServerSettings.model_construct)
     path: Path | None = None
     # Resolved once per repository, so a run's masking and its jobs see the same values.
     _resolved: dict[str | None, Secrets] = field(
@@ -326,5 +344,6 @@ def load_config(path: Path | None = None) -> Config:
         output=parsed.output,
         jobs=parsed.jobs,
         repositories=parsed.repositories,
+        server=parsed.server,
         path=path,
     )

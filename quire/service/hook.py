@@ -76,6 +76,7 @@ def queue_pushes(state: str, git_dir: str, updates: Sequence[tuple[str, str]], o
     try:
         with open_queue(state) as queue:
             entries = queue.enqueue(pushes)
+            notified = queue.leases  # PostgreSQL: its NOTIFY woke workers on every machine
     except Exception as exc:  # the push has happened: say what was not queued, never fail it
         for sha, ref in updates:
             out.write(
@@ -86,6 +87,8 @@ def queue_pushes(state: str, git_dir: str, updates: Sequence[tuple[str, str]], o
         return 0
     for entry in entries:
         out.write(f"quire: queued run {entry.run_id} for {entry.ref} ({entry.sha[:12]})\n")
+    if notified:
+        return len(entries)
     try:
         listening = wake_all(state)
     except OSError:

@@ -49,10 +49,13 @@ from quire.service.errors import (
     QueueReplaced,
     QueueUnavailable,
 )
+from quire.service.queues import DEFAULT_LEASE_S, database_url
 
 TYPE_CHECKING = False  # typing itself costs the hook milliseconds
 if TYPE_CHECKING:
     from typing import Any, Protocol
+
+    from quire.service.queues import Notifications, RunQueue
 
     StrPath = str | os.PathLike[str]
 
@@ -64,6 +67,11 @@ if TYPE_CHECKING:
 
         def verify(self) -> None: ...
         def claim(self, owner: Owner) -> Entry | None: ...
+        # Only called when the queue has `leases` (the PostgreSQL queue); the in-memory fake
+        # of the worker's unit tests has neither, and the worker asks with getattr.
+        def renew(self, run_id: str, seconds: float) -> Entry | None: ...
+        def expired(self, owner: Owner) -> list[Entry]: ...
+        def notifications(self) -> Notifications | None: ...
         def started(self, run_id: str, executor: str, pid: int, start: int | None) -> bool: ...
         def release(self, run_id: str) -> None: ...
         def finish(
@@ -276,6 +284,9 @@ class Queue:
             raise
         self._identity = (found.st_dev, found.st_ino)
 
+    # Ownership is a pid on this host (recovery.orphaned), not a lease that expires.
+    leases = False
+
     def close(self) -> None:
         self._db.close()
 
@@ -457,6 +468,22 @@ class Queue:
             )
         return self.get(new_id) if done.rowcount == 1 else None
 
+    def renew(self, run_id: str, seconds: float) -> Entry | None:
+        """The row of `run_id` if it is still running, else None.
+
+        Nothing to renew: a SQLite claim lasts as long as its worker's pid.
+        """
+        found = self._select("SELECT * FROM queue WHERE run_id = ? AND state = 'running'", run_id)
+        return found[0] if found else None
+
+    def expired(self, owner: Owner) -> list[Entry]:
+        """No claim here expires (dead workers are found by pid: `recovery.orphaned`)."""
+        return []
+
+    def notifications(self) -> None:
+        """None: SQLite has no NOTIFY; the hook wakes workers over `quire.service.wake`."""
+        return None
+
     def running(self) -> list[Entry]:
         """Every running row, oldest first."""
         return self._select("SELECT * FROM queue WHERE state = 'running' ORDER BY seq")
@@ -484,17 +511,7 @@ class Queue:
     def find_active(self, prefix: str) -> Entry:
         """The queued or running row whose run id starts with `prefix`; raises
         `QueueEntryNotFound` for none or several."""
-        matches = [e for e in self.active() if e.run_id.startswith(prefix)]
-        exact = [e for e in matches if e.run_id == prefix]
-        if exact or len(matches) == 1:
-            return (exact or matches)[0]
-        if not matches:
-            raise QueueEntryNotFound(
-                f"no queued or running run {prefix!r} (see `quire ci queue`; finished runs "
-                "are in `quire ci runs`)"
-            )
-        ids = ", ".join(e.run_id for e in matches[:5])
-        raise QueueEntryNotFound(f"run prefix {prefix!r} is ambiguous: {ids}")
+        return pick_active(self.active(), prefix)
 
     def cancel(self, run_id: str) -> Entry:
         """Cancel a row: a queued one is done (`cancelled`) at once; a running one is
@@ -524,6 +541,22 @@ class Queue:
                 (keep,),
             )
         return gone.rowcount
+
+
+def pick_active(active: Sequence[Entry], prefix: str) -> Entry:
+    """The row of `active` whose run id is `prefix` or, alone, starts with it; raises
+    `QueueEntryNotFound` for none or several."""
+    matches = [e for e in active if e.run_id.startswith(prefix)]
+    exact = [e for e in matches if e.run_id == prefix]
+    if exact or len(matches) == 1:
+        return (exact or matches)[0]
+    if not matches:
+        raise QueueEntryNotFound(
+            f"no queued or running run {prefix!r} (see `quire ci queue`; finished runs "
+            "are in `quire ci runs`)"
+        )
+    ids = ", ".join(e.run_id for e in matches[:5])
+    raise QueueEntryNotFound(f"run prefix {prefix!r} is ambiguous: {ids}")
 
 
 def corrupt_message(path: str, detail: str) -> str:
@@ -576,6 +609,14 @@ def _create_private(path: str) -> None:
         return
 
 
-def open_queue(state: StrPath) -> Queue:
-    """The queue of state directory `state`, created if missing."""
-    return Queue(queue_path(state))
+def open_queue(state: StrPath, *, lease_s: float | None = None) -> RunQueue:
+    """The queue of state directory `state`: the PostgreSQL queue when a database is
+    configured (`quire.service.queues.database_url`), else the SQLite file in `state`,
+    created if missing. `lease_s`: how long this process's claims last unless renewed
+    (PostgreSQL only). Raises `QueueUnavailable`, `QueueCorrupt`."""
+    url = database_url()
+    if url is None:
+        return Queue(queue_path(state))
+    from quire.service.pgqueue import PgQueue  # psycopg: only with a database
+
+    return PgQueue(url, lease_s=DEFAULT_LEASE_S if lease_s is None else lease_s)

@@ -1,4 +1,10 @@
-"""Runs of a dead worker: found by pid liveness, reaped, then queued again once.
+"""Runs of a dead worker: found by pid liveness (or an expired lease), reaped, then queued
+again once.
+
+With a queue that keeps leases (PostgreSQL) a worker on any machine is
+gone when its lease runs out: a live worker takes the row over
+(`expired()`) and handles it as below; what the lost worker left on its
+own machine (records, containers) is reconciled there when it comes back.
 
 A running row belongs to a worker (pid + /proc start time + host) and,
 once started, to its child `quire ci run`. When the worker is dead (on
@@ -82,6 +88,18 @@ def orphaned(entry: Entry, me: Owner) -> bool:
     return entry.child_pid is None or not is_alive(entry.child_pid, entry.child_start)
 
 
+def lost_runs(queue: WorkQueue, me: Owner) -> list[Entry]:
+    """The running rows whose worker is gone: by lease when the queue keeps leases (a
+    worker on any machine; the rows are now leased to `me`), else by pid on this host."""
+    if getattr(queue, "leases", False):
+        mine = (me.host, me.pid, me.start)
+        # Ours only if this worker's own renewal came late: taking it over renewed it.
+        return [
+            e for e in queue.expired(me) if (e.worker_host, e.worker_pid, e.worker_start) != mine
+        ]
+    return [entry for entry in queue.running() if orphaned(entry, me)]
+
+
 def recover(queue: WorkQueue, me: Owner, note: Recorder, records: Records = RECORDS) -> int:
     """Recover every running row of dead workers; returns how many were handled.
 
@@ -89,9 +107,7 @@ def recover(queue: WorkQueue, me: Owner, note: Recorder, records: Records = RECO
     next call; the queue's own errors (`QUEUE_ERRORS`) are raised.
     """
     handled = 0
-    for entry in queue.running():
-        if not orphaned(entry, me):
-            continue
+    for entry in lost_runs(queue, me):
         try:
             recover_one(queue, entry, note, records)
         except QUEUE_ERRORS:

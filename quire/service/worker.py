@@ -48,13 +48,14 @@ from quire.service import recovery
 from quire.service.errors import QueueCorrupt, QueueReplaced, QueueUnavailable
 from quire.service.notes import CiNote, append_note
 from quire.service.outcome import Outcome
-from quire.service.queue import Entry, Owner, Queue, open_queue
+from quire.service.queue import Entry, Owner, open_queue
 from quire.service.signals import SignalWatch
 from quire.service.wake import Listener
 from quire.tools import process
 
 if TYPE_CHECKING:
     from quire.service.queue import WorkQueue
+    from quire.service.queues import RunQueue
 
 log = logging.getLogger("quire.worker")
 
@@ -176,7 +177,7 @@ class Worker:
         log.info("worker %d stopped", self.me.pid)
         return 0
 
-    def _open(self, signals: SignalWatch) -> Queue | None:
+    def _open(self, signals: SignalWatch) -> RunQueue | None:
         """The queue, checked; while it cannot be opened (disk full), report and retry."""
         while not signals.stops:
             try:

@@ -1,0 +1,490 @@
+"""The run queue on PostgreSQL: one database shared by hooks and workers on many machines.
+
+Schema (versions in `schema_version`; applied by `migrate()`, `quire ci db migrate`):
+
+    CREATE TABLE queue (
+        -- the columns of the SQLite queue (quire.service.queue), same names and meanings;
+        -- worker_host is the worker's --name (default: its host name), and:
+        lease_until  timestamptz  -- running: the claim is its worker's until then
+    );
+    CREATE UNIQUE INDEX one_running_per_ref ON queue (git_dir, ref) WHERE state = 'running';
+
+A claim is `SELECT ... FOR UPDATE SKIP LOCKED` of the oldest queued row
+whose repository and ref has nothing running, moved to running with a lease
+(`lease_until`, by the database's clock: the machines' clocks never
+matter). The worker renews it while the run goes. A lease that runs out
+means its worker is gone, on whatever machine: `expired()` hands such rows
+to a live worker, which queues each again once (`requeue`) and gives it up
+(`abandoned`) the second time, as the SQLite queue does after a kill -9.
+`enqueue` and `requeue` NOTIFY `quire_queue`; idle workers LISTEN
+(`notifications()`), so a push starts at once on any machine.
+
+Errors: the server cannot be reached or the connection broke:
+`QueueUnavailable` naming the server (never its password); the next call
+connects again. A schema newer than this quire: `QueueCorrupt`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeAlias
+
+import psycopg
+from psycopg.rows import dict_row
+
+from quire.service.errors import QueueCorrupt, QueueEntryNotFound, QueueUnavailable
+from quire.service.queue import Entry, Owner, Push, new_run_id, utc_text
+from quire.service.queues import DEFAULT_LEASE_S, server_name
+
+CHANNEL = "quire_queue"
+CONNECT_TIMEOUT_S = 10
+
+# Each version's statements, applied in order, each version in one transaction.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE queue (
+    seq bigserial PRIMARY KEY,
+    run_id text NOT NULL UNIQUE,
+    git_dir text NOT NULL,
+    ref text NOT NULL,
+    sha text NOT NULL,
+    pushed_at text NOT NULL,
+    state text NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'running', 'done')),
+    attempt integer NOT NULL DEFAULT 1,
+    retry_of text,
+    executor text,
+    worker_pid integer,
+    worker_start bigint,
+    worker_host text,
+    child_pid integer,
+    child_start bigint,
+    claimed_at text,
+    finished_at text,
+    cancel boolean NOT NULL DEFAULT false,
+    outcome text,
+    reason text,
+    message text,
+    lease_until timestamptz
+)""",
+        "CREATE UNIQUE INDEX one_running_per_ref ON queue (git_dir, ref) WHERE state = 'running'",
+        "CREATE INDEX by_state ON queue (state, seq)",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+# Serializes concurrent `migrate()` calls (two workers starting at once); any constant works.
+_MIGRATE_LOCK = 0x71756972
+
+# An explicit alias: without psycopg installed (nox's typecheck session) it is Any.
+Connection: TypeAlias = "psycopg.Connection[dict[str, Any]]"
+
+
+def connect(url: str, *, autocommit: bool = False) -> Connection:
+    """A connection to `url`; raises `QueueUnavailable` naming the server."""
+    try:
+        return psycopg.connect(
+            url, autocommit=autocommit, row_factory=dict_row, connect_timeout=CONNECT_TIMEOUT_S
+        )
+    except psycopg.Error as exc:
+        raise QueueUnavailable(unavailable(url, "connect to", exc)) from exc
+
+
+def unavailable(url: str, doing: str, exc: BaseException) -> str:
+    """What went wrong, naming the server; the password is cut out if the driver quoted it."""
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    try:
+        password = psycopg.conninfo.conninfo_to_dict(url).get("password")
+    except psycopg.Error:
+        password = None
+    if password:
+        detail = detail.replace(str(password), "***")
+    return f"cannot {doing} the queue database {server_name(url)}: {detail}"
+
+
+def schema_version(db: Connection) -> int:
+    """The version applied to the database behind `db` (0: none)."""
+    found = db.execute("SELECT to_regclass('schema_version') AS t").fetchone()
+    if found is None or found["t"] is None:
+        return 0
+    row = db.execute("SELECT max(version) AS v FROM schema_version").fetchone()
+    return int(row["v"] or 0) if row else 0
+
+
+def migrate(url: str) -> tuple[int, int]:
+    """Bring the database at `url` to this quire's schema; returns (before, after).
+
+    Raises `QueueUnavailable` (unreachable) and `QueueCorrupt` (newer schema).
+    """
+    with connect(url) as db:
+        try:
+            with db.transaction():
+                db.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_version (version integer PRIMARY KEY,"
+                    " applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+                before = schema_version(db)
+                _refuse_newer(url, before)
+                for version in range(before + 1, SCHEMA_VERSION + 1):
+                    for statement in MIGRATIONS[version - 1]:
+                        db.execute(statement)
+                    db.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+        except psycopg.OperationalError as exc:
+            raise QueueUnavailable(unavailable(url, "migrate", exc)) from exc
+    return before, SCHEMA_VERSION
+
+
+def _refuse_newer(url: str, version: int) -> None:
+    if version > SCHEMA_VERSION:
+        raise QueueCorrupt(
+            f"the queue database {server_name(url)} has schema version {version}, newer than "
+            f"this quire understands ({SCHEMA_VERSION}): upgrade quire"
+        )
+
+
+def _entry(row: dict[str, Any]) -> Entry:
+    return Entry(row)
+
+
+class PgQueue:
+    """An open connection to the queue database (the `RunQueue` protocol).
+
+    `lease_s`: how long a claim made through this connection lasts unless
+    renewed. One connection serves one worker or one command; `renew` only
+    extends claims this connection's owner made.
+    """
+
+    leases = True
+
+    def __init__(self, url: str, *, lease_s: float = DEFAULT_LEASE_S) -> None:
+        self.url = url
+        self.path = server_name(url)
+        self.lease_s = lease_s
+        self._owner: Owner | None = None
+        self._db: Connection | None = None
+        try:
+            with self._translated("open"):
+                version = schema_version(self._conn())
+            _refuse_newer(url, version)
+        except BaseException:
+            self.close()
+            raise
+        if version < SCHEMA_VERSION:
+            self.close()
+            raise QueueUnavailable(
+                f"the queue database {self.path} has schema version {version}, this quire "
+                f"needs {SCHEMA_VERSION}: run `quire ci db migrate`"
+            )
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def __enter__(self) -> PgQueue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    def _conn(self) -> Connection:
+        # A broken connection (server restarted, network gone) is replaced on the next call.
+        if self._db is None or self._db.closed or self._db.broken:
+            self.close()
+            self._db = connect(self.url, autocommit=True)
+        return self._db
+
+    @contextmanager
+    def _translated(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except psycopg.OperationalError as exc:
+            raise QueueUnavailable(unavailable(self.url, doing, exc)) from exc
+
+    @contextmanager
+    def _write(self, doing: str) -> Iterator[Connection]:
+        with self._translated(doing):
+            db = self._conn()
+            with db.transaction():
+                yield db
+
+    def _select(self, query: str, *params: Any) -> list[Entry]:
+        with self._translated("read"):
+            return [_entry(row) for row in self._conn().execute(query, params).fetchall()]
+
+    def check(self) -> None:
+        """The server answers and the schema is this quire's (`QueueUnavailable` if not)."""
+        with self._translated("check"):
+            version = schema_version(self._conn())
+        _refuse_newer(self.url, version)
+
+    def verify(self) -> None:
+        """Nothing to verify: no file can be replaced under a server's connection."""
+
+    def notifications(self) -> Notifications:
+        """A listening connection of its own: readable when a run may be waiting."""
+        return Notifications(self.url)
+
+    # --- the hook's side -----------------------------------------------------------------------
+
+    def enqueue(self, pushes: Sequence[Push]) -> list[Entry]:
+        """Queue one run per push, in one transaction, and wake listening workers."""
+        rows = []
+        with self._write("queue a run in") as db:
+            for push in pushes:
+                found = db.execute(
+                    "INSERT INTO queue (run_id, git_dir, ref, sha, pushed_at)"
+                    " VALUES (%s, %s, %s, %s, %s) RETURNING *",
+                    (new_run_id(), push.git_dir, push.ref, push.sha, push.pushed_at),
+                ).fetchone()
+                rows.append(found)
+            # Delivered at commit, so a woken worker finds the rows.
+            db.execute(f"NOTIFY {CHANNEL}")
+        return [_entry(row) for row in rows if row is not None]
+
+    # --- the worker's side ---------------------------------------------------------------------
+
+    def claim(self, owner: Owner) -> Entry | None:
+        """The oldest queued row whose repository and ref has nothing running, now running
+        for `owner` with a lease of `lease_s`; None if there is none."""
+        self._owner = owner
+        for _ in range(10):
+            try:
+                return self._claim_once(owner)
+            except psycopg.errors.UniqueViolation:
+                # Another worker claimed a row of the same repository and ref in between:
+                # one_running_per_ref refused ours; look again (that row is skipped now).
+                continue
+        return None
+
+    def _claim_once(self, owner: Owner) -> Entry | None:
+        with self._write("claim a run from") as db:
+            found = db.execute(
+                "SELECT seq FROM queue AS q WHERE state = 'queued' AND NOT EXISTS"
+                " (SELECT 1 FROM queue AS r WHERE r.state = 'running'"
+                "  AND r.git_dir = q.git_dir AND r.ref = q.ref)"
+                " ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED"
+            ).fetchone()
+            if found is None:
+                return None
+            row = db.execute(
+                "UPDATE queue SET state = 'running', worker_pid = %s, worker_start = %s,"
+                " worker_host = %s, claimed_at = %s,"
+                " lease_until = now() + make_interval(secs => %s)"
+                " WHERE seq = %s RETURNING *",
+                (owner.pid, owner.start, owner.host, utc_text(), self.lease_s, found["seq"]),
+            ).fetchone()
+        return None if row is None else _entry(row)
+
+    def renew(self, run_id: str, seconds: float) -> Entry | None:
+        """Extend this owner's lease of `run_id` to `seconds` from now; returns the row
+        (its `cancel` flag says whether to stop), or None if the claim is not ours any
+        more (its lease ran out and another worker took it over)."""
+        if self._owner is None:
+            return None
+        found = self._select(
+            "UPDATE queue SET lease_until = now() + make_interval(secs => %s)"
+            " WHERE run_id = %s AND state = 'running' AND worker_host = %s AND worker_pid = %s"
+            " AND worker_start IS NOT DISTINCT FROM %s RETURNING *",
+            seconds,
+            run_id,
+            self._owner.host,
+            self._owner.pid,
+            self._owner.start,
+        )
+        return found[0] if found else None
+
+    def expired(self, owner: Owner) -> list[Entry]:
+        """Running rows whose lease ran out, taken over by `owner` (leased to it for
+        `lease_s`, so no other worker recovers them too); returned as they were, with
+        the lost worker's name and pid."""
+        with self._write("take over expired runs in") as db:
+            rows = db.execute(
+                "WITH lost AS (SELECT * FROM queue WHERE state = 'running'"
+                "  AND lease_until < now() ORDER BY seq FOR UPDATE SKIP LOCKED)"
+                " UPDATE queue AS q SET worker_pid = %s, worker_start = %s, worker_host = %s,"
+                " lease_until = now() + make_interval(secs => %s)"
+                " FROM lost WHERE q.seq = lost.seq RETURNING lost.*",
+                (owner.pid, owner.start, owner.host, self.lease_s),
+            ).fetchall()
+        return sorted((_entry(row) for row in rows), key=lambda e: e.seq)
+
+    def started(self, run_id: str, executor: str, pid: int, start: int | None) -> bool:
+        """Record the child running `run_id`; True if a cancel was asked for meanwhile."""
+        with self._write("record a started run in") as db:
+            row = db.execute(
+                "UPDATE queue SET executor = %s, child_pid = %s, child_start = %s"
+                " WHERE run_id = %s AND state = 'running' RETURNING cancel",
+                (executor, pid, start, run_id),
+            ).fetchone()
+        return bool(row and row["cancel"])
+
+    def release(self, run_id: str) -> None:
+        """Put a claimed row back (its child could not be started); it keeps its place."""
+        with self._write("release a run in") as db:
+            db.execute(
+                "UPDATE queue SET state = 'queued', worker_pid = NULL, worker_start = NULL,"
+                " worker_host = NULL, claimed_at = NULL, executor = NULL, child_pid = NULL,"
+                " child_start = NULL, lease_until = NULL WHERE run_id = %s AND state = 'running'",
+                (run_id,),
+            )
+            db.execute(f"NOTIFY {CHANNEL}")
+
+    def finish(self, run_id: str, outcome: str, reason: str | None, message: str | None) -> bool:
+        """running -> done; False if the row was not running (someone else finished it)."""
+        with self._write("record a finished run in") as db:
+            done = db.execute(
+                "UPDATE queue SET state = 'done', finished_at = %s, outcome = %s, reason = %s,"
+                " message = %s, lease_until = NULL WHERE run_id = %s AND state = 'running'",
+                (utc_text(), outcome, reason, message, run_id),
+            )
+        return bool(done.rowcount == 1)
+
+    def requeue(self, run_id: str) -> Entry | None:
+        """A lost worker's running row, queued again under a new run id at its old place;
+        None if the row is not running any more."""
+        with self._write("queue a run again in") as db:
+            row = db.execute(
+                "UPDATE queue SET state = 'queued', run_id = %s, retry_of = %s,"
+                " attempt = attempt + 1, executor = NULL, worker_pid = NULL,"
+                " worker_start = NULL, worker_host = NULL, child_pid = NULL,"
+                " child_start = NULL, claimed_at = NULL, lease_until = NULL"
+                " WHERE run_id = %s AND state = 'running' RETURNING *",
+                (new_run_id(), run_id, run_id),
+            ).fetchone()
+            if row is not None:
+                db.execute(f"NOTIFY {CHANNEL}")
+        return None if row is None else _entry(row)
+
+    def running(self) -> list[Entry]:
+        """Every running row, oldest first."""
+        return self._select("SELECT * FROM queue WHERE state = 'running' ORDER BY seq")
+
+    # --- people's side -------------------------------------------------------------------------
+
+    def get(self, run_id: str) -> Entry:
+        """The row of `run_id`; raises `QueueEntryNotFound`."""
+        found = self._select("SELECT * FROM queue WHERE run_id = %s", run_id)
+        if not found:
+            raise QueueEntryNotFound(f"no run {run_id!r} in the queue {self.path}")
+        return found[0]
+
+    def active(self) -> list[Entry]:
+        """Queued and running rows, oldest first."""
+        return self._select("SELECT * FROM queue WHERE state != 'done' ORDER BY seq")
+
+    def recent(self, limit: int) -> list[Entry]:
+        """The last `limit` finished rows, newest first."""
+        return self._select(
+            "SELECT * FROM queue WHERE state = 'done' ORDER BY finished_at DESC, seq DESC LIMIT %s",
+            limit,
+        )
+
+    def find_active(self, prefix: str) -> Entry:
+        """The queued or running row whose run id starts with `prefix`; raises
+        `QueueEntryNotFound` for none or several."""
+        from quire.service.queue import pick_active
+
+        return pick_active(self.active(), prefix)
+
+    def cancel(self, run_id: str) -> Entry:
+        """Cancel a row: a queued one is done (`cancelled`) at once; a running one is
+        flagged, and its worker stops it (at its next renewal). Returns the row as it was."""
+        with self._write("cancel a run in") as db:
+            row = db.execute(
+                "SELECT * FROM queue WHERE run_id = %s AND state != 'done' FOR UPDATE",
+                (run_id,),
+            ).fetchone()
+            if row is None:
+                raise QueueEntryNotFound(f"run {run_id} is no longer queued or running")
+            if row["state"] == "queued":
+                db.execute(
+                    "UPDATE queue SET state = 'done', outcome = 'cancelled',"
+                    " reason = 'cancelled', message = 'cancelled before it started',"
+                    " finished_at = %s WHERE seq = %s",
+                    (utc_text(), row["seq"]),
+                )
+            else:
+                db.execute("UPDATE queue SET cancel = true WHERE seq = %s", (row["seq"],))
+        return _entry(row)
+
+    def prune(self, keep: int = 1000) -> int:
+        """Forget all but the newest `keep` done rows; returns how many went."""
+        with self._write("prune") as db:
+            gone = db.execute(
+                "DELETE FROM queue WHERE state = 'done' AND seq NOT IN"
+                " (SELECT seq FROM queue WHERE state = 'done' ORDER BY seq DESC LIMIT %s)",
+                (keep,),
+            )
+        return int(gone.rowcount)
+
+
+class Notifications:
+    """A connection that LISTENs on the queue's channel; `fileno()` for a selector.
+
+    If the connection breaks, `drain()` reports it once and the worker's
+    fallback poll takes over until `reconnect()` succeeds.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._db: Connection | None = None
+        self.reconnect()
+
+    def reconnect(self) -> None:
+        """Listen again on a new connection (`QueueUnavailable` if the server is gone)."""
+        self.close()
+        db = connect(self.url, autocommit=True)
+        try:
+            db.execute(f"LISTEN {CHANNEL}")
+        except psycopg.Error as exc:
+            db.close()
+            raise QueueUnavailable(unavailable(self.url, "listen on", exc)) from exc
+        self._db = db
+
+    @property
+    def broken(self) -> bool:
+        return self._db is None or self._db.closed or self._db.broken
+
+    def fileno(self) -> int:
+        assert self._db is not None
+        return int(self._db.fileno())
+
+    def drain(self) -> int:
+        """Read every pending notification; returns how many there were."""
+        if self._db is None:
+            return 0
+        count = 0
+        try:
+            self._db.pgconn.consume_input()
+            while self._db.pgconn.notifies() is not None:
+                count += 1
+        except psycopg.Error:
+            self.close()
+        return count
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for a notification; True if one came."""
+        import selectors
+
+        if self._db is None:
+            return False
+        if self.drain():
+            return True
+        with selectors.DefaultSelector() as selector:
+            selector.register(self, selectors.EVENT_READ)
+            ready = selector.select(timeout)
+        return bool(ready) and self.drain() > 0
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def __enter__(self) -> Notifications:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,426 @@
+"""One contract, two queues: every test runs on the SQLite queue and on a real PostgreSQL.
+
+The PostgreSQL server is started by this module in a temp directory
+(tests/integration/postgres.py) and stopped at its end; each test gets a
+new database. Without PostgreSQL the `postgres` half is skipped with the
+reason, unless QUIRE_REQUIRE_POSTGRES=1 makes that a failure. Needs no
+container engine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from quire.service import recovery
+from quire.service.errors import QueueCorrupt, QueueEntryNotFound, QueueUnavailable
+from quire.service.queue import Entry, Owner, Push, Queue, open_queue, queue_path
+
+if TYPE_CHECKING:
+    from quire.service.queues import RunQueue  # the hook's cheap TYPE_CHECKING: types only
+from tests.integration import postgres
+
+pytestmark = pytest.mark.integration
+
+HOST = "here"
+A = Owner(pid=1001, start=1, host=HOST)
+B = Owner(pid=1002, start=2, host=HOST)
+SHORT_LEASE_S = 0.5
+
+
+def push(ref: str = "refs/heads/main", sha: str = "a" * 40, git_dir: str = "/srv/p.git") -> Push:
+    return Push(git_dir, ref, sha, "2026-11-24T10:00:00.000000Z")
+
+
+def wait_until(predicate: Callable[[], object], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@pytest.fixture
+def no_container_left_behind() -> None:
+    """The queue alone: no runs, no containers, no engine (overrides the suite's check)."""
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[postgres.Server | None]:
+    try:
+        started = postgres.start()
+    except postgres.Unavailable as exc:
+        if postgres.required():
+            pytest.fail(f"QUIRE_REQUIRE_POSTGRES=1 but no PostgreSQL can be started: {exc}")
+        yield None
+        return
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+Opener = Callable[..., "RunQueue"]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def connect(
+    request: pytest.FixtureRequest, tmp_path: Path, server: postgres.Server | None
+) -> Iterator[Opener]:
+    """Opens connections to one new, empty queue: `connect(lease_s=...)`."""
+    opened: list[RunQueue] = []
+    if request.param == "sqlite":
+        path = queue_path(tmp_path / "state")
+
+        def open_one(lease_s: float = 30.0) -> RunQueue:
+            opened.append(Queue(path))
+            return opened[-1]
+    else:
+        if server is None:
+            pytest.skip("no PostgreSQL server could be started (apt-get install postgresql)")
+        from quire.service.pgqueue import PgQueue, migrate
+
+        url = server.new_database()
+        migrate(url)
+
+        def open_one(lease_s: float = 30.0) -> RunQueue:
+            opened.append(PgQueue(url, lease_s=lease_s))
+            return opened[-1]
+
+    yield open_one
+    for queue in opened:
+        # A claimer thread closed its own SQLite connection (only its thread may).
+        with contextlib.suppress(sqlite3.ProgrammingError):
+            queue.close()
+
+
+@pytest.fixture
+def queue(connect: Opener) -> RunQueue:
+    return connect()
+
+
+class NoRecords(recovery.Records):
+    """A run store that has no record of any run (the worker that ran it was elsewhere)."""
+
+    def find(self, entry: Entry) -> None:
+        return None
+
+    def reconcile(self, entry: Entry) -> None:
+        return None
+
+
+def claimed(queue: RunQueue, owner: Owner = A) -> Entry:
+    entry = queue.claim(owner)
+    assert entry is not None
+    return entry
+
+
+# --- order and exclusion ----------------------------------------------------------------------
+
+
+def test_claims_go_oldest_first_and_name_their_owner(queue: RunQueue) -> None:
+    first, second = queue.enqueue([push("refs/heads/a"), push("refs/heads/b")])
+    got = claimed(queue)
+    assert (got.run_id, got.state, got.worker_pid, got.worker_host) == (
+        first.run_id,
+        "running",
+        A.pid,
+        HOST,
+    )
+    assert claimed(queue).run_id == second.run_id
+    assert queue.claim(A) is None
+    assert [e.run_id for e in queue.active()] == [first.run_id, second.run_id]
+
+
+def test_concurrent_claimers_never_share_a_run(connect: Opener) -> None:
+    entries = connect().enqueue([push(f"refs/heads/b{i}") for i in range(40)])
+    taken: list[str] = []
+    lock = threading.Lock()
+    start = threading.Barrier(4)
+
+    def claimer(pid: int) -> None:
+        with connect() as own:
+            start.wait()
+            while (entry := own.claim(Owner(pid, None, HOST))) is not None:
+                with lock:
+                    taken.append(entry.run_id)
+
+    threads = [threading.Thread(target=claimer, args=(pid,)) for pid in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(taken) == sorted(e.run_id for e in entries)
+
+
+def test_one_run_per_repository_and_ref_at_a_time(queue: RunQueue) -> None:
+    main1, main2, other = queue.enqueue([push(), push(sha="b" * 40), push("refs/heads/x")])
+    assert claimed(queue).run_id == main1.run_id
+    assert claimed(queue).run_id == other.run_id  # main2 waits for main1
+    assert queue.claim(A) is None
+    assert queue.finish(main1.run_id, "complete", None, None)
+    assert claimed(queue).run_id == main2.run_id
+
+
+def test_concurrent_claimers_start_one_run_of_a_ref(connect: Opener) -> None:
+    connect().enqueue([push(sha=f"{i:040x}") for i in range(8)])
+    taken: list[str] = []
+    start = threading.Barrier(4)
+
+    def claimer(pid: int) -> None:
+        with connect() as own:
+            start.wait()
+            for _ in range(5):
+                entry = own.claim(Owner(pid, None, HOST))
+                if entry is not None:
+                    taken.append(entry.run_id)
+
+    threads = [threading.Thread(target=claimer, args=(pid,)) for pid in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(taken) == 1
+    assert [e.run_id for e in connect().running()] == taken
+
+
+def test_the_same_ref_of_another_repository_runs_at_the_same_time(queue: RunQueue) -> None:
+    queue.enqueue([push(git_dir="/srv/a.git"), push(git_dir="/srv/b.git")])
+    assert queue.claim(A) is not None
+    assert queue.claim(A) is not None
+
+
+# --- finishing, cancelling, pruning ------------------------------------------------------------
+
+
+def test_finish_moves_a_running_row_once(queue: RunQueue) -> None:
+    (entry,) = queue.enqueue([push()])
+    assert not queue.finish(entry.run_id, "complete", None, None)  # not running yet
+    claimed(queue)
+    assert queue.finish(entry.run_id, "failed", "jobs-failed", "lint failed")
+    assert not queue.finish(entry.run_id, "complete", None, None)
+    done = queue.get(entry.run_id)
+    assert (done.state, done.outcome, done.reason, done.message) == (
+        "done",
+        "failed",
+        "jobs-failed",
+        "lint failed",
+    )
+    assert [e.run_id for e in queue.recent(5)] == [entry.run_id]
+
+
+def test_cancel_ends_a_queued_run_and_flags_a_running_one(queue: RunQueue) -> None:
+    running, waiting = queue.enqueue([push("refs/heads/a"), push("refs/heads/b")])
+    claimed(queue)
+    assert queue.cancel(waiting.run_id).state == "queued"
+    gone = queue.get(waiting.run_id)
+    assert (gone.state, gone.outcome) == ("done", "cancelled")
+    assert queue.cancel(running.run_id).state == "running"
+    flagged = queue.get(running.run_id)
+    assert (flagged.state, flagged.cancel) == ("running", True)
+    renewed = queue.renew(running.run_id, 30)  # how a worker elsewhere learns of it
+    assert renewed is not None and renewed.cancel
+    assert queue.started(running.run_id, "host", 4242, None)
+    with pytest.raises(QueueEntryNotFound):
+        queue.cancel(waiting.run_id)
+
+
+def test_find_active_takes_a_unique_prefix_only(queue: RunQueue) -> None:
+    (entry,) = queue.enqueue([push()])
+    assert queue.find_active(entry.run_id[:-2]).run_id == entry.run_id
+    with pytest.raises(QueueEntryNotFound):
+        queue.find_active("19990101")
+
+
+def test_prune_keeps_the_newest_finished_rows(queue: RunQueue) -> None:
+    entries = queue.enqueue([push(f"refs/heads/b{i}") for i in range(5)])
+    for entry in entries:
+        claimed(queue)
+        queue.finish(entry.run_id, "complete", None, None)
+    assert queue.prune(keep=2) == 3
+    assert [e.run_id for e in queue.recent(10)] == [e.run_id for e in entries[:2:-1]]
+
+
+def test_release_puts_a_claim_back_at_its_place(queue: RunQueue) -> None:
+    first, _ = queue.enqueue([push("refs/heads/a"), push("refs/heads/b")])
+    claimed(queue)
+    queue.release(first.run_id)
+    assert claimed(queue).run_id == first.run_id
+
+
+# --- a lost worker -----------------------------------------------------------------------------
+
+
+def dead_owner() -> Owner:
+    """A worker on this host that has exited (its pid is free)."""
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    return Owner(ended.pid, None, HOST)
+
+
+def lose(connect: Opener, queue: RunQueue) -> Owner:
+    """Claim the oldest row for a worker that then vanishes; returns that worker."""
+    gone = dead_owner()
+    short = connect(lease_s=SHORT_LEASE_S)
+    assert short.claim(gone) is not None
+    return gone
+
+
+def test_a_lost_workers_run_is_found_by_a_live_one(connect: Opener) -> None:
+    queue = connect()
+    (entry,) = queue.enqueue([push()])
+    gone = lose(connect, queue)
+    found: list[Entry] = []
+    wait_until(lambda: found.extend(recovery.lost_runs(queue, B)) or found, "the run to be lost")
+    assert [(e.run_id, e.worker_pid) for e in found] == [(entry.run_id, gone.pid)]
+
+
+def test_a_lost_run_is_queued_again_once_then_abandoned(connect: Opener) -> None:
+    queue = connect()
+    (entry,) = queue.enqueue([push()])
+    notes: list[tuple[str, str | None]] = []
+
+    def note(lost: Entry, result: recovery.Outcome) -> None:
+        notes.append((lost.run_id, result.reason))
+
+    def lose_and_recover() -> None:
+        lose(connect, queue)
+        wait_until(
+            lambda: recovery.recover(queue, B, note, NoRecords()), "the lost run to be recovered"
+        )
+
+    lose_and_recover()
+    again = queue.active()[0]
+    assert (again.state, again.attempt, again.retry_of, again.seq) == (
+        "queued",
+        2,
+        entry.run_id,
+        entry.seq,
+    )
+    lose_and_recover()
+    done = queue.get(again.run_id)
+    assert (done.state, done.outcome, done.reason) == ("done", "failed", "abandoned")
+    assert notes == [(entry.run_id, "orphaned"), (again.run_id, "abandoned")]
+    assert queue.active() == []
+
+
+def test_a_renewed_lease_is_not_taken_over(connect: Opener, queue: RunQueue) -> None:
+    if not queue.leases:
+        pytest.skip("SQLite claims last as long as their worker's pid: nothing expires")
+    kept, control = queue.enqueue([push("refs/heads/a"), push("refs/heads/b")])
+    mine = connect(lease_s=SHORT_LEASE_S)
+    claimed(mine)
+    claimed(mine)
+    assert mine.renew(kept.run_id, 3600) is not None
+    taken: list[Entry] = []
+    wait_until(lambda: taken.extend(queue.expired(B)) or taken, "the unrenewed lease to expire")
+    assert [e.run_id for e in taken] == [control.run_id]
+    assert mine.renew(control.run_id, 30) is None  # taken over: the old owner must stop it
+    assert mine.renew(kept.run_id, 30) is not None
+
+
+def test_a_lease_taken_over_is_handed_to_one_worker_only(connect: Opener, queue: RunQueue) -> None:
+    if not queue.leases:
+        pytest.skip("SQLite claims last as long as their worker's pid: nothing expires")
+    queue.enqueue([push()])
+    lose(connect, queue)
+    first: list[Entry] = []
+    wait_until(lambda: first.extend(queue.expired(B)) or first, "the lease to expire")
+    assert connect().expired(A) == []  # B holds it now, with a fresh lease
+
+
+# --- wake-ups ----------------------------------------------------------------------------------
+
+
+def test_enqueue_wakes_a_waiting_listener(connect: Opener, queue: RunQueue) -> None:
+    notifications = queue.notifications()
+    if notifications is None:
+        pytest.skip("SQLite has no NOTIFY: the hook wakes workers over quire.service.wake")
+    with notifications:
+        assert notifications.drain() == 0
+        woken: list[bool] = []
+        wait = notifications.wait  # type: ignore[attr-defined]  # PgQueue's, beyond the protocol
+        waiter = threading.Thread(target=lambda: woken.append(wait(30)))
+        waiter.start()
+        connect().enqueue([push()])
+        waiter.join(60)
+        assert woken == [True]
+
+
+# --- PostgreSQL only: schema, errors, configuration --------------------------------------------
+
+
+@pytest.fixture
+def pg(server: postgres.Server | None) -> postgres.Server:
+    if server is None:
+        pytest.skip("no PostgreSQL server could be started (apt-get install postgresql)")
+    return server
+
+
+def test_migrate_creates_the_schema_once(pg: postgres.Server) -> None:
+    from quire.service.pgqueue import SCHEMA_VERSION, PgQueue, migrate
+
+    url = pg.new_database()
+    with pytest.raises(QueueUnavailable, match="quire ci db migrate"):
+        PgQueue(url)
+    assert migrate(url) == (0, SCHEMA_VERSION)
+    assert migrate(url) == (SCHEMA_VERSION, SCHEMA_VERSION)
+    with PgQueue(url) as queue:
+        queue.check()
+
+
+def test_a_schema_from_a_newer_quire_is_refused(pg: postgres.Server) -> None:
+    import psycopg
+
+    from quire.service.pgqueue import SCHEMA_VERSION, PgQueue, migrate
+
+    url = pg.new_database()
+    migrate(url)
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute("INSERT INTO schema_version (version) VALUES (%s)", (SCHEMA_VERSION + 1,))
+    with pytest.raises(QueueCorrupt, match="upgrade quire"):
+        PgQueue(url)
+
+
+def test_an_unreachable_server_is_unavailable_and_its_password_never_shown(
+    pg: postgres.Server,
+) -> None:
+    from quire.service.pgqueue import PgQueue
+
+    url = f"postgresql://quire:s3cret-pw@127.0.0.1:{pg.port + 1}/quire"
+    with pytest.raises(QueueUnavailable) as caught:
+        PgQueue(url)
+    assert "127.0.0.1" in str(caught.value) and "s3cret-pw" not in str(caught.value)
+    assert caught.value.exit_code == 3
+
+
+def test_open_queue_uses_postgresql_when_a_database_is_configured(
+    pg: postgres.Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from quire.service.pgqueue import PgQueue, migrate
+
+    url = pg.new_database()
+    migrate(url)
+    state = tmp_path / "state"
+    with open_queue(state) as queue:
+        assert isinstance(queue, Queue)
+    config = tmp_path / "config.toml"
+    config.write_text(f'[server]\ndatabase = "{url}"\n')
+    monkeypatch.setenv("QUIRE_CONFIG", str(config))
+    with open_queue(state, lease_s=7) as queue:
+        assert isinstance(queue, PgQueue) and queue.lease_s == 7
+    monkeypatch.setenv("QUIRE_CONFIG", str(tmp_path / "none.toml"))
+    monkeypatch.setenv("QUIRE_DATABASE_URL", url)
+    elsewhere = tmp_path / "elsewhere"
+    with open_queue(elsewhere) as queue:
+        assert isinstance(queue, PgQueue)
+    assert not Path(queue_path(elsewhere)).exists()
