@@ -25,8 +25,7 @@ import sys
 import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 from quire.errors import PipelineError, PipelineProblem, UsageError
 
@@ -46,8 +45,11 @@ class Skip(Exception):
     """Raise inside a job to mark it skipped (its dependents are skipped too)."""
 
 
-@dataclass(frozen=True)
-class JobDef:
+# NamedTuples and plain classes, not dataclasses: this module is what the job host
+# imports at every run's start, and `dataclasses` costs it ~7 ms of imports (inspect).
+
+
+class JobDef(NamedTuple):
     """One registered job."""
 
     id: str
@@ -57,8 +59,7 @@ class JobDef:
     timeout: float | None = None
 
 
-@dataclass(frozen=True)
-class CacheDef:
+class CacheDef(NamedTuple):
     """A named cache kept between runs, mounted at `path` in the run's container."""
 
     name: str
@@ -66,11 +67,18 @@ class CacheDef:
     line: int | None
 
 
-@dataclass
 class Registration:
-    job: JobDef | None
-    problems: list[PipelineProblem] = field(default_factory=list)
-    cache: CacheDef | None = None
+    """What one `@job` or `cache()` call registered, and what is wrong with it."""
+
+    def __init__(
+        self,
+        job: JobDef | None,
+        problems: list[PipelineProblem] | None = None,
+        cache: CacheDef | None = None,
+    ) -> None:
+        self.job = job
+        self.problems = problems if problems is not None else []
+        self.cache = cache
 
 
 _collector: list[Registration] | None = None
@@ -168,15 +176,30 @@ def _check_arguments(
         yield PipelineProblem(f"job {job_id!r}: timeout must be a positive number of seconds", line)
 
 
-@dataclass
 class Pipeline:
     """A validated job graph; `order` is the order jobs run in."""
 
-    jobs: dict[str, JobDef]
-    order: list[str]
-    caches: dict[str, CacheDef] = field(default_factory=dict)
-    # The other .py files under .quire/ (path below it -> text): see `pipeline_modules`.
-    modules: dict[str, bytes] = field(default_factory=dict)
+    def __init__(
+        self,
+        jobs: dict[str, JobDef],
+        order: list[str],
+        caches: dict[str, CacheDef] | None = None,
+        modules: dict[str, bytes] | None = None,
+    ) -> None:
+        self.jobs = jobs
+        self.order = order
+        self.caches: dict[str, CacheDef] = caches if caches is not None else {}
+        # The other .py files under .quire/ (path below it -> text): `pipeline_modules`.
+        self.modules: dict[str, bytes] = modules if modules is not None else {}
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Pipeline):
+            return NotImplemented
+        mine = (self.jobs, self.order, self.caches, self.modules)
+        return mine == (other.jobs, other.order, other.caches, other.modules)
+
+    def __repr__(self) -> str:
+        return f"Pipeline(order={self.order!r}, caches={list(self.caches)!r})"
 
     def subset(self, targets: Sequence[str]) -> Pipeline:
         """The pipeline cut down to `targets` and every job they need, in the same order;

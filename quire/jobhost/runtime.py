@@ -11,9 +11,8 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from quire import errors
 from quire.jobhost.protocol import Channel, Message, ProtocolError
@@ -33,13 +32,13 @@ _RAISED: dict[str, type[errors.QuireError]] = {
 }
 
 
-@dataclass(frozen=True)
-class ShOutput:
+class ShOutput(NamedTuple):
     """What `rt.sh` returns. `exit` < 0: killed by that signal.
 
     `stdout`/`stderr` are UTF-8 text (invalid bytes replaced), the last
     `capture_limit` bytes of each stream; `*_truncated` says the start was
-    dropped (the log keeps everything).
+    dropped (the log keeps everything). A NamedTuple, not a dataclass: the job
+    host imports this at every run's start.
     """
 
     cmd: str | list[str]
