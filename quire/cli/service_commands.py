@@ -1,4 +1,5 @@
-"""`quire ci hook install | uninstall`, `quire ci worker`, `quire ci queue`, `quire ci cancel`.
+"""`quire ci hook install | uninstall`, `quire ci worker`, `quire ci queue`, `quire ci cancel`,
+`quire ci db migrate`.
 
 CI on push: the hook queues a run per pushed branch or tag in the state
 directory's queue; a worker runs them. Heavy modules are imported inside
@@ -88,17 +89,69 @@ def worker_command(
             "for the repository.",
         ),
     ] = WorkerExecutor.host,
+    lease: Annotated[
+        float,
+        typer.Option(
+            "--lease",
+            min=3,
+            help="With a PostgreSQL queue: seconds a claimed run stays this worker's unless "
+            "renewed (it renews every third of it); after that, another worker takes it over.",
+        ),
+    ] = 30.0,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name", help="With a PostgreSQL queue: the name this worker claims runs under."
+        ),
+    ] = None,
 ) -> int:
     """Run queued pushes in the foreground until SIGTERM/SIGINT (then exit 0).
 
-    Logs to stderr. Several workers may share one queue.
+    Logs to stderr. Several workers may share one queue: the state directory's, or, with
+    QUIRE_DATABASE_URL or `[server] database`, a PostgreSQL queue shared by many machines.
     """
+    import socket
+
     from quire.paths import state_dir
     from quire.service.worker import Worker, WorkerSettings
 
     _log_to_stderr()
-    settings = WorkerSettings(state=state_dir(), concurrency=concurrency, executor=executor.value)
+    settings = WorkerSettings(
+        state=state_dir(),
+        concurrency=concurrency,
+        executor=executor.value,
+        lease_s=lease,
+        name=name or socket.gethostname(),
+    )
     return Worker(settings).serve()
+
+
+db_app = typer.Typer(
+    help="The PostgreSQL database that holds a shared queue (QUIRE_DATABASE_URL).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+
+
+def db_migrate_command() -> int:
+    """Create or upgrade the queue's tables in the configured PostgreSQL database."""
+    from quire.errors import UsageError
+    from quire.service.queues import database_url, server_name
+
+    url = database_url()
+    if url is None:
+        raise UsageError(
+            "no database configured: set QUIRE_DATABASE_URL=postgresql://... or "
+            '[server] database = "postgresql://..." in the config file'
+        )
+    from quire.service.pgqueue import migrate
+
+    before, after = migrate(url)
+    if before == after:
+        typer.echo(f"{server_name(url)}: schema version {after}, up to date")
+    else:
+        typer.echo(f"{server_name(url)}: schema version {before} -> {after}")
+    return 0
 
 
 def _log_to_stderr() -> None:
@@ -124,8 +177,9 @@ def queue_command(
     """List queued and running runs, oldest first."""
     from quire.paths import state_dir
     from quire.service.queue import open_queue, queue_path
+    from quire.service.queues import database_url
 
-    if not os.path.exists(queue_path(state_dir())):
+    if database_url() is None and not os.path.exists(queue_path(state_dir())):
         entries: list[Entry] = []
     else:
         with open_queue(state_dir()) as queue:
@@ -181,8 +235,9 @@ def cancel_command(
     from quire.service import outcome as outcomes
     from quire.service.errors import QueueEntryNotFound
     from quire.service.queue import open_queue, queue_path
+    from quire.service.queues import database_url
 
-    if not os.path.exists(queue_path(state_dir())):
+    if database_url() is None and not os.path.exists(queue_path(state_dir())):
         raise QueueEntryNotFound(f"no run {run!r}: the queue is empty")
     by = getpass.getuser()
     with open_queue(state_dir()) as queue:

@@ -55,6 +55,7 @@ TYPE_CHECKING = False  # typing itself costs the hook milliseconds
 if TYPE_CHECKING:
     from typing import Any, Protocol
 
+    from quire.service.pgqueue import PgQueue
     from quire.service.queues import Notifications, RunQueue
 
     StrPath = str | os.PathLike[str]
@@ -617,6 +618,35 @@ def open_queue(state: StrPath, *, lease_s: float | None = None) -> RunQueue:
     url = database_url()
     if url is None:
         return Queue(queue_path(state))
-    from quire.service.pgqueue import PgQueue  # psycopg: only with a database
+    return _pgqueue(url)(url, lease_s=DEFAULT_LEASE_S if lease_s is None else lease_s)
 
-    return PgQueue(url, lease_s=DEFAULT_LEASE_S if lease_s is None else lease_s)
+
+def _pgqueue(url: str) -> type[PgQueue]:
+    """The PostgreSQL queue's class (psycopg is imported only when a database is set)."""
+    import sys
+
+    try:
+        from quire.service.pgqueue import PgQueue
+    except ModuleNotFoundError as exc:
+        if exc.name != "psycopg":
+            raise
+        if not sys.flags.no_site:
+            raise QueueUnavailable(_no_psycopg(url)) from exc
+        # The hook runs `python -S`: site-packages (psycopg) come in now, with a database only.
+        import site
+
+        site.main()
+        try:
+            from quire.service.pgqueue import PgQueue
+        except ModuleNotFoundError as again:
+            raise QueueUnavailable(_no_psycopg(url)) from again
+    return PgQueue
+
+
+def _no_psycopg(url: str) -> str:
+    from quire.service.queues import server_name
+
+    return (
+        f"the queue is on PostgreSQL ({server_name(url)}) but psycopg is not installed here: "
+        "pip install 'quire[postgres]'"
+    )

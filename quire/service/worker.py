@@ -49,13 +49,14 @@ from quire.service.errors import QueueCorrupt, QueueReplaced, QueueUnavailable
 from quire.service.notes import CiNote, append_note
 from quire.service.outcome import Outcome
 from quire.service.queue import Entry, Owner, open_queue
+from quire.service.queues import DEFAULT_LEASE_S
 from quire.service.signals import SignalWatch
 from quire.service.wake import Listener
 from quire.tools import process
 
 if TYPE_CHECKING:
     from quire.service.queue import WorkQueue
-    from quire.service.queues import RunQueue
+    from quire.service.queues import Notifications, RunQueue
 
 log = logging.getLogger("quire.worker")
 
@@ -101,6 +102,10 @@ class WorkerSettings:
     poll_s: float = 5.0  # fallback when a wake-up is lost, and for dead workers' runs
     retry_s: float = 5.0  # after the queue could not be written (disk full)
     stop_grace_s: float = 10.0
+    # With a lease-keeping queue (PostgreSQL): how long a claim lasts unless renewed, and
+    # the name this worker claims under (None: the host name).
+    lease_s: float = DEFAULT_LEASE_S
+    name: str | None = None
 
 
 @dataclass
@@ -112,6 +117,7 @@ class Running:
     output: Path
     started: float  # on the worker's clock
     cancel: bool = False
+    lost: bool = False  # its lease ran out and another worker took the run over
 
 
 class Worker:
@@ -147,6 +153,7 @@ class Worker:
         self.retry_at = 0.0  # no claims before (the queue or a child start failed)
         self.finish_at = 0.0  # no outcomes worked out before (a record could not be reconciled)
         self.queue_lost = False  # the queue file was replaced or damaged: never write it again
+        self.notifications: Notifications | None = None
 
     def serve(self) -> int:
         """Run until stopped; returns the exit code (0). Raises `QueueCorrupt` and
@@ -159,11 +166,19 @@ class Worker:
                     return 0  # asked to stop before the queue could be opened
                 self.queue = stack.enter_context(opened)
             queue = self.queue
+            if self._leases():
+                # Claims are made under the worker's name: `quire ci queue` shows it.
+                self.me = Owner(self.me.pid, self.me.start, self.settings.name or self.me.host)
+                self._step(self._listen)
+                stack.callback(self._unlisten)
+            # The SQLite queue creates it; with a database queue nothing else has yet.
+            state.mkdir(parents=True, exist_ok=True)
             listener = stack.enter_context(Listener(state))
             self._step(lambda: log.debug("pruned %d finished rows", queue.prune()))
             waiting = len([e for e in queue.active() if e.state == "queued"])
             log.info(
-                "worker %d started: concurrency %d, executor %s, queue %s (%d queued)",
+                "worker %s %d started: concurrency %d, executor %s, queue %s (%d queued)",
+                self.me.host,
                 self.me.pid,
                 self.settings.concurrency,
                 self.settings.executor,
@@ -181,7 +196,7 @@ class Worker:
         """The queue, checked; while it cannot be opened (disk full), report and retry."""
         while not signals.stops:
             try:
-                queue = open_queue(self.settings.state)
+                queue = open_queue(self.settings.state, lease_s=self.settings.lease_s)
             except QueueUnavailable as exc:
                 log.error("%s; retrying in %.0fs", exc, self.settings.retry_s)
                 with selectors.DefaultSelector() as selector:
@@ -201,13 +216,66 @@ class Worker:
         with selectors.DefaultSelector() as selector:
             selector.register(listener, selectors.EVENT_READ)
             selector.register(signals, selectors.EVENT_READ)
+            listening: list[Notifications] = []  # the database's, while its connection holds
 
             def wait(timeout: float) -> None:
+                notes = self.notifications
+                if listening and listening[0] is not notes:
+                    selector.unregister(listening.pop())
+                if notes is not None and not listening:
+                    selector.register(notes, selectors.EVENT_READ)
+                    listening.append(notes)
                 selector.select(timeout)
                 listener.drain()
                 signals.drain()
+                if notes is not None:
+                    notes.drain()
+                    if notes.broken:  # the poll takes over until `_listen` reconnects
+                        selector.unregister(listening.pop())
+                        notes.close()
+                        self.notifications = None
 
             self.run(wait, signals)
+
+    # --- leases (a queue on PostgreSQL) --------------------------------------------------------
+
+    def _leases(self) -> bool:
+        # The in-memory fake of the worker's unit tests predates leases: no attribute, none.
+        return bool(getattr(self.queue, "leases", False))
+
+    def _poll_s(self) -> float:
+        # A lease is renewed at each poll: three chances before it runs out.
+        if self._leases():
+            return min(self.settings.poll_s, self.settings.lease_s / 3)
+        return self.settings.poll_s
+
+    def _listen(self) -> None:
+        """LISTEN for new runs on a connection of its own (again, after it broke)."""
+        assert self.queue is not None
+        if self.notifications is None:
+            self.notifications = self.queue.notifications()
+
+    def _unlisten(self) -> None:
+        if self.notifications is not None:
+            self.notifications.close()
+            self.notifications = None
+
+    def _renew(self) -> None:
+        """Extend the leases of this worker's runs; stop a run whose lease was lost (another
+        worker has queued it again) or whose cancel was asked on another machine."""
+        assert self.queue is not None
+        for run_id, running in list(self.running.items()):
+            row = self.queue.renew(run_id, self.settings.lease_s)
+            if row is None and not running.lost:
+                log.error(
+                    "run %s: its lease ran out and another worker took it over; stopping it", run_id
+                )
+                running.lost = True
+                running.child.signal(signal.SIGTERM)
+            elif row is not None and row.cancel and not running.cancel:
+                log.info("run %s: cancel asked; stopping it", run_id)
+                running.cancel = True
+                running.child.signal(signal.SIGTERM)
 
     def run(self, wait: Callable[[float], None], signals: Stops) -> None:
         """`tick()` until a stop signal; `wait(seconds)` returns sooner on a wake-up (the
@@ -232,8 +300,11 @@ class Worker:
         now = self.clock()
         self._step(self.queue.verify)
         if now >= self.next_poll:
+            if self._leases():
+                self._step(self._renew)  # before recovery: never take over our own runs
+                self._step(self._listen)
             self._step(self._recover)
-            self.next_poll = now + self.settings.poll_s
+            self.next_poll = now + self._poll_s()
         self._step(self._reap)
         if now >= self.retry_at:
             self._step(self._fill)

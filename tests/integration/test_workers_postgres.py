@@ -1,0 +1,189 @@
+"""Workers on one PostgreSQL queue, each with its own state and cache directories (standing
+for separate machines): real pushes through the hook, each run once, and a kill -9 of a
+worker whose run another worker finishes once the lease has run out.
+
+The server is this module's own (tests/integration/postgres.py); without PostgreSQL the
+tests are skipped, unless QUIRE_REQUIRE_POSTGRES=1. Host executor only: no engine needed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from quire.ci.store.runs import RunDir, RunState, store_for
+from quire.service.queue import Entry
+from tests.helpers import GIT_ENV, terminate
+from tests.integration import postgres
+from tests.integration.test_worker import meta, push, pushable, quire, wait_for
+
+pytestmark = pytest.mark.integration
+
+QUIRE = [sys.executable, "-m", "quire"]
+LEASE_S = 3
+QUICK = """\
+from quire.ci import job, Runtime
+
+
+@job(inputs=["quire/push"])
+def hello(rt: Runtime):
+    rt.sh("sleep 0.3; echo hello", check=True)
+"""
+# The first attempt of the slow branch leaves a marker and sleeps until killed; the retry
+# finds the marker and finishes (a shell command on the host: the host executor runs it).
+SLOW_ONCE = """\
+from quire.ci import job, Runtime
+
+
+@job(inputs=["quire/push"])
+def work(rt: Runtime):
+    rt.sh("if [ -e {marker} ]; then echo again; else touch {marker}; sleep 120; fi", check=True)
+"""
+
+
+@pytest.fixture
+def no_container_left_behind() -> None:
+    """Host runs only: no containers, no engine (overrides the suite's check)."""
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[postgres.Server]:
+    try:
+        started = postgres.start()
+    except postgres.Unavailable as exc:
+        if postgres.required():
+            pytest.fail(f"QUIRE_REQUIRE_POSTGRES=1 but no PostgreSQL can be started: {exc}")
+        pytest.skip(f"no PostgreSQL server could be started: {exc}")
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+@pytest.fixture
+def database(server: postgres.Server, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A new database, migrated with `quire ci db migrate`, configured for everything this
+    test starts (the hook, the workers, the CLI) through QUIRE_DATABASE_URL."""
+    url = server.new_database()
+    monkeypatch.setenv("QUIRE_DATABASE_URL", url)
+    migrated = quire("ci", "db", "migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    assert "schema version 0 -> 1" in migrated.stdout
+    return url
+
+
+@contextmanager
+def machine_worker(tmp_path: Path, name: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`quire ci worker --name NAME` with state and cache directories of its own."""
+    home = tmp_path / name
+    env = {
+        **os.environ,
+        **GIT_ENV,
+        "QUIRE_STATE_DIR": str(home / "state"),
+        "QUIRE_CACHE_DIR": str(home / "cache"),
+    }
+    with (tmp_path / f"{name}.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [*QUIRE, "ci", "worker", "--name", name, "--lease", str(LEASE_S)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        try:
+            wait_for(lambda: "started" in log_of(tmp_path, name), f"worker {name}", proc=proc)
+            yield proc
+        finally:
+            terminate(proc)
+
+
+def log_of(tmp_path: Path, name: str) -> str:
+    try:
+        return (tmp_path / f"{name}.log").read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def rows(url: str) -> list[Entry]:
+    from quire.service.pgqueue import PgQueue
+
+    with PgQueue(url) as queue:
+        return queue.active() + queue.recent(10_000)
+
+
+def all_done(url: str, count: int) -> Callable[[], bool]:
+    def check() -> bool:
+        found = rows(url)
+        return len(found) == count and all(r.state == "done" for r in found)
+
+    return check
+
+
+def runs_in(tmp_path: Path, name: str, bare: Path, monkeypatch: pytest.MonkeyPatch) -> list[RunDir]:
+    """The run records worker `name` left in its own state directory."""
+    with monkeypatch.context() as patch:
+        patch.setenv("QUIRE_STATE_DIR", str(tmp_path / name / "state"))
+        return list(store_for(bare).runs())
+
+
+def test_two_workers_share_ten_pushes_and_run_each_once(
+    tmp_path: Path, database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bare, work = pushable(tmp_path, "shared", {".quire/ci.py": QUICK})
+    branches = [f"HEAD:refs/heads/b{i}" for i in range(10)]
+    with machine_worker(tmp_path, "w1") as w1, machine_worker(tmp_path, "w2"):
+        pushed = push(work, *branches)
+        assert pushed.count("quire: queued run") == 10
+        wait_for(all_done(database, 10), "ten runs", proc=w1)
+    found = rows(database)
+    assert all(r.outcome == "complete" and r.attempt == 1 for r in found)
+    assert {r.worker_host for r in found} == {"w1", "w2"}
+    records = {name: runs_in(tmp_path, name, bare, monkeypatch) for name in ("w1", "w2")}
+    ran = [r.run_id for runs in records.values() for r in runs]
+    assert sorted(ran) == sorted(r.run_id for r in found)  # each run once, on one machine
+    for name, runs in records.items():
+        assert {r.run_id for r in runs} == {r.run_id for r in found if r.worker_host == name}
+        assert all(r.state == RunState.complete for r in runs)
+    listed = quire("ci", "queue", "--finished", "10")
+    assert listed.returncode == 0 and listed.stdout.count("complete") == 10
+
+
+def test_a_killed_workers_run_is_finished_by_another_after_its_lease(
+    tmp_path: Path, database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marker = tmp_path / "slow-started"
+    bare, work = pushable(tmp_path, "lease", {".quire/ci.py": SLOW_ONCE.format(marker=marker)})
+    with machine_worker(tmp_path, "doomed") as doomed:
+        push(work, "HEAD:refs/heads/slow")
+        wait_for(marker.exists, "the slow run's command", proc=doomed)
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait(timeout=10)
+    (lost,) = rows(database)
+    assert (lost.state, lost.worker_host) == ("running", "doomed")
+    with machine_worker(tmp_path, "rescuer") as rescuer:
+        wait_for(all_done(database, 1), "the run to be finished by the rescuer", proc=rescuer)
+    (row,) = rows(database)
+    assert (row.attempt, row.retry_of, row.outcome, row.worker_host) == (
+        2,
+        lost.run_id,
+        "complete",
+        "rescuer",
+    )
+    assert "queued again as run" in log_of(tmp_path, "rescuer")
+    (rescued,) = runs_in(tmp_path, "rescuer", bare, monkeypatch)
+    assert (rescued.run_id, rescued.state) == (row.run_id, RunState.complete)
+    assert meta(rescued).ref == "refs/heads/slow"
+
+    # The killed worker's record of the first attempt stays on its own machine, ended by its
+    # child (SIGTERM when its worker died).
+    def first_attempt_ended() -> bool:
+        runs = runs_in(tmp_path, "doomed", bare, monkeypatch)
+        return [r.run_id for r in runs] == [lost.run_id] and runs[0].state != RunState.active
+
+    wait_for(first_attempt_ended, "the first attempt's record to end")
