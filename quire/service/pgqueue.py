@@ -200,7 +200,8 @@ class PgQueue:
     def _translated(self, doing: str) -> Iterator[None]:
         try:
             yield
-        except psycopg.OperationalError as exc:
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            # The server went away (or the connection with it): the next call connects again.
             raise QueueUnavailable(unavailable(self.url, doing, exc)) from exc
 
     @contextmanager
@@ -431,6 +432,7 @@ class Notifications:
     def __init__(self, url: str) -> None:
         self.url = url
         self._db: Connection | None = None
+        self._fd = -1
         self.reconnect()
 
     def reconnect(self) -> None:
@@ -443,14 +445,15 @@ class Notifications:
             db.close()
             raise QueueUnavailable(unavailable(self.url, "listen on", exc)) from exc
         self._db = db
+        self._fd = int(db.fileno())
 
     @property
     def broken(self) -> bool:
         return self._db is None or self._db.closed or self._db.broken
 
     def fileno(self) -> int:
-        assert self._db is not None
-        return int(self._db.fileno())
+        # Kept after the connection broke: a selector looks it up to unregister it.
+        return self._fd
 
     def drain(self) -> int:
         """Read every pending notification; returns how many there were."""

@@ -50,13 +50,27 @@ class Server:
             db.execute(f"CREATE DATABASE {name}")
         return self.url(name)
 
-    def stop(self) -> None:
+    def start(self) -> None:
+        """Start the server (again); raises `Unavailable`."""
+        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories=''"
+        options += " -c fsync=off"  # a test server: nothing to keep after a crash
+        logged = ["-l", os.path.join(self.root, "log"), "-o", options]
+        pg_ctl = [*self.as_user, f"{self.bin_dir}/pg_ctl"]
+        _run([*pg_ctl, "start", "-D", self.data, "-w", "-t", "60", *logged])
+
+    def halt(self) -> None:
+        """Stop the server, keeping its data (`start()` brings it back)."""
+        pg_ctl = [*self.as_user, f"{self.bin_dir}/pg_ctl"]
         subprocess.run(
-            [*self.as_user, f"{self.bin_dir}/pg_ctl", "stop", "-D", self.data, "-m", "fast"],
+            [*pg_ctl, "stop", "-D", self.data, "-m", "fast"],
             capture_output=True,
             timeout=60,
             check=False,
         )
+
+    def stop(self) -> None:
+        """Stop the server and remove its directory."""
+        self.halt()
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -89,10 +103,7 @@ def start() -> Server:
     try:
         init = ["-D", server.data, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"]
         _run([*as_user, f"{bin_dir}/initdb", *init])
-        options = f"-c listen_addresses=127.0.0.1 -p {server.port} -c unix_socket_directories=''"
-        options += " -c fsync=off"  # a test server: nothing to keep after a crash
-        logged = ["-l", os.path.join(root, "log"), "-o", options]
-        _run([*as_user, f"{bin_dir}/pg_ctl", "start", "-D", server.data, "-w", "-t", "60", *logged])
+        server.start()
     except Unavailable:
         server.stop()
         raise

@@ -187,3 +187,20 @@ def test_a_killed_workers_run_is_finished_by_another_after_its_lease(
         return [r.run_id for r in runs] == [lost.run_id] and runs[0].state != RunState.active
 
     wait_for(first_attempt_ended, "the first attempt's record to end")
+
+
+def test_a_worker_goes_on_claiming_after_the_database_restarts(
+    tmp_path: Path, server: postgres.Server, database: str
+) -> None:
+    _bare, work = pushable(tmp_path, "restart", {".quire/ci.py": QUICK})
+    with machine_worker(tmp_path, "steady") as steady:
+        push(work, "HEAD:refs/heads/before")
+        wait_for(all_done(database, 1), "the run before the restart", proc=steady)
+        server.halt()
+        wait_for(
+            lambda: "cannot" in log_of(tmp_path, "steady"), "the worker to notice", proc=steady
+        )
+        server.start()
+        push(work, "HEAD:refs/heads/after")
+        wait_for(all_done(database, 2), "the run after the restart", proc=steady)
+    assert all(r.outcome == "complete" for r in rows(database))
