@@ -95,13 +95,16 @@ def worker_command(
             "--lease",
             min=3,
             help="With a PostgreSQL queue: seconds a claimed run stays this worker's unless "
-            "renewed (it renews every third of it); after that, another worker takes it over.",
+            "renewed (it renews at each poll: every 5 s, or a third of the lease if shorter); "
+            "after that, another worker takes it over.",
         ),
     ] = 30.0,
     name: Annotated[
         str | None,
         typer.Option(
-            "--name", help="With a PostgreSQL queue: the name this worker claims runs under."
+            "--name",
+            help="With a PostgreSQL queue: the name this worker claims runs under "
+            "(default: the host name).",
         ),
     ] = None,
 ) -> int:

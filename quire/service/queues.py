@@ -107,11 +107,12 @@ def _config_path() -> str:
 
 def server_name(url: str) -> str:
     """`postgresql://user@host:port/db` for `url`, its password left out."""
-    from urllib.parse import urlsplit
+    from urllib.parse import parse_qs, urlsplit
 
     try:
         parts = urlsplit(url)
-        host = parts.hostname or "localhost"
+        # postgresql:///db?host=/run/postgresql: a unix socket directory.
+        host = parts.hostname or parse_qs(parts.query).get("host", ["localhost"])[0]
         port = f":{parts.port}" if parts.port else ""
         user = f"{parts.username}@" if parts.username else ""
     except ValueError:
