@@ -147,7 +147,7 @@ def db_migrate_command() -> int:
             "no database configured: set QUIRE_DATABASE_URL=postgresql://... or "
             '[server] database = "postgresql://..." in the config file'
         )
-    from quire.service.pgqueue import migrate
+    from quire.service.pgschema import migrate
 
     before, after = migrate(url)
     if before == after:

@@ -3,7 +3,8 @@
     hook.py     the post-receive entry point (stdlib only: it runs on every push)
     queues.py   the queue protocol (`RunQueue`) and which queue is configured (stdlib only)
     queue.py    the SQLite queue in the state directory (stdlib only, shared with the hook)
-    pgqueue.py  the PostgreSQL queue (psycopg 3): leases, LISTEN/NOTIFY, `quire ci db migrate`
+    pgqueue.py  the PostgreSQL queue (psycopg 3): claims with leases, LISTEN/NOTIFY
+    pgschema.py its versioned schema and connections (`quire ci db migrate`)
     wake.py     how the hook wakes idle workers (datagram sockets; stdlib only)
     install.py  `quire ci hook install | uninstall`
     worker.py   `quire ci worker`: claims queued runs and runs each as a child `quire ci run`

@@ -1,6 +1,7 @@
 """The run queue on PostgreSQL: one database shared by hooks and workers on many machines.
 
-Schema (versions in `schema_version`; applied by `migrate()`, `quire ci db migrate`):
+Schema (versions in `schema_version`; applied by `quire.service.pgschema.migrate()`,
+`quire ci db migrate`):
 
     CREATE TABLE queue (
         -- the columns of the SQLite queue (quire.service.queue), same names and meanings;
@@ -28,118 +29,23 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeAlias
+from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
 
-from quire.service.errors import QueueCorrupt, QueueEntryNotFound, QueueUnavailable
+from quire.service.errors import QueueEntryNotFound, QueueUnavailable
+from quire.service.pgschema import (
+    SCHEMA_VERSION,
+    Connection,
+    connect,
+    refuse_newer,
+    schema_version,
+    unavailable,
+)
 from quire.service.queue import Entry, Owner, Push, new_run_id, utc_text
 from quire.service.queues import DEFAULT_LEASE_S, server_name
 
 CHANNEL = "quire_queue"
-CONNECT_TIMEOUT_S = 10
-
-# Each version's statements, applied in order, each version in one transaction.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        """CREATE TABLE queue (
-    seq bigserial PRIMARY KEY,
-    run_id text NOT NULL UNIQUE,
-    git_dir text NOT NULL,
-    ref text NOT NULL,
-    sha text NOT NULL,
-    pushed_at text NOT NULL,
-    state text NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'running', 'done')),
-    attempt integer NOT NULL DEFAULT 1,
-    retry_of text,
-    executor text,
-    worker_pid integer,
-    worker_start bigint,
-    worker_host text,
-    child_pid integer,
-    child_start bigint,
-    claimed_at text,
-    finished_at text,
-    cancel boolean NOT NULL DEFAULT false,
-    outcome text,
-    reason text,
-    message text,
-    lease_until timestamptz
-)""",
-        "CREATE UNIQUE INDEX one_running_per_ref ON queue (git_dir, ref) WHERE state = 'running'",
-        "CREATE INDEX by_state ON queue (state, seq)",
-    ),
-)
-SCHEMA_VERSION = len(MIGRATIONS)
-# Serializes concurrent `migrate()` calls (two workers starting at once); any constant works.
-_MIGRATE_LOCK = 0x71756972
-
-# An explicit alias: without psycopg installed (nox's typecheck session) it is Any.
-Connection: TypeAlias = "psycopg.Connection[dict[str, Any]]"
-
-
-def connect(url: str, *, autocommit: bool = False) -> Connection:
-    """A connection to `url`; raises `QueueUnavailable` naming the server."""
-    try:
-        return psycopg.connect(
-            url, autocommit=autocommit, row_factory=dict_row, connect_timeout=CONNECT_TIMEOUT_S
-        )
-    except psycopg.Error as exc:
-        raise QueueUnavailable(unavailable(url, "connect to", exc)) from exc
-
-
-def unavailable(url: str, doing: str, exc: BaseException) -> str:
-    """What went wrong, naming the server; the password is cut out if the driver quoted it."""
-    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    try:
-        password = psycopg.conninfo.conninfo_to_dict(url).get("password")
-    except psycopg.Error:
-        password = None
-    if password:
-        detail = detail.replace(str(password), "***")
-    return f"cannot {doing} the queue database {server_name(url)}: {detail}"
-
-
-def schema_version(db: Connection) -> int:
-    """The version applied to the database behind `db` (0: none)."""
-    found = db.execute("SELECT to_regclass('schema_version') AS t").fetchone()
-    if found is None or found["t"] is None:
-        return 0
-    row = db.execute("SELECT max(version) AS v FROM schema_version").fetchone()
-    return int(row["v"] or 0) if row else 0
-
-
-def migrate(url: str) -> tuple[int, int]:
-    """Bring the database at `url` to this quire's schema; returns (before, after).
-
-    Raises `QueueUnavailable` (unreachable) and `QueueCorrupt` (newer schema).
-    """
-    with connect(url) as db:
-        try:
-            with db.transaction():
-                db.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
-                db.execute(
-                    "CREATE TABLE IF NOT EXISTS schema_version (version integer PRIMARY KEY,"
-                    " applied_at timestamptz NOT NULL DEFAULT now())"
-                )
-                before = schema_version(db)
-                _refuse_newer(url, before)
-                for version in range(before + 1, SCHEMA_VERSION + 1):
-                    for statement in MIGRATIONS[version - 1]:
-                        db.execute(statement)
-                    db.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
-        except psycopg.OperationalError as exc:
-            raise QueueUnavailable(unavailable(url, "migrate", exc)) from exc
-    return before, SCHEMA_VERSION
-
-
-def _refuse_newer(url: str, version: int) -> None:
-    if version > SCHEMA_VERSION:
-        raise QueueCorrupt(
-            f"the queue database {server_name(url)} has schema version {version}, newer than "
-            f"this quire understands ({SCHEMA_VERSION}): upgrade quire"
-        )
 
 
 def _entry(row: dict[str, Any]) -> Entry:
@@ -165,7 +71,7 @@ class PgQueue:
         try:
             with self._translated("open"):
                 version = schema_version(self._conn())
-            _refuse_newer(url, version)
+            refuse_newer(url, version)
         except BaseException:
             self.close()
             raise
@@ -219,7 +125,7 @@ class PgQueue:
         """The server answers and the schema is this quire's (`QueueUnavailable` if not)."""
         with self._translated("check"):
             version = schema_version(self._conn())
-        _refuse_newer(self.url, version)
+        refuse_newer(self.url, version)
 
     def verify(self) -> None:
         """Nothing to verify: no file can be replaced under a server's connection."""

@@ -87,7 +87,8 @@ def connect(
     else:
         if server is None:
             pytest.skip("no PostgreSQL server could be started (apt-get install postgresql)")
-        from quire.service.pgqueue import PgQueue, migrate
+        from quire.service.pgqueue import PgQueue
+        from quire.service.pgschema import migrate
 
         url = server.new_database()
         migrate(url)
@@ -367,7 +368,8 @@ def pg(server: postgres.Server | None) -> postgres.Server:
 
 
 def test_migrate_creates_the_schema_once(pg: postgres.Server) -> None:
-    from quire.service.pgqueue import SCHEMA_VERSION, PgQueue, migrate
+    from quire.service.pgqueue import PgQueue
+    from quire.service.pgschema import SCHEMA_VERSION, migrate
 
     url = pg.new_database()
     with pytest.raises(QueueUnavailable, match="quire ci db migrate"):
@@ -381,7 +383,8 @@ def test_migrate_creates_the_schema_once(pg: postgres.Server) -> None:
 def test_a_schema_from_a_newer_quire_is_refused(pg: postgres.Server) -> None:
     import psycopg
 
-    from quire.service.pgqueue import SCHEMA_VERSION, PgQueue, migrate
+    from quire.service.pgqueue import PgQueue
+    from quire.service.pgschema import SCHEMA_VERSION, migrate
 
     url = pg.new_database()
     migrate(url)
@@ -406,7 +409,8 @@ def test_an_unreachable_server_is_unavailable_and_its_password_never_shown(
 def test_open_queue_uses_postgresql_when_a_database_is_configured(
     pg: postgres.Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from quire.service.pgqueue import PgQueue, migrate
+    from quire.service.pgqueue import PgQueue
+    from quire.service.pgschema import migrate
 
     url = pg.new_database()
     migrate(url)
