@@ -20,6 +20,13 @@ queue file is replaced, truncated or damaged under it, it stops the same way
 and raises (`quire ci worker` exits 3): its connection would never see the
 runs queued since.
 
+With a queue that keeps leases (PostgreSQL: `quire.service.pgqueue`) the
+worker claims under `--name`, renews its runs' leases at each poll (every
+`min(poll_s, lease_s / 3)`), stops a run whose lease another worker took
+over or whose cancel was asked elsewhere, takes over other workers'
+expired leases instead of checking pids, and also wakes on the database's
+NOTIFY.
+
 Failures that pass (the queue cannot be written now, a run's record cannot
 be reconciled: a full disk) are logged and tried again later; nothing is
 lost or skipped. The world outside (queue, clock, children, run store,
@@ -176,14 +183,17 @@ class Worker:
             listener = stack.enter_context(Listener(state))
             self._step(lambda: log.debug("pruned %d finished rows", queue.prune()))
             waiting = len([e for e in queue.active() if e.state == "queued"])
+            lease = (
+                f", name {self.me.host}, lease {self.settings.lease_s:g}s" if self._leases() else ""
+            )
             log.info(
-                "worker %s %d started: concurrency %d, executor %s, queue %s (%d queued)",
-                self.me.host,
+                "worker %d started: concurrency %d, executor %s, queue %s (%d queued)%s",
                 self.me.pid,
                 self.settings.concurrency,
                 self.settings.executor,
                 queue.path,
                 waiting,
+                lease,
             )
             try:
                 self._loop(listener, signals)
