@@ -472,3 +472,24 @@ def a(rt):
     finally:
         host.close()
     assert expected in str(caught.value)
+
+
+def test_a_job_that_kills_its_job_host_ends_the_run_with_the_reason() -> None:
+    outcome, _ = run(
+        """
+        import os, signal
+        from quire.ci import job
+
+        @job(inputs=["quire/push"])
+        def assassin(rt):
+            os.kill(os.getppid(), signal.SIGKILL)
+
+        @job(inputs=["quire/push"])
+        def later(rt):
+            pass
+        """
+    )
+    # The assassin itself may have said `done` before its own death signal came.
+    assert statuses(outcome)["later"] == "failed"
+    assert outcome.fatal is not None and "job host" in str(outcome.fatal)
+    assert "job host" in error_of(outcome, "later")

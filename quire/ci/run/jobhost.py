@@ -207,6 +207,16 @@ class JobHost:
             )
         self._hello = True
 
+    def _send(self, message: Message) -> None:
+        try:
+            self._control.send(message)
+        except ProtocolError as exc:
+            status = self._child.wait(1.0) if self._child is not None else None
+            ended = f" (exit status {status})" if status is not None else ""
+            raise JobHostFailed(
+                f"the job host ended{ended}: quire could not send it {message['t']!r}"
+            ) from exc
+
     def _receive(self, doing: str) -> Message:
         try:
             message = self._control.receive()
@@ -225,7 +235,7 @@ class JobHost:
         raises `PipelineError` listing every problem."""
         with self._lock:
             self._greeted()
-            self._control.send({"t": "load", "files": {k: pack(v) for k, v in files.items()}})
+            self._send({"t": "load", "files": {k: pack(v) for k, v in files.items()}})
             answer = self._receive("load the pipeline")
         if answer.get("t") == "invalid":
             problems = [
@@ -244,7 +254,7 @@ class JobHost:
     def start_job(self, job_id: str) -> JobProcess:
         """Fork the job's process in the job host; returns its end of the job's socket."""
         with self._lock:
-            self._control.send({"t": "start", "job": job_id})
+            self._send({"t": "start", "job": job_id})
             try:
                 answer, fds = self._control.receive_with_fds(1)
             except (ProtocolError, OSError) as exc:
@@ -258,7 +268,7 @@ class JobHost:
     def end_job(self, job_id: str, grace: float = TERM_GRACE_S) -> int | None:
         """Stop the job's processes (TERM, KILL after `grace`); its exit status."""
         with self._lock:
-            self._control.send({"t": "end", "job": job_id, "grace": grace})
+            self._send({"t": "end", "job": job_id, "grace": grace})
             answer = self._receive(f"end job {job_id!r}")
         status = answer.get("status")
         return status if isinstance(status, int) else None

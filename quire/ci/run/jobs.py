@@ -24,6 +24,7 @@ from quire.ci.run.jobhost import (
     TERM_GRACE_S,
     BadMessage,
     JobEnd,
+    JobHostFailed,
     JobHostLike,
     JobProcess,
     LogLine,
@@ -204,7 +205,7 @@ class JobRunner:
         except Interrupted as exc:  # SIGINT/SIGTERM/SIGHUP: record, then unwind the run
             finish(JobStatus.failed, str(exc))
             raise
-        except (ContainerDied, DockerUnavailable, StoreWriteFailed) as exc:
+        except (ContainerDied, DockerUnavailable, StoreWriteFailed, JobHostFailed) as exc:
             outcome.fatal = exc
             finish(JobStatus.failed, str(exc))
         except Exception as exc:
