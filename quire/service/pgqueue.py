@@ -6,7 +6,8 @@ Schema (versions in `schema_version`; applied by `quire.service.pgschema.migrate
     CREATE TABLE queue (
         -- the columns of the SQLite queue (quire.service.queue), same names and meanings;
         -- worker_host is the worker's --name (default: its host name), and:
-        lease_until  timestamptz  -- running: the claim is its worker's until then
+        lease_until  timestamptz,      -- running: the claim is its worker's until then
+        lease_s      double precision  -- the length of that lease
     );
     CREATE UNIQUE INDEX one_running_per_ref ON queue (git_dir, ref) WHERE state = 'running';
 
@@ -17,6 +18,9 @@ matter). The worker renews it while the run goes. A lease that runs out
 means its worker is gone, on whatever machine: `expired()` hands such rows
 to a live worker, which queues each again once (`requeue`) and gives it up
 (`abandoned`) the second time, as the SQLite queue does after a kill -9.
+Except within one lease of the server's start: leases that ran out while
+the database was down say nothing about their workers, which get that
+long to renew them.
 `enqueue` and `requeue` NOTIFY `quire_queue`; idle workers LISTEN
 (`notifications()`), so a push starts at once on any machine.
 
@@ -179,9 +183,17 @@ class PgQueue:
             row = db.execute(
                 "UPDATE queue SET state = 'running', worker_pid = %s, worker_start = %s,"
                 " worker_host = %s, claimed_at = %s,"
-                " lease_until = now() + make_interval(secs => %s)"
+                " lease_until = now() + make_interval(secs => %s), lease_s = %s"
                 " WHERE seq = %s RETURNING *",
-                (owner.pid, owner.start, owner.host, utc_text(), self.lease_s, found["seq"]),
+                (
+                    owner.pid,
+                    owner.start,
+                    owner.host,
+                    utc_text(),
+                    self.lease_s,
+                    self.lease_s,
+                    found["seq"],
+                ),
             ).fetchone()
         return None if row is None else _entry(row)
 
@@ -192,9 +204,10 @@ class PgQueue:
         if self._owner is None:
             return None
         found = self._select(
-            "UPDATE queue SET lease_until = now() + make_interval(secs => %s)"
+            "UPDATE queue SET lease_until = now() + make_interval(secs => %s), lease_s = %s"
             " WHERE run_id = %s AND state = 'running' AND worker_host = %s AND worker_pid = %s"
             " AND worker_start IS NOT DISTINCT FROM %s RETURNING *",
+            seconds,
             seconds,
             run_id,
             self._owner.host,
@@ -206,15 +219,18 @@ class PgQueue:
     def expired(self, owner: Owner) -> list[Entry]:
         """Running rows whose lease ran out, taken over by `owner` (leased to it for
         `lease_s`, so no other worker recovers them too); returned as they were, with
-        the lost worker's name and pid."""
+        the lost worker's name and pid. None within a lease of the server's start."""
         with self._write("take over expired runs in") as db:
             rows = db.execute(
                 "WITH lost AS (SELECT * FROM queue WHERE state = 'running'"
-                "  AND lease_until < now() ORDER BY seq FOR UPDATE SKIP LOCKED)"
+                "  AND lease_until < now()"
+                # Within a lease of the server's start, its worker has not had a chance yet.
+                "  AND now() > pg_postmaster_start_time() + make_interval(secs => lease_s)"
+                "  ORDER BY seq FOR UPDATE SKIP LOCKED)"
                 " UPDATE queue AS q SET worker_pid = %s, worker_start = %s, worker_host = %s,"
-                " lease_until = now() + make_interval(secs => %s)"
+                " lease_until = now() + make_interval(secs => %s), lease_s = %s"
                 " FROM lost WHERE q.seq = lost.seq RETURNING lost.*",
-                (owner.pid, owner.start, owner.host, self.lease_s),
+                (owner.pid, owner.start, owner.host, self.lease_s, self.lease_s),
             ).fetchall()
         return sorted((_entry(row) for row in rows), key=lambda e: e.seq)
 

@@ -47,7 +47,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     outcome text,
     reason text,
     message text,
-    lease_until timestamptz
+    lease_until timestamptz,
+    lease_s double precision
 )""",
         "CREATE UNIQUE INDEX one_running_per_ref ON queue (git_dir, ref) WHERE state = 'running'",
         "CREATE INDEX by_state ON queue (state, seq)",

@@ -428,3 +428,37 @@ def test_open_queue_uses_postgresql_when_a_database_is_configured(
     with open_queue(elsewhere) as queue:
         assert isinstance(queue, PgQueue)
     assert not Path(queue_path(elsewhere)).exists()
+
+
+def test_leases_that_ran_out_while_the_database_was_down_get_a_lease_to_be_renewed(
+    pg: postgres.Server,
+) -> None:
+    import datetime
+
+    import psycopg
+
+    from quire.service.pgqueue import PgQueue
+    from quire.service.pgschema import migrate
+
+    lease_s = 3.0
+    own = postgres.start()  # restarted below: not the module's server
+    try:
+        url = own.new_database()
+        migrate(url)
+        with PgQueue(url, lease_s=lease_s) as holder:
+            holder.enqueue([push()])
+            held = claimed(holder)
+        with psycopg.connect(url) as db:
+            row = db.execute("SELECT lease_until FROM queue").fetchone()
+        assert row is not None
+        until: datetime.datetime = row[0]
+        own.halt()
+        wait_until(lambda: datetime.datetime.now(datetime.UTC) > until, "the lease to run out", 30)
+        own.start()
+        with PgQueue(url) as rescuer:
+            assert rescuer.expired(B) == []  # its worker gets a lease's time to renew it
+            taken: list[Entry] = []
+            wait_until(lambda: taken.extend(rescuer.expired(B)) or taken, "the grace to end")
+        assert [e.run_id for e in taken] == [held.run_id]
+    finally:
+        own.stop()
