@@ -277,7 +277,11 @@ class JobHost:
         """The job host exits once its control socket closes; a host that does not is
         killed with its whole session."""
         self._control.close()
-        if self._child is not None and self._child.wait(TERM_GRACE_S) is None:
+        if self._child is None:
+            return
+        if not self._hello:  # never used (nothing to run): no need to wait for its start
+            self._child.kill_group()
+        if self._child.wait(TERM_GRACE_S) is None:
             self._child.kill_group()
             self._child.wait()
 

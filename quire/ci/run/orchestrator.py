@@ -129,7 +129,11 @@ def make_executor(setup: ExecutorSetup) -> Executor:
 
 
 def run(
-    request: RunRequest, reporter: Subscriber, *, executors: ExecutorFactory = make_executor
+    request: RunRequest,
+    reporter: Subscriber,
+    *,
+    executors: ExecutorFactory = make_executor,
+    host: JobHost | None = None,
 ) -> RunOutcome:
     """Run HEAD's (or the requested revision's) pipeline; returns the exit code to use.
 
@@ -142,7 +146,7 @@ def run(
     # A docker run's containers are listed (reconcile, below) while the pipeline loads.
     listing = begin_listing() if request.executor == ExecutorKind.docker else None
     try:
-        return _run(request, reporter, executors, listing)
+        return _run(request, reporter, executors, listing, host)
     finally:
         if listing is not None:
             listing.cancel()
@@ -153,9 +157,11 @@ def _run(
     reporter: Subscriber,
     executors: ExecutorFactory,
     listing: ContainerListing | None,
+    started: JobHost | None,
 ) -> RunOutcome:
-    # First: its interpreter starts while we read the commit.
-    host = JobHost.start(sandboxed=_sandboxed(request))
+    # `started` by the caller earlier, else first: its interpreter starts while we read
+    # the commit.
+    host = started or JobHost.start(sandboxed=_sandboxed(request))
     try:
         try:
             loaded = load(request.repo_path, request.revision, dirty=request.dirty, host=host)
