@@ -145,8 +145,12 @@ def _popen(
     env: Mapping[str, str] | None = None,
     stdin: Any = subprocess.DEVNULL,
     stdout: Any = subprocess.PIPE,
+    stderr: Any = subprocess.PIPE,
+    pass_fds: Sequence[int] = (),
+    preexec_fn: Callable[[], None] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start `argv` in its own session; stderr is always a pipe (error messages need it).
+    """Start `argv` in its own session; stderr is a pipe unless asked otherwise (error
+    messages need it).
 
     Every spawn of quire goes through here.
     """
@@ -159,8 +163,10 @@ def _popen(
                 env=dict(env) if env else None,
                 stdin=stdin,
                 stdout=stdout,
-                stderr=subprocess.PIPE,
+                stderr=stderr,
                 new_session=True,
+                pass_fds=tuple(pass_fds),
+                preexec_fn=preexec_fn,
             )
             _spawned.add(proc.pid)
     except PermissionError as exc:
@@ -489,26 +495,11 @@ def start(
     (kill -9 included). `env` adds to quire's environment. Raises
     `ProgramNotFound`, or `OSError` when `output` cannot be opened.
     """
-    command = _command(argv)
     preexec = None if parent_death_signal is None else _die_with_parent(parent_death_signal)
     with open(output, "ab") as sink:
-        try:
-            with _spawn_lock:
-                proc: subprocess.Popen[bytes] = command.popen(
-                    list(argv[1:]),
-                    cwd=None if cwd is None else str(cwd),
-                    env=dict(env) if env else None,
-                    stdin=subprocess.DEVNULL,
-                    stdout=sink,
-                    stderr=subprocess.STDOUT,
-                    new_session=True,
-                    preexec_fn=preexec,
-                )
-                _spawned.add(proc.pid)
-        except PermissionError as exc:
-            raise ProgramNotFound(f"{argv[0]}: permission denied") from exc
-        except FileNotFoundError as exc:
-            raise ProgramNotFound(f"{argv[0]}: cannot be started ({exc.strerror})") from exc
+        proc = _popen(
+            argv, cwd=cwd, env=env, stdout=sink, stderr=subprocess.STDOUT, preexec_fn=preexec
+        )
     return Child(tuple(argv), proc)
 
 
@@ -522,23 +513,13 @@ def start_with_fds(
     """Start `argv` in its own session with the file descriptors `pass_fds` kept open (a
     socket to talk to it); its stdout and stderr are quire's stderr. It gets SIGKILL if we
     die. `env` adds to quire's environment. Raises `ProgramNotFound`."""
-    command = _command(argv)
-    try:
-        with _spawn_lock:
-            proc: subprocess.Popen[bytes] = command.popen(
-                list(argv[1:]),
-                cwd=None if cwd is None else str(cwd),
-                env=dict(env) if env else None,
-                stdin=subprocess.DEVNULL,
-                stdout=2,
-                stderr=2,
-                new_session=True,
-                pass_fds=tuple(pass_fds),
-                preexec_fn=_die_with_parent(signal.SIGKILL),
-            )
-            _spawned.add(proc.pid)
-    except PermissionError as exc:
-        raise ProgramNotFound(f"{argv[0]}: permission denied") from exc
-    except OSError as exc:
-        raise ProgramNotFound(f"{argv[0]}: cannot be started ({exc.strerror})") from exc
+    proc = _popen(
+        argv,
+        cwd=cwd,
+        env=env,
+        stdout=2,
+        stderr=2,
+        pass_fds=pass_fds,
+        preexec_fn=_die_with_parent(signal.SIGKILL),
+    )
     return Child(tuple(argv), proc)

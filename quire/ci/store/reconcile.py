@@ -148,19 +148,7 @@ def _finish(
     label = f"{run.store.repo}/{run.run_id}"
     ended = _end_recorded_processes(run) if abandoned else []
     try:
-        times_path = run.path / "times.yml"
-        try:
-            times = read_record(times_path, RunTimes)
-        except RecordUnreadable:
-            times = RunTimes(started_at=utcnow())
-        times.finished_at = times.finished_at or utcnow()
-        write_record(times_path, times)
-        if abandoned:
-            _fail_unfinished_jobs(run, times.finished_at)
-        write_record(
-            run.path / "result.yml",
-            RunResult(reason=reason, error=detail, exit_code=ExitCode.environment),
-        )
+        _write_end(run, reason, detail, fail_jobs=abandoned)
         if reason == EndReason.unreadable:
             run.quarantine()
         else:
@@ -176,6 +164,24 @@ def _finish(
 
 # The result reconcile writes for a run that was marked failed without one.
 UNWRITTEN_END = "the run's end could not be written (a full disk?); its result was written later"
+
+
+def _write_end(run: RunDir, reason: EndReason, detail: str, *, fail_jobs: bool) -> None:
+    """The end a runner that is gone never wrote: times, (its unfinished jobs failed),
+    and the result. Raises `OSError`."""
+    times_path = run.path / "times.yml"
+    try:
+        times = read_record(times_path, RunTimes)
+    except RecordUnreadable:
+        times = RunTimes(started_at=utcnow())
+    times.finished_at = times.finished_at or utcnow()
+    write_record(times_path, times)
+    if fail_jobs:
+        _fail_unfinished_jobs(run, times.finished_at)
+    write_record(
+        run.path / "result.yml",
+        RunResult(reason=reason, error=detail, exit_code=ExitCode.environment),
+    )
 
 
 def _mark_failed_where_it_lies(run: RunDir, label: str, exc: OSError) -> Action:
@@ -199,18 +205,7 @@ def _write_missing_result(run: RunDir) -> list[Action]:
     """A run marked failed on a full disk gets its times and result once there is space."""
     label = f"{run.store.repo}/{run.run_id}"
     try:
-        times_path = run.path / "times.yml"
-        try:
-            times = read_record(times_path, RunTimes)
-        except RecordUnreadable:
-            times = RunTimes(started_at=utcnow())
-        times.finished_at = times.finished_at or utcnow()
-        write_record(times_path, times)
-        _fail_unfinished_jobs(run, times.finished_at)
-        write_record(
-            run.path / "result.yml",
-            RunResult(reason=EndReason.error, error=UNWRITTEN_END, exit_code=ExitCode.environment),
-        )
+        _write_end(run, EndReason.error, UNWRITTEN_END, fail_jobs=True)
     except FileNotFoundError:
         return []  # pruned meanwhile
     except OSError as exc:
