@@ -28,34 +28,24 @@ class LoadedPipeline:
 
 
 def load(
-    repo_path: Path,
-    revision: str,
-    *,
-    dirty: bool = False,
-    keep_host: bool = False,
-    sandboxed: bool = False,
-    host: JobHost | None = None,
+    repo_path: Path, revision: str, *, dirty: bool = False, host: JobHost | None = None
 ) -> LoadedPipeline:
     """Find the repository, resolve the revision, load its ci.py (None if it has none).
 
     ci.py runs in a job host, never in this process: `host`, started earlier by the
-    caller (which then closes it), or one started here (`sandboxed`: in the
-    bubblewrap sandbox), kept for the caller with `keep_host`. `dirty`: the working tree's ci.py
+    caller, which keeps it for the run's jobs and closes it; else one started here
+    for the loading alone (`validate`, `jobs`). `dirty`: the working tree's ci.py
     and modules, as they are on disk (its HEAD is the revision). Raises `UsageError`
     for a bare repository or another revision, `PipelineError` for an invalid pipeline.
     """
-    own = host is None
-    host = host or JobHost.start(sandboxed=sandboxed)  # its interpreter starts while we read git
-    try:
+    if host is not None:
         loaded = _load(host, repo_path, revision, dirty=dirty)
-    except BaseException:
-        if own:
-            host.close()
-        raise
-    if own and (not keep_host or loaded.pipeline is None):
-        host.close()
-    kept = loaded.pipeline is not None and (keep_host or not own)
-    return LoadedPipeline(loaded.repo, loaded.revision, loaded.pipeline, host if kept else None)
+        return LoadedPipeline(loaded.repo, loaded.revision, loaded.pipeline, host)
+    own = JobHost.start()  # its interpreter starts while we read git
+    try:
+        return _load(own, repo_path, revision, dirty=dirty)
+    finally:
+        own.close()
 
 
 def _load(host: JobHost, repo_path: Path, revision: str, *, dirty: bool) -> LoadedPipeline:
