@@ -46,7 +46,7 @@ from quire.service.pgschema import (
     schema_version,
     unavailable,
 )
-from quire.service.queue import Entry, Owner, Push, new_run_id, utc_text
+from quire.service.queue import Entry, Owner, Push, QueueReads, new_run_id, utc_text
 from quire.service.queues import DEFAULT_LEASE_S, server_name
 
 CHANNEL = "quire_queue"
@@ -56,7 +56,7 @@ def _entry(row: dict[str, Any]) -> Entry:
     return Entry(row)
 
 
-class PgQueue:
+class PgQueue(QueueReads):
     """An open connection to the queue database (the `RunQueue` protocol).
 
     `lease_s`: how long a claim made through this connection lasts unless
@@ -65,6 +65,7 @@ class PgQueue:
     """
 
     leases = True
+    MARK = "%s"
 
     def __init__(self, url: str, *, lease_s: float = DEFAULT_LEASE_S) -> None:
         self.url = url
@@ -280,37 +281,6 @@ class PgQueue:
             if row is not None:
                 db.execute(f"NOTIFY {CHANNEL}")
         return None if row is None else _entry(row)
-
-    def running(self) -> list[Entry]:
-        """Every running row, oldest first."""
-        return self._select("SELECT * FROM queue WHERE state = 'running' ORDER BY seq")
-
-    # --- people's side -------------------------------------------------------------------------
-
-    def get(self, run_id: str) -> Entry:
-        """The row of `run_id`; raises `QueueEntryNotFound`."""
-        found = self._select("SELECT * FROM queue WHERE run_id = %s", run_id)
-        if not found:
-            raise QueueEntryNotFound(f"no run {run_id!r} in the queue {self.path}")
-        return found[0]
-
-    def active(self) -> list[Entry]:
-        """Queued and running rows, oldest first."""
-        return self._select("SELECT * FROM queue WHERE state != 'done' ORDER BY seq")
-
-    def recent(self, limit: int) -> list[Entry]:
-        """The last `limit` finished rows, newest first."""
-        return self._select(
-            "SELECT * FROM queue WHERE state = 'done' ORDER BY finished_at DESC, seq DESC LIMIT %s",
-            limit,
-        )
-
-    def find_active(self, prefix: str) -> Entry:
-        """The queued or running row whose run id starts with `prefix`; raises
-        `QueueEntryNotFound` for none or several."""
-        from quire.service.queue import pick_active
-
-        return pick_active(self.active(), prefix)
 
     def cancel(self, run_id: str) -> Entry:
         """Cancel a row: a queued one is done (`cancelled`) at once; a running one is

@@ -256,7 +256,46 @@ def _entry(row: sqlite3.Row) -> Entry:
     return Entry(dict(zip(row.keys(), row, strict=True)))
 
 
-class Queue:
+class QueueReads:
+    """The reading half of both queues (SQLite here, PostgreSQL in pgqueue.py): the same
+    queries, written once; `MARK` is the driver's parameter placeholder."""
+
+    MARK = "?"
+    path: str
+
+    def _select(self, sql: str, *params: Any) -> list[Entry]:
+        raise NotImplementedError
+
+    def running(self) -> list[Entry]:
+        """Every running row, oldest first."""
+        return self._select("SELECT * FROM queue WHERE state = 'running' ORDER BY seq")
+
+    def get(self, run_id: str) -> Entry:
+        """The row of `run_id`; raises `QueueEntryNotFound`."""
+        found = self._select(f"SELECT * FROM queue WHERE run_id = {self.MARK}", run_id)
+        if not found:
+            raise QueueEntryNotFound(f"no run {run_id!r} in the queue {self.path}")
+        return found[0]
+
+    def active(self) -> list[Entry]:
+        """Queued and running rows, oldest first."""
+        return self._select("SELECT * FROM queue WHERE state != 'done' ORDER BY seq")
+
+    def recent(self, limit: int) -> list[Entry]:
+        """The last `limit` finished rows, newest first."""
+        return self._select(
+            "SELECT * FROM queue WHERE state = 'done' ORDER BY finished_at DESC, seq DESC"
+            f" LIMIT {self.MARK}",
+            limit,
+        )
+
+    def find_active(self, prefix: str) -> Entry:
+        """The queued or running row whose run id starts with `prefix`; raises
+        `QueueEntryNotFound` for none or several."""
+        return pick_active(self.active(), prefix)
+
+
+class Queue(QueueReads):
     """An open connection to the queue database.
 
     Every write is one `BEGIN IMMEDIATE` transaction: concurrent hooks and
@@ -484,35 +523,6 @@ class Queue:
     def notifications(self) -> None:
         """None: SQLite has no NOTIFY; the hook wakes workers over `quire.service.wake`."""
         return None
-
-    def running(self) -> list[Entry]:
-        """Every running row, oldest first."""
-        return self._select("SELECT * FROM queue WHERE state = 'running' ORDER BY seq")
-
-    # --- people's side -------------------------------------------------------------------------
-
-    def get(self, run_id: str) -> Entry:
-        """The row of `run_id`; raises `QueueEntryNotFound`."""
-        found = self._select("SELECT * FROM queue WHERE run_id = ?", run_id)
-        if not found:
-            raise QueueEntryNotFound(f"no run {run_id!r} in the queue {self.path}")
-        return found[0]
-
-    def active(self) -> list[Entry]:
-        """Queued and running rows, oldest first."""
-        return self._select("SELECT * FROM queue WHERE state != 'done' ORDER BY seq")
-
-    def recent(self, limit: int) -> list[Entry]:
-        """The last `limit` finished rows, newest first."""
-        return self._select(
-            "SELECT * FROM queue WHERE state = 'done' ORDER BY finished_at DESC, seq DESC LIMIT ?",
-            limit,
-        )
-
-    def find_active(self, prefix: str) -> Entry:
-        """The queued or running row whose run id starts with `prefix`; raises
-        `QueueEntryNotFound` for none or several."""
-        return pick_active(self.active(), prefix)
 
     def cancel(self, run_id: str) -> Entry:
         """Cancel a row: a queued one is done (`cancelled`) at once; a running one is
