@@ -110,8 +110,9 @@ class Collected:
         return b"".join(e.data for e in self.of(Output) if e.job == job and e.stream == stream)
 
 
-def host_executor(workspace: Path, outlet: object) -> object:
-    """A HostExecutor for `workspace` whose events go to `outlet` (a RunOutlet)."""
+def host_executor(workspace: Path, outlet: object, *, jobs: int = 1) -> object:
+    """A HostExecutor for `workspace` whose events go to `outlet` (a RunOutlet), with
+    `jobs` side by side."""
     from quire.ci.run.executors.base import ExecutorSetup
     from quire.ci.run.executors.host import HostExecutor
     from quire.ci.store.records import ExecutorKind
@@ -125,6 +126,7 @@ def host_executor(workspace: Path, outlet: object) -> object:
         store_label="/nonexistent",
         docker=DockerSettings(),
         outlet=outlet,  # type: ignore[arg-type]
+        jobs=jobs,
     )
     return HostExecutor(setup)
 
@@ -198,3 +200,13 @@ class ThreadJobHost:
         if thread is not None:
             thread.join(grace)
         return 0
+
+
+def alive(pid: int) -> bool:
+    """A process that exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] != b"Z"

@@ -19,21 +19,12 @@ from pathlib import Path
 import pytest
 
 from quire.ci.store.runs import store_for
+from tests.helpers import alive
 from tests.integration.test_docker_runs import repo_with
 
 pytestmark = pytest.mark.integration
 
 QUIRE = [sys.executable, "-m", "quire"]
-
-
-def alive(pid: int) -> bool:
-    """A process that exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] != b"Z"
 
 
 def pids_in(path: Path) -> list[int]:

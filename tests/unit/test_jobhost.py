@@ -18,7 +18,7 @@ from quire.ci.run.redact import Redactor
 from quire.config import Secrets
 from quire.errors import PipelineError
 from quire.jobhost.protocol import Channel, pack
-from tests.helpers import Collected
+from tests.helpers import Collected, alive
 from tests.unit.test_jobs import PUSH, FakeExecutor
 
 SECRET = "s3cret-value"
@@ -55,15 +55,6 @@ def statuses(outcome: JobsOutcome) -> dict[str, str]:
 
 def error_of(outcome: JobsOutcome, job: str) -> str:
     return outcome.states[job].error or ""
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] != b"Z"
 
 
 def wait_gone(pid: int, within: float = 30.0) -> bool:

@@ -15,11 +15,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from quire.ci.events import Notice
-from quire.ci.run.executors.base import Command, ExecutorSetup
+from quire.ci.run.executors.base import Command
 from quire.ci.run.executors.host import HostExecutor
-from quire.ci.store.records import ExecutorKind
-from quire.config import DockerSettings
 from quire.tools import proctree
+from tests.helpers import host_executor
 
 # A daemon in a session of its own (setsid): it leaves the command's process group, and
 # once `sh` exits it is nobody's descendant but quire's (the subreaper). It prints its pid.
@@ -38,17 +37,9 @@ class Outlet:
 
 
 def executor(workspace: Path, outlet: Outlet, *, jobs: int = 1) -> HostExecutor:
-    setup = ExecutorSetup(
-        kind=ExecutorKind.host,
-        workspace=workspace,
-        run_id="test-run",
-        repo="test",
-        store_label="/nonexistent",
-        docker=DockerSettings(),
-        outlet=outlet,  # type: ignore[arg-type]
-        jobs=jobs,
-    )
-    return HostExecutor(setup)
+    made = host_executor(workspace, outlet, jobs=jobs)
+    assert isinstance(made, HostExecutor)
+    return made
 
 
 def wait_for(predicate: Callable[[], object], seconds: float = 10.0) -> None:
