@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from typer._click import Command
 
     from quire.ci.run.jobhost import JobHost
+    from quire.ci.store.records import Trigger
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -187,6 +188,7 @@ def run_command(
     ref: Annotated[str | None, typer.Option("--ref", hidden=True)] = None,
     pushed_at: Annotated[str | None, typer.Option("--pushed-at", hidden=True)] = None,
     run_id: Annotated[str | None, typer.Option("--run-id", hidden=True)] = None,
+    trigger: Annotated[str | None, typer.Option("--trigger", hidden=True)] = None,
 ) -> int:
     """Run the pipeline of REV (HEAD), or only some of its jobs.
 
@@ -211,6 +213,7 @@ def run_command(
             ref,
             pushed_at,
             run_id,
+            trigger,
             quiet,
             as_json,
             early,
@@ -231,6 +234,7 @@ def _run_command(
     ref: str | None,
     pushed_at: str | None,
     run_id: str | None,
+    trigger: str | None,
     quiet: bool,
     as_json: bool,
     early: JobHost | None,
@@ -252,6 +256,7 @@ def _run_command(
         ref=ref,
         pushed_at=_parse_time(pushed_at),
         run_id=run_id,
+        trigger=_parse_trigger(trigger),
     )
     shown = PlainReporter(quiet=quiet, out=sys.stderr.buffer) if as_json else None
     screen = shown or make_reporter(quiet=quiet)
@@ -295,6 +300,21 @@ def _revision_and_jobs(repo: Path, rev: str | None, targets: list[str]) -> tuple
     if names_commit(repo, targets[0]):
         return targets[0], targets[1:]
     return "HEAD", targets
+
+
+def _parse_trigger(text: str | None) -> Trigger | None:
+    """The worker's `--trigger` (the queue row's `trigger_json`)."""
+    if text is None:
+        return None
+    from pydantic import ValidationError
+
+    from quire.ci.store.records import Trigger
+    from quire.errors import UsageError
+
+    try:
+        return Trigger.model_validate_json(text)
+    except ValidationError as exc:
+        raise UsageError(f"--trigger {text!r}: not a trigger: {exc}") from exc
 
 
 def _parse_time(text: str | None) -> datetime | None:

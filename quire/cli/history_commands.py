@@ -64,6 +64,8 @@ def runs_command(
         revision = f"{name} {s.sha[:12]}".strip() if s.sha else "?"
         if s.dirty:
             revision += "+dirty"
+        if s.trigger.kind != "push":
+            revision += f" ({s.trigger.describe()})"
         rows.append(
             (s.id, state, revision, s.executor or "?", _when(s), format_duration(s.duration_s))
         )
@@ -100,6 +102,9 @@ def show_command(
         + (" + the working tree's changes (--dirty)" if info.dirty else "")
     )
     typer.echo(f"executor  {info.executor}")
+    if info.trigger.kind != "push":
+        asked = info.pushed_at.strftime(" at %Y-%m-%d %H:%M:%S UTC") if info.pushed_at else ""
+        typer.echo(f"trigger   {info.trigger.describe()}{asked}")
     typer.echo(f"started   {_when(info)}   duration {format_duration(info.duration_s)}")
     if info.container:
         short_id = (info.container.container_id or "-")[:12]

@@ -7,7 +7,8 @@ Schema (versions in `schema_version`; applied by `quire.service.pgschema.migrate
         -- the columns of the SQLite queue (quire.service.queue), same names and meanings;
         -- worker_host is the worker's --name (default: its host name), and:
         lease_until  timestamptz,      -- running: the claim is its worker's until then
-        lease_s      double precision  -- the length of that lease
+        lease_s      double precision, -- the length of that lease
+        trigger_json text              -- (version 2) how it was started; NULL: a push
     );
     CREATE UNIQUE INDEX one_running_per_ref ON queue (git_dir, ref) WHERE state = 'running';
 
@@ -46,8 +47,20 @@ from quire.service.pgschema import (
     schema_version,
     unavailable,
 )
-from quire.service.queue import Entry, Owner, Push, QueueReads, new_run_id, utc_text
+from quire.service.queue import (
+    KEPT_EXECUTOR,
+    Entry,
+    Owner,
+    Push,
+    QueueReads,
+    new_run_id,
+    utc_text,
+)
 from quire.service.queues import DEFAULT_LEASE_S, server_name
+
+TYPE_CHECKING = False  # the hook imports this with a database: nothing it does not need
+if TYPE_CHECKING:
+    from quire.ci.store.records import Trigger
 
 CHANNEL = "quire_queue"
 
@@ -141,15 +154,30 @@ class PgQueue(QueueReads):
 
     # --- the hook's side -----------------------------------------------------------------------
 
-    def enqueue(self, pushes: Sequence[Push]) -> list[Entry]:
-        """Queue one run per push, in one transaction, and wake listening workers."""
+    def enqueue(
+        self, pushes: Sequence[Push], trigger: Trigger | None = None, executor: str | None = None
+    ) -> list[Entry]:
+        """Queue one run per push, in one transaction, and wake listening workers.
+
+        `trigger`: how they were started (None: a push). `executor`: the one to run them
+        with (None: the worker's choice when it claims them).
+        """
         rows = []
+        trigger_json = None if trigger is None else trigger.model_dump_json()
         with self._write("queue a run in") as db:
             for push in pushes:
                 found = db.execute(
-                    "INSERT INTO queue (run_id, git_dir, ref, sha, pushed_at)"
-                    " VALUES (%s, %s, %s, %s, %s) RETURNING *",
-                    (new_run_id(), push.git_dir, push.ref, push.sha, push.pushed_at),
+                    "INSERT INTO queue (run_id, git_dir, ref, sha, pushed_at, trigger_json,"
+                    " executor) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING *",
+                    (
+                        new_run_id(),
+                        push.git_dir,
+                        push.ref,
+                        push.sha,
+                        push.pushed_at,
+                        trigger_json,
+                        executor,
+                    ),
                 ).fetchone()
                 rows.append(found)
             # Delivered at commit, so a woken worker finds the rows.
@@ -250,8 +278,9 @@ class PgQueue(QueueReads):
         with self._write("release a run in") as db:
             db.execute(
                 "UPDATE queue SET state = 'queued', worker_pid = NULL, worker_start = NULL,"
-                " worker_host = NULL, claimed_at = NULL, executor = NULL, child_pid = NULL,"
-                " child_start = NULL, lease_until = NULL WHERE run_id = %s AND state = 'running'",
+                f" worker_host = NULL, claimed_at = NULL, executor = {KEPT_EXECUTOR},"
+                " child_pid = NULL, child_start = NULL, lease_until = NULL"
+                " WHERE run_id = %s AND state = 'running'",
                 (run_id,),
             )
             db.execute(f"NOTIFY {CHANNEL}")
@@ -272,7 +301,7 @@ class PgQueue(QueueReads):
         with self._write("queue a run again in") as db:
             row = db.execute(
                 "UPDATE queue SET state = 'queued', run_id = %s, retry_of = %s,"
-                " attempt = attempt + 1, executor = NULL, worker_pid = NULL,"
+                f" attempt = attempt + 1, executor = {KEPT_EXECUTOR}, worker_pid = NULL,"
                 " worker_start = NULL, worker_host = NULL, child_pid = NULL,"
                 " child_start = NULL, claimed_at = NULL, lease_until = NULL"
                 " WHERE run_id = %s AND state = 'running' RETURNING *",

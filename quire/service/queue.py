@@ -2,7 +2,7 @@
 
     $QUIRE_STATE_DIR/queue.sqlite3      (WAL mode: -wal and -shm files beside it; all 0600)
 
-Schema (version 1, kept in `PRAGMA user_version`):
+Schema (version 2, kept in `PRAGMA user_version`; version 1 lacked `trigger_json`):
 
     CREATE TABLE queue (
         seq          INTEGER PRIMARY KEY AUTOINCREMENT,  -- arrival order: oldest first
@@ -21,7 +21,8 @@ Schema (version 1, kept in `PRAGMA user_version`):
         cancel       INTEGER NOT NULL,       -- 1: `quire ci cancel` asked to stop it
         outcome      TEXT,                   -- done: complete | failed | cancelled
         reason       TEXT,                   -- why it failed (jobs-failed, error, no-pipeline, ...)
-        message      TEXT                    -- what a person reads about it
+        message      TEXT,                   -- what a person reads about it
+        trigger_json TEXT                    -- how it was started (a records.Trigger); NULL: a push
     );
     -- At most one run per repository and ref at a time, enforced by the database itself.
     CREATE UNIQUE INDEX one_running_per_ref ON queue (git_dir, ref) WHERE state = 'running';
@@ -55,6 +56,7 @@ TYPE_CHECKING = False  # typing itself costs the hook milliseconds
 if TYPE_CHECKING:
     from typing import Any, Protocol
 
+    from quire.ci.store.records import Trigger
     from quire.service.pgqueue import PgQueue
     from quire.service.queues import Notifications, RunQueue
 
@@ -86,7 +88,7 @@ if TYPE_CHECKING:
 
 
 QUEUE_FILE = "queue.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MAX_ATTEMPTS = 2  # a run whose worker died is queued again once; a second death gives up
 
 QUEUED, RUNNING, DONE = "queued", "running", "done"
@@ -113,12 +115,20 @@ _SCHEMA = (
     cancel INTEGER NOT NULL DEFAULT 0,
     outcome TEXT,
     reason TEXT,
-    message TEXT
+    message TEXT,
+    trigger_json TEXT
 )""",
     "CREATE UNIQUE INDEX IF NOT EXISTS one_running_per_ref ON queue (git_dir, ref)"
     " WHERE state = 'running'",
     "CREATE INDEX IF NOT EXISTS by_state ON queue (state, seq)",
 )
+
+# A push's executor is chosen when it is claimed, so a row queued again forgets it; a
+# re-run's was fixed when it was queued (the original run's), so it keeps it.
+KEPT_EXECUTOR = "CASE WHEN trigger_json IS NULL THEN NULL ELSE executor END"
+
+# What each older version needs to become the current one.
+_UPGRADES = {1: ("ALTER TABLE queue ADD COLUMN trigger_json TEXT",)}
 
 _CORRUPT = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 
@@ -194,6 +204,7 @@ ENTRY_FIELDS = (
     "outcome",
     "reason",
     "message",
+    "trigger_json",
 )
 
 
@@ -222,10 +233,11 @@ class Entry:
     outcome: str | None
     reason: str | None
     message: str | None
+    trigger_json: str | None  # a records.Trigger as JSON; None: a push
 
     def __init__(self, values: Mapping[str, Any]) -> None:
         for name in ENTRY_FIELDS:
-            setattr(self, name, values[name])
+            setattr(self, name, values.get(name))
         self.cancel = bool(self.cancel)
 
     @property
@@ -377,10 +389,13 @@ class Queue(QueueReads):
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("BEGIN IMMEDIATE")
         try:
+            # Again under the write lock: another process may have upgraded it meanwhile.
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
             # One statement at a time: executescript() would commit our transaction first.
-            for statement in _SCHEMA:
-                self._db.execute(statement)
-            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            if version < SCHEMA_VERSION:
+                for statement in _UPGRADES.get(version, _SCHEMA):
+                    self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
@@ -425,16 +440,31 @@ class Queue(QueueReads):
 
     # --- the hook's side -----------------------------------------------------------------------
 
-    def enqueue(self, pushes: Sequence[Push]) -> list[Entry]:
-        """Queue one run per push, in one transaction; returns the new rows."""
+    def enqueue(
+        self, pushes: Sequence[Push], trigger: Trigger | None = None, executor: str | None = None
+    ) -> list[Entry]:
+        """Queue one run per push, in one transaction; returns the new rows.
+
+        `trigger`: how they were started (None: a push). `executor`: the one to run them
+        with (None: the worker's choice when it claims them).
+        """
         run_ids = []
+        trigger_json = None if trigger is None else trigger.model_dump_json()
         with self._write("queue a run in") as db:
             for push in pushes:
                 run_id = new_run_id()
                 db.execute(
-                    "INSERT INTO queue (run_id, git_dir, ref, sha, pushed_at)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (run_id, push.git_dir, push.ref, push.sha, push.pushed_at),
+                    "INSERT INTO queue (run_id, git_dir, ref, sha, pushed_at, trigger_json,"
+                    " executor) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        run_id,
+                        push.git_dir,
+                        push.ref,
+                        push.sha,
+                        push.pushed_at,
+                        trigger_json,
+                        executor,
+                    ),
                 )
                 run_ids.append(run_id)
         return [self.get(run_id) for run_id in run_ids]
@@ -477,8 +507,8 @@ class Queue(QueueReads):
         with self._write("release a run in") as db:
             db.execute(
                 "UPDATE queue SET state = 'queued', worker_pid = NULL, worker_start = NULL,"
-                " worker_host = NULL, claimed_at = NULL, executor = NULL, child_pid = NULL,"
-                " child_start = NULL WHERE run_id = ? AND state = 'running'",
+                f" worker_host = NULL, claimed_at = NULL, executor = {KEPT_EXECUTOR},"
+                " child_pid = NULL, child_start = NULL WHERE run_id = ? AND state = 'running'",
                 (run_id,),
             )
 
@@ -501,7 +531,7 @@ class Queue(QueueReads):
         with self._write("queue a run again in") as db:
             done = db.execute(
                 "UPDATE queue SET state = 'queued', run_id = ?, retry_of = ?,"
-                " attempt = attempt + 1, executor = NULL, worker_pid = NULL,"
+                f" attempt = attempt + 1, executor = {KEPT_EXECUTOR}, worker_pid = NULL,"
                 " worker_start = NULL, worker_host = NULL, child_pid = NULL,"
                 " child_start = NULL, claimed_at = NULL WHERE run_id = ? AND state = 'running'",
                 (new_id, run_id, run_id),

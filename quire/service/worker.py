@@ -7,7 +7,7 @@ up to `--concurrency`, then sleep in one `select` over the wake-up socket
 poll. Each run is started as
 
     python -m quire ci run SHA --repo GIT_DIR --executor E --ref REF
-        --pushed-at TIME --run-id ID --quiet
+        --pushed-at TIME --run-id ID --quiet [--trigger JSON]
 
 so it leaves exactly the records a `quire ci run` leaves. Children get
 SIGTERM if the worker dies (PR_SET_PDEATHSIG): they record `interrupted`
@@ -342,7 +342,8 @@ class Worker:
 
     def _start(self, entry: Entry) -> bool:
         assert self.queue is not None
-        executor = self._executor_for(entry.repo)
+        # A re-run keeps the original run's executor; a push gets the worker's choice.
+        executor = entry.executor or self._executor_for(entry.repo)
         out_dir = self.settings.state / OUTPUT_DIR
         output = out_dir / f"{entry.run_id}.log"
         try:
@@ -531,6 +532,7 @@ def child_argv(entry: Entry, executor: str) -> list[str]:
         "--run-id",
         entry.run_id,
         "--quiet",
+        *(["--trigger", entry.trigger_json] if entry.trigger_json else []),
     ]
 
 

@@ -48,6 +48,7 @@ from quire.ci.store.records import (
     RunMeta,
     RunnerInfo,
     RunResult,
+    Trigger,
     utcnow,
 )
 from quire.ci.store.runs import LatestLinkFailed, RunDir, RunState, RunStore, store_of
@@ -75,6 +76,7 @@ class RunRequest:
     jobs: tuple[str, ...] = ()  # only these jobs and what they need (all when empty)
     dirty: bool = False  # the working tree as it is, not the commit
     concurrency: int = 1  # jobs that may run side by side (`--jobs`)
+    trigger: Trigger | None = None  # how a queued run was started (None: a push, or by hand)
 
 
 @dataclass(frozen=True)
@@ -272,6 +274,7 @@ def _create_run(
                 pushed_at=request.pushed_at or utcnow(),
                 executor=request.executor,
                 dirty=request.dirty,
+                trigger=request.trigger or Trigger(),
             )
         )
         return made[-1]

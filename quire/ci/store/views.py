@@ -26,6 +26,7 @@ from quire.ci.store.records import (
     RunMeta,
     RunResult,
     RunTimes,
+    Trigger,
     read_record,
 )
 from quire.ci.store.runs import FINISHED, RunDir, RunState, RunStore
@@ -53,6 +54,8 @@ class RunSummary(BaseModel):
     problem: str | None = None  # why some of its records could not be read
     cancelled_by: str | None = None  # state `cancelled`: who asked, and when
     cancelled_at: datetime | None = None
+    trigger: Trigger = Trigger()  # how it was started (a push, a re-run by whom, ...)
+    pushed_at: datetime | None = None  # when it was pushed or asked for
 
     def state_text(self) -> str:
         """The state as people read it: `failed (jobs-failed)`, `cancelled by alice`."""
@@ -81,6 +84,7 @@ def summarize(run: RunDir) -> RunSummary:
         summary.revision, summary.sha, summary.ref = meta.revision, meta.sha, meta.ref
         summary.executor = meta.executor.value
         summary.dirty = meta.dirty
+        summary.trigger, summary.pushed_at = meta.trigger, meta.pushed_at
     except RecordUnreadable as exc:
         problems.append(str(exc))
     times_path = run.path / "times.yml"
