@@ -23,6 +23,9 @@ workspace = "copy"  # "bind" (mount the local tree) | "copy" (copy it in); defau
 capture_limit = 4194304   # bytes of stdout/stderr kept in ShOutput
 outputs_limit = 1048576   # bytes of JSON a job may return as its outputs
 
+[web]
+anonymous = "read"        # visitors who have not logged in may read ("read") or not ("none")
+
 [repositories.proj]       # a repository by its folder name (proj.git -> proj), or by
                           # its store name (proj-1a2b3c4d) where two folders share a name
 executor = "docker"       # where `quire ci worker` runs its pushes (default: --executor)
@@ -208,9 +211,18 @@ class ServerSettings(BaseModel):
         return value
 
 
+class WebSettings(BaseModel):
+    """The web page (`[web]`, `quire ci serve`)."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+    # "read": visitors who have not logged in may read every page; "none": they log in first.
+    anonymous: Literal["read", "none"] = "read"
+
+
 class ConfigFile(BaseModel):
     model_config = ConfigDict(extra="forbid", defer_build=True)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
     secrets: dict[str, SecretSpec] = Field(default_factory=dict)
     docker: DockerSettings = Field(default_factory=DockerSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
@@ -265,6 +277,7 @@ class Config:
     jobs: JobSettings = field(default_factory=JobSettings.model_construct)
     repositories: dict[str, RepositorySettings] = field(default_factory=dict)
     server: ServerSettings = field(default_factory=ServerSettings.model_construct)
+    web: WebSettings = field(default_factory=WebSettings.model_construct)
     path: Path | None = None
     # Resolved once per repository, so a run's masking and its jobs see the same values.
     _resolved: dict[str | None, Secrets] = field(
@@ -345,5 +358,6 @@ def load_config(path: Path | None = None) -> Config:
         jobs=parsed.jobs,
         repositories=parsed.repositories,
         server=parsed.server,
+        web=parsed.web,
         path=path,
     )
