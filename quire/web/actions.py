@@ -189,9 +189,10 @@ class Actions:
 
     def _cancel(self, request: Request, identity: Identity) -> actions.Cancelled:
         repo, run_id = request.path_params["repo"], request.path_params["run"]
-        self.web.view.store(repo)
-        if not valid_name(run_id):
-            raise NotFound(f"no run {run_id!r}")
+        # Not looked up in the store: a repository's first run has no directory there until
+        # it starts. The queue row must be of this repository.
+        if not valid_name(repo) or not valid_name(run_id):
+            raise NotFound(f"no run {run_id!r} in {repo!r}")
         with _refusals():
             return actions.cancel(self.web.state, run_id, _who(identity), repo=repo)
 
@@ -291,7 +292,9 @@ def _operator(request: Request, sent_csrf: str | None) -> Identity:
 def _check_origin(request: Request) -> None:
     """A browser's POST from another site is refused, whatever else it carries."""
     origin = request.headers.get("origin")
-    if origin is None:  # not a browser, or one that sends none on same-origin POSTs
+    # None: not a browser. "null": Chromium sends that for every form POST of a page served
+    # with Referrer-Policy: no-referrer, as ours are. The CSRF token decides then.
+    if origin is None or origin == "null":
         return
     if urlsplit(origin).netloc != request.headers.get("host"):
         raise HTTPException(403, f"a request from another site ({origin}) is refused")
