@@ -258,6 +258,25 @@ def test_release_puts_a_claim_back_at_its_place(queue: RunQueue) -> None:
     assert claimed(queue).run_id == first.run_id
 
 
+def test_a_rows_trigger_and_executor_are_kept_and_a_push_has_neither(queue: RunQueue) -> None:
+    from quire.ci.store.records import Trigger
+
+    rerun = Trigger(kind="rerun", by="olive", rerun_of="r0")
+    (pushed,) = queue.enqueue([push("refs/heads/a")])
+    (again,) = queue.enqueue([push("refs/heads/b")], rerun, "docker")
+    assert (pushed.trigger_json, pushed.executor) == (None, None)
+    assert again.trigger_json is not None and again.executor == "docker"
+    assert Trigger.model_validate_json(again.trigger_json) == rerun
+    first, second = claimed(queue), claimed(queue)
+    for entry in (first, second):
+        queue.started(entry.run_id, entry.executor or "host", 1, None)
+    queue.release(first.run_id)
+    requeued = queue.requeue(second.run_id)
+    assert requeued is not None
+    assert (requeued.trigger_json, requeued.executor) == (again.trigger_json, "docker")
+    assert queue.get(first.run_id).executor is None  # a push's is chosen at its next claim
+
+
 # --- a lost worker -----------------------------------------------------------------------------
 
 
@@ -378,6 +397,30 @@ def test_migrate_creates_the_schema_once(pg: postgres.Server) -> None:
     assert migrate(url) == (SCHEMA_VERSION, SCHEMA_VERSION)
     with PgQueue(url) as queue:
         queue.check()
+
+
+def test_a_version_1_database_is_migrated_to_2_and_keeps_its_rows(pg: postgres.Server) -> None:
+    import psycopg
+
+    from quire.service.pgqueue import PgQueue
+    from quire.service.pgschema import MIGRATIONS, SCHEMA_VERSION, migrate
+
+    url = pg.new_database()
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute(
+            "CREATE TABLE schema_version (version integer PRIMARY KEY,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for statement in MIGRATIONS[0]:
+            db.execute(statement)
+        db.execute("INSERT INTO schema_version (version) VALUES (1)")
+        db.execute(
+            "INSERT INTO queue (run_id, git_dir, ref, sha, pushed_at) VALUES"
+            " ('r1', '/srv/p.git', 'refs/heads/main', 'abc', '2026-11-24T10:00:00Z')"
+        )
+    assert migrate(url) == (1, SCHEMA_VERSION)
+    with PgQueue(url) as queue:
+        assert queue.get("r1").trigger_json is None
 
 
 def test_a_schema_from_a_newer_quire_is_refused(pg: postgres.Server) -> None:
