@@ -561,3 +561,52 @@ def test_serve_beyond_loopback_without_a_user_refuses_and_says_how_to_add_one(
 ) -> None:
     with pytest.raises(UsageError, match="quire ci user add NAME --role operator"):
         serve(tmp_path / "state", "0.0.0.0", 0)
+
+
+def test_a_session_may_call_the_api_with_its_csrf_token_in_a_header(
+    site: Site, client: TestClient
+) -> None:
+    original = site.add_run(1)
+    csrf = log_in(client, "olive", "op-secret")
+    url = f"/api/runs/{site.repo}/{original}/rerun"
+    assert client.post(url).status_code == 403
+    assert client.post(url, headers={"X-CSRF-Token": "forged"}).status_code == 403
+    assert site.queue_rows() == []
+    response = client.post(url, headers={"X-CSRF-Token": csrf})
+    assert response.status_code == 200
+    assert [row.run_id for row in site.queue_rows()] == [response.json()["run"]]
+
+
+class CountingHasher(PasswordHasher):
+    verified = 0
+
+    def verify(self, hash: str | bytes, password: str | bytes) -> bool:
+        CountingHasher.verified += 1
+        return super().verify(hash, password)
+
+
+def test_an_unknown_user_costs_the_same_argon2_check_as_a_known_one(tmp_path: Path) -> None:
+    hasher = CountingHasher(time_cost=1, memory_cost=8, parallelism=1)
+    with SqliteAccounts(tmp_path / "a.sqlite3", hasher=hasher) as accounts:
+        accounts.add_user("olive", "viewer", "pw")
+        assert accounts.check_password("nobody", "pw") is None
+        assert CountingHasher.verified == 1
+        assert accounts.check_password("olive", "wrong") is None
+        assert CountingHasher.verified == 2
+
+
+def test_the_page_knows_whether_a_worker_listens(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from quire.service.actions import workers_listening
+    from quire.service.wake import Listener
+
+    site.state.mkdir(parents=True, exist_ok=True)
+    assert workers_listening(site.state) is False
+    with Listener(site.state):
+        assert workers_listening(site.state) is True
+    assert workers_listening(site.state) is False  # its marker went with it
+    (site.state / "queue.wake" / "999999999").touch()  # a kill -9'd worker's marker
+    assert workers_listening(site.state) is False
+    monkeypatch.setenv("QUIRE_DATABASE_URL", "postgresql://db.example/quire")
+    assert workers_listening(site.state) is None  # workers elsewhere: not knowable here
