@@ -2,6 +2,7 @@
 
     schema_version (version integer PRIMARY KEY, applied_at timestamptz)
     queue          see quire.service.pgqueue
+    web_users, web_tokens, web_sessions   (version 2) see quire.web.pgaccounts
 
 Each version's statements are applied in one transaction, under an
 advisory lock, so two machines migrating at once apply them once. A
@@ -56,6 +57,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         # How a run was started (a records.Trigger as JSON); NULL: a push.
         "ALTER TABLE queue ADD COLUMN trigger_json text",
+        # The web page's accounts (quire.web.pgaccounts), as in the SQLite accounts file.
+        "CREATE TABLE web_users (name text PRIMARY KEY,"
+        " role text NOT NULL CHECK (role IN ('viewer', 'operator')),"
+        " password_hash text NOT NULL, created_at text NOT NULL)",
+        "CREATE TABLE web_tokens (id text PRIMARY KEY, username text NOT NULL,"
+        " token_hash text NOT NULL, created_at text NOT NULL)",
+        "CREATE TABLE web_sessions (id_hash text PRIMARY KEY, username text NOT NULL,"
+        " csrf text NOT NULL, created_at double precision NOT NULL,"
+        " expires_at double precision NOT NULL)",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,10 +1,11 @@
 """The web page's accounts: users with a role, their API tokens and login sessions.
 
-    $QUIRE_STATE_DIR/accounts.sqlite3    (0600, whatever the umask)
+    $QUIRE_STATE_DIR/accounts.sqlite3    (0600, whatever the umask), or, with a
+    PostgreSQL queue (QUIRE_DATABASE_URL, [server] database), that database:
 
-    users    (name PRIMARY KEY, role, password_hash, created_at)
-    tokens   (id PRIMARY KEY, user, token_hash, created_at)
-    sessions (id_hash PRIMARY KEY, user, csrf, created_at, expires_at)
+    web_users    (name PRIMARY KEY, role, password_hash, created_at)
+    web_tokens   (id PRIMARY KEY, username, token_hash, created_at)
+    web_sessions (id_hash PRIMARY KEY, username, csrf, created_at, expires_at)
 
 Passwords are kept only as argon2 hashes (argon2-cffi's defaults). API
 tokens (`quire_<id>_<secret>`, 256 random bits) and session cookies are
@@ -13,9 +14,10 @@ fast hash is as safe as argon2 for them and lets every request check one
 in microseconds. A token is shown once, when it is made. Removing a user
 removes their tokens and sessions with them.
 
-`AccountStore` is what the CLI and the web ask of accounts; `SqliteAccounts`
-keeps them in the state directory. (With a PostgreSQL queue they still live
-in the state directory of the machine that serves the page.)
+`AccountStore` is what the CLI and the web ask of accounts; `SqlAccounts`
+answers it in SQL once; `SqliteAccounts` keeps them in the state directory,
+`quire.web.pgaccounts.PgAccounts` in PostgreSQL, so every machine that
+serves the page knows the same users.
 """
 
 from __future__ import annotations
@@ -48,12 +50,13 @@ TOKEN_PREFIX = "quire_"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}\Z")
 _TOKEN = re.compile(r"quire_([0-9a-f]{8})_[A-Za-z0-9_-]{43}\Z")
 
+# The same tables as version 2 of the PostgreSQL schema (quire.service.pgschema).
 _SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, role TEXT NOT NULL,"
+    "CREATE TABLE IF NOT EXISTS web_users (name TEXT PRIMARY KEY, role TEXT NOT NULL,"
     " password_hash TEXT NOT NULL, created_at TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS tokens (id TEXT PRIMARY KEY, user TEXT NOT NULL,"
+    "CREATE TABLE IF NOT EXISTS web_tokens (id TEXT PRIMARY KEY, username TEXT NOT NULL,"
     " token_hash TEXT NOT NULL, created_at TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS sessions (id_hash TEXT PRIMARY KEY, user TEXT NOT NULL,"
+    "CREATE TABLE IF NOT EXISTS web_sessions (id_hash TEXT PRIMARY KEY, username TEXT NOT NULL,"
     " csrf TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL NOT NULL)",
 )
 
@@ -133,120 +136,91 @@ def _now_text() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-class SqliteAccounts:
-    """Accounts in `$QUIRE_STATE_DIR/accounts.sqlite3` (the `AccountStore` protocol).
+class SqlAccounts:
+    """The `AccountStore` protocol in SQL, written once for SQLite and PostgreSQL: the
+    stores below only run statements (`?` placeholders) and translate their errors.
 
     `hasher`: argon2's parameters (tests use cheap ones); `clock`: seconds since
     the epoch, for sessions' expiry.
     """
 
+    where = "?"  # for messages: the file or the server
+
     def __init__(
-        self,
-        path: Path,
-        *,
-        hasher: PasswordHasher | None = None,
-        clock: Callable[[], float] = time.time,
+        self, *, hasher: PasswordHasher | None = None, clock: Callable[[], float] = time.time
     ) -> None:
-        self.path = path
         self.hasher = hasher or PasswordHasher()
         self.clock = clock
         # Checked against when the user does not exist, so both cases cost the same
         # (made on first use: starting the server should not pay argon2 for nothing).
         self._dummy: str | None = None
-        # One connection shared by the server's threads: one statement at a time.
-        self._lock = threading.RLock()
-        with self._translated("open"):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _create_private(path)
-            os.chmod(path, 0o600)
-            self._db = sqlite3.connect(
-                path, timeout=10.0, isolation_level=None, check_same_thread=False
-            )
-            for statement in _SCHEMA:
-                self._db.execute(statement)
+
+    def _all(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        """The rows of one query."""
+        raise NotImplementedError
+
+    def _run(self, *statements: tuple[str, tuple[Any, ...]]) -> list[int]:
+        """Run `statements` in one transaction; their row counts."""
+        raise NotImplementedError
+
+    def _change(self, sql: str, *params: Any) -> int:
+        return self._run((sql, params))[0]
 
     def close(self) -> None:
-        self._db.close()
+        raise NotImplementedError
 
-    def __enter__(self) -> SqliteAccounts:
+    def __enter__(self) -> SqlAccounts:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
-    def _translated(self, doing: str) -> Iterator[None]:
-        try:
-            with self._lock:
-                yield
-        except (sqlite3.Error, OSError) as exc:
-            raise AccountsUnavailable(
-                f"cannot {doing} the accounts file {self.path}: {exc} (check its permissions "
-                "and the free disk space)"
-            ) from exc
-
-    def _all(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-        with self._translated("read"):
-            return list(self._db.execute(sql, params).fetchall())
-
-    def _change(self, sql: str, *params: Any) -> int:
-        with self._translated("write"):
-            return int(self._db.execute(sql, params).rowcount)
-
     # --- users ---
 
     def has_users(self) -> bool:
-        return bool(self._all("SELECT 1 FROM users LIMIT 1"))
+        return bool(self._all("SELECT 1 FROM web_users LIMIT 1"))
 
     def add_user(self, name: str, role: Role, password: str) -> Account:
         """A new user; raises `UsageError` if the name is taken or the password empty."""
         check_name(name)
         if not password:
             raise UsageError("the password is empty")
-        hashed = self.hasher.hash(password)
-        try:
-            self._change(
-                "INSERT INTO users (name, role, password_hash, created_at) VALUES (?, ?, ?, ?)",
-                name,
-                role,
-                hashed,
-                _now_text(),
+        added = self._change(
+            "INSERT INTO web_users (name, role, password_hash, created_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (name) DO NOTHING",
+            name,
+            role,
+            self.hasher.hash(password),
+            _now_text(),
+        )
+        if not added:
+            raise UsageError(
+                f"user {name!r} exists already (remove it first: quire ci user remove {name})"
             )
-        except AccountsUnavailable as exc:
-            if isinstance(exc.__cause__, sqlite3.IntegrityError):
-                raise UsageError(
-                    f"user {name!r} exists already (remove it first: quire ci user remove {name})"
-                ) from exc
-            raise
         return self._user(name)  # type: ignore[return-value]
 
     def _user(self, name: str) -> Account | None:
-        found = self._all("SELECT name, role, created_at FROM users WHERE name = ?", name)
+        found = self._all("SELECT name, role, created_at FROM web_users WHERE name = ?", name)
         if not found:
             return None
         name, role, created = found[0]
         return Account(name=name, role=role, created_at=created)
 
     def users(self) -> list[Account]:
-        rows = self._all("SELECT name, role, created_at FROM users ORDER BY name")
+        rows = self._all("SELECT name, role, created_at FROM web_users ORDER BY name")
         return [Account(name=n, role=r, created_at=c) for n, r, c in rows]
 
     def remove_user(self, name: str) -> bool:
-        with self._translated("write"):
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                gone = self._db.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount
-                self._db.execute("DELETE FROM tokens WHERE user = ?", (name,))
-                self._db.execute("DELETE FROM sessions WHERE user = ?", (name,))
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        gone, _, _ = self._run(
+            ("DELETE FROM web_users WHERE name = ?", (name,)),
+            ("DELETE FROM web_tokens WHERE username = ?", (name,)),
+            ("DELETE FROM web_sessions WHERE username = ?", (name,)),
+        )
         return bool(gone)
 
     def check_password(self, name: str, password: str) -> Account | None:
         """The user, if `password` is theirs; None otherwise (the same work either way)."""
-        found = self._all("SELECT password_hash FROM users WHERE name = ?", name)
+        found = self._all("SELECT password_hash FROM web_users WHERE name = ?", name)
         if found:
             hashed: str = found[0][0]
         else:
@@ -268,7 +242,7 @@ class SqliteAccounts:
         token_id = secrets.token_hex(4)
         token = f"{TOKEN_PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
         self._change(
-            "INSERT INTO tokens (id, user, token_hash, created_at) VALUES (?, ?, ?, ?)",
+            "INSERT INTO web_tokens (id, username, token_hash, created_at) VALUES (?, ?, ?, ?)",
             token_id,
             name,
             digest(token),
@@ -277,19 +251,21 @@ class SqliteAccounts:
         return token
 
     def tokens(self) -> list[TokenInfo]:
-        rows = self._all("SELECT id, user, created_at FROM tokens ORDER BY user, created_at")
+        rows = self._all(
+            "SELECT id, username, created_at FROM web_tokens ORDER BY username, created_at"
+        )
         return [TokenInfo(id=i, user=u, created_at=c) for i, u, c in rows]
 
     def revoke_token(self, token_id: str) -> bool:
         found = _TOKEN.match(token_id)
         token_id = found[1] if found else token_id
-        return bool(self._change("DELETE FROM tokens WHERE id = ?", token_id))
+        return bool(self._change("DELETE FROM web_tokens WHERE id = ?", token_id))
 
     def check_token(self, token: str) -> Account | None:
         found = _TOKEN.match(token)
         if not found:
             return None
-        rows = self._all("SELECT user, token_hash FROM tokens WHERE id = ?", found[1])
+        rows = self._all("SELECT username, token_hash FROM web_tokens WHERE id = ?", found[1])
         if not rows or not hmac.compare_digest(rows[0][1], digest(token)):
             return None
         return self._user(rows[0][0])
@@ -300,18 +276,20 @@ class SqliteAccounts:
         """A new session of `name`; returns the cookie's value (kept only hashed)."""
         cookie = secrets.token_urlsafe(32)
         now = self.clock()
-        with self._translated("write"):
-            self._db.execute("DELETE FROM sessions WHERE expires_at < ?", (now,))
-            self._db.execute(
-                "INSERT INTO sessions (id_hash, user, csrf, created_at, expires_at)"
+        self._run(
+            ("DELETE FROM web_sessions WHERE expires_at < ?", (now,)),
+            (
+                "INSERT INTO web_sessions (id_hash, username, csrf, created_at, expires_at)"
                 " VALUES (?, ?, ?, ?, ?)",
                 (digest(cookie), name, secrets.token_urlsafe(32), now, now + SESSION_S),
-            )
+            ),
+        )
         return cookie
 
     def session(self, cookie: str) -> Session | None:
         rows = self._all(
-            "SELECT user, csrf, expires_at FROM sessions WHERE id_hash = ? AND expires_at > ?",
+            "SELECT username, csrf, expires_at FROM web_sessions"
+            " WHERE id_hash = ? AND expires_at > ?",
             digest(cookie),
             self.clock(),
         )
@@ -323,7 +301,62 @@ class SqliteAccounts:
         return Session(user=user, csrf=rows[0][1], expires_at=rows[0][2])
 
     def close_session(self, cookie: str) -> None:
-        self._change("DELETE FROM sessions WHERE id_hash = ?", digest(cookie))
+        self._change("DELETE FROM web_sessions WHERE id_hash = ?", digest(cookie))
+
+
+class SqliteAccounts(SqlAccounts):
+    """Accounts in `$QUIRE_STATE_DIR/accounts.sqlite3` (0600)."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        hasher: PasswordHasher | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(hasher=hasher, clock=clock)
+        self.path = path
+        self.where = str(path)
+        # One connection shared by the server's threads: one statement at a time.
+        self._lock = threading.RLock()
+        with self._translated("open"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _create_private(path)
+            os.chmod(path, 0o600)
+            self._db = sqlite3.connect(
+                path, timeout=10.0, isolation_level=None, check_same_thread=False
+            )
+            for statement in _SCHEMA:
+                self._db.execute(statement)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _translated(self, doing: str) -> Iterator[None]:
+        try:
+            with self._lock:
+                yield
+        except (sqlite3.Error, OSError) as exc:
+            raise AccountsUnavailable(
+                f"cannot {doing} the accounts file {self.path}: {exc} (check its permissions "
+                "and the free disk space)"
+            ) from exc
+
+    def _all(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        with self._translated("read"):
+            return list(self._db.execute(sql, params).fetchall())
+
+    def _run(self, *statements: tuple[str, tuple[Any, ...]]) -> list[int]:
+        with self._translated("write"):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                counts = [self._db.execute(sql, params).rowcount for sql, params in statements]
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return counts
 
 
 def _create_private(path: Path) -> None:
@@ -334,7 +367,16 @@ def _create_private(path: Path) -> None:
 
 
 def open_accounts(state: Path, *, hasher: PasswordHasher | None = None) -> AccountStore:
-    """The accounts of state directory `state`. Raises `AccountsUnavailable`."""
+    """The accounts: in the PostgreSQL database when one is configured (as for the queue:
+    `quire.service.queues.database_url`), else in state directory `state`. Raises
+    `AccountsUnavailable`."""
+    from quire.service.queues import database_url
+
+    url = database_url()
+    if url is not None:
+        from quire.web.pgaccounts import PgAccounts
+
+        return PgAccounts(url, hasher=hasher)
     if not state.is_dir() and state.exists():
         raise ConfigError(f"the state directory {state} is not a directory")
     return SqliteAccounts(state / ACCOUNTS_FILE, hasher=hasher)
