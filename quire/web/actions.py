@@ -47,6 +47,7 @@ from quire.service.errors import QueueEntryNotFound, QueueUnavailable
 from quire.service.outcome import trigger_of
 from quire.service.queue import Entry
 from quire.web import auth, badge
+from quire.web.accounts import SESSION_S
 from quire.web.auth import COOKIE, Identity, Throttle, csrf_ok, safe_next
 from quire.web.lookup import NotFound, valid_name
 
@@ -118,7 +119,7 @@ class Actions:
         response.set_cookie(
             COOKIE,
             cookie,
-            max_age=None,
+            max_age=SESSION_S,
             httponly=True,
             samesite="lax",
             secure=request.url.scheme == "https",

@@ -293,6 +293,7 @@ def test_an_operator_logs_in_and_re_runs_from_the_run_page(site: Site, client: T
     csrf = log_in(client, "olive", "op-secret")
     page = client.get(f"/runs/{site.repo}/{original}").text
     assert 'class="rerun"' in page and "olive" in page
+    assert "no worker is running" in page  # said to operators, beside the buttons
     response = client.post(
         f"/runs/{site.repo}/{original}/rerun", data={"csrf": csrf}, follow_redirects=False
     )
@@ -357,7 +358,8 @@ def test_a_viewer_sees_no_buttons_and_a_forged_post_from_their_session_changes_n
         page = client.get(url).text
         assert "vic" in page and "Log out" in page
         assert 'class="rerun"' not in page and 'class="cancel"' not in page
-    assert "/start" not in client.get(f"/runs/{site.repo}").text
+    repo_page = client.get(f"/runs/{site.repo}").text
+    assert "/start" not in repo_page and "no worker is running" not in repo_page
     response = client.post(
         f"/runs/{site.repo}/{original}/rerun", data={"csrf": csrf}, follow_redirects=False
     )
@@ -372,6 +374,7 @@ def test_anonymous_visitors_see_no_buttons_and_their_posts_are_401(
     original = site.add_run(1)
     page = client.get(f"/runs/{site.repo}/{original}").text
     assert 'class="rerun"' not in page and 'href="/login"' in page
+    assert "no worker is running" not in page  # a page used without workers never says so
     response = client.post(f"/runs/{site.repo}/{original}/rerun", follow_redirects=False)
     assert response.status_code == 401
     assert site.queue_rows() == []
@@ -394,6 +397,7 @@ def test_the_session_cookie_is_httponly_lax_and_secure_only_over_https(site: Sit
         )
     cookie = response.headers["set-cookie"].lower()
     assert "httponly" in cookie and "samesite=lax" in cookie and "secure" not in cookie
+    assert "max-age=1209600" in cookie  # two weeks, as the session on the server
     app = create_app(site.state, accounts=site.accounts, throttle=Throttle(site.clock))
     with TestClient(app, base_url="https://127.0.0.1") as secure:
         response = secure.post(
