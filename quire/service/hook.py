@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from quire.service.queue import Push, open_queue, utc_text
+from quire.service.queues import repository_url
 from quire.service.wake import wake_all
 
 TYPE_CHECKING = False  # typing, pathlib and re cost the hook milliseconds: none here
@@ -72,8 +73,9 @@ def queue_pushes(state: str, git_dir: str, updates: Sequence[tuple[str, str]], o
     if not updates:
         return 0
     pushed_at = utc_text()
-    pushes = [Push(git_dir, ref, sha, pushed_at) for sha, ref in updates]
     try:
+        url = repository_url(git_dir)
+        pushes = [Push(git_dir, ref, sha, pushed_at, url) for sha, ref in updates]
         with open_queue(state) as queue:
             entries = queue.enqueue(pushes)
             notified = queue.leases  # PostgreSQL: its NOTIFY woke workers on every machine

@@ -53,6 +53,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE UNIQUE INDEX one_running_per_ref ON queue (git_dir, ref) WHERE state = 'running'",
         "CREATE INDEX by_state ON queue (state, seq)",
     ),
+    (
+        # Where workers fetch a queued run's pushed object (NULL: file:// of git_dir).
+        "ALTER TABLE queue ADD COLUMN url text",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # Serializes concurrent `migrate()` calls (two workers starting at once); any constant works.

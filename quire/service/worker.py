@@ -6,10 +6,13 @@ up to `--concurrency`, then sleep in one `select` over the wake-up socket
 (the hook), the signal fd (SIGCHLD, SIGTERM/SIGINT/SIGHUP) and a fallback
 poll. Each run is started as
 
-    python -m quire ci run SHA --repo GIT_DIR --executor E --ref REF
-        --pushed-at TIME --run-id ID --quiet
+    python -m quire ci run --rev SHA --repo GIT_DIR --executor E --ref REF
+        --pushed-at TIME --run-id ID --url URL --quiet
 
-so it leaves exactly the records a `quire ci run` leaves. Children get
+so it leaves exactly the records a `quire ci run` leaves. The child
+fetches the pushed object from URL (the row's `url`, else GIT_DIR as a
+file:// URL) into this machine's mirror and reads it there
+(`quire.ci.run.mirror`): GIT_DIR only names the repository. Children get
 SIGTERM if the worker dies (PR_SET_PDEATHSIG): they record `interrupted`
 and tear down rather than run on unsupervised.
 
@@ -530,6 +533,8 @@ def child_argv(entry: Entry, executor: str) -> list[str]:
         entry.pushed_at,
         "--run-id",
         entry.run_id,
+        "--url",
+        entry.fetch_url,
         "--quiet",
     ]
 
