@@ -34,14 +34,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from quire.service.errors import QueueEntryNotFound, QueueUnavailable
 from quire.service.pgschema import (
+    CHANNEL,
     SCHEMA_VERSION,
-    Connection,
     connect,
     refuse_newer,
     schema_version,
@@ -50,7 +50,10 @@ from quire.service.pgschema import (
 from quire.service.queue import Entry, Owner, Push, QueueReads, new_run_id, utc_text
 from quire.service.queues import DEFAULT_LEASE_S, server_name
 
-CHANNEL = "quire_queue"
+if TYPE_CHECKING:
+    from quire.service.pgschema import Connection
+
+__all__ = ["CHANNEL", "Notifications", "PgQueue"]
 
 
 def _entry(row: dict[str, Any]) -> Entry:

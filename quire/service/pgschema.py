@@ -12,13 +12,19 @@ naming the server, never its password.
 
 from __future__ import annotations
 
-from typing import Any, TypeAlias
-
-import psycopg
-from psycopg.rows import dict_row
-
 from quire.service.errors import QueueCorrupt, QueueUnavailable
 from quire.service.queues import server_name
+
+# psycopg is imported where it is used: the hook reads SCHEMA_VERSION and MIGRATIONS
+# without it (quire.service.pglite), and typing costs it milliseconds too.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TypeAlias
+
+    import psycopg
+
+    # An explicit alias: without psycopg installed (nox's typecheck session) it is Any.
+    Connection: TypeAlias = "psycopg.Connection[dict[str, Any]]"
 
 CONNECT_TIMEOUT_S = 10
 
@@ -61,13 +67,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 # Serializes concurrent `migrate()` calls (two workers starting at once); any constant works.
 _MIGRATE_LOCK = 0x71756972
-
-# An explicit alias: without psycopg installed (nox's typecheck session) it is Any.
-Connection: TypeAlias = "psycopg.Connection[dict[str, Any]]"
+# NOTIFYed when runs are queued (again); idle workers LISTEN on it.
+CHANNEL = "quire_queue"
 
 
 def connect(url: str, *, autocommit: bool = False) -> Connection:
     """A connection to `url`; raises `QueueUnavailable` naming the server."""
+    import psycopg
+    from psycopg.rows import dict_row
+
     try:
         return psycopg.connect(
             url, autocommit=autocommit, row_factory=dict_row, connect_timeout=CONNECT_TIMEOUT_S
@@ -78,6 +86,8 @@ def connect(url: str, *, autocommit: bool = False) -> Connection:
 
 def unavailable(url: str, doing: str, exc: BaseException) -> str:
     """What went wrong, naming the server; the password is cut out if the driver quoted it."""
+    import psycopg
+
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     try:
         password = psycopg.conninfo.conninfo_to_dict(url).get("password")
@@ -102,6 +112,8 @@ def migrate(url: str) -> tuple[int, int]:
 
     Raises `QueueUnavailable` (unreachable) and `QueueCorrupt` (newer schema).
     """
+    import psycopg
+
     with connect(url) as db:
         try:
             with db.transaction():
