@@ -37,11 +37,6 @@ PGRES_COMMAND_OK, PGRES_TUPLES_OK = 1, 2
 _SYSTEM = "libpq.so.5"
 _WHEEL = "psycopg_binary.libs"
 
-_INSERT = (
-    "INSERT INTO queue (run_id, git_dir, ref, sha, pushed_at, url)"
-    " VALUES ($1, $2, $3, $4, $5, $6) RETURNING run_id, ref, sha"
-)
-
 
 class LibPq:
     """The few libpq functions the hook calls, with their C types."""
@@ -150,40 +145,51 @@ def enqueue(url: str, pushes: Sequence[Push]) -> list[tuple[str, str, str]] | No
         return None
     db = _Connection(pq, url)
     try:
-        (found,) = db.query("read", "SELECT to_regclass('schema_version') IS NOT NULL")
-        version = 0
-        if found[0] == "t":
-            (row,) = db.query("read", "SELECT coalesce(max(version), 0) FROM schema_version")
-            version = int(row[0] or 0)
-        if version > SCHEMA_VERSION:
-            raise QueueCorrupt(
-                f"the queue database {server_name(url)} has schema version {version}, newer "
-                f"than this quire understands ({SCHEMA_VERSION}): upgrade quire"
-            )
-        if version < SCHEMA_VERSION:
-            raise QueueUnavailable(
-                f"the queue database {server_name(url)} has schema version {version}, this "
-                f"quire needs {SCHEMA_VERSION}: run `quire ci db migrate`"
-            )
-        queued: list[tuple[str, str, str]] = []
-        db.query("queue a run in", "BEGIN")
+        _check_version(db, url)
+        params: list[str | None] = []
         for push in pushes:
-            (row,) = db.query(
-                "queue a run in",
-                _INSERT,
-                new_run_id(),
-                push.git_dir,
-                push.ref,
-                push.sha,
-                push.pushed_at,
-                push.url,
-            )
-            queued.append((row[0] or "", row[1] or "", row[2] or ""))
-        db.query("queue a run in", f"NOTIFY {CHANNEL}")  # delivered at commit
-        db.query("queue a run in", "COMMIT")
-        return queued
+            params += [new_run_id(), push.git_dir, push.ref, push.sha, push.pushed_at, push.url]
+        # One statement, so one transaction and one round trip: the rows, and the NOTIFY
+        # delivered at its commit (one, however many rows: the server folds them).
+        rows = db.query("queue a run in", _insert(len(pushes)), *params)
+        return [(row[0] or "", row[1] or "", row[2] or "") for row in rows]
     finally:
-        db.close()  # a transaction left open is rolled back by the server
+        db.close()
+
+
+def _insert(count: int) -> str:
+    marks = ", ".join(
+        "(" + ", ".join(f"${row * 6 + col}" for col in range(1, 7)) + ")" for row in range(count)
+    )
+    return (
+        "WITH queued AS (INSERT INTO queue (run_id, git_dir, ref, sha, pushed_at, url)"
+        f" VALUES {marks} RETURNING seq, run_id, ref, sha)"
+        f" SELECT run_id, ref, sha, pg_notify('{CHANNEL}', '') FROM queued ORDER BY seq"
+    )
+
+
+def _check_version(db: _Connection, url: str) -> None:
+    """PgQueue's checks: a schema older than this quire's is to migrate, a newer one
+    refused."""
+    try:
+        (found,) = db.query("read", "SELECT coalesce(max(version), 0) FROM schema_version")
+    except QueueUnavailable:
+        # No table (a database never migrated) is version 0; any other failure is said.
+        (missing,) = db.query("read", "SELECT to_regclass('schema_version') IS NULL")
+        if missing[0] != "t":
+            raise
+        found = ["0"]
+    version = int(found[0] or 0)
+    if version > SCHEMA_VERSION:
+        raise QueueCorrupt(
+            f"the queue database {server_name(url)} has schema version {version}, newer "
+            f"than this quire understands ({SCHEMA_VERSION}): upgrade quire"
+        )
+    if version < SCHEMA_VERSION:
+        raise QueueUnavailable(
+            f"the queue database {server_name(url)} has schema version {version}, this "
+            f"quire needs {SCHEMA_VERSION}: run `quire ci db migrate`"
+        )
 
 
 def unavailable(url: str, doing: str, detail: str) -> str:

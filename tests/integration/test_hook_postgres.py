@@ -155,3 +155,23 @@ def test_without_libpq_the_hook_queues_through_psycopg(
     with PgQueue(database) as queue:
         (row,) = queue.active()
     assert f"quire: queued run {row.run_id} for refs/heads/x" in out.getvalue()
+
+
+def test_several_refs_of_one_push_are_queued_in_their_order_in_one_transaction(
+    database: str,
+) -> None:
+    from quire.service.pgqueue import PgQueue
+
+    pushes = [
+        Push("/srv/p.git", f"refs/heads/b{i}", f"{i}" * 40, "2026-12-04T10:00:00.000000Z")
+        for i in range(3)
+    ]
+    pushes[1].url = "ssh://githost/p.git"
+    with PgQueue(database) as queue, queue.notifications() as listening:
+        queued = pglite.enqueue(database, pushes)
+        assert listening.wait(30)
+        rows = queue.active()
+    assert queued == [(row.run_id, row.ref, row.sha) for row in rows]
+    assert [row.ref for row in rows] == ["refs/heads/b0", "refs/heads/b1", "refs/heads/b2"]
+    assert [row.url for row in rows] == [None, "ssh://githost/p.git", None]
+    assert len({row.run_id for row in rows}) == 3
