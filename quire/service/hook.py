@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
 
 from quire.service.queue import Push, open_queue, utc_text
 from quire.service.queues import database_url, repository_url
-from quire.service.wake import wake_all
 
 TYPE_CHECKING = False  # typing, pathlib and re cost the hook milliseconds: none here
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from typing import TextIO
 
 ZERO = frozenset("0")
@@ -89,6 +88,8 @@ def queue_pushes(state: str, git_dir: str, updates: Sequence[tuple[str, str]], o
         out.write(f"quire: queued run {run_id} for {ref} ({sha[:12]})\n")
     if notified:
         return len(queued)
+    from quire.service.wake import wake_all  # the datagram sockets: SQLite's wake-up only
+
     try:
         listening = wake_all(state)
     except OSError:

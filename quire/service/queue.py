@@ -40,8 +40,6 @@ imports this on every push (no dataclasses, secrets or typing at run time).
 from __future__ import annotations
 
 import os
-import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
@@ -55,6 +53,9 @@ from quire.service.queues import DEFAULT_LEASE_S, database_url
 
 TYPE_CHECKING = False  # typing itself costs the hook milliseconds
 if TYPE_CHECKING:
+    # sqlite3 is imported by the SQLite queue itself: a hook on PostgreSQL never needs it.
+    import sqlite3
+    from collections.abc import Iterator, Mapping, Sequence
     from typing import Any, Protocol
 
     from quire.service.pgqueue import PgQueue
@@ -338,6 +339,8 @@ class Queue(QueueReads):
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             _refuse_truncated(self.path)
             _create_private(self.path)
+            import sqlite3
+
             self._db = sqlite3.connect(path, timeout=timeout, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         try:
@@ -367,6 +370,8 @@ class Queue(QueueReads):
 
     @contextmanager
     def _translated(self, doing: str) -> Iterator[None]:
+        import sqlite3
+
         try:
             yield
         except sqlite3.DatabaseError as exc:
