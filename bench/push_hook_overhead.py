@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import resource
 
 import _common as c
 import worker_common as w
@@ -60,6 +61,7 @@ def main() -> None:
             str(sc.state), str(sc.root / "state-before")
         )
         times: dict[str, list[float]] = {mode: [] for mode in modes}
+        cpu: dict[str, list[float]] = {mode: [] for mode in modes}
 
         def timed_push(mode: str) -> float:
             enabled = mode != "off"
@@ -73,12 +75,18 @@ def main() -> None:
             if mode.startswith("postgres") and url and url_before:
                 os.environ["QUIRE_DATABASE_URL"] = url_before if "before" in mode else url
             try:
-                return c.timed(lambda: w.push(sc, work))
+                used = resource.getrusage(resource.RUSAGE_CHILDREN)
+                took = c.timed(lambda: w.push(sc, work))
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu[mode].append(after.ru_utime - used.ru_utime + after.ru_stime - used.ru_stime)
+                return took
             finally:
                 os.environ.pop("QUIRE_DATABASE_URL", None)
 
         for mode in modes * 2:  # warm-up
             timed_push(mode)
+        for spent in cpu.values():
+            spent.clear()
         for rep in range(args.reps):
             shift = rep % len(modes)
             for mode in modes[shift:] + modes[:shift]:
@@ -99,6 +107,16 @@ def main() -> None:
         c.print_table(
             f"git push of one commit, with vs without quire's hook ({args.reps} reps, medians)",
             rows,
+        )
+        # CPU time (user + system of git and the hook it runs) hardly moves with the load of
+        # a shared machine, where the clock does.
+        base = c.median(cpu["off"])
+        c.print_table(
+            "CPU time of the push (user + system, medians)",
+            [
+                c.Row(f"added by the hook, {mode}", c.median(cpu[mode]) - base, None, None)
+                for mode in modes[1:]
+            ],
         )
 
 
