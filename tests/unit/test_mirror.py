@@ -108,3 +108,12 @@ def test_without_a_ref_only_the_id_is_tried(fake: FakeGit) -> None:
 def test_pushed_refs_are_kept_under_refs_quire() -> None:
     assert mirror.keep_ref("refs/heads/release/1") == "refs/quire/heads/release/1"
     assert mirror.keep_ref("refs/tags/v1") == "refs/quire/tags/v1"
+
+
+def test_a_fetch_takes_the_url_as_a_url_and_never_prompts(tmp_path: Path) -> None:
+    from quire.tools import git
+
+    argv = git.fetch_argv(tmp_path / "m.git", "--upload-pack=evil", "+a:refs/quire/x")
+    assert argv[-3:] == ["--", "--upload-pack=evil", "+a:refs/quire/x"]
+    assert "protocol.version=2" in argv and "--no-tags" in argv
+    assert git.FETCH_ENV["GIT_TERMINAL_PROMPT"] == "0"

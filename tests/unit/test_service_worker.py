@@ -88,6 +88,7 @@ def test_a_queued_push_with_a_url_is_fetched_from_it() -> None:
     argv = child_argv(entry(url="ssh://git@githost/p.git"), "host")
     assert argv[argv.index("--url") + 1] == "ssh://git@githost/p.git"
     assert argv[argv.index("--repo") + 1] == "/srv/p.git"  # it still names the run store
+    assert entry(url="ssh://h/p.git").as_json()["url"] == "ssh://h/p.git"  # queue --json
 
 
 def test_an_invalid_pipeline_fails_the_run_with_its_message(tmp_path: Path) -> None:
