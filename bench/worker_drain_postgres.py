@@ -26,15 +26,17 @@ import pg_common as pg
 import worker_common as w
 
 TARGET = 1.5
+_trials = iter(range(1_000_000))  # each trial's machines are new: no records of the last
 
 
 def drain(sc: c.Scratch, url: str, bare: str, branches: list[str], workers: int) -> float:
     from quire.service.pgqueue import PgQueue
     from quire.service.queue import Push, utc_text
 
+    trial = next(_trials)
     with ExitStack() as stack:
         states = [
-            stack.enter_context(pg.machine_worker(sc, url, f"w{workers}-{i}"))
+            stack.enter_context(pg.machine_worker(sc, url, f"t{trial}-w{i}"))
             for i in range(workers)
         ]
         with PgQueue(url) as queue:
