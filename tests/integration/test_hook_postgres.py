@@ -113,12 +113,20 @@ def test_a_database_to_migrate_or_from_a_newer_quire_is_said_and_nothing_is_queu
     import psycopg
 
     from quire.service.errors import QueueCorrupt, QueueUnavailable
-    from quire.service.pgschema import SCHEMA_VERSION, migrate
+    from quire.service.pgschema import MIGRATIONS, SCHEMA_VERSION, migrate
 
     one = [Push("/srv/p.git", "refs/heads/main", "a" * 40, "2026-12-04T10:00:00.000000Z")]
     empty = server.new_database()
     with pytest.raises(QueueUnavailable, match=r"schema version 0, .*quire ci db migrate"):
         pglite.enqueue(empty, one)
+    older = server.new_database()  # what the version before this one made
+    with psycopg.connect(older, autocommit=True) as db:
+        db.execute("CREATE TABLE schema_version (version integer PRIMARY KEY, applied_at text)")
+        for statement in MIGRATIONS[0]:
+            db.execute(statement)
+        db.execute("INSERT INTO schema_version (version) VALUES (1)")
+    with pytest.raises(QueueUnavailable, match=r"schema version 1, .*quire ci db migrate"):
+        pglite.enqueue(older, one)
     newer = server.new_database()
     migrate(newer)
     with psycopg.connect(newer, autocommit=True) as db:

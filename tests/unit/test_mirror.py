@@ -117,3 +117,19 @@ def test_a_fetch_takes_the_url_as_a_url_and_never_prompts(tmp_path: Path) -> Non
     assert argv[-3:] == ["--", "--upload-pack=evil", "+a:refs/quire/x"]
     assert "protocol.version=2" in argv and "--no-tags" in argv
     assert git.FETCH_ENV["GIT_TERMINAL_PROMPT"] == "0"
+
+
+@pytest.mark.parametrize("pushed", ["/srv/git/proj.git", "/srv/work/proj/.git"])
+def test_a_mirror_stands_for_the_pushed_repository_under_the_queues_name(pushed: str) -> None:
+    from quire.ci.store.runs import store_of
+    from quire.service.queue import repository_name
+    from quire.tools import git
+
+    repo = git.mirrored(Path("/cache/mirrors/x.git"), pushed)
+    assert (repo.git_dir, repo.home, repo.bare) == (
+        Path("/cache/mirrors/x.git"),
+        Path(pushed),
+        True,
+    )
+    # The worker finds the run's record by the queue's name for it: the same store.
+    assert store_of(repo).repo == repository_name(pushed)
