@@ -110,6 +110,7 @@ class Mirror:
     def apply(self, rows: list[RunRow], changes: list[FileChange], seq: int) -> None:
         """Apply a batch: every change of a run named in `rows` or already here, then each
         row's state; `seq` is the last change the batch covers (kept in sync.yml)."""
+        private_dir(self.root)
         repos = {row.run_id: row.repo for row in rows}
         for row in rows:
             if row.state != PRUNED and self.locate(row.repo, row.run_id) is None:
