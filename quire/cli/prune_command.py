@@ -97,4 +97,4 @@ def _unpublish(run_ids: list[str]) -> None:
         gone = writer.prune(run_ids, str(state_dir()))
     finally:
         writer.close()
-    typer.echo(f"removed {gone} runs from the run index")
+    typer.echo(f"removed {gone} run{'' if gone == 1 else 's'} from the run index")

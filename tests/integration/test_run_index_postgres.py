@@ -180,16 +180,22 @@ def test_logs_follow_from_another_machine_prints_lines_as_they_come_and_ends_wit
         wait_for(all_done(database, 1), "the run", proc=runner)
 
 
-def test_serve_on_a_machine_that_ran_nothing_shows_every_run_and_its_log(
+def get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        text: str = response.read().decode()
+        return text
+
+
+def test_serve_on_a_machine_that_ran_nothing_shows_every_run_and_its_log_live(
     tmp_path: Path, database: str
 ) -> None:
-    _bare, work = pushable(tmp_path, "web", {".quire/ci.py": QUICK})
-    with machine_worker(tmp_path, "webworker") as proc:
-        push(work, "HEAD:refs/heads/main")
-        wait_for(all_done(database, 1), "the run", proc=proc)
-    (row,) = rows(database)
+    gate = tmp_path / "gate"
+    _bare, work = pushable(tmp_path, "web", {".quire/ci.py": GATED.format(gate=gate)})
     err_path = tmp_path / "serve.err"
-    with err_path.open("w") as err:
+    with machine_worker(tmp_path, "webworker") as proc, err_path.open("w") as err:
+        push(work, "HEAD:refs/heads/main")
+        wait_for(lambda: any(r.state == "running" for r in rows(database)), "the run", proc=proc)
+        (row,) = rows(database)
         serve = subprocess.Popen(
             [*QUIRE, "ci", "serve", "--port", "0"],
             stdout=subprocess.DEVNULL,
@@ -202,18 +208,22 @@ def test_serve_on_a_machine_that_ran_nothing_shows_every_run_and_its_log(
             found = re.search(r"http://\S+/", err_path.read_text())
             assert found is not None
             url = found.group(0)
-            with urllib.request.urlopen(url + "api/runs") as response:
-                runs = json.load(response)["runs"]
-            assert [(r["id"], r["worker"], r["state"]) for r in runs] == [
-                (row.run_id, "webworker", "complete")
-            ]
-            repo = runs[0]["repo"]
-            with urllib.request.urlopen(f"{url}runs/{repo}/{row.run_id}") as response:
-                page = response.read().decode()
-            assert "webworker" in page
-            output = f"{url}runs/{repo}/{row.run_id}/jobs/hello/output.txt"
-            with urllib.request.urlopen(output) as response:
-                assert "hello" in response.read().decode()
+
+            def listed_as(state: str) -> bool:
+                runs = json.loads(get(url + "api/runs"))["runs"]
+                return [(r["id"], r["worker"], r["state"]) for r in runs] == [
+                    (row.run_id, "webworker", state)
+                ]
+
+            wait_for(lambda: listed_as("active"), "the run, active, on the page")
+            repo = json.loads(get(url + "api/runs"))["runs"][0]["repo"]
+            output = f"{url}runs/{repo}/{row.run_id}/jobs/gated/output.txt"
+            wait_for(lambda: "line one" in get(output), "the job's first line")
+            assert "line two" not in get(output)
+            gate.touch()
+            wait_for(lambda: listed_as("complete"), "the run, complete, on the page")
+            assert "line two" in get(output)
+            assert "webworker" in get(f"{url}runs/{repo}/{row.run_id}")
         finally:
             terminate(serve)  # type: ignore[arg-type]
 
@@ -244,3 +254,25 @@ def test_a_killed_workers_lost_attempt_and_its_retry_both_show_in_the_index(
     assert f"queued again as run {retry.run_id}" in shown.stdout, shown.stdout
     assert "worker doomed" in shown.stdout
     assert "queued again as run" in log_of(tmp_path, "rescuer")
+
+
+def test_runs_pruned_on_their_worker_leave_the_index_and_the_readers_mirror(
+    tmp_path: Path, database: str
+) -> None:
+    _bare, work = pushable(tmp_path, "prune", {".quire/ci.py": QUICK})
+    with machine_worker(tmp_path, "pruner") as proc:
+        push(work, "HEAD:refs/heads/main")
+        wait_for(all_done(database, 1), "the run", proc=proc)
+    (row,) = rows(database)
+    assert [run["id"] for run in listed(tmp_path)] == [row.run_id]
+    pruned = subprocess.run(
+        [*QUIRE, "ci", "prune", "--all", "--keep", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**reader_env(tmp_path), "QUIRE_STATE_DIR": str(tmp_path / "pruner" / "state")},
+    )
+    assert pruned.returncode == 0, pruned.stderr
+    assert "removed 1 run from the run index" in pruned.stdout
+    assert listed(tmp_path) == []
+    assert not list((tmp_path / "reader" / "state" / "mirror" / "runs").rglob(row.run_id))
