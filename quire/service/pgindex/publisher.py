@@ -31,6 +31,8 @@ from quire.service.queue import Entry
 log = logging.getLogger("quire.worker")
 
 INTERVAL_S = 0.25
+# After a batch could not be shipped (the database is away): the thread's next try.
+RETRY_S = 5.0
 
 
 class IndexWrites(Protocol):
@@ -84,10 +86,12 @@ class Publisher:
     name: str
     state_dir: Path
     interval_s: float = INTERVAL_S
+    retry_s: float = RETRY_S
     runs: dict[str, _Tracked] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    _failed: bool = False  # the last batch failed: the thread waits `retry_s`
 
     def store(self, entry: Entry) -> RunStore:
         """Where the child `quire ci run` of `entry` writes its run."""
@@ -140,7 +144,9 @@ class Publisher:
             log.error("cannot publish runs to the run index: %s; trying again", exc)
             for run in tracked:
                 run.marks = None
+            self._failed = True
             return
+        self._failed = False
         for run in tracked:
             if run.entry.run_id not in after:
                 continue
@@ -177,7 +183,7 @@ class Publisher:
         self._thread.start()
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        while not self._stop.wait(self.retry_s if self._failed else self.interval_s):
             try:
                 self.publish()
             except Exception:  # a bug here must not stop the worker's runs
