@@ -25,6 +25,8 @@ from typing import Any
 
 import pytest
 
+from quire.ci.store.mirror import Mirror
+from quire.service.pgindex import reader
 from tests.helpers import GIT_ENV, terminate
 from tests.integration import test_workers_postgres as workers
 from tests.integration.test_worker import push, pushable, wait_for
@@ -89,7 +91,7 @@ def listed(tmp_path: Path) -> list[dict[str, Any]]:
 
 
 def test_a_reader_that_ran_nothing_sees_every_run_of_every_worker(
-    tmp_path: Path, database: str
+    tmp_path: Path, database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _first, first_work = pushable(tmp_path, "first", {".quire/ci.py": QUICK})
     _second, second_work = pushable(tmp_path, "second", {".quire/ci.py": QUICK})
@@ -126,6 +128,20 @@ def test_a_reader_that_ran_nothing_sees_every_run_of_every_worker(
     assert "hello: success" in shown.stdout
     # The reader ran nothing: what it read is its mirror of the index, not a run of its own.
     assert not (tmp_path / "reader" / "state" / "runs").exists()
+
+    # A first sync in pages of two changes makes the very same mirror.
+    monkeypatch.setattr(reader, "PAGE", 2)
+    paged = Mirror(tmp_path / "paged")
+    assert reader.sync(database, paged) > 2
+    assert tree(paged.runs_root) == tree(tmp_path / "reader" / "state" / "mirror" / "runs")
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {
+        str(path.relative_to(root)): path.read_bytes()
+        for path in root.rglob("*")
+        if path.is_file() and not path.name.startswith(".")
+    }
 
 
 @contextmanager
@@ -172,6 +188,7 @@ def test_logs_follow_from_another_machine_prints_lines_as_they_come_and_ends_wit
         with lines_of(follow) as got:
             wait_for(lambda: any("line one" in line for line in got), "line one")
             assert not any("line two" in line for line in got)
+            assert reader.lease_alive(database, row.run_id)  # its worker holds it
             gate.touch()
             assert follow.wait(timeout=90) == 0
             assert follow.stderr is not None
@@ -240,8 +257,10 @@ def test_a_killed_workers_lost_attempt_and_its_retry_both_show_in_the_index(
         wait_for(
             lambda: [r["state"] for r in listed(tmp_path)] == ["active"], "the run in the index"
         )
+        assert reader.lease_alive(database, lost.run_id)
         doomed.send_signal(signal.SIGKILL)
         doomed.wait(timeout=10)
+    wait_for(lambda: not reader.lease_alive(database, lost.run_id), "the lease to run out")
     with machine_worker(tmp_path, "rescuer") as rescuer:
         wait_for(all_done(database, 1), "the run to be finished by the rescuer", proc=rescuer)
     (retry,) = rows(database)
