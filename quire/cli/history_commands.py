@@ -189,7 +189,12 @@ def logs_command(
         if follow:
             with source.following():  # the run index's mirror grows while we read it
                 outcome, notes = views.follow(
-                    store, found.run_id, job, reporter.handle, alive=source.liveness()
+                    store,
+                    found.run_id,
+                    job,
+                    reporter.handle,
+                    alive=source.liveness(),
+                    gone=source.gone(),
                 )
             reporter.handle(outcome)
         else:

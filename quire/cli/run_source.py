@@ -27,6 +27,7 @@ class RunSource(Protocol):
     def stores(self) -> list[RunStore]: ...
     def find(self, repo: Path, ref: str) -> tuple[RunStore, RunDir]: ...
     def liveness(self) -> Callable[[RunDir], bool] | None: ...
+    def gone(self) -> str: ...
     def following(self) -> AbstractContextManager[Any]: ...
 
 
@@ -49,6 +50,11 @@ class LocalRuns:
 
     def liveness(self) -> Callable[[RunDir], bool] | None:
         return None  # the runner's pid on this host
+
+    def gone(self) -> str:
+        from quire.ci.store.views import LOCAL_RUNNER_GONE
+
+        return LOCAL_RUNNER_GONE
 
     def following(self) -> AbstractContextManager[Any]:
         return nullcontext()
@@ -81,6 +87,12 @@ class IndexedRuns:
 
     def liveness(self) -> Callable[[RunDir], bool] | None:
         return self.runs.alive
+
+    def gone(self) -> str:
+        return (
+            "its worker's lease ran out: the worker or its machine is gone, or cut off from "
+            "the database; a live worker queues the run again"
+        )
 
     def following(self) -> AbstractContextManager[Any]:
         return self.runs.follower()

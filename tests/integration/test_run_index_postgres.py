@@ -261,6 +261,11 @@ def test_a_killed_workers_lost_attempt_and_its_retry_both_show_in_the_index(
         doomed.send_signal(signal.SIGKILL)
         doomed.wait(timeout=10)
     wait_for(lambda: not reader.lease_alive(database, lost.run_id), "the lease to run out")
+    # Followed from elsewhere before any worker took it over: no runner, by its lease.
+    followed = read(tmp_path, "ci", "logs", lost.run_id, "--follow")
+    assert followed.returncode != 0
+    assert f"run {lost.run_id} has no runner any more" in followed.stderr
+    assert "its worker's lease ran out" in followed.stderr
     with machine_worker(tmp_path, "rescuer") as rescuer:
         wait_for(all_done(database, 1), "the run to be finished by the rescuer", proc=rescuer)
     (retry,) = rows(database)
@@ -272,6 +277,7 @@ def test_a_killed_workers_lost_attempt_and_its_retry_both_show_in_the_index(
     shown = read(tmp_path, "ci", "show", lost.run_id)
     assert f"queued again as run {retry.run_id}" in shown.stdout, shown.stdout
     assert "worker doomed" in shown.stdout
+    assert "work: failed" in shown.stdout and "orphaned: its worker was lost" in shown.stdout
     assert "queued again as run" in log_of(tmp_path, "rescuer")
 
 

@@ -37,6 +37,11 @@ class RunnerGone(EnvironmentProblem):
     """A followed run's runner died without finishing it (killed with -9, a crash)."""
 
 
+LOCAL_RUNNER_GONE = (
+    "its quire process is gone; `quire ci reconcile` records it as failed (orphaned)"
+)
+
+
 class RunSummary(BaseModel):
     """One line of `quire ci runs`."""
 
@@ -233,6 +238,7 @@ def follow(
     poll_s: float = 0.1,
     liveness_s: float = 1.0,
     alive: Callable[[RunDir], bool] | None = None,
+    gone: str = LOCAL_RUNNER_GONE,
 ) -> tuple[RunFinished, list[str]]:
     """Stream the job events of a run as they are written, until the run leaves active/;
     returns its outcome, and torn-log notes for logs whose last line was still
@@ -240,6 +246,7 @@ def follow(
 
     `alive(run)`: whether the run's runner still lives; by default its pid on this
     host (`owner_alive`). A run mirrored from another machine is judged by its lease.
+    `gone`: what the `RunnerGone` message says happened, and what to do.
     """
     # Keyed by job id, not path: the run directory moves when the run ends.
     offsets: dict[str, int] = {}
@@ -281,9 +288,6 @@ def follow(
             # A runner killed with -9 never moves its run: stop waiting for it.
             if not alive(run) and store.find(run_id).state == run.state:
                 drain(run)
-                raise RunnerGone(
-                    f"run {run_id} has no runner any more (its quire process is gone); "
-                    "`quire ci reconcile` records it as failed (orphaned)"
-                )
+                raise RunnerGone(f"run {run_id} has no runner any more ({gone})")
             next_check = time.monotonic() + liveness_s
         time.sleep(poll_s)

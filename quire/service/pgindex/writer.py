@@ -25,7 +25,7 @@ from quire.ci.store.shipping import (
     Shipped,
     marks_of,
 )
-from quire.ci.vocabulary import EndReason, RunResult, RunState
+from quire.ci.vocabulary import EndReason, JobState, JobStatus, RunResult, RunState
 from quire.service.errors import QueueUnavailable
 from quire.service.pgschema import Connection, connect, unavailable
 
@@ -33,6 +33,7 @@ CHANNEL = "quire_runs"
 # Serializes publishing batches, so `run_change` numbers are committed in order.
 PUBLISH_LOCK = 0x71756973
 IN_FLIGHT = (RunState.pending.value, RunState.active.value)
+LOST_JOB_ERROR = "orphaned: its worker was lost"
 
 
 class IndexWriter:
@@ -125,6 +126,7 @@ class IndexWriter:
             times = _ended_times(db, run_id)
             if times is not None:
                 changes.append(_whole(run_id, "times.yml", times))
+            changes += _ended_jobs(db, run_id)
             _insert(db, changes)
             db.execute(
                 "UPDATE run_index SET state = %s WHERE run_id = %s",
@@ -173,17 +175,40 @@ def _whole(run_id: str, path: str, text: str) -> FileChange:
     return FileChange(run_id=run_id, path=path, kind=FileKind.whole, data=text.encode())
 
 
+def _latest_records(db: Connection, run_id: str, pattern: str) -> list[tuple[str, bytes]]:
+    """The newest whole copy of each of the run's files whose path is LIKE `pattern`."""
+    rows = db.execute(
+        "SELECT DISTINCT ON (path) path, data FROM run_file"
+        " WHERE run_id = %s AND path LIKE %s AND kind = 'whole' ORDER BY path, seq DESC",
+        (run_id, pattern),
+    ).fetchall()
+    return [(str(row["path"]), bytes(row["data"])) for row in rows]
+
+
+def _ended_jobs(db: Connection, run_id: str) -> list[FileChange]:
+    """The state.yml of each job the lost worker left running or pending, failed as
+    reconcile fails an orphaned run's jobs."""
+    changes = []
+    for path, data in _latest_records(db, run_id, "jobs/%/state.yml"):
+        try:
+            job = JobState.model_validate(yaml.safe_load(data.decode()))
+        except (ValueError, yaml.YAMLError):
+            continue
+        if job.status not in (JobStatus.running, JobStatus.pending):
+            continue
+        job.status, job.error = JobStatus.failed, LOST_JOB_ERROR
+        job.finished_at = job.finished_at or datetime.now(UTC)
+        changes.append(_whole(run_id, path, dump_yaml(job.model_dump(mode="json"))))
+    return changes
+
+
 def _ended_times(db: Connection, run_id: str) -> str | None:
     """The run's times.yml as the index has it, with `finished_at` now (None if it has none)."""
-    row = db.execute(
-        "SELECT data FROM run_file WHERE run_id = %s AND path = 'times.yml' AND kind = 'whole'"
-        " ORDER BY seq DESC LIMIT 1",
-        (run_id,),
-    ).fetchone()
-    if row is None:
+    found = _latest_records(db, run_id, "times.yml")
+    if not found:
         return None
     try:
-        times = RunTimes.model_validate(yaml.safe_load(bytes(row["data"]).decode()))
+        times = RunTimes.model_validate(yaml.safe_load(found[0][1].decode()))
     except (ValueError, yaml.YAMLError, RecordUnreadable):
         return None
     if times.finished_at is None:
