@@ -352,3 +352,16 @@ def test_a_change_leading_outside_its_run_is_refused(tmp_path: Path) -> None:
         3,
     )
     assert not list(tmp_path.rglob("escaped*"))
+
+
+def test_a_row_whose_names_would_lead_outside_the_mirror_is_refused(tmp_path: Path) -> None:
+    mirror = Mirror(tmp_path / "a" / "b" / "mirror")
+    bad = [
+        row("active", 1).model_copy(update={"repo": "../../outside"}),
+        row("active", 2).model_copy(update={"run_id": ".."}),
+        row("active", 3).model_copy(update={"run_id": "../x"}),
+    ]
+    mirror.apply(bad, [], 3)
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["b"]
+    assert [p.name for p in (tmp_path / "a" / "b").iterdir()] == ["mirror"]
+    assert list((tmp_path / "a").rglob("active")) == []

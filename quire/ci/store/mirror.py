@@ -27,6 +27,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -53,6 +54,12 @@ from quire.ci.store.shipping import (
 log = logging.getLogger("quire.mirror")
 
 INCOMING = ".incoming"
+# What a repository or run name in the index must look like to become a directory here.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}\Z")
+
+
+def valid_name(name: str) -> bool:
+    return bool(_NAME.match(name)) and ".." not in name
 
 
 class SyncMark(Record):
@@ -111,6 +118,10 @@ class Mirror:
         """Apply a batch: every change of a run named in `rows` or already here, then each
         row's state; `seq` is the last change the batch covers (kept in sync.yml)."""
         private_dir(self.root)
+        refused = [row for row in rows if not (valid_name(row.repo) and valid_name(row.run_id))]
+        for row in refused:
+            log.warning("refused a run index row naming %r of %r", row.run_id, row.repo)
+        rows = [row for row in rows if row not in refused]
         repos = {row.run_id: row.repo for row in rows}
         for row in rows:
             if row.state != PRUNED and self.locate(row.repo, row.run_id) is None:
