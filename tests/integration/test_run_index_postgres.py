@@ -301,3 +301,22 @@ def test_runs_pruned_on_their_worker_leave_the_index_and_the_readers_mirror(
     assert "removed 1 run from the run index" in pruned.stdout
     assert listed(tmp_path) == []
     assert not list((tmp_path / "reader" / "state" / "mirror" / "runs").rglob(row.run_id))
+
+
+def test_a_run_cancelled_before_it_started_shows_in_the_index_with_no_worker(
+    tmp_path: Path, database: str
+) -> None:
+    _bare, work = pushable(tmp_path, "cancel", {".quire/ci.py": QUICK})
+    push(work, "HEAD:refs/heads/main")  # no worker: it stays queued
+    (row,) = rows(database)
+    cancelled = subprocess.run(
+        [*QUIRE, "ci", "cancel", row.run_id],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**reader_env(tmp_path), "QUIRE_STATE_DIR": str(tmp_path / "canceller" / "state")},
+    )
+    assert cancelled.returncode == 0, cancelled.stderr
+    (run,) = listed(tmp_path)
+    assert (run["id"], run["state"], run["worker"]) == (row.run_id, "cancelled", None)
+    assert run["cancelled_by"]

@@ -88,7 +88,7 @@ class WorkerInfo(Record):
     """worker.yml, in a run mirrored from the run index on PostgreSQL (never in a run
     directory a run writes itself): which worker ran it, and its state directory there."""
 
-    name: str
+    name: str  # empty: no worker ran it (cancelled before it started)
     state_dir: str
 
 

@@ -104,7 +104,7 @@ def summarize(run: RunDir) -> RunSummary:
     worker_path = run.path / "worker.yml"
     if worker_path.exists():
         try:
-            summary.worker = read_record(worker_path, WorkerInfo).name
+            summary.worker = read_record(worker_path, WorkerInfo).name or None
         except RecordUnreadable as exc:
             problems.append(str(exc))
     result = _result(run)
