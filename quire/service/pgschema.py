@@ -2,6 +2,7 @@
 
     schema_version (version integer PRIMARY KEY, applied_at timestamptz)
     queue          see quire.service.pgqueue
+    run_index, run_file, sequence run_change   see quire.service.pgindex (version 2)
 
 Each version's statements are applied in one transaction, under an
 advisory lock, so two machines migrating at once apply them once. A
@@ -62,6 +63,29 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         # Where workers fetch a queued run's pushed object (NULL: file:// of git_dir).
         "ALTER TABLE queue ADD COLUMN url text",
+        # The run index (quire.service.pgindex): every run's files, as they change. One
+        # sequence numbers every change, in commit order (publishers take one lock).
+        "CREATE SEQUENCE run_change",
+        """CREATE TABLE run_index (
+    run_id text PRIMARY KEY,
+    repo text NOT NULL,
+    git_dir text NOT NULL,
+    worker text NOT NULL,
+    state_dir text NOT NULL,
+    state text NOT NULL,
+    seq bigint NOT NULL
+)""",
+        "CREATE INDEX run_index_by_seq ON run_index (seq)",
+        """CREATE TABLE run_file (
+    seq bigint PRIMARY KEY,
+    run_id text NOT NULL REFERENCES run_index (run_id) ON DELETE CASCADE,
+    path text NOT NULL,
+    kind text NOT NULL CHECK (kind IN ('whole', 'append', 'delete')),
+    at bigint NOT NULL DEFAULT 0,
+    data bytea NOT NULL DEFAULT '',
+    digest text
+)""",
+        "CREATE INDEX run_file_by_run ON run_file (run_id, seq)",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
