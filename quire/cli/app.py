@@ -189,6 +189,7 @@ def run_command(
     pushed_at: Annotated[str | None, typer.Option("--pushed-at", hidden=True)] = None,
     run_id: Annotated[str | None, typer.Option("--run-id", hidden=True)] = None,
     trigger: Annotated[str | None, typer.Option("--trigger", hidden=True)] = None,
+    url: Annotated[str | None, typer.Option("--url", hidden=True)] = None,
 ) -> int:
     """Run the pipeline of REV (HEAD), or only some of its jobs.
 
@@ -214,6 +215,7 @@ def run_command(
             pushed_at,
             run_id,
             trigger,
+            url,
             quiet,
             as_json,
             early,
@@ -235,6 +237,7 @@ def _run_command(
     pushed_at: str | None,
     run_id: str | None,
     trigger: str | None,
+    url: str | None,
     quiet: bool,
     as_json: bool,
     early: JobHost | None,
@@ -257,6 +260,7 @@ def _run_command(
         pushed_at=_parse_time(pushed_at),
         run_id=run_id,
         trigger=_parse_trigger(trigger),
+        url=url,
     )
     shown = PlainReporter(quiet=quiet, out=sys.stderr.buffer) if as_json else None
     screen = shown or make_reporter(quiet=quiet)

@@ -36,7 +36,7 @@ from quire.ci.store.runs import RunDir
 from quire.errors import QuireError, UsageError
 from quire.service.errors import QueueEntryNotFound
 from quire.service.queue import Entry, Push, open_queue, queue_path, utc_text
-from quire.service.queues import database_url
+from quire.service.queues import database_url, repository_url
 from quire.service.wake import listening, wake_all
 
 
@@ -65,11 +65,23 @@ def rerun(state: Path, run: RunDir, by: str) -> Entry:
         )
     if not meta.ref:
         raise ActionRefused(f"run {run.run_id} ran no branch or tag: nothing to queue it on")
-    if not Path(meta.git_dir).is_dir():
+    url = _url_of(state, run.run_id)
+    if url is None and database_url() is None and not Path(meta.git_dir).is_dir():
         raise ActionRefused(f"run {run.run_id}'s repository {meta.git_dir} is gone")
     trigger = Trigger(kind="rerun", by=by, rerun_of=run.run_id)
-    push = Push(meta.git_dir, meta.ref, meta.sha, utc_text())
+    push = Push(meta.git_dir, meta.ref, meta.sha, utc_text(), url or repository_url(meta.git_dir))
     return _enqueue(state, push, trigger, meta.executor)
+
+
+def _url_of(state: Path, run_id: str) -> str | None:
+    """Where the workers fetched run `run_id` from, if the queue still remembers it."""
+    if database_url() is None and not os.path.exists(queue_path(state)):
+        return None
+    with open_queue(state) as queue:
+        try:
+            return queue.get(run_id).url
+        except QueueEntryNotFound:
+            return None
 
 
 def full_ref(git_dir: Path, name: str) -> tuple[str, str]:
@@ -110,7 +122,7 @@ def run_ref(state: Path, git_dir: Path, name: str, by: str) -> Entry:
             f"{git_dir} has no quire hook: install it with `quire ci hook install --repo {git_dir}`"
         )
     ref, sha = full_ref(repo.git_dir, name)
-    push = Push(str(repo.git_dir), ref, sha, utc_text())
+    push = Push(str(repo.git_dir), ref, sha, utc_text(), repository_url(str(repo.git_dir)))
     return _enqueue(state, push, Trigger(kind="manual", by=by), None)
 
 
@@ -145,12 +157,32 @@ def cancel(state: Path, run_id: str, by: str, *, repo: str | None = None) -> Can
     return Cancelled(entry, was_queued=False)
 
 
+def _publish_cancelled(entry: Entry) -> None:
+    """With a database: the record of a run cancelled before it started goes into the run
+    index too, with no worker (none ran it)."""
+    url = database_url()
+    if url is None:
+        return
+    from quire.paths import state_dir
+    from quire.service.pgindex.publisher import Publisher
+    from quire.service.pgindex.writer import IndexWriter
+
+    # Where record_cancelled made the record (this machine's own state directory: `state`
+    # is the run index's mirror when the page serves one).
+    publisher = Publisher(IndexWriter(url), "", state_dir())
+    publisher.track(entry)
+    publisher.finish(entry.run_id)
+    publisher.close()
+
+
 def _record_cancelled_before_start(entry: Entry, request: CancelRequest) -> None:
     """A queued run never starts: its record (in cancelled/) and its note are made here."""
     from quire.service import outcome as outcomes
     from quire.service.worker import write_note
 
     run = outcomes.record_cancelled(entry, request)
+    if run is not None:
+        _publish_cancelled(entry)
     result = outcomes.Outcome(
         outcomes.CANCELLED,
         "cancelled",

@@ -8,6 +8,7 @@ Schema (versions in `schema_version`; applied by `quire.service.pgschema.migrate
         -- worker_host is the worker's --name (default: its host name), and:
         lease_until  timestamptz,      -- running: the claim is its worker's until then
         lease_s      double precision, -- the length of that lease
+        url          text,             -- (version 2) where workers fetch the pushed object
         trigger_json text              -- (version 2) how it was started; NULL: a push
     );
     CREATE UNIQUE INDEX one_running_per_ref ON queue (git_dir, ref) WHERE state = 'running';
@@ -34,14 +35,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from quire.service.errors import QueueEntryNotFound, QueueUnavailable
 from quire.service.pgschema import (
+    CHANNEL,
     SCHEMA_VERSION,
-    Connection,
     connect,
     refuse_newer,
     schema_version,
@@ -58,11 +59,11 @@ from quire.service.queue import (
 )
 from quire.service.queues import DEFAULT_LEASE_S, server_name
 
-TYPE_CHECKING = False  # the hook imports this with a database: nothing it does not need
 if TYPE_CHECKING:
     from quire.ci.store.records import Trigger
+    from quire.service.pgschema import Connection
 
-CHANNEL = "quire_queue"
+__all__ = ["CHANNEL", "Notifications", "PgQueue"]
 
 
 def _entry(row: dict[str, Any]) -> Entry:
@@ -167,14 +168,15 @@ class PgQueue(QueueReads):
         with self._write("queue a run in") as db:
             for push in pushes:
                 found = db.execute(
-                    "INSERT INTO queue (run_id, git_dir, ref, sha, pushed_at, trigger_json,"
-                    " executor) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING *",
+                    "INSERT INTO queue (run_id, git_dir, ref, sha, pushed_at, url, trigger_json,"
+                    " executor) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING *",
                     (
                         new_run_id(),
                         push.git_dir,
                         push.ref,
                         push.sha,
                         push.pushed_at,
+                        push.url,
                         trigger_json,
                         executor,
                     ),

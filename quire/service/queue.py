@@ -2,7 +2,7 @@
 
     $QUIRE_STATE_DIR/queue.sqlite3      (WAL mode: -wal and -shm files beside it; all 0600)
 
-Schema (version 2, kept in `PRAGMA user_version`; version 1 lacked `trigger_json`):
+Schema (version 2, kept in `PRAGMA user_version`; `_MIGRATIONS` brings older files up):
 
     CREATE TABLE queue (
         seq          INTEGER PRIMARY KEY AUTOINCREMENT,  -- arrival order: oldest first
@@ -22,7 +22,10 @@ Schema (version 2, kept in `PRAGMA user_version`; version 1 lacked `trigger_json
         outcome      TEXT,                   -- done: complete | failed | cancelled
         reason       TEXT,                   -- why it failed (jobs-failed, error, no-pipeline, ...)
         message      TEXT,                   -- what a person reads about it
-        trigger_json TEXT                    -- how it was started (a records.Trigger); NULL: a push
+        url          TEXT,                   -- where workers fetch the pushed object (version
+                                             -- 2; NULL: file:// of git_dir)
+        trigger_json TEXT                    -- how it was started, a records.Trigger (version
+                                             -- 2); NULL: a push
     );
     -- At most one run per repository and ref at a time, enforced by the database itself.
     CREATE UNIQUE INDEX one_running_per_ref ON queue (git_dir, ref) WHERE state = 'running';
@@ -39,8 +42,6 @@ imports this on every push (no dataclasses, secrets or typing at run time).
 from __future__ import annotations
 
 import os
-import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
@@ -54,6 +55,9 @@ from quire.service.queues import DEFAULT_LEASE_S, database_url
 
 TYPE_CHECKING = False  # typing itself costs the hook milliseconds
 if TYPE_CHECKING:
+    # sqlite3 is imported by the SQLite queue itself: a hook on PostgreSQL never needs it.
+    import sqlite3
+    from collections.abc import Iterator, Mapping, Sequence
     from typing import Any, Protocol
 
     from quire.ci.store.records import Trigger
@@ -88,7 +92,6 @@ if TYPE_CHECKING:
 
 
 QUEUE_FILE = "queue.sqlite3"
-SCHEMA_VERSION = 2
 MAX_ATTEMPTS = 2  # a run whose worker died is queued again once; a second death gives up
 
 QUEUED, RUNNING, DONE = "queued", "running", "done"
@@ -115,8 +118,7 @@ _SCHEMA = (
     cancel INTEGER NOT NULL DEFAULT 0,
     outcome TEXT,
     reason TEXT,
-    message TEXT,
-    trigger_json TEXT
+    message TEXT
 )""",
     "CREATE UNIQUE INDEX IF NOT EXISTS one_running_per_ref ON queue (git_dir, ref)"
     " WHERE state = 'running'",
@@ -127,8 +129,15 @@ _SCHEMA = (
 # re-run's was fixed when it was queued (the original run's), so it keeps it.
 KEPT_EXECUTOR = "CASE WHEN trigger_json IS NULL THEN NULL ELSE executor END"
 
-# What each older version needs to become the current one.
-_UPGRADES = {1: ("ALTER TABLE queue ADD COLUMN trigger_json TEXT",)}
+# Each version's statements, applied in order (version 1: the table as first made).
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    _SCHEMA,
+    (
+        "ALTER TABLE queue ADD COLUMN url TEXT",
+        "ALTER TABLE queue ADD COLUMN trigger_json TEXT",
+    ),
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
 
 _CORRUPT = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 
@@ -148,6 +157,11 @@ def repository_name(git_dir: str) -> str:
     return repo_id(os.path.basename(os.path.dirname(git_dir)) if name == ".git" else name, git_dir)
 
 
+def file_url(path: str) -> str:
+    """`path` (absolute) as the file:// URL git fetches it by."""
+    return "file://" + path
+
+
 def utc_text(when: datetime | None = None) -> str:
     """RFC 3339 UTC with a Z, as the queue stores times."""
     when = (when or datetime.now(UTC)).astimezone(UTC)
@@ -165,12 +179,16 @@ def new_run_id(now: datetime | None = None) -> str:
 
 
 class Push:
-    """One updated ref of one push, as the hook saw it."""
+    """One updated ref of one push, as the hook saw it; `url`: where workers fetch it
+    (`[repositories.NAME] url`; None: the pushed repository's path as a file:// URL)."""
 
-    __slots__ = ("git_dir", "pushed_at", "ref", "sha")
+    __slots__ = ("git_dir", "pushed_at", "ref", "sha", "url")
 
-    def __init__(self, git_dir: str, ref: str, sha: str, pushed_at: str) -> None:
+    def __init__(
+        self, git_dir: str, ref: str, sha: str, pushed_at: str, url: str | None = None
+    ) -> None:
         self.git_dir, self.ref, self.sha, self.pushed_at = git_dir, ref, sha, pushed_at
+        self.url = url
 
 
 class Owner:
@@ -204,8 +222,10 @@ ENTRY_FIELDS = (
     "outcome",
     "reason",
     "message",
+    "url",
     "trigger_json",
 )
+LATER_FIELDS = frozenset(("url", "trigger_json"))
 
 
 class Entry:
@@ -233,17 +253,25 @@ class Entry:
     outcome: str | None
     reason: str | None
     message: str | None
+    url: str | None
     trigger_json: str | None  # a records.Trigger as JSON; None: a push
 
     def __init__(self, values: Mapping[str, Any]) -> None:
         for name in ENTRY_FIELDS:
-            setattr(self, name, values.get(name))
+            # Columns added after version 1 may be missing from a row made elsewhere.
+            setattr(self, name, values.get(name) if name in LATER_FIELDS else values[name])
         self.cancel = bool(self.cancel)
 
     @property
     def repo(self) -> str:
         """The repository's name in the run store."""
         return repository_name(self.git_dir)
+
+    @property
+    def fetch_url(self) -> str:
+        """Where a worker fetches the pushed object: `url`, else the pushed repository's
+        path as a file:// URL."""
+        return self.url or file_url(self.git_dir)
 
     def replaced(self, **changes: Any) -> Entry:
         """A copy with some fields changed."""
@@ -323,6 +351,8 @@ class Queue(QueueReads):
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             _refuse_truncated(self.path)
             _create_private(self.path)
+            import sqlite3
+
             self._db = sqlite3.connect(path, timeout=timeout, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         try:
@@ -352,6 +382,8 @@ class Queue(QueueReads):
 
     @contextmanager
     def _translated(self, doing: str) -> Iterator[None]:
+        import sqlite3
+
         try:
             yield
         except sqlite3.DatabaseError as exc:
@@ -389,13 +421,13 @@ class Queue(QueueReads):
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            # Again under the write lock: another process may have upgraded it meanwhile.
+            # Read again under the write lock: another process may have migrated meanwhile.
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             # One statement at a time: executescript() would commit our transaction first.
-            if version < SCHEMA_VERSION:
-                for statement in _UPGRADES.get(version, _SCHEMA):
+            for statements in _MIGRATIONS[version:]:
+                for statement in statements:
                     self._db.execute(statement)
-                self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
@@ -454,14 +486,15 @@ class Queue(QueueReads):
             for push in pushes:
                 run_id = new_run_id()
                 db.execute(
-                    "INSERT INTO queue (run_id, git_dir, ref, sha, pushed_at, trigger_json,"
-                    " executor) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO queue (run_id, git_dir, ref, sha, pushed_at, url, trigger_json,"
+                    " executor) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         run_id,
                         push.git_dir,
                         push.ref,
                         push.sha,
                         push.pushed_at,
+                        push.url,
                         trigger_json,
                         executor,
                     ),
