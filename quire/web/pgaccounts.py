@@ -12,16 +12,19 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from argon2 import PasswordHasher
 from psycopg.rows import tuple_row
 
 from quire.service.errors import QueueUnavailable
-from quire.service.pgschema import SCHEMA_VERSION, Connection, connect, schema_version, unavailable
+from quire.service.pgschema import SCHEMA_VERSION, connect, schema_version, unavailable
 from quire.service.queues import server_name
 from quire.web.accounts import AccountsUnavailable, SqlAccounts
+
+if TYPE_CHECKING:
+    from quire.service.pgschema import Connection
 
 
 class PgAccounts(SqlAccounts):
