@@ -22,10 +22,10 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, Literal, TypedDict, TypeVar
+from typing import IO, Generic, Literal, TypedDict, TypeVar
 
 from quire.errors import (
     ContainerStartFailed,
@@ -722,6 +722,29 @@ def copy_out(container_id: str, destination: Path) -> None:
             f"copying {WORKDIR} of container {container_id[:12]} back to {destination} "
             f"failed (exit {result.exit}): {result.stderr_tail(3) or '(no output)'}"
         )
+
+
+def work_tar_argv(container_id: str) -> list[str]:
+    """`docker cp` of /work's contents to stdout, as a tar stream (members `./...`)."""
+    return [binary(), "cp", f"{container_id}:{WORKDIR}/.", "-"]
+
+
+def read_work(container_id: str, consume: Callable[[IO[bytes]], None]) -> None:
+    """Hand /work of the container, as a tar stream, to `consume` (artifacts in copy mode:
+    quire reads the members itself). Raises `WorkspaceCopyFailed`, or what `consume`
+    raised."""
+    argv = work_tar_argv(container_id)
+    try:
+        done, problem = process.read_stdout(argv, consume)
+    except ProgramNotFound as exc:
+        raise WorkspaceCopyFailed(f"taking {WORKDIR} out of the container: {exc}") from exc
+    if not done.ok:
+        raise WorkspaceCopyFailed(
+            f"taking {WORKDIR} out of container {container_id[:12]} ({engine_name()}) failed: "
+            f"`{' '.join(argv[:2])}` exited {done.exit}: {done.stderr_tail(3) or '(no output)'}"
+        ) from problem
+    if problem is not None:
+        raise problem
 
 
 # docker: `Could not find the file ... in container`; podman: `... could not be found on
