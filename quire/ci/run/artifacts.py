@@ -35,11 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from quire.ci.store.artifacts import ARTIFACTS_DIR, format_size
 from quire.ci.vocabulary import ArtifactFile
 from quire.errors import ArtifactRefused
 
-# Where a run keeps its artifacts, inside its directory.
-ARTIFACTS_DIR = "artifacts"
 # A name is one path component: it becomes a directory or file name in the store and a
 # segment of the web page's download address.
 ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]{0,127}$")
@@ -63,16 +62,6 @@ class TreeSource(Protocol):
     context lasts (copy mode takes a copy out of the container and removes it after)."""
 
     def workspace_tree(self) -> AbstractContextManager[WorkspaceTree]: ...
-
-
-def format_size(size: int) -> str:
-    """`1.5 MiB`-style sizes for messages and listings."""
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"  # pragma: no cover - the loop returns
 
 
 @dataclass

@@ -19,10 +19,11 @@ from quire import interrupts
 from quire.ci.events import CommandFinished, CommandStarted, StreamName
 from quire.ci.events import Message as Message_
 from quire.ci.pipeline import JobDef, Pipeline
-from quire.ci.run.artifacts import ArtifactKeeper, format_size
+from quire.ci.run.artifacts import ArtifactKeeper
 from quire.ci.run.executors.base import Command, Executor
 from quire.ci.run.jobhost import ArtifactRequest, Request, ShRequest
 from quire.ci.run.outlet import RunOutlet
+from quire.ci.store.artifacts import format_size
 from quire.ci.vocabulary import ArtifactFile
 from quire.config import Secrets
 from quire.errors import (
