@@ -151,6 +151,8 @@ class Output:
     job: str | None
     stream: StreamName
     data: bytes
+    # When it was written: set on output read back from a log (`t`), None while live.
+    at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -191,6 +191,12 @@ def logs_command(
             help="The jobs' stderr to stderr (by default both streams go to stdout, in order).",
         ),
     ] = False,
+    timestamps: Annotated[
+        bool,
+        typer.Option(
+            "--timestamps", "-t", help="Begin each line with the time it was written (UTC)."
+        ),
+    ] = False,
 ) -> int:
     """Print a run's output as it was shown live (optionally one job, optionally following).
 
@@ -201,6 +207,7 @@ def logs_command(
     from quire.ci.store import views
     from quire.ci.store.runs import FINISHED
     from quire.cli.console import make_reporter
+    from quire.cli.timestamps import Timestamped
     from quire.errors import RunNotFound
 
     store = _store(repo)
@@ -209,7 +216,8 @@ def logs_command(
     finished = found.state in FINISHED
     if job is not None and not (found.path / "jobs" / job).is_dir() and (finished or not follow):
         raise RunNotFound(f"run {found.run_id} has no job {job!r}")
-    reporter = make_reporter(quiet=False, merged=not split_streams)
+    shown = make_reporter(quiet=False, merged=not split_streams)
+    reporter = Timestamped(shown) if timestamps else shown
     try:
         if follow:
             outcome, notes = views.follow(store, found.run_id, job, reporter.handle)
