@@ -214,6 +214,8 @@ class ArtifactKeeper:
         except BaseException:
             self.budget.give_back(copy.taken)
             _remove(partial)
+            with suppress(OSError):  # a job that kept nothing leaves no folder
+                job_dir.rmdir()
             raise
         finally:
             confined.close()
