@@ -205,3 +205,23 @@ def test_confined_tree_walks_links_itself(workspace: Path, tmp_path: Path) -> No
         os.close(found.fd)
     finally:
         confined.close()
+
+
+def test_a_directory_swapped_for_a_link_out_during_the_copy_is_refused(
+    workspace: Path, run_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command still running swaps dist/sub for a link after quire listed dist: the
+    link is met when sub is opened, and refused like any other."""
+    listdir = os.listdir
+
+    def listed_then_swapped(fd: int) -> list[str]:
+        names = listdir(fd)
+        if "sub" in names and not (workspace / "dist" / "sub").is_symlink():
+            (workspace / "dist" / "sub").rename(workspace / "dist" / "moved")
+            (workspace / "dist" / "sub").symlink_to(tmp_path / "outside")
+        return names
+
+    monkeypatch.setattr(os, "listdir", listed_then_swapped)
+    with pytest.raises(ArtifactRefused, match="'dist/sub' leads out of the workspace"):
+        keeper(run_path).keep("build", tree(workspace), "dist", None)
+    assert not list((run_path / "artifacts").rglob("secret"))
