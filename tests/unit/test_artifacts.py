@@ -225,3 +225,15 @@ def test_a_directory_swapped_for_a_link_out_during_the_copy_is_refused(
     with pytest.raises(ArtifactRefused, match="'dist/sub' leads out of the workspace"):
         keeper(run_path).keep("build", tree(workspace), "dist", None)
     assert not list((run_path / "artifacts").rglob("secret"))
+
+
+def test_a_path_that_only_begins_like_the_workspace_is_outside_it(
+    workspace: Path, run_path: Path
+) -> None:
+    (workspace / "shop").mkdir()
+    (workspace / "shop" / "x").write_text("inside, by another name")
+    (workspace / "sneaky").symlink_to("/workshop/x")
+    with pytest.raises(ArtifactRefused, match="'sneaky' leads out of the workspace"):
+        keeper(run_path).keep("build", tree(workspace, "/work"), "sneaky", None)
+    with pytest.raises(ArtifactRefused, match="leads out of the workspace"):
+        keeper(run_path).keep("build", tree(workspace), f"{workspace}-other/x", "x")
