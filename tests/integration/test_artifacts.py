@@ -147,3 +147,37 @@ def test_the_run_limit_fails_the_job_past_it(tmp_path: Path) -> None:
     assert build["status"] == "failed"
     assert "past its limit of 19.5 KiB ([artifacts] max_size" in build["error"]
     assert build["artifacts"] == []
+
+
+SIDE_BY_SIDE = """
+from quire.ci import job
+
+@job(inputs=["quire/push"])
+def left(rt):
+    rt.sh("mkdir -p l && head -c 300000 payload.bin > l/part && cp payload.bin l/", check=True)
+    rt.artifact("l")
+
+@job(inputs=["quire/push"])
+def right(rt):
+    rt.sh("mkdir -p r && cp payload.bin r/", check=True)
+    rt.artifact("r")
+"""
+
+
+def test_jobs_side_by_side_keep_artifacts_at_once_in_copy_mode(tmp_path: Path) -> None:
+    write_config('[docker]\nworkspace = "copy"\n')
+    files: dict[str, str | bytes] = {
+        ".quire/ci.py": SIDE_BY_SIDE,
+        ".quire/Dockerfile": DOCKERFILE,
+        "payload.bin": WHEEL,
+    }
+    repo = repo_with(tmp_path, "side-by-side", files)
+    done = quire_run(repo, "--jobs", "2", "--keep-workspace")
+    assert done.code == 0, done.stdout + done.stderr
+    for job, name in (("left", "l"), ("right", "r")):
+        kept = done.job_state(job)["artifacts"]
+        assert {(a["name"], a["path"]) for a in kept} >= {(name, "payload.bin")}
+        assert (done.run().path / "artifacts" / job / name / "payload.bin").read_bytes() == WHEEL
+    kept_tree = done.run().workspace
+    assert (kept_tree / "payload.bin").is_file()  # kept: its folder is there to look in
+    assert sorted(p.name for p in kept_tree.parent.iterdir()) == ["workspace"]  # no copy left

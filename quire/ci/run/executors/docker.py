@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -259,9 +260,8 @@ class DockerExecutor:
             return
         assert self.container_id is not None, "workspace_tree() outside the with-block"
         container_id = self.container_id
-        staging = self.workspace.with_name(self.workspace.name + ".artifact")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
+        # One directory per call: jobs side by side (`--jobs`) may keep artifacts at once.
+        staging = Path(tempfile.mkdtemp(prefix="artifact-", dir=self.workspace.parent))
         try:
             docker.read_work(container_id, lambda stream: tarstage.unpack(stream, staging))
             yield WorkspaceTree(staging, docker.WORKDIR)
