@@ -56,6 +56,22 @@ class JobStatus(StrEnum):
     unreadable = "unreadable"  # only ever read back: its state.yml is torn or corrupt
 
 
+# Where a run keeps what its jobs keep with `rt.artifact`, inside the run's directory.
+ARTIFACTS_DIR = "artifacts"
+
+
+def format_size(size: int) -> str:
+    """`1.5 MiB`-style sizes for messages and listings (powers of 1024)."""
+    if size < 1024:
+        return f"{size} B"
+    value = size / 1024
+    for unit in ("KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
 class ArtifactFile(Record):
     """One file a job kept with `rt.artifact`: `artifacts/<job>/<name>/<path>` in the run's
     directory (`path` is "" when the artifact is a single file: `artifacts/<job>/<name>`)."""

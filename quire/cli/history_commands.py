@@ -123,7 +123,7 @@ def show_command(
 
 
 def _size(count: int) -> str:
-    from quire.ci.store.artifacts import format_size
+    from quire.ci.vocabulary import format_size
 
     return format_size(count)
 

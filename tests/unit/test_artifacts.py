@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from quire.ci.run.artifacts import ArtifactKeeper, Budget, ConfinedTree, WorkspaceTree
+from quire.ci.vocabulary import format_size
 from quire.errors import ArtifactRefused
 
 
@@ -237,3 +238,17 @@ def test_a_path_that_only_begins_like_the_workspace_is_outside_it(
         keeper(run_path).keep("build", tree(workspace, "/work"), "sneaky", None)
     with pytest.raises(ArtifactRefused, match="leads out of the workspace"):
         keeper(run_path).keep("build", tree(workspace), f"{workspace}-other/x", "x")
+
+
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [
+        (0, "0 B"),
+        (1023, "1023 B"),
+        (1024, "1.0 KiB"),
+        (1536 * 1024, "1.5 MiB"),
+        (5 << 40, "5120.0 GiB"),
+    ],
+)
+def test_sizes_read_in_powers_of_1024(size: int, text: str) -> None:
+    assert format_size(size) == text

@@ -35,8 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from quire.ci.store.artifacts import ARTIFACTS_DIR, format_size
-from quire.ci.vocabulary import ArtifactFile
+from quire.ci.vocabulary import ARTIFACTS_DIR, ArtifactFile, format_size
 from quire.errors import ArtifactRefused
 
 # A name is one path component: it becomes a directory or file name in the store and a

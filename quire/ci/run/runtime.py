@@ -23,8 +23,7 @@ from quire.ci.run.artifacts import ArtifactKeeper
 from quire.ci.run.executors.base import Command, Executor
 from quire.ci.run.jobhost import ArtifactRequest, Request, ShRequest
 from quire.ci.run.outlet import RunOutlet
-from quire.ci.store.artifacts import format_size
-from quire.ci.vocabulary import ArtifactFile
+from quire.ci.vocabulary import ArtifactFile, format_size
 from quire.config import Secrets
 from quire.errors import (
     ArtifactRefused,

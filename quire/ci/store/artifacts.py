@@ -21,25 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from quire.ci.vocabulary import ArtifactFile, JobState
+from quire.ci.vocabulary import ARTIFACTS_DIR, ArtifactFile, JobState
 from quire.errors import QuireError
 
-ARTIFACTS_DIR = "artifacts"
 _CHUNK = 1024 * 1024
 
 
 class ArtifactNotFound(QuireError):
     """No such artifact in the run (or its file is not what the record says)."""
-
-
-def format_size(size: int) -> str:
-    """`1.5 MiB`-style sizes for messages and listings."""
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"  # pragma: no cover - the loop returns
 
 
 @dataclass(frozen=True)
