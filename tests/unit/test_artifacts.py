@@ -252,3 +252,12 @@ def test_a_path_that_only_begins_like_the_workspace_is_outside_it(
 )
 def test_sizes_read_in_powers_of_1024(size: int, text: str) -> None:
     assert format_size(size) == text
+
+
+def test_a_store_that_cannot_be_written_fails_the_job_saying_where(
+    workspace: Path, run_path: Path
+) -> None:
+    (run_path / "artifacts").mkdir()
+    (run_path / "artifacts" / "build").write_text("a file where the job's folder goes")
+    with pytest.raises(ArtifactRefused, match=r"job 'build'.*could not be kept in"):
+        keeper(run_path).keep("build", tree(workspace), "dist/app.whl", None)

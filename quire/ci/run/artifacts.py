@@ -199,26 +199,41 @@ class ArtifactKeeper:
         Raises `ArtifactRefused` naming the job."""
         name = self._name(job_id, path, name)
         job_dir = self.run_path() / ARTIFACTS_DIR / job_id
-        job_dir.mkdir(parents=True, exist_ok=True)
-        final = job_dir / name
-        if final.exists() or final.is_symlink():
-            raise ArtifactRefused(f"job {job_id!r}: an artifact named {name!r} is already kept")
         partial = job_dir / f".{name}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
         copy = _Copy(job_id, path, name, self.budget)
-        confined = ConfinedTree(tree)
         try:
-            copy.run(confined, partial)
-            os.rename(partial, final)
+            try:
+                self._copy(copy, tree, job_dir, partial)
+            except OSError as exc:  # the store's side: a full disk, a file that went away
+                raise ArtifactRefused(
+                    f"job {job_id!r}: rt.artifact({path!r}) could not be kept in {job_dir}: "
+                    f"{exc.strerror or exc}"
+                ) from exc
         except BaseException:
             self.budget.give_back(copy.taken)
             _remove(partial)
             with suppress(OSError):  # a job that kept nothing leaves no folder
                 job_dir.rmdir()
             raise
+        return name, copy.files
+
+    @staticmethod
+    def _copy(copy: _Copy, tree: WorkspaceTree, job_dir: Path, partial: Path) -> None:
+        """Copy into `partial`, then rename it to the artifact's name: a reader never sees
+        half an artifact under its name."""
+        job_dir.mkdir(parents=True, exist_ok=True)
+        final = job_dir / copy.name
+        if final.exists() or final.is_symlink():
+            raise ArtifactRefused(
+                f"job {copy.job_id!r}: an artifact named {copy.name!r} is already kept"
+            )
+        shutil.rmtree(partial, ignore_errors=True)
+        confined = ConfinedTree(tree)
+        try:
+            copy.run(confined, partial)
         finally:
             confined.close()
-        return name, copy.files
+        os.rename(partial, final)
 
     def _name(self, job_id: str, path: str, name: str | None) -> str:
         if not path or "\0" in path:
@@ -237,7 +252,7 @@ def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
-        with suppress(FileNotFoundError):
+        with suppress(OSError):  # gone, or never made (its folder could not be)
             path.unlink()
 
 
