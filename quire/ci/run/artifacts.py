@@ -30,10 +30,9 @@ import shutil
 import stat
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from quire.ci.vocabulary import ARTIFACTS_DIR, ArtifactFile, format_size
 from quire.errors import ArtifactRefused
@@ -54,13 +53,6 @@ class WorkspaceTree:
 
     root: Path
     absolute: str
-
-
-class TreeSource(Protocol):
-    """What an executor offers: its workspace tree as it is now, for as long as the
-    context lasts (copy mode takes a copy out of the container and removes it after)."""
-
-    def workspace_tree(self) -> AbstractContextManager[WorkspaceTree]: ...
 
 
 @dataclass
@@ -340,6 +332,7 @@ class _Copy:
 
 
 @contextmanager
-def host_tree(workspace: Path, absolute: str | None = None) -> Iterator[WorkspaceTree]:
-    """The workspace as it lies on this machine (host runs; docker runs with /work bound)."""
-    yield WorkspaceTree(workspace, absolute or str(workspace))
+def host_tree(workspace: Path) -> Iterator[WorkspaceTree]:
+    """The workspace as it lies on this machine, which is also the path its commands
+    know it by (host runs)."""
+    yield WorkspaceTree(workspace, str(workspace))
