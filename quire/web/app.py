@@ -54,12 +54,12 @@ from quire.web.ansi import palette_css
 from quire.web.index import RunIndex, default_index_path
 from quire.web.logview import (
     LogRenderer,
-    output_bytes,
     read_after,
     read_before,
     render_window,
 )
 from quire.web.lookup import NotFound, StoreView
+from quire.web.plaintext import PlainText
 
 HERE = Path(__file__).parent
 # Tail of each job shown on a run's page; the job's own page shows more.
@@ -362,10 +362,14 @@ class Web:
     def job_output(self, request: Request) -> Response:
         run = self._run(request)
         job_dir = self.view.job_dir(run, request.path_params["job"])
-        log = job_dir / "log.jsonl"
-        if not log.is_file():
-            raise NotFound("no log yet")
-        return StreamingResponse(output_bytes(log), media_type="text/plain; charset=utf-8")
+        try:
+            text = PlainText(job_dir / "log.jsonl", finished=run.state in FINISHED)
+        except OSError as exc:
+            raise NotFound("no log yet") from exc
+        headers = {} if text.size is None else {"content-length": str(text.size)}
+        return StreamingResponse(
+            text.stream(), media_type="text/plain; charset=utf-8", headers=headers
+        )
 
     # --- API ---
 

@@ -16,9 +16,7 @@ is HTML-escaped. Events of kinds this version does not know are skipped.
 from __future__ import annotations
 
 import html
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
@@ -183,19 +181,3 @@ def _marker(event: dict[str, Any]) -> str | None:
 def render_window(window: LogWindow) -> str:
     """HTML for one window read on its own (a page of the job log)."""
     return LogRenderer().render(window.events)
-
-
-def output_bytes(path: Path) -> Iterator[bytes]:
-    """Every output byte of a log, stdout and stderr as they came, a block at a time."""
-    with open(path, "rb") as handle:
-        offset = 0
-        while True:
-            window = read_after(handle, offset, limit=PAGE_BYTES)
-            if window.end == window.start:
-                return
-            chunk = b"".join(
-                event_bytes(e) for e in window.events if e.get("event") in ("stdout", "stderr")
-            )
-            if chunk:
-                yield chunk
-            offset = window.end
