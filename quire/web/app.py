@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -46,7 +46,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from quire.ci.store.records import JobState, RecordUnreadable, read_record
+from quire.ci.store.records import JobState, JobStatus, RecordUnreadable, read_record
 from quire.ci.store.runs import FINISHED, RunDir, RunState
 from quire.ci.store.views import RunDetails, RunSummary, details
 from quire.web import live, runlog
@@ -120,6 +120,40 @@ def duration(seconds: float | None) -> str:
     return f"{minutes} m {secs:02d} s"
 
 
+def elapsed_text(seconds: float) -> str:
+    """Whole seconds, for a clock that ticks (app.js counts the same way): `7 s`,
+    `2 m 05 s`, `1 h 02 m`."""
+    whole = max(0, int(seconds))
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} m {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} m"
+
+
+@jinja2.pass_context
+def elapsed(context: jinja2.runtime.Context, started: datetime | None) -> Markup:
+    """How long something still running has run, as a span app.js keeps ticking.
+
+    A page says it as of `now`; a fragment sent over a live stream has no `now`
+    and leaves it to the script, so the fragment does not change every second.
+    """
+    if started is None:
+        return Markup("-")
+    now: datetime | None = context.get("now")
+    text = elapsed_text((now - started).total_seconds()) if now else ""
+    return Markup('<span class="elapsed" data-since="{}">{}</span>').format(
+        started.isoformat(), text
+    )
+
+
+def job_status(state: JobState | None) -> str:
+    """A job's status as the pages name it: a job not started yet is `waiting`."""
+    if state is None or state.status == JobStatus.pending:
+        return "waiting"
+    return state.status.value
+
+
 def size(count: int) -> str:
     """A byte count for people."""
     value = float(count)
@@ -177,6 +211,8 @@ def _templates() -> jinja2.Environment:
     env.globals.update(
         when=when,
         duration=duration,
+        elapsed=elapsed,
+        job_status=job_status,
         size=size,
         repo_url=repo_url,
         run_url=run_url,
@@ -195,25 +231,40 @@ def _templates() -> jinja2.Environment:
 class Web:
     """The pages and streams over one state directory."""
 
-    def __init__(self, state: Path, *, index_path: Path | None) -> None:
+    def __init__(
+        self,
+        state: Path,
+        *,
+        index_path: Path | None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.state = state
+        self.clock = clock
         self.view = StoreView(state / "runs")
         self.index = RunIndex(self.view, index_path)
         self.templates = _templates()
 
     def render(self, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         context.setdefault("live", None)
+        context.setdefault("now", self.clock())
+        context.setdefault("times", False)
         html = self.templates.get_template(name).render(state_dir=str(self.state), **context)
         return HTMLResponse(html, status_code=status_code)
 
-    def render_jobs(self, run: RunDetails) -> dict[str, str]:
-        """What a live run page replaces when the records change: jobs table and facts."""
-        return {
+    def render_jobs(self, run: RunDetails, job: str | None = None) -> dict[str, str]:
+        """What a live page replaces when the records change: the jobs table and the
+        run's facts, and with `job` (a job's page) that job's facts and status."""
+        parts = {
             "html": self.templates.get_template("_jobs_rows.html").render(run=run),
             "facts": self.templates.get_template("_facts.html").render(
                 run=run, branch=branch_of(run.ref)
             ),
         }
+        if job is not None:
+            state = next((s for s in run.jobs if s.job_id == job), None)
+            parts["job_facts"] = self.templates.get_template("_job_facts.html").render(state=state)
+            parts["job_state"] = job_status(state)
+        return parts
 
     # --- runs list ---
 
@@ -303,6 +354,7 @@ class Web:
             notes=events.notes,
             build_output=Markup(events.build_html),
             live=None if finished else f"/live{run_url(run.store.repo, run.run_id)}",
+            **_times(request),
         )
 
     def _log_tail(self, run: RunDir, job: str) -> dict[str, Any]:
@@ -324,7 +376,9 @@ class Web:
             offsets = live.parse_offsets(request.query_params.get("offsets"))
         except ValueError as exc:
             raise HTTPException(400, str(exc)) from exc
-        follower = live.RunFollower(self.view, run, self.render_jobs, offsets=offsets, job=job)
+        follower = live.RunFollower(
+            self.view, run, lambda info: self.render_jobs(info, job), offsets=offsets, job=job
+        )
         return _event_stream(_follow(follower))
 
     # --- one job ---
@@ -357,6 +411,7 @@ class Web:
             at_tail=at_tail,
             html=html,
             live=stream if active and at_tail else None,
+            **_times(request),
         )
 
     def job_output(self, request: Request) -> Response:
@@ -453,6 +508,16 @@ def _event_stream(events: AsyncIterator[bytes]) -> StreamingResponse:
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+def _times(request: Request) -> dict[str, Any]:
+    """Whether log lines show their times (`?times=1`), and the link that flips it
+    (app.js flips it in place, without a reload)."""
+    shown = request.query_params.get("times") == "1"
+    query = [(k, v) for k, v in request.query_params.multi_items() if k != "times"]
+    if not shown:
+        query.append(("times", "1"))
+    return {"times": shown, "times_url": request.url.path + "?" + urlencode(query)}
 
 
 def _positive(name: str, text: str | None, default: int = 1) -> int:

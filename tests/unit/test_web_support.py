@@ -8,6 +8,7 @@ run leaves without a run having to happen.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,6 +36,11 @@ def run_id(n: int) -> str:
 
 def line(event: str, **fields: Any) -> bytes:
     return orjson.dumps({"t": "2026-11-24T16:00:00.000Z", "event": event, **fields}) + b"\n"
+
+
+def untimed(html: str) -> str:
+    """Rendered log HTML without the time mark each line starts with."""
+    return re.sub(r'<span class="t" data-t="[0-9:.]*"></span>', "", html)
 
 
 def out(text: str, stream: str = "stdout") -> bytes:
