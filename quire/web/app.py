@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from quire.ci.store.records import JobState, JobStatus, RecordUnreadable, read_record
+from quire.ci.store.records import JobState, JobStatus
 from quire.ci.store.runs import FINISHED, RunDir, RunState
 from quire.ci.store.views import RunDetails, RunSummary, details
 from quire.web import live, runlog
@@ -147,11 +148,40 @@ def elapsed(context: jinja2.runtime.Context, started: datetime | None) -> Markup
     )
 
 
-def job_status(state: JobState | None) -> str:
-    """A job's status as the pages name it: a job not started yet is `waiting`."""
+def job_status(state: JobState | None, run_finished: bool = False) -> str:
+    """A job's status as the pages name it: a job not started yet is `waiting`, or
+    `not run` once its run has ended."""
     if state is None or state.status == JobStatus.pending:
-        return "waiting"
+        return "not run" if run_finished else "waiting"
     return state.status.value
+
+
+@dataclass
+class JobRow:
+    """One row of a run's jobs table: a job that started, or one still to start."""
+
+    job_id: str
+    state: JobState | None
+    inputs: list[str]
+    status: str
+
+
+def job_rows(run: RunDetails) -> list[JobRow]:
+    """The jobs that started, in the order they did, then those of the run's plan that
+    have not (yet), each with the inputs the plan gives it."""
+    inputs = {planned.job_id: planned.inputs for planned in run.plan}
+    ended = run.state in FINISHED
+    rows = [
+        JobRow(state.job_id, state, inputs.get(state.job_id, []), job_status(state, ended))
+        for state in run.jobs
+    ]
+    started = {state.job_id for state in run.jobs}
+    rows += [
+        JobRow(planned.job_id, None, planned.inputs, job_status(None, ended))
+        for planned in run.plan
+        if planned.job_id not in started
+    ]
+    return rows
 
 
 def size(count: int) -> str:
@@ -191,11 +221,8 @@ def is_sha(run: RunSummary) -> bool:
     return bool(run.revision and run.sha and run.sha.startswith(run.revision))
 
 
-def revision_name(run: RunSummary) -> str:
-    """What the runs list shows before the short sha: the revision asked for, or, when
-    that was the sha itself, the branch or tag pushed (as `quire ci runs` does)."""
-    if not is_sha(run):
-        return run.revision or "?"
+def branch_name(run: RunSummary) -> str:
+    """The runs list's branch column: the branch or tag the run was for, else its ref."""
     branch = branch_of(run.ref)
     return branch[1] if branch else run.ref or ""
 
@@ -213,12 +240,13 @@ def _templates() -> jinja2.Environment:
         duration=duration,
         elapsed=elapsed,
         job_status=job_status,
+        job_rows=job_rows,
         size=size,
         repo_url=repo_url,
         run_url=run_url,
         job_url=job_url,
         is_sha=is_sha,
-        revision_name=revision_name,
+        branch_name=branch_name,
         static=lambda name: f"/static/{name}",
         pretty=lambda value: json.dumps(value, indent=2, sort_keys=True),
     )
@@ -261,9 +289,9 @@ class Web:
             ),
         }
         if job is not None:
-            state = next((s for s in run.jobs if s.job_id == job), None)
-            parts["job_facts"] = self.templates.get_template("_job_facts.html").render(state=state)
-            parts["job_state"] = job_status(state)
+            row = _row_of(run, job)
+            parts["job_facts"] = self.templates.get_template("_job_facts.html").render(row=row)
+            parts["job_state"] = row.status
         return parts
 
     # --- runs list ---
@@ -402,11 +430,12 @@ class Web:
         html = Markup(LogRenderer().render(window.events))
         active = run.state not in FINISHED
         stream = f"/live{run_url(run.store.repo, run.run_id)}?" + urlencode({"job": job})
+        info = details(run)
         return self.render(
             "job.html",
-            run=details(run),
+            run=info,
             job=job,
-            state=_job_state(job_dir),
+            row=_row_of(info, job),
             window=window,
             at_tail=at_tail,
             html=html,
@@ -546,11 +575,9 @@ def _offset(text: str | None) -> int | None:
     return value
 
 
-def _job_state(job_dir: Path) -> JobState | None:
-    try:
-        return read_record(job_dir / "state.yml", JobState)
-    except RecordUnreadable:
-        return None
+def _row_of(run: RunDetails, job: str) -> JobRow:
+    found = [row for row in job_rows(run) if row.job_id == job]
+    return found[0] if found else JobRow(job, None, [], job_status(None, run.state in FINISHED))
 
 
 def create_app(

@@ -153,7 +153,7 @@ def test_a_pushed_runs_sha_is_shown_once_in_the_list_and_on_its_page(
     sha = f"{5:040x}"
     store.add(5, revision=sha)  # the worker runs a push by its full sha
     listed = client.get("/").text
-    assert listed.count(sha[:12]) == 1 and "<td>main <code>" in listed
+    assert listed.count(sha[:12]) == 1 and "<td>main</td>" in listed
     page = client.get(f"/runs/proj/{run_id(5)}").text
     assert page.count(sha) == 1 and "<dd>main</dd>" in page
     with client.stream("GET", f"/live/runs/proj/{run_id(5)}") as response:
@@ -165,6 +165,7 @@ def test_a_revision_other_than_the_sha_is_shown_beside_it(store: Store, client: 
     sha = f"{6:040x}"
     store.add(6, revision="v1.2")
     assert f"<td>v1.2 <code>{sha[:12]}</code></td>" in client.get("/").text
+    assert "<td>main</td>" in client.get("/").text  # the branch, in a column of its own
     assert f"<dd>v1.2 <code>{sha}</code></dd>" in client.get(f"/runs/proj/{run_id(6)}").text
 
 

@@ -188,3 +188,55 @@ def test_output_txt_is_the_logs_output_exactly_then_served_from_the_cache_with_i
     assert again.content == expected
     assert again.headers["content-length"] == str(len(expected))
     assert again.headers["content-type"] == "text/plain; charset=utf-8"
+
+
+def test_the_runs_list_and_run_page_show_the_branch_and_the_commits_subject_escaped(
+    store: Store, client: TestClient
+) -> None:
+    sha = f"{1:040x}"
+    store.add(1, revision=sha, subject="Fix <b>the</b> parser")
+    listed = client.get("/").text
+    assert "<td>main</td>" in listed
+    assert (
+        f'<td><code>{sha[:12]}</code> <span class="subject">Fix &lt;b&gt;the&lt;/b&gt; parser'
+        "</span></td>" in listed
+    )
+    assert listed.count(sha[:12]) == 1
+    page = client.get(f"/runs/proj/{run_id(1)}").text
+    assert '<dd class="subject">Fix &lt;b&gt;the&lt;/b&gt; parser</dd>' in page
+    assert "<dt>branch</dt><dd>main</dd>" in page and page.count(sha) == 1
+
+
+def test_a_run_without_a_subject_shows_none(store: Store, client: TestClient) -> None:
+    store.add(1)
+    assert 'class="subject"' not in client.get("/").text
+    assert "<dt>subject</dt>" not in client.get(f"/runs/proj/{run_id(1)}").text
+
+
+def test_the_run_page_lists_each_jobs_inputs_and_the_jobs_still_waiting(
+    store: Store, client: TestClient
+) -> None:
+    plan = {"build": ["quire/push"], "test": ["build"], "deploy": ["build", "test"]}
+    store.add(1, state="active", jobs={"build": line("sh-start", cmd="make")}, plan=plan)
+    page = client.get(f"/runs/proj/{run_id(1)}").text
+    rows = re.findall(r'<tr class="job" data-job="([^"]+)">(.*?)</tr>', page, re.S)
+    assert [job for job, _ in rows] == ["build", "test", "deploy"]
+    cells = {job: re.findall(r"<td[^>]*>(.*?)</td>", body, re.S) for job, body in rows}
+    assert cells["build"][2] == "quire/push" and "running" in cells["build"][1]
+    assert cells["test"][2] == "build"
+    assert cells["deploy"][2] == "build, test"
+    for waiting in ("test", "deploy"):
+        assert cells[waiting][0] == waiting  # no link: it has no page yet
+        assert cells[waiting][1] == '<span class="state waiting">waiting</span>'
+    job = client.get(f"/runs/proj/{run_id(1)}/jobs/build").text
+    assert '<dd class="inputs">quire/push</dd>' in job
+
+
+def test_jobs_of_a_finished_run_that_never_started_are_not_run_not_waiting(
+    store: Store, client: TestClient
+) -> None:
+    plan = {"build": ["quire/push"], "test": ["build"]}
+    store.add(1, state="cancelled", jobs={"build": line("sh-start", cmd="make")}, plan=plan)
+    page = client.get(f"/runs/proj/{run_id(1)}").text
+    assert '<span class="state not-run">not run</span>' in page
+    assert "waiting" not in page

@@ -65,6 +65,8 @@ class Store:
         error: str | None = None,
         container: bool = False,
         revision: str = "HEAD",
+        subject: str | None = None,
+        plan: dict[str, list[str]] | None = None,
     ) -> Path:
         """Run number `n` of `repo` in `state`, with job logs given as raw JSON Lines."""
         rid = run_id(n)
@@ -83,6 +85,8 @@ class Store:
                     "ref": "refs/heads/main",
                     "pushed_at": started,
                     "executor": "docker" if container else "host",
+                    "subject": subject,
+                    "plan": [{"job_id": j, "inputs": i} for j, i in (plan or {}).items()],
                 }
             ),
         )
