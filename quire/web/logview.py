@@ -132,7 +132,7 @@ _CLOCK = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T([0-9]{2}:[0-9]{2}:[0-9]{2}(?:\
 def time_span(clock: str) -> str:
     """The mark a line starts with: its time of day (UTC), shown only when the page
     shows times (CSS draws it from the attribute, so copying the log leaves it out)."""
-    return f'<span class="t" data-t="{html.escape(clock)}"></span>'
+    return f'<i data-t="{html.escape(clock)}"></i>'
 
 
 class LogRenderer:

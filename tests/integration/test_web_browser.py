@@ -428,13 +428,13 @@ def test_line_times_show_and_hide_in_place(
 ) -> None:
     repo, run_id = finished_run
     browser.get(f"{server.url}runs/{repo}/{run_id}/jobs/build")
-    shown = "return getComputedStyle(document.querySelector('pre.log .t')).display"
+    shown = "return getComputedStyle(document.querySelector('pre.log i[data-t]')).display"
     assert browser.execute_script(shown) == "none"
     assert "built ok" in text_of(browser, "pre.log")
     browser.find_element("css selector", "a.times-toggle").click()
     wait_for(lambda: browser.execute_script(shown) == "inline", "times shown")
     drawn = browser.execute_script(
-        "return getComputedStyle(document.querySelector('pre.log .t'), '::before').content"
+        "return getComputedStyle(document.querySelector('pre.log i[data-t]'), '::before').content"
     )
     assert re.fullmatch(r'"\d\d:\d\d:\d\d\.\d{3} "', drawn), drawn
     assert browser.current_url.endswith("?times=1")

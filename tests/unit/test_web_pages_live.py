@@ -44,6 +44,7 @@ def test_elapsed_text_counts_whole_seconds_minutes_and_hours() -> None:
     assert elapsed_text(60) == "1 m 00 s"
     assert elapsed_text(125) == "2 m 05 s"
     assert elapsed_text(3599) == "59 m 59 s"
+    assert elapsed_text(3600) == "1 h 00 m"
     assert elapsed_text(3600 + 7 * 60 + 59) == "1 h 07 m"
     assert elapsed_text(-3) == "0 s"  # a clock a little behind the run's
 
@@ -152,10 +153,10 @@ def test_each_line_carries_its_time_and_times_show_when_asked(
     pre = re.search(r'<pre class="log">(.*?)</pre>', page, re.S)
     assert pre is not None
     assert pre.group(1) == (
-        '<span class="t" data-t="16:00:00.000"></span><span class="cmd">$ make</span>\n'
-        '<span class="t" data-t="16:00:05.250"></span>one\n'
-        '<span class="t" data-t="16:00:05.250"></span>two\n'
-        '<span class="t" data-t="16:00:07.000"></span>three\n'
+        '<i data-t="16:00:00.000"></i><span class="cmd">$ make</span>\n'
+        '<i data-t="16:00:05.250"></i>one\n'
+        '<i data-t="16:00:05.250"></i>two\n'
+        '<i data-t="16:00:07.000"></i>three\n'
     )
     assert "<body>" in page and 'href="/runs/proj/' in page
     assert f'<a class="times-toggle" href="{url}?times=1">show times</a>' in page

@@ -40,7 +40,7 @@ def line(event: str, **fields: Any) -> bytes:
 
 def untimed(html: str) -> str:
     """Rendered log HTML without the time mark each line starts with."""
-    return re.sub(r'<span class="t" data-t="[0-9:.]*"></span>', "", html)
+    return re.sub(r'<i data-t="[0-9:.]*"></i>', "", html)
 
 
 def out(text: str, stream: str = "stdout") -> bytes:
