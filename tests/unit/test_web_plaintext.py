@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import base64
 import os
+import random
 from pathlib import Path
 
+import orjson
 import pytest
 
+from quire.ci.store.logs import ChunkEncoder, event_bytes
 from quire.web import plaintext
 from quire.web.plaintext import CACHE_NAME, PlainText, decoded
 from tests.unit.test_web_support import line, out
@@ -129,3 +132,55 @@ def test_a_download_dropped_half_way_leaves_no_cache_and_no_temp_file(
     next(blocks)
     blocks.close()
     assert sorted(p.name for p in log.parent.iterdir()) == ["log.jsonl"]
+
+
+def reference(log: bytes) -> bytes:
+    """What the JSON parser makes of every complete output line: the truth."""
+    pieces = []
+    for raw in log.split(b"\n")[:-1]:
+        try:
+            event = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(event, dict) and event.get("event") in ("stdout", "stderr"):
+            pieces.append(event_bytes(event))
+    return b"".join(pieces)
+
+
+ALPHABET = [
+    *(bytes([b]) for b in range(0x00, 0x20)),
+    b'"', b"\\", b"/", b"\x7f", b"\x80", b"\xff", b"\xc3", b"\xa9",
+    "é".encode(), "☃".encode(), "😀".encode(), "\U000f0000".encode(),
+    b"\\u0041", b'\\"', b"a", b" ", b"\n",
+]  # fmt: skip
+
+
+def test_the_quick_path_gives_exactly_what_the_json_parser_does(tmp_path: Path) -> None:
+    rng = random.Random(20261204)
+    encoder = ChunkEncoder()
+    log = b""
+    for _ in range(3000):
+        chunk = b"".join(rng.choice(ALPHABET) for _ in range(rng.randint(0, 12)))
+        fields = encoder.feed(chunk)
+        if fields:
+            log += line(rng.choice(["stdout", "stderr"]), **fields)
+    # Lines no writer of ours makes, each of which the parser refuses or reads otherwise:
+    for odd in (
+        b'{"t":"x","event":"stdout","data":"a\\\\u0041"}',  # an escaped backslash, then u0041
+        b'{"t":"x","event":"stdout","data":"\\u00e9\\ud83d\\ude00\\/"}',
+        b'{"t":"x","event":"stdout","data":"ends in a backslash\\"}',
+        b'{"t":"x","event":"stdout","data":"raw \x01 control"}',
+        b'{"t":"x","event":"stdout","data":"bad \xff utf-8"}',
+        b'{"t":"x","event":"stdout","data":"one","data":"two"}',
+        b'{"t":"x","event":"stdout","data":"quote " inside"}',
+        b'{"t":"x","event":"stdout","data":"\\a\\v\\0\\x41\\\'"}',
+        b'{"t":"x\\"y","event":"stdout","data":"t with a quote"}',
+        b'{"t":"x","event":"stdout","data":"QUJD","encoding":"base64"}',
+        b'{"t":"x\x01","event":"stdout","data":"control in t"}',
+    ):
+        log += odd + b"\n"
+    expected = reference(log)
+    assert len(expected) > 1000
+    path = write_log(tmp_path, log)
+    with open(path, "rb") as handle:
+        assert b"".join(decoded(handle)) == expected
