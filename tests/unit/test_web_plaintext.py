@@ -155,7 +155,7 @@ ALPHABET = [
 ]  # fmt: skip
 
 
-def test_the_quick_path_gives_exactly_what_the_json_parser_does(tmp_path: Path) -> None:
+def test_decoded_is_exactly_what_the_json_parser_makes_of_each_output_line(tmp_path: Path) -> None:
     rng = random.Random(20261204)
     encoder = ChunkEncoder()
     log = b""
