@@ -187,6 +187,7 @@ def run_command(
     ref: Annotated[str | None, typer.Option("--ref", hidden=True)] = None,
     pushed_at: Annotated[str | None, typer.Option("--pushed-at", hidden=True)] = None,
     run_id: Annotated[str | None, typer.Option("--run-id", hidden=True)] = None,
+    url: Annotated[str | None, typer.Option("--url", hidden=True)] = None,
 ) -> int:
     """Run the pipeline of REV (HEAD), or only some of its jobs.
 
@@ -211,6 +212,7 @@ def run_command(
             ref,
             pushed_at,
             run_id,
+            url,
             quiet,
             as_json,
             early,
@@ -231,6 +233,7 @@ def _run_command(
     ref: str | None,
     pushed_at: str | None,
     run_id: str | None,
+    url: str | None,
     quiet: bool,
     as_json: bool,
     early: JobHost | None,
@@ -252,6 +255,7 @@ def _run_command(
         ref=ref,
         pushed_at=_parse_time(pushed_at),
         run_id=run_id,
+        url=url,
     )
     shown = PlainReporter(quiet=quiet, out=sys.stderr.buffer) if as_json else None
     screen = shown or make_reporter(quiet=quiet)

@@ -7,7 +7,8 @@ Schema (versions in `schema_version`; applied by `quire.service.pgschema.migrate
         -- the columns of the SQLite queue (quire.service.queue), same names and meanings;
         -- worker_host is the worker's --name (default: its host name), and:
         lease_until  timestamptz,      -- running: the claim is its worker's until then
-        lease_s      double precision  -- the length of that lease
+        lease_s      double precision, -- the length of that lease
+        url          text              -- (version 2) where workers fetch the pushed object
     );
     CREATE UNIQUE INDEX one_running_per_ref ON queue (git_dir, ref) WHERE state = 'running';
 
@@ -33,14 +34,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from quire.service.errors import QueueEntryNotFound, QueueUnavailable
 from quire.service.pgschema import (
+    CHANNEL,
     SCHEMA_VERSION,
-    Connection,
     connect,
     refuse_newer,
     schema_version,
@@ -49,7 +50,10 @@ from quire.service.pgschema import (
 from quire.service.queue import Entry, Owner, Push, QueueReads, new_run_id, utc_text
 from quire.service.queues import DEFAULT_LEASE_S, server_name
 
-CHANNEL = "quire_queue"
+if TYPE_CHECKING:
+    from quire.service.pgschema import Connection
+
+__all__ = ["CHANNEL", "Notifications", "PgQueue"]
 
 
 def _entry(row: dict[str, Any]) -> Entry:
@@ -147,9 +151,9 @@ class PgQueue(QueueReads):
         with self._write("queue a run in") as db:
             for push in pushes:
                 found = db.execute(
-                    "INSERT INTO queue (run_id, git_dir, ref, sha, pushed_at)"
-                    " VALUES (%s, %s, %s, %s, %s) RETURNING *",
-                    (new_run_id(), push.git_dir, push.ref, push.sha, push.pushed_at),
+                    "INSERT INTO queue (run_id, git_dir, ref, sha, pushed_at, url)"
+                    " VALUES (%s, %s, %s, %s, %s, %s) RETURNING *",
+                    (new_run_id(), push.git_dir, push.ref, push.sha, push.pushed_at, push.url),
                 ).fetchone()
                 rows.append(found)
             # Delivered at commit, so a woken worker finds the rows.

@@ -2,7 +2,7 @@
 
     $QUIRE_STATE_DIR/queue.sqlite3      (WAL mode: -wal and -shm files beside it; all 0600)
 
-Schema (version 1, kept in `PRAGMA user_version`):
+Schema (version 2, kept in `PRAGMA user_version`; `_MIGRATIONS` brings older files up):
 
     CREATE TABLE queue (
         seq          INTEGER PRIMARY KEY AUTOINCREMENT,  -- arrival order: oldest first
@@ -21,7 +21,9 @@ Schema (version 1, kept in `PRAGMA user_version`):
         cancel       INTEGER NOT NULL,       -- 1: `quire ci cancel` asked to stop it
         outcome      TEXT,                   -- done: complete | failed | cancelled
         reason       TEXT,                   -- why it failed (jobs-failed, error, no-pipeline, ...)
-        message      TEXT                    -- what a person reads about it
+        message      TEXT,                   -- what a person reads about it
+        url          TEXT                    -- where workers fetch the pushed object (version
+                                             -- 2; NULL: file:// of git_dir)
     );
     -- At most one run per repository and ref at a time, enforced by the database itself.
     CREATE UNIQUE INDEX one_running_per_ref ON queue (git_dir, ref) WHERE state = 'running';
@@ -38,8 +40,6 @@ imports this on every push (no dataclasses, secrets or typing at run time).
 from __future__ import annotations
 
 import os
-import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
@@ -53,6 +53,9 @@ from quire.service.queues import DEFAULT_LEASE_S, database_url
 
 TYPE_CHECKING = False  # typing itself costs the hook milliseconds
 if TYPE_CHECKING:
+    # sqlite3 is imported by the SQLite queue itself: a hook on PostgreSQL never needs it.
+    import sqlite3
+    from collections.abc import Iterator, Mapping, Sequence
     from typing import Any, Protocol
 
     from quire.service.pgqueue import PgQueue
@@ -86,7 +89,6 @@ if TYPE_CHECKING:
 
 
 QUEUE_FILE = "queue.sqlite3"
-SCHEMA_VERSION = 1
 MAX_ATTEMPTS = 2  # a run whose worker died is queued again once; a second death gives up
 
 QUEUED, RUNNING, DONE = "queued", "running", "done"
@@ -120,6 +122,13 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS by_state ON queue (state, seq)",
 )
 
+# Each version's statements, applied in order (version 1: the table as first made).
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    _SCHEMA,
+    ("ALTER TABLE queue ADD COLUMN url TEXT",),
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
 _CORRUPT = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 
 
@@ -136,6 +145,11 @@ def repository_name(git_dir: str) -> str:
     git_dir = os.path.normpath(git_dir)
     name = os.path.basename(git_dir)
     return repo_id(os.path.basename(os.path.dirname(git_dir)) if name == ".git" else name, git_dir)
+
+
+def file_url(path: str) -> str:
+    """`path` (absolute) as the file:// URL git fetches it by."""
+    return "file://" + path
 
 
 def utc_text(when: datetime | None = None) -> str:
@@ -155,12 +169,16 @@ def new_run_id(now: datetime | None = None) -> str:
 
 
 class Push:
-    """One updated ref of one push, as the hook saw it."""
+    """One updated ref of one push, as the hook saw it; `url`: where workers fetch it
+    (`[repositories.NAME] url`; None: the pushed repository's path as a file:// URL)."""
 
-    __slots__ = ("git_dir", "pushed_at", "ref", "sha")
+    __slots__ = ("git_dir", "pushed_at", "ref", "sha", "url")
 
-    def __init__(self, git_dir: str, ref: str, sha: str, pushed_at: str) -> None:
+    def __init__(
+        self, git_dir: str, ref: str, sha: str, pushed_at: str, url: str | None = None
+    ) -> None:
         self.git_dir, self.ref, self.sha, self.pushed_at = git_dir, ref, sha, pushed_at
+        self.url = url
 
 
 class Owner:
@@ -194,7 +212,9 @@ ENTRY_FIELDS = (
     "outcome",
     "reason",
     "message",
+    "url",
 )
+LATER_FIELDS = frozenset(("url",))
 
 
 class Entry:
@@ -222,16 +242,24 @@ class Entry:
     outcome: str | None
     reason: str | None
     message: str | None
+    url: str | None
 
     def __init__(self, values: Mapping[str, Any]) -> None:
         for name in ENTRY_FIELDS:
-            setattr(self, name, values[name])
+            # Columns added after version 1 may be missing from a row made elsewhere.
+            setattr(self, name, values.get(name) if name in LATER_FIELDS else values[name])
         self.cancel = bool(self.cancel)
 
     @property
     def repo(self) -> str:
         """The repository's name in the run store."""
         return repository_name(self.git_dir)
+
+    @property
+    def fetch_url(self) -> str:
+        """Where a worker fetches the pushed object: `url`, else the pushed repository's
+        path as a file:// URL."""
+        return self.url or file_url(self.git_dir)
 
     def replaced(self, **changes: Any) -> Entry:
         """A copy with some fields changed."""
@@ -311,6 +339,8 @@ class Queue(QueueReads):
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             _refuse_truncated(self.path)
             _create_private(self.path)
+            import sqlite3
+
             self._db = sqlite3.connect(path, timeout=timeout, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         try:
@@ -340,6 +370,8 @@ class Queue(QueueReads):
 
     @contextmanager
     def _translated(self, doing: str) -> Iterator[None]:
+        import sqlite3
+
         try:
             yield
         except sqlite3.DatabaseError as exc:
@@ -377,9 +409,12 @@ class Queue(QueueReads):
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("BEGIN IMMEDIATE")
         try:
+            # Read again under the write lock: another process may have migrated meanwhile.
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
             # One statement at a time: executescript() would commit our transaction first.
-            for statement in _SCHEMA:
-                self._db.execute(statement)
+            for statements in _MIGRATIONS[version:]:
+                for statement in statements:
+                    self._db.execute(statement)
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except BaseException:
             self._db.execute("ROLLBACK")
@@ -432,9 +467,9 @@ class Queue(QueueReads):
             for push in pushes:
                 run_id = new_run_id()
                 db.execute(
-                    "INSERT INTO queue (run_id, git_dir, ref, sha, pushed_at)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (run_id, push.git_dir, push.ref, push.sha, push.pushed_at),
+                    "INSERT INTO queue (run_id, git_dir, ref, sha, pushed_at, url)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (run_id, push.git_dir, push.ref, push.sha, push.pushed_at, push.url),
                 )
                 run_ids.append(run_id)
         return [self.get(run_id) for run_id in run_ids]

@@ -474,3 +474,20 @@ def test_a_cancelled_run_shows_as_cancelled_by_whom_in_the_list_and_on_its_page(
     page = client.get(f"/runs/proj/{run_id(1)}").text
     assert "<dt>cancelled</dt><dd>by alice at " in page
     assert 'class="state cancelled"' in page
+
+
+def test_a_mirrored_runs_worker_is_named_in_the_list_on_its_page_and_in_the_json(
+    store: Store, client: TestClient
+) -> None:
+    from quire.ci.store.records import WorkerInfo, write_record
+
+    mirrored = store.add(1, repo="alpha")
+    write_record(mirrored / "worker.yml", WorkerInfo(name="build-7", state_dir="/w/state"))
+    store.add(2, repo="alpha")  # a run of this machine's own: no worker shown
+    page = client.get("/").text
+    rows = {rid: row for rid, row in re.findall(r'data-run="([^"]+)">(.*?)</tr>', page, re.S)}
+    assert "on build-7" in rows[run_id(1)] and "worker" not in rows[run_id(2)]
+    assert '<dd class="worker">build-7</dd>' in client.get(f"/runs/alpha/{run_id(1)}").text
+    assert "build-7" not in client.get(f"/runs/alpha/{run_id(2)}").text
+    api = {r["id"]: r["worker"] for r in client.get("/api/runs").json()["runs"]}
+    assert api == {run_id(1): "build-7", run_id(2): None}
