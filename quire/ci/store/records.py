@@ -81,6 +81,13 @@ class Trigger(Record):
         return words
 
 
+class PlannedJob(Record):
+    """One job a run is to run, and the jobs whose outputs it waits for."""
+
+    job_id: str
+    inputs: list[str] = Field(default_factory=list)
+
+
 class RunMeta(Record):
     """What was run: fixed when the run is created."""
 
@@ -96,6 +103,9 @@ class RunMeta(Record):
     dirty: bool = False
     # How it was started; old records without it read as a push.
     trigger: Trigger = Field(default_factory=Trigger)
+    subject: str | None = None  # the first line of the commit's message
+    # The jobs it is to run, in order, so a job not started yet can be shown waiting.
+    plan: list[PlannedJob] = Field(default_factory=list)
 
 
 class RunnerInfo(Record):
