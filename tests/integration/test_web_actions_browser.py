@@ -90,14 +90,19 @@ def log_in(browser: WebDriver, served: Served, name: str, password: str) -> None
 
 
 def text(browser: WebDriver, css: str) -> str:
-    """The text of what `css` selects ('' while the page is being replaced)."""
-    from selenium.common.exceptions import StaleElementReferenceException
-    from selenium.webdriver.common.by import By
+    """The text of what `css` selects, read in one step ('' while the page is being
+    replaced: a page that reloads itself can drop nodes between two driver calls)."""
+    from selenium.common.exceptions import WebDriverException
 
     try:
-        return "\n".join(e.text for e in browser.find_elements(By.CSS_SELECTOR, css))
-    except StaleElementReferenceException:
+        found = browser.execute_script(
+            "return Array.from(document.querySelectorAll(arguments[0]))"
+            ".map(e => e.innerText).join('\\n')",
+            css,
+        )
+    except WebDriverException:
         return ""
+    return str(found or "")
 
 
 def click(browser: WebDriver, css: str) -> None:
