@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from typer._click import Command
 
     from quire.ci.run.jobhost import JobHost
+    from quire.ci.store.records import Trigger
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -187,6 +188,7 @@ def run_command(
     ref: Annotated[str | None, typer.Option("--ref", hidden=True)] = None,
     pushed_at: Annotated[str | None, typer.Option("--pushed-at", hidden=True)] = None,
     run_id: Annotated[str | None, typer.Option("--run-id", hidden=True)] = None,
+    trigger: Annotated[str | None, typer.Option("--trigger", hidden=True)] = None,
 ) -> int:
     """Run the pipeline of REV (HEAD), or only some of its jobs.
 
@@ -214,6 +216,7 @@ def run_command(
             quiet,
             as_json,
             early,
+            trigger,
         )
     finally:
         if early is not None:
@@ -234,6 +237,7 @@ def _run_command(
     quiet: bool,
     as_json: bool,
     early: JobHost | None,
+    trigger: str | None = None,
 ) -> int:
     from quire.ci.run.orchestrator import RunRequest, run
     from quire.ci.store.records import ExecutorKind
@@ -252,6 +256,7 @@ def _run_command(
         ref=ref,
         pushed_at=_parse_time(pushed_at),
         run_id=run_id,
+        trigger=_parse_trigger(trigger),
     )
     shown = PlainReporter(quiet=quiet, out=sys.stderr.buffer) if as_json else None
     screen = shown or make_reporter(quiet=quiet)
@@ -295,6 +300,23 @@ def _revision_and_jobs(repo: Path, rev: str | None, targets: list[str]) -> tuple
     if names_commit(repo, targets[0]):
         return targets[0], targets[1:]
     return "HEAD", targets
+
+
+def _parse_trigger(text: str | None) -> Trigger | None:
+    """The worker's `--trigger`: a Trigger's JSON, as the queue keeps it."""
+    if text is None:
+        return None
+    from pydantic import ValidationError
+
+    from quire.ci.store.records import Trigger
+    from quire.errors import UsageError
+
+    try:
+        return Trigger.model_validate_json(text)
+    except ValidationError as exc:
+        raise UsageError(
+            f"--trigger {text!r}: not a trigger ({exc.error_count()} problems)"
+        ) from exc
 
 
 def _parse_time(text: str | None) -> datetime | None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
+    from quire.ci.store.records import Trigger
     from quire.ci.store.runs import RunStore
     from quire.ci.store.views import RunSummary
 
@@ -31,6 +32,19 @@ def _store(repo: Path) -> RunStore:
     from quire.ci.store.runs import store_for
 
     return store_for(repo)
+
+
+def describe_trigger(trigger: Trigger) -> str:
+    """How a run was started, for people: `push`, `schedule 0 3 * * * (due ...)`."""
+    if trigger.kind == "schedule":
+        due = trigger.due_at.strftime("%Y-%m-%d %H:%M:%S UTC") if trigger.due_at else "?"
+        return f"schedule {trigger.schedule} (due {due})"
+    if trigger.kind == "rerun":
+        by = f" by {trigger.by}" if trigger.by else ""
+        return f"re-run of {trigger.rerun_of}{by}"
+    if trigger.kind == "manual":
+        return f"by hand{f' by {trigger.by}' if trigger.by else ''}"
+    return "push"
 
 
 def _when(summary: RunSummary) -> str:
@@ -100,6 +114,8 @@ def show_command(
         + (" + the working tree's changes (--dirty)" if info.dirty else "")
     )
     typer.echo(f"executor  {info.executor}")
+    if info.trigger is not None:
+        typer.echo(f"trigger   {describe_trigger(info.trigger)}")
     typer.echo(f"started   {_when(info)}   duration {format_duration(info.duration_s)}")
     if info.container:
         short_id = (info.container.container_id or "-")[:12]
@@ -111,6 +127,14 @@ def show_command(
             f"warning: some records of run {info.id} cannot be read: {info.problem}", err=True
         )
     typer.echo(f"records   {info.path}")
+    if info.notifications is not None:
+        for delivery in info.notifications.deliveries:
+            tries = len(delivery.attempts)
+            last = delivery.attempts[-1].detail if delivery.attempts else "not tried yet"
+            typer.echo(
+                f"notify    {delivery.target} ({delivery.event}): {delivery.state} after "
+                f"{tries} attempt{'s' if tries != 1 else ''}: {last}"
+            )
     for job in info.jobs:
         typer.echo(f"\n  {job.job_id}: {job.status.value} in {format_duration(job.duration_s)}")
         if job.error or job.skip_reason:

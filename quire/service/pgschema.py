@@ -2,6 +2,7 @@
 
     schema_version (version integer PRIMARY KEY, applied_at timestamptz)
     queue          see quire.service.pgqueue
+    schedule_claims  the scheduled times taken (version 2; quire.service.schedule)
 
 Each version's statements are applied in one transaction, under an
 advisory lock, so two machines migrating at once apply them once. A
@@ -52,6 +53,20 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )""",
         "CREATE UNIQUE INDEX one_running_per_ref ON queue (git_dir, ref) WHERE state = 'running'",
         "CREATE INDEX by_state ON queue (state, seq)",
+    ),
+    (
+        # How a run was started (a Trigger's JSON); NULL: a push.
+        "ALTER TABLE queue ADD COLUMN trigger_json text",
+        # Each scheduled time of each schedule taken once, whichever worker sees it first;
+        # run_id NULL: seen, nothing queued (a schedule first seen, a ref that is gone).
+        """CREATE TABLE schedule_claims (
+    git_dir text NOT NULL,
+    cron text NOT NULL,
+    ref text NOT NULL,
+    due_at text NOT NULL,
+    run_id text,
+    PRIMARY KEY (git_dir, cron, ref, due_at)
+)""",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -2,7 +2,8 @@
 
     $QUIRE_STATE_DIR/queue.sqlite3      (WAL mode: -wal and -shm files beside it; all 0600)
 
-Schema (version 1, kept in `PRAGMA user_version`):
+Schema (version 2, kept in `PRAGMA user_version`; a version 1 file, without
+`trigger_json` and `schedule_claims`, is brought up to date when opened):
 
     CREATE TABLE queue (
         seq          INTEGER PRIMARY KEY AUTOINCREMENT,  -- arrival order: oldest first
@@ -21,10 +22,19 @@ Schema (version 1, kept in `PRAGMA user_version`):
         cancel       INTEGER NOT NULL,       -- 1: `quire ci cancel` asked to stop it
         outcome      TEXT,                   -- done: complete | failed | cancelled
         reason       TEXT,                   -- why it failed (jobs-failed, error, no-pipeline, ...)
-        message      TEXT                    -- what a person reads about it
+        message      TEXT,                   -- what a person reads about it
+        trigger_json TEXT                    -- how it was started (a Trigger's JSON); NULL: a push
     );
     -- At most one run per repository and ref at a time, enforced by the database itself.
     CREATE UNIQUE INDEX one_running_per_ref ON queue (git_dir, ref) WHERE state = 'running';
+    -- Each scheduled time of each schedule is taken once, whichever worker sees it first
+    -- (quire.service.schedule); run_id NULL: seen, nothing queued (a new schedule, a lost ref).
+    CREATE TABLE schedule_claims (
+        git_dir TEXT NOT NULL, cron TEXT NOT NULL, ref TEXT NOT NULL,
+        due_at  TEXT NOT NULL,               -- RFC 3339, UTC
+        run_id  TEXT,
+        PRIMARY KEY (git_dir, cron, ref, due_at)
+    );
 
 A row goes queued -> running (a worker claims it, in a write transaction:
 never twice) -> done. A running row whose worker died is put back to
@@ -60,6 +70,11 @@ if TYPE_CHECKING:
 
     StrPath = str | os.PathLike[str]
 
+    class HasJson(Protocol):
+        """A Trigger (quire.ci.store.records), by shape: the hook never imports pydantic."""
+
+        def model_dump_json(self) -> str: ...
+
     class WorkQueue(Protocol):
         """The queue as a worker uses it: `Queue`, or the in-memory fake of the worker's
         unit tests (tests/unit/test_worker_loop_fakes.py)."""
@@ -86,7 +101,7 @@ if TYPE_CHECKING:
 
 
 QUEUE_FILE = "queue.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MAX_ATTEMPTS = 2  # a run whose worker died is queued again once; a second death gives up
 
 QUEUED, RUNNING, DONE = "queued", "running", "done"
@@ -119,8 +134,38 @@ _SCHEMA = (
     " WHERE state = 'running'",
     "CREATE INDEX IF NOT EXISTS by_state ON queue (state, seq)",
 )
+# Version 2: how a run was started, and the scheduled times taken.
+_SCHEMA_V2 = (
+    "ALTER TABLE queue ADD COLUMN trigger_json TEXT",
+    """CREATE TABLE IF NOT EXISTS schedule_claims (
+    git_dir TEXT NOT NULL,
+    cron TEXT NOT NULL,
+    ref TEXT NOT NULL,
+    due_at TEXT NOT NULL,
+    run_id TEXT,
+    PRIMARY KEY (git_dir, cron, ref, due_at)
+)""",
+)
 
 _CORRUPT = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+
+# Shared with the PostgreSQL queue (its placeholder, %s; `?` here).
+INSERT_RUN = (
+    "INSERT INTO queue (run_id, git_dir, ref, sha, pushed_at, trigger_json)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+LAST_SCHEDULED = (
+    "SELECT max(due_at) AS due_at FROM schedule_claims WHERE git_dir = %s AND cron = %s"
+    " AND ref = %s"
+)
+CLAIM_SCHEDULE = (
+    "INSERT INTO schedule_claims (git_dir, cron, ref, due_at, run_id)"
+    " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
+)
+
+
+def push_values(push: Push) -> tuple[str, str, str, str]:
+    return (push.git_dir, push.ref, push.sha, push.pushed_at)
 
 
 def queue_path(state: StrPath) -> str:
@@ -163,6 +208,11 @@ class Push:
         self.git_dir, self.ref, self.sha, self.pushed_at = git_dir, ref, sha, pushed_at
 
 
+def trigger_text(trigger: HasJson | None) -> str | None:
+    """The `trigger_json` column's value for `trigger` (None: a push)."""
+    return None if trigger is None else trigger.model_dump_json()
+
+
 class Owner:
     """The worker process that claims rows: pid, its /proc start time, and host."""
 
@@ -194,6 +244,7 @@ ENTRY_FIELDS = (
     "outcome",
     "reason",
     "message",
+    "trigger_json",
 )
 
 
@@ -222,10 +273,12 @@ class Entry:
     outcome: str | None
     reason: str | None
     message: str | None
+    trigger_json: str | None
 
     def __init__(self, values: Mapping[str, Any]) -> None:
         for name in ENTRY_FIELDS:
-            setattr(self, name, values[name])
+            # trigger_json came with schema version 2: rows made before it have none.
+            setattr(self, name, values.get(name) if name == "trigger_json" else values[name])
         self.cancel = bool(self.cancel)
 
     @property
@@ -377,10 +430,12 @@ class Queue(QueueReads):
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("BEGIN IMMEDIATE")
         try:
+            # Read again under the write lock: another process may have upgraded it meanwhile.
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
             # One statement at a time: executescript() would commit our transaction first.
-            for statement in _SCHEMA:
+            for statement in {0: _SCHEMA + _SCHEMA_V2, 1: _SCHEMA_V2}.get(version, ()):
                 self._db.execute(statement)
-            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self._db.execute(f"PRAGMA user_version = {max(version, SCHEMA_VERSION)}")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
@@ -425,19 +480,48 @@ class Queue(QueueReads):
 
     # --- the hook's side -----------------------------------------------------------------------
 
-    def enqueue(self, pushes: Sequence[Push]) -> list[Entry]:
-        """Queue one run per push, in one transaction; returns the new rows."""
+    def enqueue(self, pushes: Sequence[Push], trigger: HasJson | None = None) -> list[Entry]:
+        """Queue one run per push, in one transaction; returns the new rows. `trigger`:
+        how they were started (None: a push)."""
         run_ids = []
         with self._write("queue a run in") as db:
             for push in pushes:
                 run_id = new_run_id()
-                db.execute(
-                    "INSERT INTO queue (run_id, git_dir, ref, sha, pushed_at)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (run_id, push.git_dir, push.ref, push.sha, push.pushed_at),
-                )
+                db.execute(INSERT_RUN, (run_id, *push_values(push), trigger_text(trigger)))
                 run_ids.append(run_id)
         return [self.get(run_id) for run_id in run_ids]
+
+    # --- schedules (quire.service.schedule) ----------------------------------------------------
+
+    def last_scheduled(self, git_dir: str, cron: str, ref: str) -> str | None:
+        """The latest scheduled time taken for this schedule (RFC 3339 UTC), None if never."""
+        with self._translated("read"):
+            row = self._db.execute(LAST_SCHEDULED.replace("%s", "?"), (git_dir, cron, ref))
+            found = row.fetchone()
+        return None if found is None else found[0]
+
+    def claim_schedule(
+        self,
+        git_dir: str,
+        cron: str,
+        ref: str,
+        due_at: str,
+        push: Push | None = None,
+        trigger: HasJson | None = None,
+    ) -> tuple[bool, Entry | None]:
+        """Take the scheduled time `due_at` of a schedule and, with `push`, queue its run,
+        in one transaction. (False, None) when it was taken already (by another worker):
+        the primary key of schedule_claims makes "once" the database's own rule."""
+        run_id = None if push is None else new_run_id()
+        with self._write("queue a scheduled run in") as db:
+            taken = db.execute(
+                CLAIM_SCHEDULE.replace("%s", "?"), (git_dir, cron, ref, due_at, run_id)
+            )
+            if taken.rowcount != 1:
+                return False, None
+            if push is not None:
+                db.execute(INSERT_RUN, (run_id, *push_values(push), trigger_text(trigger)))
+        return True, None if run_id is None else self.get(run_id)
 
     # --- the worker's side ---------------------------------------------------------------------
 

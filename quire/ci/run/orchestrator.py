@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from quire import interrupts
 from quire.ci.events import JobFinished, Notice, RunEnding, RunFinished, RunStarted
-from quire.ci.pipeline import PIPELINE_FILE, Pipeline
+from quire.ci.pipeline import PIPELINE_FILE, PUSH_SOURCE, SCHEDULE_SOURCE, Pipeline
 from quire.ci.run import workspace as workspaces
 from quire.ci.run.executors.base import Executor, ExecutorFactory, ExecutorSetup
 from quire.ci.run.jobhost import JobHost
@@ -48,6 +48,7 @@ from quire.ci.store.records import (
     RunMeta,
     RunnerInfo,
     RunResult,
+    Trigger,
     utcnow,
 )
 from quire.ci.store.runs import LatestLinkFailed, RunDir, RunState, RunStore, store_of
@@ -75,6 +76,14 @@ class RunRequest:
     jobs: tuple[str, ...] = ()  # only these jobs and what they need (all when empty)
     dirty: bool = False  # the working tree as it is, not the commit
     concurrency: int = 1  # jobs that may run side by side (`--jobs`)
+    trigger: Trigger | None = None  # how it was started (the worker); None: a push
+
+    @property
+    def source(self) -> str:
+        """The source this run offers its pipeline: `quire/schedule` for a scheduled run,
+        else `quire/push` (a re-run or a run by hand acts like a push of its ref)."""
+        scheduled = self.trigger is not None and self.trigger.kind == "schedule"
+        return SCHEDULE_SOURCE if scheduled else PUSH_SOURCE
 
 
 @dataclass(frozen=True)
@@ -204,6 +213,16 @@ def _run_loaded(
         )
         return RunOutcome(exit_code=ExitCode.ok)
     pipeline = loaded.pipeline.subset(request.jobs) if request.jobs else loaded.pipeline
+    # Only the jobs the run's source reaches: a push never runs the nightly jobs.
+    pipeline = pipeline.for_source(request.source)
+    if not pipeline.jobs:
+        reporter.handle(
+            Notice(
+                f"no job of {PIPELINE_FILE} at {request.revision} ({loaded.revision.sha[:12]}) "
+                f"takes {request.source}: nothing to run"
+            )
+        )
+        return RunOutcome(exit_code=ExitCode.ok)
     config = load_config()
     store = store_of(loaded.repo)
     # From here on a signal must unwind (not kill) us: a run may exist to record.
@@ -272,6 +291,7 @@ def _create_run(
                 pushed_at=request.pushed_at or utcnow(),
                 executor=request.executor,
                 dirty=request.dirty,
+                trigger=request.trigger or Trigger(),
             )
         )
         return made[-1]
@@ -281,6 +301,18 @@ def _create_run(
     )
     run_dir = store.create(meta, runner, run_id=request.run_id)
     return run_dir, made[-1]
+
+
+def source_outputs(meta: RunMeta) -> dict[str, str | None]:
+    """What `rt.jobs(source)` gives for the run's source: `push_outputs`, and for a
+    scheduled run the cron line and the time it was due as well."""
+    given = push_outputs(meta)
+    trigger = meta.trigger
+    if trigger.kind == "schedule":
+        due = trigger.due_at
+        given["cron"] = trigger.schedule
+        given["due_at"] = None if due is None else due.isoformat().replace("+00:00", "Z")
+    return given
 
 
 def push_outputs(meta: RunMeta) -> dict[str, str | None]:
@@ -382,7 +414,8 @@ class _Run:
                         outlet=outlet,
                         secrets=self.config.secrets_for(self.run_dir.store.repo),
                         capture_limit=self.config.output.capture_limit,
-                        push_outputs=push_outputs(self.meta),
+                        push_outputs=source_outputs(self.meta),
+                        source=self.request.source,
                         outputs_limit=self.config.output.outputs_limit,
                         run_env=self._run_env(),
                         jobs=self.request.concurrency,

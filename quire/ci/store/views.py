@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from quire.ci.events import Event, JobStarted, RunFinished
+from quire.ci.store.deliveries import NOTIFICATIONS_FILE, RunNotifications
 from quire.ci.store.eventlog import job_event
 from quire.ci.store.logs import LogReader
 from quire.ci.store.records import (
@@ -26,6 +27,7 @@ from quire.ci.store.records import (
     RunMeta,
     RunResult,
     RunTimes,
+    Trigger,
     read_record,
 )
 from quire.ci.store.runs import FINISHED, RunDir, RunState, RunStore
@@ -53,6 +55,7 @@ class RunSummary(BaseModel):
     problem: str | None = None  # why some of its records could not be read
     cancelled_by: str | None = None  # state `cancelled`: who asked, and when
     cancelled_at: datetime | None = None
+    trigger: Trigger | None = None  # how it was started (None: its meta.yml is unreadable)
 
     def state_text(self) -> str:
         """The state as people read it: `failed (jobs-failed)`, `cancelled by alice`."""
@@ -70,6 +73,7 @@ class RunDetails(RunSummary):
     exit_code: int | None = None
     jobs: list[JobState]
     container: ContainerInfo | None = None
+    notifications: RunNotifications | None = None  # what was sent about it, each attempt
 
 
 def summarize(run: RunDir) -> RunSummary:
@@ -81,6 +85,7 @@ def summarize(run: RunDir) -> RunSummary:
         summary.revision, summary.sha, summary.ref = meta.revision, meta.sha, meta.ref
         summary.executor = meta.executor.value
         summary.dirty = meta.dirty
+        summary.trigger = meta.trigger
     except RecordUnreadable as exc:
         problems.append(str(exc))
     times_path = run.path / "times.yml"
@@ -121,6 +126,13 @@ def details(run: RunDir) -> RunDetails:
             container = read_record(container_path, ContainerInfo)
         except RecordUnreadable:
             container = None
+    notifications = None
+    notifications_path = run.path / NOTIFICATIONS_FILE
+    if notifications_path.exists():
+        try:
+            notifications = read_record(notifications_path, RunNotifications)
+        except RecordUnreadable:
+            notifications = None
     jobs = run.job_states()
     unreadable = [
         f"job {job.job_id}: {job.error}" for job in jobs if job.status == JobStatus.unreadable
@@ -135,6 +147,7 @@ def details(run: RunDir) -> RunDetails:
         exit_code=result.exit_code if result else None,
         jobs=jobs,
         container=container,
+        notifications=notifications,
     )
 
 
