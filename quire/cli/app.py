@@ -275,6 +275,8 @@ def _run_command(
         typer.echo(f"workspace kept: {outcome.workspace}", err=as_json)
     if as_json:
         typer.echo(outcome.to_json())
+    if outcome.nothing_to_run and quiet:  # the worker's child: its output is the message
+        typer.echo(f"quire: {outcome.nothing_to_run}", err=True)
     if outcome.error:
         _error(outcome.error)
     return outcome.exit_code

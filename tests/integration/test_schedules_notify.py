@@ -144,6 +144,23 @@ def test_a_schedule_every_minute_runs_its_jobs_at_the_next_minute(tmp_path: Path
     check_scheduled_run(bare, "* * * * *")
 
 
+def test_a_push_of_a_pipeline_with_nightly_jobs_only_is_complete_with_nothing_run(
+    tmp_path: Path,
+) -> None:
+    nightly_only = PIPELINE.split('@job(inputs=["quire/schedule"])')[1]
+    source = 'from quire.ci import job, Runtime\n\n\n@job(inputs=["quire/schedule"])' + nightly_only
+    bare, work = pushable(tmp_path, "nightly-only", {".quire/ci.py": source})
+    with worker(tmp_path) as proc:
+        from tests.integration.test_worker import push
+
+        push(work, "HEAD:main")
+        wait_for(lambda: [r.state for r in rows()] == ["done"], "the push's row", proc=proc)
+    (row,) = rows()
+    assert (row.outcome, row.reason) == ("complete", "no-jobs"), row.message
+    assert "nothing to run for the source quire/push" in (row.message or "")
+    assert runs_of(bare) == []
+
+
 # --- notifications ------------------------------------------------------------------------------
 
 

@@ -98,6 +98,8 @@ class RunOutcome:
     jobs: tuple[JobState, ...] = ()
     workspace: Path | None = None  # kept with --keep-workspace
     duration_s: float | None = None
+    # No job takes the run's source: said even under --quiet (the worker reads it).
+    nothing_to_run: str | None = None
 
     def to_json(self) -> str:
         """One JSON object: run id, state, exit code, error, and each job's status and time."""
@@ -216,13 +218,12 @@ def _run_loaded(
     # Only the jobs the run's source reaches: a push never runs the nightly jobs.
     pipeline = pipeline.for_source(request.source)
     if not pipeline.jobs:
-        reporter.handle(
-            Notice(
-                f"no job of {PIPELINE_FILE} at {request.revision} ({loaded.revision.sha[:12]}) "
-                f"takes {request.source}: nothing to run"
-            )
+        said = (
+            f"nothing to run for the source {request.source}: no job of {PIPELINE_FILE} "
+            f"at {request.revision} ({loaded.revision.sha[:12]}) takes it"
         )
-        return RunOutcome(exit_code=ExitCode.ok)
+        reporter.handle(Notice(said))
+        return RunOutcome(exit_code=ExitCode.ok, nothing_to_run=said)
     config = load_config()
     store = store_of(loaded.repo)
     # From here on a signal must unwind (not kill) us: a run may exist to record.
