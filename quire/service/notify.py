@@ -174,21 +174,18 @@ def previous_state(run: Path, ref: str | None) -> str | None:
     """The state of the newest finished run of the same repository and ref before `run`
     (cancelled runs left out: a cancel says nothing of the code), or None."""
     store = run.parent.parent
-    best: tuple[str, str] | None = None
+    older: list[tuple[str, str]] = []
     for state in ("complete", "failed"):
-        folder = store / state
-        if not folder.is_dir():
+        with contextlib.suppress(OSError):
+            older += [(p.name, state) for p in (store / state).iterdir() if p.name < run.name]
+    # Run ids sort by time: newest first, and the first of the same ref is the answer.
+    for name, state in sorted(older, reverse=True):
+        try:
+            if read_record(store / state / name / "meta.yml", RunMeta).ref == ref:
+                return state
+        except RecordUnreadable:
             continue
-        for other in folder.iterdir():
-            if other.name >= run.name or (best is not None and other.name <= best[0]):
-                continue  # run ids sort by time: only older ones, newest first
-            try:
-                if read_record(other / "meta.yml", RunMeta).ref != ref:
-                    continue
-            except RecordUnreadable:
-                continue
-            best = (other.name, state)
-    return None if best is None else best[1]
+    return None
 
 
 def event_of(state: str, previous: str | None) -> Event:
@@ -216,14 +213,17 @@ def run_link(config: Config, repo: str, run_id: str) -> str | None:
 def plan(config: Config, run: Path, now: datetime) -> tuple[RunFacts, RunNotifications]:
     """What to send about the finished run at `run`: the facts, and one pending delivery
     per `[[notify]]` entry that wants it. Raises `RecordUnreadable`."""
-    meta, state, result, failed, duration = read_facts(run)
     repo = run.parent.parent.name
-    event = event_of(state, previous_state(run, meta.ref))
+    targets = [target for target in config.notify if target.wants(repo)]
+    meta, state, result, failed, duration = read_facts(run)
+    # The previous run is looked for only when someone may be told (it reads older runs).
+    previous = previous_state(run, meta.ref) if targets and state == "complete" else None
+    event = event_of(state, previous)
     facts = facts_of(config, repo, meta, state, event, result, failed, duration)
     deliveries = [
         Delivery(target=target_name(target), event=event, next_at=now)
-        for target in config.notify
-        if target.wants(repo) and wanted(target, event)
+        for target in targets
+        if wanted(target, event)
     ]
     return facts, RunNotifications(deliveries=deliveries)
 
