@@ -75,7 +75,9 @@ def database(server: postgres.Server, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("QUIRE_DATABASE_URL", url)
     migrated = quire("ci", "db", "migrate")
     assert migrated.returncode == 0, migrated.stderr
-    assert "schema version 0 -> 1" in migrated.stdout
+    from quire.service.pgschema import SCHEMA_VERSION
+
+    assert f"schema version 0 -> {SCHEMA_VERSION}" in migrated.stdout
     return url
 
 
