@@ -401,6 +401,24 @@ def test_image_gone_recognizes_docker_and_podman_saying_there_is_no_such_image(
     assert docker.image_gone(stderr) is gone
 
 
+@pytest.mark.parametrize(
+    ("stderr", "unreachable"),
+    [
+        ("Cannot connect to the Docker daemon at unix:///var/run/docker.sock.", True),
+        ("error during connect: Get http://10.1.2.3:2375/v1.41/version: EOF", True),
+        ("dial unix /run/podman/podman.sock: connect: connection refused", True),
+        ("Error: No such container: abc", False),
+        # An engine that says the container is missing answered, whatever else it says.
+        ("Error: No such container: abc: no such file or directory", False),
+        ("", False),
+    ],
+)
+def test_daemon_unreachable_tells_a_lost_engine_from_one_that_answered(
+    stderr: str, unreachable: bool
+) -> None:
+    assert docker.daemon_unreachable(stderr) is unreachable
+
+
 def test_the_copy_in_tar_packs_the_workspace_under_work_owned_by_root() -> None:
     # `S`: symlink targets keep their own text; only member names get `work/`.
     assert tar.create_argv(Path("/cache/run 1/workspace"), "work") == [

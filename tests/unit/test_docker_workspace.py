@@ -24,7 +24,7 @@ from quire.ci.run.executors.base import Command
 from quire.ci.run.executors.docker import DockerExecutor
 from quire.cli.app import app
 from quire.config import DockerSettings
-from quire.errors import ContainerStartFailed, ImageBuildFailed
+from quire.errors import ContainerStartFailed, DockerUnavailable, ImageBuildFailed
 from quire.tools import docker
 from tests.unit.test_docker_executor import (  # noqa: F401  (fixtures)
     CID,
@@ -402,7 +402,7 @@ def test_why_unseen_raises_docker_unavailable_when_the_engine_is_gone(fp: FakePr
         stderr="Cannot connect to the Docker daemon at unix:///x.sock\n",
         returncode=1,
     )
-    with pytest.raises(docker.DockerUnavailable):
+    with pytest.raises(DockerUnavailable):
         docker.why_unseen(CID, ".m")
 
 

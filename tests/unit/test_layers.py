@@ -63,3 +63,14 @@ def test_what_the_job_host_loads_imports_only_the_standard_library_and_itself(
 def test_ci_package_init_imports_only_the_pipeline_api() -> None:
     names = imported(QUIRE / "ci" / "__init__.py")
     assert names == {"quire.ci.pipeline", "quire.jobhost.runtime"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in files(".") if QUIRE / "tools" / "docker" not in p.parents],
+    ids=lambda p: str(p.relative_to(QUIRE)),
+)
+def test_only_the_docker_package_reaches_into_its_own_modules(path: Path) -> None:
+    """Callers use what quire/tools/docker/__init__.py re-exports (`docker.run_detached`):
+    its modules (the CLI runner above all) may move between each other freely."""
+    assert not [name for name in imported(path) if name.startswith("quire.tools.docker.")]
