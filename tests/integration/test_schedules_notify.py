@@ -165,16 +165,20 @@ def test_a_push_of_a_pipeline_with_nightly_jobs_only_is_complete_with_nothing_ru
 
 
 class Receiver:
-    """A webhook receiver on 127.0.0.1: keeps each POST's headers and body."""
+    """A webhook receiver on 127.0.0.1: keeps each POST's headers and body, and answers
+    once `answer` is set (at once by default)."""
 
     def __init__(self, port: int) -> None:
         received: list[tuple[dict[str, str], bytes]] = []
         self.received = received
+        self.answer = answer = threading.Event()
+        answer.set()
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 received.append((dict(self.headers), body))
+                answer.wait(120)
                 self.send_response(204)
                 self.end_headers()
 
@@ -186,6 +190,7 @@ class Receiver:
         self.thread.start()
 
     def close(self) -> None:
+        self.answer.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -297,3 +302,22 @@ def test_a_receiver_down_then_up_gets_the_notification_once(tmp_path: Path) -> N
             assert len(hooks.received) == 1
             (document,) = hooks.documents()
     assert document["event"] == "failed"
+
+
+def test_a_receiver_that_does_not_answer_holds_up_no_run(tmp_path: Path) -> None:
+    hook_port = free_port()
+    _, work = pushable(tmp_path, "slow", {".quire/ci.py": FAILING})
+    write_config(notify_config(hook_port))
+    with receiver(hook_port) as hooks, worker(tmp_path) as proc:
+        from tests.integration.test_worker import push
+
+        hooks.answer.clear()  # the receiver takes the request and does not answer
+        push(work, "HEAD:main")
+        wait_for(lambda: len(hooks.received) == 1, "the webhook", proc=proc)
+        commit(work, {".quire/ci.py": PASSING})
+        push(work, "HEAD:main")
+        # The next push runs to its end while the first notification is still unanswered.
+        wait_for(lambda: [r.state for r in rows()] == ["done", "done"], "the second run", proc=proc)
+        assert not hooks.answer.is_set() and len(hooks.received) == 1
+        hooks.answer.set()
+    assert sorted(r.outcome or "" for r in rows()) == ["complete", "failed"]
