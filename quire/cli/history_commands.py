@@ -34,6 +34,10 @@ def _store(repo: Path) -> RunStore:
     return store_for(repo)
 
 
+# How a run was started, in one word, for `quire ci runs`.
+TRIGGER_LABELS = {"push": "push", "schedule": "schedule", "rerun": "re-run", "manual": "by-hand"}
+
+
 def describe_trigger(trigger: Trigger) -> str:
     """How a run was started, for people: `push`, `schedule 0 3 * * * (due ...)`."""
     if trigger.kind == "schedule":
@@ -69,7 +73,7 @@ def runs_command(
     if not summaries:
         typer.echo("no runs yet")
         return 0
-    rows = [("id", "state", "revision", "executor", "started", "duration")]
+    rows = [("id", "state", "revision", "executor", "trigger", "started", "duration")]
     for s in summaries:
         state = s.state_text()
         # A pushed run's revision is its full sha (the worker runs exactly that commit):
@@ -78,8 +82,17 @@ def runs_command(
         revision = f"{name} {s.sha[:12]}".strip() if s.sha else "?"
         if s.dirty:
             revision += "+dirty"
+        how = TRIGGER_LABELS[s.trigger.kind] if s.trigger else "?"
         rows.append(
-            (s.id, state, revision, s.executor or "?", _when(s), format_duration(s.duration_s))
+            (
+                s.id,
+                state,
+                revision,
+                s.executor or "?",
+                how,
+                _when(s),
+                format_duration(s.duration_s),
+            )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
