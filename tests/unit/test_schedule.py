@@ -220,3 +220,44 @@ def test_the_worker_queues_at_the_due_time_and_wakes_for_it(tmp_path: Path) -> N
     worker.tick()
     (entry,) = queue.active()
     assert Trigger.model_validate_json(entry.trigger_json or "").due_at == at("2026-01-05T11:00")
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            'schedules = [{ cron = "0 3 * * *", ref = "main" }]',
+            "schedules need the repository's path",
+        ),
+        ('path = "/g"\nschedules = [{ cron = "0 25 * * *", ref = "main" }]', "is not a cron line"),
+        (
+            'path = "/g"\nschedules = [{ cron = "0 3 * * *", ref = "main", timezone = "Mars/X" }]',
+            "unknown timezone",
+        ),
+        ('path = "/g"\nschedules = [{ cron = "0 3 * * *" }]', "ref"),
+    ],
+)
+def test_bad_schedules_are_config_errors_naming_the_problem(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    from quire.config import load_config
+
+    path = tmp_path / "config.toml"
+    path.write_text(f"[repositories.proj]\n{text}\n")
+    with pytest.raises(ConfigError, match=problem) as caught:
+        load_config(path)
+    assert str(path) in str(caught.value)
+
+
+def test_a_good_schedule_reads_with_its_full_ref(tmp_path: Path) -> None:
+    from quire.config import load_config
+
+    path = tmp_path / "config.toml"
+    path.write_text(
+        '[repositories.proj]\npath = "/g"\n'
+        'schedules = [{ cron = "0 3 * * *", ref = "main" }, '
+        '{ cron = "0 0 * * 0", ref = "refs/tags/nightly", timezone = "Europe/Paris" }]\n'
+    )
+    schedules = load_config(path).repositories["proj"].schedules
+    assert [s.full_ref for s in schedules] == ["refs/heads/main", "refs/tags/nightly"]
+    assert schedules[1].timezone == "Europe/Paris"
