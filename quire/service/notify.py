@@ -105,7 +105,9 @@ class NetSenders:
     def email(self, smtp: str, message: EmailMessage) -> str:
         parts = urlsplit(smtp)
         try:
-            with smtplib.SMTP(parts.hostname or "localhost", parts.port or 25, timeout=10) as mail:
+            with smtplib.SMTP(
+                parts.hostname or "localhost", parts.port or 25, timeout=SEND_TIMEOUT_S
+            ) as mail:
                 refused = mail.send_message(message)
         except (smtplib.SMTPException, OSError) as exc:
             raise SendFailed(f"SMTP: {exc}") from None

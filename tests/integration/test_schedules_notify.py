@@ -173,13 +173,15 @@ class Receiver:
         self.received = received
         self.answer = answer = threading.Event()
         answer.set()
+        self.status = 204
+        server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 received.append((dict(self.headers), body))
                 answer.wait(120)
-                self.send_response(204)
+                self.send_response(server.status)
                 self.end_headers()
 
             def log_message(self, *args: object) -> None:
@@ -321,3 +323,25 @@ def test_a_receiver_that_does_not_answer_holds_up_no_run(tmp_path: Path) -> None
         assert not hooks.answer.is_set() and len(hooks.received) == 1
         hooks.answer.set()
     assert sorted(r.outcome or "" for r in rows()) == ["complete", "failed"]
+
+
+def test_the_webhook_sender_counts_2xx_only_and_gives_up_on_silence(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from quire.service import notify
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/hook"
+    with receiver(port) as hooks:
+        assert notify.NetSenders().webhook(url, b"{}", {}) == "HTTP 204"
+        hooks.status = 500
+        with pytest.raises(notify.SendFailed, match="HTTP 500"):
+            notify.NetSenders().webhook(url, b"{}", {})
+        hooks.status = 302
+        with pytest.raises(notify.SendFailed, match="HTTP 302"):
+            notify.NetSenders().webhook(url, b"{}", {})
+        hooks.status = 204
+        hooks.answer.clear()  # no answer within the timeout: a failed attempt
+        monkeypatch.setattr(notify, "SEND_TIMEOUT_S", 0.5)
+        with pytest.raises(notify.SendFailed, match="timed out"):
+            notify.NetSenders().webhook(url, b"{}", {})

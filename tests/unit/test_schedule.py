@@ -230,6 +230,7 @@ def test_the_worker_queues_at_the_due_time_and_wakes_for_it(tmp_path: Path) -> N
             "schedules need the repository's path",
         ),
         ('path = "/g"\nschedules = [{ cron = "0 25 * * *", ref = "main" }]', "is not a cron line"),
+        ('path = "/g"\nschedules = [{ cron = "@daily", ref = "main" }]', "is not a cron line"),
         (
             'path = "/g"\nschedules = [{ cron = "0 3 * * *", ref = "main", timezone = "Mars/X" }]',
             "unknown timezone",
