@@ -27,7 +27,9 @@ def trivial(rt: Runtime):
 """
 
 
-def make_bare(sc: c.Scratch, name: str, *, hook: bool = True) -> tuple[Path, Path]:
+def make_bare(
+    sc: c.Scratch, name: str, *, hook: bool = True, pipeline: str = PIPELINE
+) -> tuple[Path, Path]:
     """An empty bare repo `<name>.git` (hook installed) and a clone with a pipeline."""
     bare = sc.root / f"{name}.git"
     work = sc.root / f"{name}-work"
@@ -35,7 +37,7 @@ def make_bare(sc: c.Scratch, name: str, *, hook: bool = True) -> tuple[Path, Pat
     c.run(["git", "init", "-q", "--bare", str(bare)], env=env)
     c.run(["git", "clone", "-q", str(bare), str(work)], env=env)
     (work / ".quire").mkdir()
-    (work / ".quire" / "ci.py").write_text(PIPELINE)
+    (work / ".quire" / "ci.py").write_text(pipeline)
     c.run(["git", "add", "-A"], cwd=work, env=env)
     c.run(["git", "commit", "-q", "-m", "pipeline"], cwd=work, env=env)
     if hook:

@@ -26,6 +26,8 @@ outputs_limit = 1048576   # bytes of JSON a job may return as its outputs
 [repositories.proj]       # a repository by its folder name (proj.git -> proj), or by
                           # its store name (proj-1a2b3c4d) where two folders share a name
 executor = "docker"       # where `quire ci worker` runs its pushes (default: --executor)
+url = "ssh://git@githost/proj.git"  # where workers fetch its pushes from, read by the hook
+                          # (default: the pushed repository's path, as a file:// URL)
 path = "/srv/git/proj.git"  # the repository, for its schedules
 schedules = [{ cron = "0 3 * * *", ref = "main" }]   # optional timezone = "Europe/Paris"
 
@@ -233,6 +235,17 @@ class RepositorySettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", defer_build=True)
     executor: Literal["host", "docker"] | None = None
+    # Where workers fetch this repository's pushes (git's URL forms: ssh://, https://,
+    # file://, host:path); the hook puts it on each queued run (quire.service.queues).
+    url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url_is_one(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or value.startswith("-")):
+            raise ValueError('must be a URL git can fetch from, e.g. "ssh://git@githost/proj.git"')
+        return value
+
     # The repository's git directory: the worker resolves a schedule's ref in it.
     path: Path | None = None
     schedules: list[Schedule] = Field(default_factory=list)

@@ -120,6 +120,11 @@ class WorkspaceMaterializationFailed(EnvironmentProblem):
     """`git archive | tar -x` into the run's workspace failed."""
 
 
+class FetchFailed(EnvironmentProblem):
+    """A queued run's pushed object could not be fetched from its repository's URL into
+    the worker's mirror."""
+
+
 class DockerUnavailable(EnvironmentProblem):
     """`docker info` failed: no engine, no permission, or a wrong DOCKER_HOST."""
 

@@ -188,6 +188,7 @@ def run_command(
     ref: Annotated[str | None, typer.Option("--ref", hidden=True)] = None,
     pushed_at: Annotated[str | None, typer.Option("--pushed-at", hidden=True)] = None,
     run_id: Annotated[str | None, typer.Option("--run-id", hidden=True)] = None,
+    url: Annotated[str | None, typer.Option("--url", hidden=True)] = None,
     trigger: Annotated[str | None, typer.Option("--trigger", hidden=True)] = None,
 ) -> int:
     """Run the pipeline of REV (HEAD), or only some of its jobs.
@@ -213,6 +214,7 @@ def run_command(
             ref,
             pushed_at,
             run_id,
+            url,
             quiet,
             as_json,
             early,
@@ -234,6 +236,7 @@ def _run_command(
     ref: str | None,
     pushed_at: str | None,
     run_id: str | None,
+    url: str | None,
     quiet: bool,
     as_json: bool,
     early: JobHost | None,
@@ -256,6 +259,7 @@ def _run_command(
         ref=ref,
         pushed_at=_parse_time(pushed_at),
         run_id=run_id,
+        url=url,
         trigger=_parse_trigger(trigger),
     )
     shown = PlainReporter(quiet=quiet, out=sys.stderr.buffer) if as_json else None

@@ -4,6 +4,10 @@ RUN is `latest`, a full run id, or any unique prefix of one. `logs` renders
 a run's log.jsonl files the way `quire ci run` showed them (base64 chunks
 decoded, stdout to stdout, stderr to stderr); `--follow` tails an active
 run until it ends.
+
+With a database configured (QUIRE_DATABASE_URL or `[server] database`) they
+read the run index, every worker's runs (quire.cli.run_source): a run id is
+found in whichever repository has it, and `runs` shows each run's worker.
 """
 
 from __future__ import annotations
@@ -15,8 +19,8 @@ import typer
 
 if TYPE_CHECKING:
     from quire.ci.store.records import Trigger
-    from quire.ci.store.runs import RunStore
     from quire.ci.store.views import RunSummary
+    from quire.cli.run_source import RunSource
 
 RepoOption = Annotated[
     Path,
@@ -28,10 +32,10 @@ RunArgument = Annotated[str, typer.Argument(help="`latest`, a run id, or a uniqu
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
-def _store(repo: Path) -> RunStore:
-    from quire.ci.store.runs import store_for
+def _source() -> RunSource:
+    from quire.cli.run_source import run_source
 
-    return store_for(repo)
+    return run_source()
 
 
 # How a run was started, in one word, for `quire ci runs`.
@@ -59,21 +63,45 @@ def runs_command(
     repo: RepoOption = Path(),
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Show at most N runs.")] = 20,
     as_json: JsonOption = False,
+    every: Annotated[
+        bool, typer.Option("--all", help="The runs of every repository, not just one.")
+    ] = False,
 ) -> int:
-    """List the repository's runs, newest first."""
+    """List the repository's runs (--all: every repository's), newest first."""
     import json
 
-    from quire.ci.store.views import list_runs
+    from quire.ci.store.views import list_runs, summarize
     from quire.cli.console import format_duration
 
-    summaries = list_runs(_store(repo), limit)
+    source = _source()
+    repos: dict[str, str] = {}  # run id -> its repository, with --all
+    if every:
+        listed = []
+        for store in source.stores():
+            for run in store.runs():
+                repos[run.run_id] = store.repo
+                listed.append(run)
+        listed.sort(key=lambda run: run.run_id, reverse=True)
+        summaries = [summarize(run) for run in listed[:limit]]
+    else:
+        summaries = list_runs(source.store(repo), limit)
     if as_json:
-        typer.echo(json.dumps([s.model_dump(mode="json") for s in summaries], indent=2))
+        dumped = [
+            {**s.model_dump(mode="json"), **({"repo": repos[s.id]} if every else {})}
+            for s in summaries
+        ]
+        typer.echo(json.dumps(dumped, indent=2))
         return 0
     if not summaries:
         typer.echo("no runs yet")
         return 0
-    rows = [("id", "state", "revision", "executor", "trigger", "started", "duration")]
+    # The repository with --all; the worker when runs came from the run index.
+    workers = any(s.worker for s in summaries)
+    rows = [
+        ("id", *(("repo",) if every else ()), "state", "revision", "executor", "trigger")
+        + ("started",)
+        + (("duration", "worker") if workers else ("duration",))
+    ]
     for s in summaries:
         state = s.state_text()
         # A pushed run's revision is its full sha (the worker runs exactly that commit):
@@ -84,15 +112,9 @@ def runs_command(
             revision += "+dirty"
         how = TRIGGER_LABELS[s.trigger.kind] if s.trigger else "?"
         rows.append(
-            (
-                s.id,
-                state,
-                revision,
-                s.executor or "?",
-                how,
-                _when(s),
-                format_duration(s.duration_s),
-            )
+            (s.id, *((repos[s.id],) if every else ()), state, revision, s.executor or "?", how)
+            + (_when(s), format_duration(s.duration_s))
+            + ((s.worker or "-",) if workers else ())
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
@@ -109,7 +131,8 @@ def show_command(
     from quire.ci.store.views import details
     from quire.cli.console import format_duration
 
-    info = details(_store(repo).find(run))
+    _, found = _source().find(repo, run)
+    info = details(found)
     if as_json:
         typer.echo(json.dumps(info.model_dump(mode="json"), indent=2))
         return 0
@@ -127,6 +150,8 @@ def show_command(
         + (" + the working tree's changes (--dirty)" if info.dirty else "")
     )
     typer.echo(f"executor  {info.executor}")
+    if info.worker:
+        typer.echo(f"worker    {info.worker}")
     if info.trigger is not None:
         typer.echo(f"trigger   {describe_trigger(info.trigger)}")
     typer.echo(f"started   {_when(info)}   duration {format_duration(info.duration_s)}")
@@ -183,8 +208,8 @@ def logs_command(
     from quire.cli.console import make_reporter
     from quire.errors import RunNotFound
 
-    store = _store(repo)
-    found = store.find(run)
+    source = _source()
+    store, found = source.find(repo, run)
     # A run still going may yet start the job; a finished one never will.
     finished = found.state in FINISHED
     if job is not None and not (found.path / "jobs" / job).is_dir() and (finished or not follow):
@@ -192,7 +217,15 @@ def logs_command(
     reporter = make_reporter(quiet=False, merged=not split_streams)
     try:
         if follow:
-            outcome, notes = views.follow(store, found.run_id, job, reporter.handle)
+            with source.following():  # the run index's mirror grows while we read it
+                outcome, notes = views.follow(
+                    store,
+                    found.run_id,
+                    job,
+                    reporter.handle,
+                    alive=source.liveness(),
+                    gone=source.gone(),
+                )
             reporter.handle(outcome)
         else:
             notes = views.replay(found, job, reporter.handle)

@@ -77,4 +77,24 @@ def prune_command(
     report = prune(stores, options)
     for line in describe(report, dry_run=dry_run):
         typer.echo(line)
+    if not dry_run:
+        _unpublish([r.target.rsplit("/", 1)[-1] for r in report.removed if r.kind == "run"])
     return 0
+
+
+def _unpublish(run_ids: list[str]) -> None:
+    """With a database: the pruned runs leave the run index too (readers drop their copies)."""
+    from quire.service.queues import database_url
+
+    url = database_url()
+    if url is None or not run_ids:
+        return
+    from quire.paths import state_dir
+    from quire.service.pgindex.writer import IndexWriter
+
+    writer = IndexWriter(url)
+    try:
+        gone = writer.prune(run_ids, str(state_dir()))
+    finally:
+        writer.close()
+    typer.echo(f"removed {gone} run{'' if gone == 1 else 's'} from the run index")

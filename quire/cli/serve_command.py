@@ -24,8 +24,20 @@ def serve_command(
         typer.Option("--rebuild-index", help="Rebuild the runs index from the records first."),
     ] = False,
 ) -> int:
-    """Serve a read-only web page of all runs, with live logs, until Ctrl-C or SIGTERM."""
+    """Serve a read-only web page of all runs, with live logs, until Ctrl-C or SIGTERM.
+
+    With a database configured: every worker's runs, from the run index.
+    """
     from quire.paths import state_dir
+    from quire.service.queues import database_url
     from quire.web.server import serve
 
-    return serve(state_dir(), host, port, rebuild_index=rebuild_index)
+    url = database_url()
+    if url is None:
+        return serve(state_dir(), host, port, rebuild_index=rebuild_index)
+    from quire.service.pgindex.reader import MirrorRuns
+
+    # The pages read the mirror of the run index, kept current while the server runs.
+    runs = MirrorRuns(url, state_dir())
+    with runs.follower():
+        return serve(runs.mirror.root, host, port, rebuild_index=rebuild_index)

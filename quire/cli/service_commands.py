@@ -262,12 +262,32 @@ def cancel_command(
     return 0
 
 
+def _publish_cancelled(entry: Entry) -> None:
+    """With a database: the record of a run cancelled before it started goes into the run
+    index too, with no worker (none ran it)."""
+    from quire.service.queues import database_url
+
+    url = database_url()
+    if url is None:
+        return
+    from quire.paths import state_dir
+    from quire.service.pgindex.publisher import Publisher
+    from quire.service.pgindex.writer import IndexWriter
+
+    publisher = Publisher(IndexWriter(url), "", state_dir())
+    publisher.track(entry)
+    publisher.finish(entry.run_id)
+    publisher.close()
+
+
 def _record_cancelled_before_start(entry: Entry, request: CancelRequest) -> None:
     """A queued run never starts: its record (in cancelled/) and its note are made here."""
     from quire.service import outcome as outcomes
     from quire.service.worker import write_note
 
     run = outcomes.record_cancelled(entry, request)
+    if run is not None:
+        _publish_cancelled(entry)
     result = outcomes.Outcome(
         outcomes.CANCELLED,
         "cancelled",

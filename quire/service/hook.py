@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
 
 from quire.service.queue import Push, open_queue, utc_text
-from quire.service.wake import wake_all
+from quire.service.queues import database_url, repository_url
 
 TYPE_CHECKING = False  # typing, pathlib and re cost the hook milliseconds: none here
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from typing import TextIO
 
 ZERO = frozenset("0")
@@ -72,11 +72,10 @@ def queue_pushes(state: str, git_dir: str, updates: Sequence[tuple[str, str]], o
     if not updates:
         return 0
     pushed_at = utc_text()
-    pushes = [Push(git_dir, ref, sha, pushed_at) for sha, ref in updates]
     try:
-        with open_queue(state) as queue:
-            entries = queue.enqueue(pushes)
-            notified = queue.leases  # PostgreSQL: its NOTIFY woke workers on every machine
+        url = repository_url(git_dir)
+        pushes = [Push(git_dir, ref, sha, pushed_at, url) for sha, ref in updates]
+        queued, notified = _enqueue(state, pushes)
     except Exception as exc:  # the push has happened: say what was not queued, never fail it
         for sha, ref in updates:
             out.write(
@@ -85,17 +84,36 @@ def queue_pushes(state: str, git_dir: str, updates: Sequence[tuple[str, str]], o
                 f"`quire ci run {sha} --repo {git_dir}`\n"
             )
         return 0
-    for entry in entries:
-        out.write(f"quire: queued run {entry.run_id} for {entry.ref} ({entry.sha[:12]})\n")
+    for run_id, ref, sha in queued:
+        out.write(f"quire: queued run {run_id} for {ref} ({sha[:12]})\n")
     if notified:
-        return len(entries)
+        return len(queued)
+    from quire.service.wake import wake_all  # the datagram sockets: SQLite's wake-up only
+
     try:
         listening = wake_all(state)
     except OSError:
         listening = 0
     if not listening:
         out.write("quire: no worker is running: the run waits in the queue (`quire ci worker`)\n")
-    return len(entries)
+    return len(queued)
+
+
+def _enqueue(state: str, pushes: Sequence[Push]) -> tuple[list[tuple[str, str, str]], bool]:
+    """Queue `pushes`: (run id, ref, sha) of each, and whether the queue's NOTIFY woke the
+    workers (PostgreSQL, on every machine). With a database, through libpq itself
+    (`quire.service.pglite`: psycopg's import alone would cost the push ~0.1 s), or
+    psycopg where no libpq can be loaded."""
+    database = database_url()
+    if database is not None:
+        from quire.service.pglite import enqueue
+
+        queued = enqueue(database, pushes)
+        if queued is not None:
+            return queued, True
+    with open_queue(state) as queue:
+        entries = queue.enqueue(pushes)
+        return [(e.run_id, e.ref, e.sha) for e in entries], queue.leases
 
 
 def _parse_args(argv: Sequence[str]) -> tuple[str, list[str]]:

@@ -67,6 +67,7 @@ from quire.ci.store.records import (
 )
 from quire.config import Config, NotifyTarget
 from quire.errors import ConfigError, QuireError
+from quire.service.queue import Entry
 
 log = logging.getLogger("quire.worker")
 
@@ -300,6 +301,7 @@ class Pending:
 
     repo: str
     run_id: str
+    entry: Entry | None = None  # its queue row (None from a marker of an older quire)
     path: Path | None = None  # its directory, once found
     facts: RunFacts | None = None
     record: RunNotifications | None = None
@@ -332,6 +334,9 @@ class Notifier:
     find: FindRun = find_run
     wall: Callable[[], datetime] = lambda: datetime.now(UTC)
     delays: Sequence[float] = RETRY_DELAYS_S
+    # Called after notifications.yml changed: with a database, the worker ships the run's
+    # directory to the run index again, so every machine's `show` and web page see it.
+    published: Callable[[Entry], None] | None = None
     pending: dict[str, Pending] = field(default_factory=dict)
     _wake: threading.Event = field(default_factory=threading.Event)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -344,17 +349,19 @@ class Notifier:
 
     # --- the worker's side (its own thread) ------------------------------------------------
 
-    def finished(self, repo: str, run_id: str) -> None:
+    def finished(self, entry: Entry) -> None:
         """A run's outcome is recorded: remember it (a marker file, so a restart still
         sends), and wake the thread. Never raises: a notification never stops a worker."""
+        repo, run_id = entry.repo, entry.run_id
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             marker = self.folder / f"{run_id}.json"
-            marker.write_text(json.dumps({"repo": repo, "run_id": run_id}), encoding="utf-8")
+            data = {"repo": repo, "run_id": run_id, "entry": entry.as_json()}
+            marker.write_text(json.dumps(data), encoding="utf-8")
         except OSError as exc:
             log.error("run %s: cannot remember its notifications: %s", run_id, exc)
         with self._lock:
-            self.pending.setdefault(run_id, Pending(repo, run_id))
+            self.pending.setdefault(run_id, Pending(repo, run_id, entry))
         self._wake.set()
 
     def start(self) -> None:
@@ -379,12 +386,13 @@ class Notifier:
             try:
                 data = json.loads(marker.read_text(encoding="utf-8"))
                 repo, run_id = str(data["repo"]), str(data["run_id"])
+                entry = Entry(data["entry"]) if isinstance(data.get("entry"), dict) else None
             except (OSError, ValueError, KeyError, TypeError):
                 log.error("notification marker %s is unreadable; removing it", marker)
                 marker.unlink(missing_ok=True)
                 continue
             with self._lock:
-                self.pending.setdefault(run_id, Pending(repo, run_id))
+                self.pending.setdefault(run_id, Pending(repo, run_id, entry))
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -448,10 +456,11 @@ class Notifier:
             log.debug("run %s: no finished record; no notifications", pending.run_id)
             return False
         pending.path = path
+        existing = path / NOTIFICATIONS_FILE
         try:
             facts, planned = plan(config, path, now)
-            existing = path / NOTIFICATIONS_FILE
-            if existing.exists():  # an earlier worker planned it: go on from there
+            known = existing.exists()
+            if known:  # an earlier worker planned it: go on from there
                 planned = read_record(existing, RunNotifications)
         except RecordUnreadable as exc:
             log.error("run %s: cannot read its records for notifications: %s", pending.run_id, exc)
@@ -459,7 +468,8 @@ class Notifier:
         pending.facts, pending.record = facts, planned
         if not planned.deliveries:
             return False
-        self._write(pending)
+        if not known:
+            self._write(pending)
         return True
 
     def _attempt(
@@ -497,6 +507,12 @@ class Notifier:
             write_record(pending.path / NOTIFICATIONS_FILE, pending.record)
         except OSError as exc:
             log.error("run %s: cannot write %s: %s", pending.run_id, NOTIFICATIONS_FILE, exc)
+            return
+        if self.published is not None and pending.entry is not None:
+            try:
+                self.published(pending.entry)
+            except (QuireError, OSError) as exc:
+                log.error("run %s: cannot publish its notifications: %s", pending.run_id, exc)
 
     def _settle(self, pending: Pending) -> None:
         with self._lock:

@@ -7,7 +7,8 @@ Schema (versions in `schema_version`; applied by `quire.service.pgschema.migrate
         -- the columns of the SQLite queue (quire.service.queue), same names and meanings;
         -- worker_host is the worker's --name (default: its host name), and:
         lease_until  timestamptz,      -- running: the claim is its worker's until then
-        lease_s      double precision  -- the length of that lease
+        lease_s      double precision, -- the length of that lease
+        url          text              -- (version 2) where workers fetch the pushed object
     );
     CREATE UNIQUE INDEX one_running_per_ref ON queue (git_dir, ref) WHERE state = 'running';
 
@@ -39,8 +40,8 @@ import psycopg
 
 from quire.service.errors import QueueEntryNotFound, QueueUnavailable
 from quire.service.pgschema import (
+    CHANNEL,
     SCHEMA_VERSION,
-    Connection,
     connect,
     refuse_newer,
     schema_version,
@@ -62,9 +63,10 @@ from quire.service.queue import (
 from quire.service.queues import DEFAULT_LEASE_S, server_name
 
 if TYPE_CHECKING:
+    from quire.service.pgschema import Connection
     from quire.service.queue import HasJson
 
-CHANNEL = "quire_queue"
+__all__ = ["CHANNEL", "Notifications", "PgQueue"]
 
 
 def _entry(row: dict[str, Any]) -> Entry:

@@ -2,6 +2,7 @@
 
     schema_version (version integer PRIMARY KEY, applied_at timestamptz)
     queue          see quire.service.pgqueue
+    run_index, run_file, sequence run_change   see quire.service.pgindex (version 2)
     schedule_claims  the scheduled times taken (version 2; quire.service.schedule)
 
 Each version's statements are applied in one transaction, under an
@@ -13,13 +14,19 @@ naming the server, never its password.
 
 from __future__ import annotations
 
-from typing import Any, TypeAlias
-
-import psycopg
-from psycopg.rows import dict_row
-
 from quire.service.errors import QueueCorrupt, QueueUnavailable
 from quire.service.queues import server_name
+
+# psycopg is imported where it is used: the hook reads SCHEMA_VERSION and MIGRATIONS
+# without it (quire.service.pglite), and typing costs it milliseconds too.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TypeAlias
+
+    import psycopg
+
+    # An explicit alias: without psycopg installed (nox's typecheck session) it is Any.
+    Connection: TypeAlias = "psycopg.Connection[dict[str, Any]]"
 
 CONNECT_TIMEOUT_S = 10
 
@@ -55,6 +62,31 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX by_state ON queue (state, seq)",
     ),
     (
+        # Where workers fetch a queued run's pushed object (NULL: file:// of git_dir).
+        "ALTER TABLE queue ADD COLUMN url text",
+        # The run index (quire.service.pgindex): every run's files, as they change. One
+        # sequence numbers every change, in commit order (publishers take one lock).
+        "CREATE SEQUENCE run_change",
+        """CREATE TABLE run_index (
+    run_id text PRIMARY KEY,
+    repo text NOT NULL,
+    git_dir text NOT NULL,
+    worker text NOT NULL,
+    state_dir text NOT NULL,
+    state text NOT NULL,
+    seq bigint NOT NULL
+)""",
+        "CREATE INDEX run_index_by_seq ON run_index (seq)",
+        """CREATE TABLE run_file (
+    seq bigint PRIMARY KEY,
+    run_id text NOT NULL REFERENCES run_index (run_id) ON DELETE CASCADE,
+    path text NOT NULL,
+    kind text NOT NULL CHECK (kind IN ('whole', 'append', 'delete')),
+    at bigint NOT NULL DEFAULT 0,
+    data bytea NOT NULL DEFAULT '',
+    digest text
+)""",
+        "CREATE INDEX run_file_by_run ON run_file (run_id, seq)",
         # How a run was started (a Trigger's JSON); NULL: a push.
         "ALTER TABLE queue ADD COLUMN trigger_json text",
         # Each scheduled time of each schedule taken once, whichever worker sees it first;
@@ -72,13 +104,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 # Serializes concurrent `migrate()` calls (two workers starting at once); any constant works.
 _MIGRATE_LOCK = 0x71756972
-
-# An explicit alias: without psycopg installed (nox's typecheck session) it is Any.
-Connection: TypeAlias = "psycopg.Connection[dict[str, Any]]"
+# NOTIFYed when runs are queued (again); idle workers LISTEN on it.
+CHANNEL = "quire_queue"
 
 
 def connect(url: str, *, autocommit: bool = False) -> Connection:
     """A connection to `url`; raises `QueueUnavailable` naming the server."""
+    import psycopg
+    from psycopg.rows import dict_row
+
     try:
         return psycopg.connect(
             url, autocommit=autocommit, row_factory=dict_row, connect_timeout=CONNECT_TIMEOUT_S
@@ -89,6 +123,8 @@ def connect(url: str, *, autocommit: bool = False) -> Connection:
 
 def unavailable(url: str, doing: str, exc: BaseException) -> str:
     """What went wrong, naming the server; the password is cut out if the driver quoted it."""
+    import psycopg
+
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     try:
         password = psycopg.conninfo.conninfo_to_dict(url).get("password")
@@ -113,6 +149,8 @@ def migrate(url: str) -> tuple[int, int]:
 
     Raises `QueueUnavailable` (unreachable) and `QueueCorrupt` (newer schema).
     """
+    import psycopg
+
     with connect(url) as db:
         try:
             with db.transaction():

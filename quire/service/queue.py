@@ -2,8 +2,7 @@
 
     $QUIRE_STATE_DIR/queue.sqlite3      (WAL mode: -wal and -shm files beside it; all 0600)
 
-Schema (version 2, kept in `PRAGMA user_version`; a version 1 file, without
-`trigger_json` and `schedule_claims`, is brought up to date when opened):
+Schema (version 2, kept in `PRAGMA user_version`; `_MIGRATIONS` brings older files up):
 
     CREATE TABLE queue (
         seq          INTEGER PRIMARY KEY AUTOINCREMENT,  -- arrival order: oldest first
@@ -23,7 +22,10 @@ Schema (version 2, kept in `PRAGMA user_version`; a version 1 file, without
         outcome      TEXT,                   -- done: complete | failed | cancelled
         reason       TEXT,                   -- why it failed (jobs-failed, error, no-pipeline, ...)
         message      TEXT,                   -- what a person reads about it
-        trigger_json TEXT                    -- how it was started (a Trigger's JSON); NULL: a push
+        url          TEXT,                   -- where workers fetch the pushed object (version
+                                             -- 2; NULL: file:// of git_dir)
+        trigger_json TEXT                    -- how it was started (a Trigger's JSON; version 2);
+                                             -- NULL: a push
     );
     -- At most one run per repository and ref at a time, enforced by the database itself.
     CREATE UNIQUE INDEX one_running_per_ref ON queue (git_dir, ref) WHERE state = 'running';
@@ -48,8 +50,6 @@ imports this on every push (no dataclasses, secrets or typing at run time).
 from __future__ import annotations
 
 import os
-import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
@@ -63,6 +63,9 @@ from quire.service.queues import DEFAULT_LEASE_S, database_url
 
 TYPE_CHECKING = False  # typing itself costs the hook milliseconds
 if TYPE_CHECKING:
+    # sqlite3 is imported by the SQLite queue itself: a hook on PostgreSQL never needs it.
+    import sqlite3
+    from collections.abc import Iterator, Mapping, Sequence
     from typing import Any, Protocol
 
     from quire.service.pgqueue import PgQueue
@@ -101,7 +104,6 @@ if TYPE_CHECKING:
 
 
 QUEUE_FILE = "queue.sqlite3"
-SCHEMA_VERSION = 2
 MAX_ATTEMPTS = 2  # a run whose worker died is queued again once; a second death gives up
 
 QUEUED, RUNNING, DONE = "queued", "running", "done"
@@ -134,10 +136,15 @@ _SCHEMA = (
     " WHERE state = 'running'",
     "CREATE INDEX IF NOT EXISTS by_state ON queue (state, seq)",
 )
-# Version 2: how a run was started, and the scheduled times taken.
-_SCHEMA_V2 = (
-    "ALTER TABLE queue ADD COLUMN trigger_json TEXT",
-    """CREATE TABLE IF NOT EXISTS schedule_claims (
+# Each version's statements, applied in order (version 1: the table as first made).
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    _SCHEMA,
+    (
+        "ALTER TABLE queue ADD COLUMN url TEXT",
+        # How a run was started (a Trigger's JSON); NULL: a push.
+        "ALTER TABLE queue ADD COLUMN trigger_json TEXT",
+        # The scheduled times taken, each once (quire.service.schedule).
+        """CREATE TABLE IF NOT EXISTS schedule_claims (
     git_dir TEXT NOT NULL,
     cron TEXT NOT NULL,
     ref TEXT NOT NULL,
@@ -145,14 +152,16 @@ _SCHEMA_V2 = (
     run_id TEXT,
     PRIMARY KEY (git_dir, cron, ref, due_at)
 )""",
+    ),
 )
+SCHEMA_VERSION = len(_MIGRATIONS)
 
 _CORRUPT = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 
 # Shared with the PostgreSQL queue (its placeholder, %s; `?` here).
 INSERT_RUN = (
-    "INSERT INTO queue (run_id, git_dir, ref, sha, pushed_at, trigger_json)"
-    " VALUES (?, ?, ?, ?, ?, ?)"
+    "INSERT INTO queue (run_id, git_dir, ref, sha, pushed_at, url, trigger_json)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 LAST_SCHEDULED = (
     "SELECT max(due_at) AS due_at FROM schedule_claims WHERE git_dir = %s AND cron = %s"
@@ -164,8 +173,8 @@ CLAIM_SCHEDULE = (
 )
 
 
-def push_values(push: Push) -> tuple[str, str, str, str]:
-    return (push.git_dir, push.ref, push.sha, push.pushed_at)
+def push_values(push: Push) -> tuple[str, str, str, str, str | None]:
+    return (push.git_dir, push.ref, push.sha, push.pushed_at, push.url)
 
 
 def queue_path(state: StrPath) -> str:
@@ -181,6 +190,11 @@ def repository_name(git_dir: str) -> str:
     git_dir = os.path.normpath(git_dir)
     name = os.path.basename(git_dir)
     return repo_id(os.path.basename(os.path.dirname(git_dir)) if name == ".git" else name, git_dir)
+
+
+def file_url(path: str) -> str:
+    """`path` (absolute) as the file:// URL git fetches it by."""
+    return "file://" + path
 
 
 def utc_text(when: datetime | None = None) -> str:
@@ -200,12 +214,16 @@ def new_run_id(now: datetime | None = None) -> str:
 
 
 class Push:
-    """One updated ref of one push, as the hook saw it."""
+    """One updated ref of one push, as the hook saw it; `url`: where workers fetch it
+    (`[repositories.NAME] url`; None: the pushed repository's path as a file:// URL)."""
 
-    __slots__ = ("git_dir", "pushed_at", "ref", "sha")
+    __slots__ = ("git_dir", "pushed_at", "ref", "sha", "url")
 
-    def __init__(self, git_dir: str, ref: str, sha: str, pushed_at: str) -> None:
+    def __init__(
+        self, git_dir: str, ref: str, sha: str, pushed_at: str, url: str | None = None
+    ) -> None:
         self.git_dir, self.ref, self.sha, self.pushed_at = git_dir, ref, sha, pushed_at
+        self.url = url
 
 
 def trigger_text(trigger: HasJson | None) -> str | None:
@@ -244,8 +262,10 @@ ENTRY_FIELDS = (
     "outcome",
     "reason",
     "message",
+    "url",
     "trigger_json",
 )
+LATER_FIELDS = frozenset(("url", "trigger_json"))
 
 
 class Entry:
@@ -273,18 +293,25 @@ class Entry:
     outcome: str | None
     reason: str | None
     message: str | None
+    url: str | None
     trigger_json: str | None
 
     def __init__(self, values: Mapping[str, Any]) -> None:
         for name in ENTRY_FIELDS:
-            # trigger_json came with schema version 2: rows made before it have none.
-            setattr(self, name, values.get(name) if name == "trigger_json" else values[name])
+            # Columns added after version 1 may be missing from a row made elsewhere.
+            setattr(self, name, values.get(name) if name in LATER_FIELDS else values[name])
         self.cancel = bool(self.cancel)
 
     @property
     def repo(self) -> str:
         """The repository's name in the run store."""
         return repository_name(self.git_dir)
+
+    @property
+    def fetch_url(self) -> str:
+        """Where a worker fetches the pushed object: `url`, else the pushed repository's
+        path as a file:// URL."""
+        return self.url or file_url(self.git_dir)
 
     def replaced(self, **changes: Any) -> Entry:
         """A copy with some fields changed."""
@@ -364,6 +391,8 @@ class Queue(QueueReads):
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             _refuse_truncated(self.path)
             _create_private(self.path)
+            import sqlite3
+
             self._db = sqlite3.connect(path, timeout=timeout, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         try:
@@ -393,6 +422,8 @@ class Queue(QueueReads):
 
     @contextmanager
     def _translated(self, doing: str) -> Iterator[None]:
+        import sqlite3
+
         try:
             yield
         except sqlite3.DatabaseError as exc:
@@ -430,12 +461,13 @@ class Queue(QueueReads):
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            # Read again under the write lock: another process may have upgraded it meanwhile.
+            # Read again under the write lock: another process may have migrated meanwhile.
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             # One statement at a time: executescript() would commit our transaction first.
-            for statement in {0: _SCHEMA + _SCHEMA_V2, 1: _SCHEMA_V2}.get(version, ()):
-                self._db.execute(statement)
-            self._db.execute(f"PRAGMA user_version = {max(version, SCHEMA_VERSION)}")
+            for statements in _MIGRATIONS[version:]:
+                for statement in statements:
+                    self._db.execute(statement)
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise

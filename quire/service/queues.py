@@ -2,6 +2,7 @@
 
     RunQueue            what hooks, workers, `queue` and `cancel` may ask of a queue
     database_url()      QUIRE_DATABASE_URL, else `[server] database` in the config file
+    repository_url()    `[repositories.NAME] url` of a pushed repository, if any
     server_name(url)    the server a URL names, for messages (never its password)
 
 Two implementations: `quire.service.queue.Queue` (SQLite in the state
@@ -91,21 +92,47 @@ def database_url() -> str | None:
     url = os.environ.get(DATABASE_ENV)
     if url:
         return url
+    server = _config_table("server")
+    database = server.get("database") if server else None
+    return database if isinstance(database, str) and database else None
+
+
+def repository_url(git_dir: str) -> str | None:
+    """`[repositories.NAME] url` for the repository at `git_dir` (by its store name
+    `proj-1a2b3c4d` or its folder name `proj`, as `quire.config` matches), else None:
+    workers fetch it by its path, as a file:// URL."""
+    repositories = _config_table("repositories")
+    if not repositories:
+        return None
+    from quire.service.queue import repository_name
+
+    store_name = repository_name(git_dir)
+    folder = store_name.rsplit("-", 1)[0]
+    for name in (store_name, folder):
+        found = repositories.get(name)
+        url = found.get("url") if isinstance(found, dict) else None
+        if isinstance(url, str) and url:
+            return url
+    return None
+
+
+def _config_table(name: str) -> dict[str, object] | None:
+    """Table `name` of the config file; None when the file is missing, unreadable or
+    malformed (quire.config says so to every command but the hook)."""
     try:
         with open(_config_path(), "rb") as file:
             text = file.read()
     except OSError:
-        return None  # no config file (the common case), or unreadable: quire.config says so
-    if b"[server]" not in text:
-        return None  # most config files have none: skip parsing them
+        return None  # no config file (the common case), or unreadable
+    if f"[{name}".encode() not in text:
+        return None  # most config files have neither: skip parsing them
     import tomllib
 
     try:
-        server = tomllib.loads(text.decode("utf-8")).get("server", {})
+        found = tomllib.loads(text.decode("utf-8")).get(name)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError):
-        return None  # reported by quire.config, which every command but the hook loads
-    database = server.get("database") if isinstance(server, dict) else None
-    return database if isinstance(database, str) and database else None
+        return None
+    return found if isinstance(found, dict) else None
 
 
 def _config_path() -> str:

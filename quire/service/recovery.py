@@ -44,6 +44,12 @@ LOST_REASONS = ("interrupted", "orphaned", "unreadable")
 # The queue's own failures: handled by the worker's loop (retry later, or stop), not per run.
 QUEUE_ERRORS = (QueueUnavailable, QueueCorrupt, QueueReplaced)
 Recorder = Callable[[Entry, Outcome], None]
+# A run given up on its lost worker's behalf, with why: failed in the run index.
+LostRun = Callable[[Entry, str], None]
+
+
+def _ignore_lost(entry: Entry, message: str) -> None:
+    """Without a run index the records say it (on the worker's machine)."""
 
 
 class Records:
@@ -100,8 +106,15 @@ def lost_runs(queue: WorkQueue, me: Owner) -> list[Entry]:
     return [entry for entry in queue.running() if orphaned(entry, me)]
 
 
-def recover(queue: WorkQueue, me: Owner, note: Recorder, records: Records = RECORDS) -> int:
+def recover(
+    queue: WorkQueue,
+    me: Owner,
+    note: Recorder,
+    records: Records = RECORDS,
+    lost: LostRun = _ignore_lost,
+) -> int:
     """Recover every running row of dead workers; returns how many were handled.
+    `lost(entry, why)` for each run given up (queued again, abandoned, cancelled).
 
     A run whose record cannot be reconciled now is logged and left for the
     next call; the queue's own errors (`QUEUE_ERRORS`) are raised.
@@ -109,7 +122,7 @@ def recover(queue: WorkQueue, me: Owner, note: Recorder, records: Records = RECO
     handled = 0
     for entry in lost_runs(queue, me):
         try:
-            recover_one(queue, entry, note, records)
+            recover_one(queue, entry, note, records, lost)
         except QUEUE_ERRORS:
             raise
         except (OSError, QuireError) as exc:
@@ -124,8 +137,15 @@ def recover(queue: WorkQueue, me: Owner, note: Recorder, records: Records = RECO
     return handled
 
 
-def recover_one(queue: WorkQueue, entry: Entry, note: Recorder, records: Records = RECORDS) -> None:
+def recover_one(
+    queue: WorkQueue,
+    entry: Entry,
+    note: Recorder,
+    records: Records = RECORDS,
+    lost_run: LostRun = _ignore_lost,
+) -> None:
     """Reap one dead worker's run, note its outcome, and queue it again (once)."""
+    worker = f"worker {entry.worker_host} (pid {entry.worker_pid})"
     records.reconcile(entry)
     run = records.find(entry)
     if run is not None and run.state in FINISHED:
@@ -142,12 +162,14 @@ def recover_one(queue: WorkQueue, entry: Entry, note: Recorder, records: Records
     if entry.cancel:
         if queue.finish(entry.run_id, "cancelled", "cancelled", "its worker died"):
             note(entry, Outcome("cancelled", "cancelled", "its worker died", lost.commit))
+            lost_run(entry, f"its {worker} was lost while it was being cancelled")
         return
     if entry.attempt >= MAX_ATTEMPTS:
         message = f"its worker died {entry.attempt} times; not queued again"
         if queue.finish(entry.run_id, FAILED, "abandoned", message):
             log.warning("run %s (%s %s): %s", entry.run_id, entry.repo, entry.ref, message)
             note(entry, Outcome(FAILED, "abandoned", message, lost.commit, recorded=lost.recorded))
+            lost_run(entry, f"its {worker} was lost; {message}")
         return
     again = queue.requeue(entry.run_id)
     if again is None:
@@ -155,6 +177,7 @@ def recover_one(queue: WorkQueue, entry: Entry, note: Recorder, records: Records
     message = f"its worker (pid {entry.worker_pid}) died; queued again as run {again.run_id}"
     log.warning("run %s (%s %s): %s", entry.run_id, entry.repo, entry.ref, message)
     note(entry, Outcome(FAILED, lost.reason or "orphaned", message, lost.commit, lost.duration_s))
+    lost_run(entry, f"its {worker} was lost; queued again as run {again.run_id}")
 
 
 def reconcile_run(entry: Entry) -> None:

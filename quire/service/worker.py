@@ -6,10 +6,13 @@ up to `--concurrency`, then sleep in one `select` over the wake-up socket
 (the hook), the signal fd (SIGCHLD, SIGTERM/SIGINT/SIGHUP) and a fallback
 poll. Each run is started as
 
-    python -m quire ci run SHA --repo GIT_DIR --executor E --ref REF
-        --pushed-at TIME --run-id ID [--trigger JSON] --quiet
+    python -m quire ci run --rev SHA --repo GIT_DIR --executor E --ref REF
+        --pushed-at TIME --run-id ID --url URL [--trigger JSON] --quiet
 
-so it leaves exactly the records a `quire ci run` leaves. Children get
+so it leaves exactly the records a `quire ci run` leaves. The child
+fetches the pushed object from URL (the row's `url`, else GIT_DIR as a
+file:// URL) into this machine's mirror and reads it there
+(`quire.ci.run.mirror`): GIT_DIR only names the repository. Children get
 SIGTERM if the worker dies (PR_SET_PDEATHSIG): they record `interrupted`
 and tear down rather than run on unsupervised.
 
@@ -55,6 +58,7 @@ from quire.service import recovery
 from quire.service.errors import QueueCorrupt, QueueReplaced, QueueUnavailable
 from quire.service.notes import CiNote, append_note
 from quire.service.outcome import Outcome
+from quire.service.pgindex.publisher import NoPublisher, RunPublisher
 from quire.service.queue import Entry, Owner, open_queue
 from quire.service.queues import DEFAULT_LEASE_S
 from quire.service.schedule import Scheduler
@@ -148,6 +152,7 @@ class Worker:
         records: recovery.Records = recovery.RECORDS,
         note: recovery.Recorder | None = None,
         me: Owner | None = None,
+        publisher: RunPublisher | None = None,
         wall: Callable[[], datetime] = lambda: datetime.now(UTC),
         scheduler: Scheduler | None = None,
         notifier: Notifier | None = None,
@@ -167,6 +172,8 @@ class Worker:
         self.finish_at = 0.0  # no outcomes worked out before (a record could not be reconciled)
         self.queue_lost = False  # the queue file was replaced or damaged: never write it again
         self.notifications: Notifications | None = None
+        # With a database: ships this worker's runs to the run index (quire.service.pgindex).
+        self.publisher: RunPublisher = publisher or NoPublisher()
         self.wall = wall  # the time of day, for schedules (`clock` only measures waits)
         self.scheduler = scheduler or Scheduler(_load_config)
         self.next_due: datetime | None = None  # the next time a schedule is due
@@ -188,13 +195,14 @@ class Worker:
                 self.me = Owner(self.me.pid, self.me.start, self.settings.name or self.me.host)
                 self._step(self._listen)
                 stack.callback(self._unlisten)
+                self._publish(queue, stack)
             # The SQLite queue creates it; with a database queue nothing else has yet.
             state.mkdir(parents=True, exist_ok=True)
             listener = stack.enter_context(Listener(state))
             if self.notifier is None:
                 from quire.service.notify import Notifier
 
-                self.notifier = Notifier(state, _load_config)
+                self.notifier = Notifier(state, _load_config, published=self._republish)
                 self.notifier.start()  # the runs an earlier worker left unsent first
                 stack.callback(self.notifier.stop)
             self._step(lambda: log.debug("pruned %d finished rows", queue.prune()))
@@ -281,6 +289,20 @@ class Worker:
         if self.notifications is None:
             self.notifications = self.queue.notifications()
 
+    def _publish(self, queue: WorkQueue, stack: contextlib.ExitStack) -> None:
+        """Ship this worker's runs to the run index on the queue's database (unless the
+        caller gave a publisher of its own)."""
+        url = getattr(queue, "url", None)
+        if not isinstance(self.publisher, NoPublisher) or not isinstance(url, str):
+            return
+        from quire.service.pgindex.publisher import Publisher
+        from quire.service.pgindex.writer import IndexWriter
+
+        publisher = Publisher(IndexWriter(url), self.me.host, self.settings.state)
+        publisher.start()
+        self.publisher = publisher
+        stack.callback(publisher.close)
+
     def _unlisten(self) -> None:
         if self.notifications is not None:
             self.notifications.close()
@@ -342,6 +364,12 @@ class Worker:
             later.append(now + max(0.0, (self.next_due - self.wall()).total_seconds()))
         return max(0.0, min([self.next_poll, *later]) - self.clock())
 
+    def _republish(self, entry: Entry) -> None:
+        """Ship a finished run's directory to the run index again (its notifications.yml
+        changed); nothing without a database."""
+        self.publisher.track(entry)
+        self.publisher.finish(entry.run_id)
+
     def _schedule(self) -> None:
         """Queue the scheduled runs that are due (quire.service.schedule)."""
         if not hasattr(self.queue, "claim_schedule"):  # the worker's in-memory unit-test fake
@@ -392,6 +420,7 @@ class Worker:
         entry = entry.replaced(executor=executor, child_pid=child.pid, child_start=start)
         running = Running(entry, child, output, self.clock())
         self.running[entry.run_id] = running
+        self.publisher.track(entry)
         running.cancel = self.queue.started(entry.run_id, executor, child.pid, start)
         log.info(
             "start %s: %s %s %s (executor %s, attempt %d, pid %d)",
@@ -473,6 +502,8 @@ class Worker:
                 result = self.records.record_cancelled(entry, result)
         with contextlib.suppress(OSError):
             running.output.unlink()
+        # The run index has the run's last records before the queue says it is done.
+        self.publisher.finish(entry.run_id)
         self.unrecorded.append((entry, result))
 
     def _cancel_asked(self, entry: Entry) -> bool:
@@ -492,12 +523,12 @@ class Worker:
                 )
                 self.note(entry, result)
                 if self.notifier is not None:  # sent by its thread, never waited for here
-                    self.notifier.finished(entry.repo, entry.run_id)
+                    self.notifier.finished(entry)
             self.unrecorded.pop(0)
 
     def _recover(self) -> None:
         assert self.queue is not None
-        recovery.recover(self.queue, self.me, self.note, self.records)
+        recovery.recover(self.queue, self.me, self.note, self.records, self.publisher.lost)
 
     # --- stopping ------------------------------------------------------------------------------
 
@@ -566,6 +597,8 @@ def child_argv(entry: Entry, executor: str) -> list[str]:
         entry.pushed_at,
         "--run-id",
         entry.run_id,
+        "--url",
+        entry.fetch_url,
         *(["--trigger", entry.trigger_json] if entry.trigger_json else []),
         "--quiet",
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,23 @@ class Repository:
     git_dir: Path
     name_dir: Path
     bare: bool
+    # A worker's mirror (`git_dir`) of the pushed repository at this path, which names the
+    # run store and the records; git reads the mirror.
+    mirror_of: Path | None = None
+
+    @property
+    def home(self) -> Path:
+        """The repository's own git dir: the pushed one for a mirror."""
+        return self.mirror_of or self.git_dir
+
+
+def mirrored(mirror: Path, pushed: str) -> Repository:
+    """The mirror `mirror` standing for the pushed repository whose git dir is `pushed`
+    (a path on the git server, perhaps not on this machine: never looked at). Named as
+    `open_repository` would name it there: `proj.git` by itself, `proj/.git` by `proj`."""
+    home = Path(os.path.normpath(pushed))
+    name_dir = home.parent if home.name == ".git" else home
+    return Repository(git_dir=mirror, name_dir=name_dir, bare=True, mirror_of=home)
 
 
 @dataclass(frozen=True)
@@ -104,6 +122,45 @@ def worktree_changed(worktree: Path) -> bool:
 def archive_argv(git_dir: Path, sha: str) -> list[str]:
     """`git archive` of commit `sha` as a tar stream on stdout."""
     return ["git", "--git-dir", str(git_dir), "archive", "--format=tar", sha]
+
+
+# --- a worker's mirror (a queued run's repository, fetched by URL) ------------------------------
+
+# A fetch never asks for a password or a passphrase on a terminal: a worker has none, and
+# would hang. ssh keys are the worker user's business (docs/scale-out.md).
+FETCH_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "", "SSH_ASKPASS": ""}
+
+
+def init_bare(git_dir: Path) -> None:
+    """Create an empty bare repository at `git_dir`; raises `ToolFailed`."""
+    done = process.run(["git", "init", "--quiet", "--bare", str(git_dir)])
+    if not done.ok:
+        raise ToolFailed(f"git init --bare {git_dir} failed: {done.stderr_tail(3)}")
+
+
+def has_object(git_dir: Path, sha: str) -> bool:
+    """Whether the repository at `git_dir` holds object `sha`."""
+    if sha.startswith("-"):
+        return False
+    return _git(git_dir, "cat-file", "-e", sha).ok
+
+
+def fetch_argv(git_dir: Path, url: str, refspec: str) -> list[str]:
+    """`git fetch` of one refspec from `url` into `git_dir`, nothing else (no tags, no
+    FETCH_HEAD). Protocol v2 lets a server hand out any object it has by its id; gc and
+    maintenance stay in the foreground (nothing outlives the run)."""
+    return [
+        "git",
+        *("-c", "protocol.version=2", "-c", "gc.autoDetach=false"),
+        *("-c", "maintenance.autoDetach=false"),
+        *("--git-dir", str(git_dir), "fetch", "--quiet", "--no-tags", "--no-write-fetch-head"),
+        *("--", url, refspec),
+    ]
+
+
+def fetch(git_dir: Path, url: str, refspec: str) -> process.Completed:
+    """Run `fetch_argv`; the result says whether it worked and why not (stderr)."""
+    return process.run(fetch_argv(git_dir, url, refspec), env=FETCH_ENV)
 
 
 # --- hooks and notes (the push service) ----------------------------------------------------------

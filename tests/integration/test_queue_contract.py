@@ -125,6 +125,26 @@ def claimed(queue: RunQueue, owner: Owner = A) -> Entry:
     return entry
 
 
+# --- where workers fetch ----------------------------------------------------------------------
+
+
+def test_a_run_carries_the_url_it_was_queued_with_or_none(queue: RunQueue) -> None:
+    url = "ssh://git@githost/p.git"
+    by_url, by_path = queue.enqueue(
+        [
+            Push("/srv/p.git", "refs/heads/a", "a" * 40, "2026-11-24T10:00:00.000000Z", url),
+            push("refs/heads/b"),
+        ]
+    )
+    assert (by_url.url, by_url.fetch_url) == (url, url)
+    assert (by_path.url, by_path.fetch_url) == (None, "file:///srv/p.git")
+    got = claimed(queue)
+    assert (got.run_id, got.url) == (by_url.run_id, url)
+    again = queue.requeue(got.run_id)
+    assert again is not None and again.url == url  # a lost run is fetched from there again
+    assert queue.get(by_path.run_id).url is None
+
+
 # --- order and exclusion ----------------------------------------------------------------------
 
 
@@ -421,6 +441,32 @@ def test_migrate_creates_the_schema_once(pg: postgres.Server) -> None:
     assert migrate(url) == (SCHEMA_VERSION, SCHEMA_VERSION)
     with PgQueue(url) as queue:
         queue.check()
+
+
+def test_migrate_brings_a_version_1_database_to_this_quire_keeping_its_rows(
+    pg: postgres.Server,
+) -> None:
+    import psycopg
+
+    from quire.service.pgqueue import PgQueue
+    from quire.service.pgschema import MIGRATIONS, SCHEMA_VERSION, migrate
+
+    url = pg.new_database()
+    with psycopg.connect(url, autocommit=True) as db:  # what quire's first version made
+        db.execute("CREATE TABLE schema_version (version integer PRIMARY KEY, applied_at text)")
+        for statement in MIGRATIONS[0]:
+            db.execute(statement)
+        db.execute("INSERT INTO schema_version (version) VALUES (1)")
+        db.execute(
+            "INSERT INTO queue (run_id, git_dir, ref, sha, pushed_at) VALUES"
+            " ('r1', '/srv/p.git', 'refs/heads/main', 'aaaa', 'now')"
+        )
+    with pytest.raises(QueueUnavailable, match="quire ci db migrate"):
+        PgQueue(url)
+    assert migrate(url) == (1, SCHEMA_VERSION)
+    with PgQueue(url) as queue:
+        old = queue.get("r1")
+        assert (old.git_dir, old.url, old.fetch_url) == ("/srv/p.git", None, "file:///srv/p.git")
 
 
 def test_a_schema_from_a_newer_quire_is_refused(pg: postgres.Server) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from quire.ci.store.runs import RunDir, RunState, store_for
+from quire.service.pgschema import SCHEMA_VERSION
 from quire.service.queue import Entry
 from tests.helpers import GIT_ENV, terminate
 from tests.integration import postgres
@@ -75,8 +76,6 @@ def database(server: postgres.Server, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("QUIRE_DATABASE_URL", url)
     migrated = quire("ci", "db", "migrate")
     assert migrated.returncode == 0, migrated.stderr
-    from quire.service.pgschema import SCHEMA_VERSION
-
     assert f"schema version 0 -> {SCHEMA_VERSION}" in migrated.stdout
     return url
 

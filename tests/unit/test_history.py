@@ -192,6 +192,43 @@ def test_runs_rejects_a_limit_below_one_as_bad_input(tmp_path: Path, limit: str)
     assert "--limit" in result.stderr
 
 
+def test_runs_all_lists_every_repositorys_runs_with_the_repository_and_no_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a database, --all reads this state directory's repositories; no worker column
+    (the runs are this machine's own)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    make_repo(one, {".quire/ci.py": PASSING})
+    make_repo(two, {".quire/ci.py": PASSING})
+    ci_run(one)
+    ci_run(two)
+    monkeypatch.chdir(tmp_path)  # not a repository: --all needs none
+    result = quire("ci", "runs", "--all")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == [
+        "id",
+        "repo",
+        "state",
+        "revision",
+        "executor",
+        "trigger",
+        "started",
+        "duration",
+    ]
+    ids = {
+        run["id"]: name for name, repo in (("one", one), ("two", two)) for run in runs_json(repo)
+    }
+    assert len(lines) == 3 and len(ids) == 2
+    for line in lines[1:]:
+        run_id, repo = line.split()[:2]
+        assert repo.startswith(ids[run_id] + "-")
+    listed = json.loads(quire("ci", "runs", "--all", "--json").stdout)
+    assert [(r["id"], r["worker"]) for r in listed] == [
+        (i, None) for i in sorted(ids, reverse=True)
+    ]
+
+
 def test_runs_json_parses_and_has_the_documented_keys(tmp_path: Path) -> None:
     repo = tmp_path / "proj"
     sha = make_repo(repo, {".quire/ci.py": PASSING})

@@ -38,6 +38,7 @@ from quire.service.notify import (
     sign,
     target_name,
 )
+from quire.service.queue import ENTRY_FIELDS, Entry
 
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
 SECRET = "s3cret-signing-key"
@@ -94,6 +95,12 @@ def make_run(
     return run
 
 
+def entry_of(run_id: str) -> Entry:
+    values: dict[str, object] = dict.fromkeys(ENTRY_FIELDS)
+    values.update(run_id=run_id, git_dir="/srv/git/proj.git", cancel=0)
+    return Entry(values)
+
+
 def webhook(**changes: object) -> NotifyTarget:
     data: dict[str, object] = {"url": HOOK_URL, "secret": SECRET, **changes}
     return NotifyTarget.model_validate(data)
@@ -106,18 +113,20 @@ class Fixture:
         self.senders = FakeSenders(down)
         self.config = Config(notify=targets, web=WebSettings(url="https://ci.example.com/"))
         self.runs: dict[str, Path] = {}
+        self.published: list[str] = []
         self.notifier = Notifier(
             tmp_path / "state",
             lambda: self.config,
             senders=self.senders,
             find=lambda repo, run_id: self.runs.get(run_id),
             wall=lambda: self.now,
+            published=lambda entry: self.published.append(entry.run_id),
         )
 
     def finish(self, run_id: str, state: str, **kw: object) -> Path:
         path = make_run(self.root, run_id, state, **kw)  # type: ignore[arg-type]
         self.runs[run_id] = path
-        self.notifier.finished("proj-1a2b3c4d", run_id)
+        self.notifier.finished(entry_of(run_id))
         return path
 
     def step(self) -> float:
@@ -236,6 +245,8 @@ def test_a_receiver_down_is_retried_with_backoff_and_delivered_once(tmp_path: Pa
     assert delivery.state == "delivered"
     assert [a.ok for a in delivery.attempts] == [False, False, True]
     assert "connection refused" in delivery.attempts[0].detail
+    # Each change of the record is shipped to the run index (with a database).
+    assert f.published == ["20260105-100000-000000-aaaaaa"] * 4
     # Settled: the marker is gone and nothing is sent again.
     assert not list((tmp_path / "state" / "notify.pending").iterdir())
     f.now += timedelta(hours=2)
@@ -262,16 +273,20 @@ def test_a_new_worker_takes_up_what_an_earlier_one_left(tmp_path: Path) -> None:
     f = Fixture(tmp_path, [webhook()], down=1)
     run = f.finish("20260105-100000-000000-aaaaaa", "failed", failed=("lint",))
     f.step()  # the first attempt fails; then the worker stops
+    republished: list[str] = []
     later = Notifier(
         tmp_path / "state",
         lambda: f.config,
         senders=f.senders,
         find=lambda repo, run_id: run,
         wall=lambda: f.now,
+        published=lambda entry: republished.append(entry.run_id),
     )
     later.take_up()
     f.now += timedelta(seconds=RETRY_DELAYS_S[0])
     later.step(f.now)
+    # The record changed: shipped again to the run index (its queue row came in the marker).
+    assert republished == ["20260105-100000-000000-aaaaaa"]
     assert len(f.senders.webhooks) == 1
     (delivery,) = read_record(run / NOTIFICATIONS_FILE, RunNotifications).deliveries
     assert [a.ok for a in delivery.attempts] == [False, True]  # not planned afresh

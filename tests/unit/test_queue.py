@@ -155,6 +155,31 @@ def test_a_queue_from_a_newer_quire_is_refused(tmp_path: Path) -> None:
         Queue(path)
 
 
+def test_a_version_1_queue_gains_the_url_column_and_keeps_its_rows(tmp_path: Path) -> None:
+    import sqlite3
+
+    from quire.service.queue import _MIGRATIONS, SCHEMA_VERSION
+
+    path = Path(queue_path(tmp_path))
+    with sqlite3.connect(path) as db:  # the file quire's first version made
+        for statement in _MIGRATIONS[0]:
+            db.execute(statement)
+        db.execute(
+            "INSERT INTO queue (run_id, git_dir, ref, sha, pushed_at) VALUES"
+            " ('r1', '/srv/p.git', 'refs/heads/main', 'aaaa', 'now')"
+        )
+        db.execute("PRAGMA user_version = 1")
+    db.close()
+    with Queue(path) as q:
+        assert q._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        old = q.get("r1")
+        assert (old.url, old.fetch_url) == (None, "file:///srv/p.git")
+        (new,) = q.enqueue([Push("/srv/p.git", "refs/heads/x", "b" * 40, "now", "ssh://h/p.git")])
+        assert q.get(new.run_id).url == "ssh://h/p.git"
+    with Queue(path) as q:  # opened again: nothing to migrate, nothing lost
+        assert [e.run_id for e in q.active()] == ["r1", new.run_id]
+
+
 def test_a_full_disk_is_unavailable_not_corrupt(queue: Queue) -> None:
     pages = queue._db.execute("PRAGMA page_count").fetchone()[0]
     queue._db.execute(f"PRAGMA max_page_count = {pages}")

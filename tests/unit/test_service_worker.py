@@ -78,8 +78,17 @@ def test_a_queued_push_runs_as_quire_ci_run_with_its_ref_time_and_id() -> None:
         "2026-11-24T10:00:00.000000Z",
         "--run-id",
         "20261124-100000-000000-abcdef",
+        "--url",
+        "file:///srv/p.git",
         "--quiet",
     ]
+
+
+def test_a_queued_push_with_a_url_is_fetched_from_it() -> None:
+    argv = child_argv(entry(url="ssh://git@githost/p.git"), "host")
+    assert argv[argv.index("--url") + 1] == "ssh://git@githost/p.git"
+    assert argv[argv.index("--repo") + 1] == "/srv/p.git"  # it still names the run store
+    assert entry(url="ssh://h/p.git").as_json()["url"] == "ssh://h/p.git"  # queue --json
 
 
 def test_an_invalid_pipeline_fails_the_run_with_its_message(tmp_path: Path) -> None:

@@ -500,3 +500,20 @@ def test_run_page_shows_a_schedule_and_the_notifications_sent(
     assert "Notifications</h2>" in text
     assert "<td>webhook https://h #12345678</td><td>failed</td><td>delivered</td><td>2</td>" in text
     assert "<td>HTTP 204</td>" in text
+
+
+def test_a_mirrored_runs_worker_is_named_in_the_list_on_its_page_and_in_the_json(
+    store: Store, client: TestClient
+) -> None:
+    from quire.ci.store.records import WorkerInfo, write_record
+
+    mirrored = store.add(1, repo="alpha")
+    write_record(mirrored / "worker.yml", WorkerInfo(name="build-7", state_dir="/w/state"))
+    store.add(2, repo="alpha")  # a run of this machine's own: no worker shown
+    page = client.get("/").text
+    rows = {rid: row for rid, row in re.findall(r'data-run="([^"]+)">(.*?)</tr>', page, re.S)}
+    assert "on build-7" in rows[run_id(1)] and "worker" not in rows[run_id(2)]
+    assert '<dd class="worker">build-7</dd>' in client.get(f"/runs/alpha/{run_id(1)}").text
+    assert "build-7" not in client.get(f"/runs/alpha/{run_id(2)}").text
+    api = {r["id"]: r["worker"] for r in client.get("/api/runs").json()["runs"]}
+    assert api == {run_id(1): "build-7", run_id(2): None}

@@ -123,3 +123,53 @@ def test_a_lapsed_lease_of_this_worker_is_not_recovered_by_it(tmp_path: Path) ->
     assert r.queue.rows[row.run_id].state == "running"
     assert "requeue" not in r.queue.calls and r.child(row.run_id).signals == []
     assert ME.pid == r.queue.rows[row.run_id].worker_pid
+
+
+class RecordingPublisher:
+    """The worker's publisher, recording what it was asked (and the queue row's state then)."""
+
+    def __init__(self, queue: LeasingQueue) -> None:
+        self.queue = queue
+        self.calls: list[tuple[str, str, str]] = []
+
+    def track(self, entry: Entry) -> None:
+        self.calls.append(("track", entry.run_id, ""))
+
+    def finish(self, run_id: str) -> None:
+        # The run index gets the run's last records before the queue says it is done.
+        self.calls.append(("finish", run_id, self.queue.rows[run_id].state))
+
+    def lost(self, entry: Entry, message: str) -> None:
+        self.calls.append(("lost", entry.run_id, message))
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_worker_publishes_its_runs_and_the_last_batch_before_the_queue_hears(
+    tmp_path: Path,
+) -> None:
+    r = leasing_rig(tmp_path)
+    r.worker.publisher = publisher = RecordingPublisher(r.queue)
+    row = r.queue.push()
+    r.worker.tick()
+    assert publisher.calls == [("track", row.run_id, "")]
+    r.child(row.run_id).exit(0)
+    r.worker.tick()
+    assert publisher.calls[1] == ("finish", row.run_id, "running")
+    assert r.queue.rows[row.run_id].state == "done"
+
+
+def test_a_lost_workers_run_is_failed_in_the_run_index_naming_the_worker_and_the_retry(
+    tmp_path: Path,
+) -> None:
+    r = leasing_rig(tmp_path, concurrency=0)
+    r.worker.publisher = publisher = RecordingPublisher(r.queue)
+    row = r.queue.push(worker_pid=4242, worker_host="elsewhere")
+    r.queue.rows[row.run_id] = row.replaced(state="running")
+    r.queue.lapsed = [r.queue.rows[row.run_id]]
+    r.worker.tick()
+    ((kind, run_id, message),) = publisher.calls
+    assert (kind, run_id) == ("lost", row.run_id)
+    assert "worker elsewhere (pid 4242) was lost" in message
+    assert f"queued again as run {row.run_id}-2" in message

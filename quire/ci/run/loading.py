@@ -28,13 +28,18 @@ class LoadedPipeline:
 
 
 def load(
-    repo_path: Path, revision: str, *, dirty: bool = False, host: JobHost | None = None
+    repo_path: Path | git.Repository,
+    revision: str,
+    *,
+    dirty: bool = False,
+    host: JobHost | None = None,
 ) -> LoadedPipeline:
     """Find the repository, resolve the revision, load its ci.py (None if it has none).
 
     ci.py runs in a job host, never in this process: `host`, started earlier by the
     caller, which keeps it for the run's jobs and closes it; else one started here
-    for the loading alone (`validate`, `jobs`). `dirty`: the working tree's ci.py
+    for the loading alone (`validate`, `jobs`). `repo_path`: a path, or a repository
+    already found (a worker's mirror). `dirty`: the working tree's ci.py
     and modules, as they are on disk (its HEAD is the revision). Raises `UsageError`
     for a bare repository or another revision, `PipelineError` for an invalid pipeline.
     """
@@ -48,8 +53,10 @@ def load(
         own.close()
 
 
-def _load(host: JobHost, repo_path: Path, revision: str, *, dirty: bool) -> LoadedPipeline:
-    repo = git.open_repository(repo_path)
+def _load(
+    host: JobHost, repo_path: Path | git.Repository, revision: str, *, dirty: bool
+) -> LoadedPipeline:
+    repo = repo_path if isinstance(repo_path, git.Repository) else git.open_repository(repo_path)
     if dirty and (repo.bare or revision != "HEAD"):
         where = f"{repo.git_dir} is bare" if repo.bare else f"it runs HEAD, not {revision!r}"
         raise UsageError(f"--dirty runs a working tree as it is: {where}")

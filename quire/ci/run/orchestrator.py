@@ -53,7 +53,14 @@ from quire.ci.store.records import (
 )
 from quire.ci.store.runs import LatestLinkFailed, RunDir, RunState, RunStore, store_of
 from quire.config import Config, load_config
-from quire.errors import ExitCode, Interrupted, PipelineError, QuireError, UsageError
+from quire.errors import (
+    ExitCode,
+    FetchFailed,
+    Interrupted,
+    PipelineError,
+    QuireError,
+    UsageError,
+)
 from quire.tools import git
 
 if TYPE_CHECKING:
@@ -76,6 +83,10 @@ class RunRequest:
     jobs: tuple[str, ...] = ()  # only these jobs and what they need (all when empty)
     dirty: bool = False  # the working tree as it is, not the commit
     concurrency: int = 1  # jobs that may run side by side (`--jobs`)
+    # A queued push on a worker: `revision` (the pushed object) is fetched from this URL into
+    # this machine's mirror and read there; `repo_path` is only the pushed repository's path
+    # on the git server, which names the run store (it may not exist here).
+    url: str | None = None
     trigger: Trigger | None = None  # how it was started (the worker); None: a push
 
     @property
@@ -174,11 +185,13 @@ def _run(
     # the commit.
     host = started or JobHost.start(sandboxed=_sandboxed(request))
     try:
+        source = _source(request)
         try:
-            loaded = load(request.repo_path, request.revision, dirty=request.dirty, host=host)
+            loaded = load(source, request.revision, dirty=request.dirty, host=host)
         except PipelineError as exc:
             if request.run_id is not None:  # a queued push: its run must be findable, failed
-                _record_invalid_pipeline(request, exc)
+                repo = source if isinstance(source, git.Repository) else None
+                _record_failed_start(request, exc, repo)
             raise
         return _run_loaded(request, reporter, executors, listing, loaded)
     finally:
@@ -234,11 +247,39 @@ def _run_loaded(
         return _Run(run_dir, meta, loaded, pipeline, request, config, executors).execute(reporter)
 
 
-def _record_invalid_pipeline(request: RunRequest, problem: PipelineError) -> None:
-    """A run that failed before it could start (its ci.py is invalid), recorded like any
-    other: failed, with the validation message, exit 2."""
-    repo = git.open_repository(request.repo_path)
-    loaded = LoadedPipeline(repo, git.resolve(repo.git_dir, request.revision), None)
+def _source(request: RunRequest) -> Path | git.Repository:
+    """Where the run reads its commit: the repository at `repo_path`, or for a queued push
+    with a URL this machine's mirror, the pushed object fetched into it first. A fetch
+    that fails is recorded as the run's failure and raised (`FetchFailed`)."""
+    if request.url is None:
+        return request.repo_path
+    from quire.ci.run import mirror
+    from quire.paths import repo_id
+
+    named = git.mirrored(Path(), str(request.repo_path))
+    try:
+        path = mirror.fetch(
+            repo_id(named.name_dir.name, named.home), request.url, request.revision, request.ref
+        )
+    except FetchFailed as exc:
+        if request.run_id is not None:
+            revision = git.Revision(sha=request.revision, ref=request.ref)
+            _record_failed_start(request, exc, named, revision)
+        raise
+    return git.mirrored(path, str(request.repo_path))
+
+
+def _record_failed_start(
+    request: RunRequest,
+    problem: QuireError,
+    repo: git.Repository | None = None,
+    revision: git.Revision | None = None,
+) -> None:
+    """A queued run that failed before it could start (its ci.py is invalid, its commit
+    cannot be fetched), recorded like any other: failed, with the message and exit code."""
+    repo = repo or git.open_repository(request.repo_path)
+    revision = revision or git.resolve(repo.git_dir, request.revision)
+    loaded = LoadedPipeline(repo, revision, None)
     run_dir, meta = _create_run(store_of(repo), loaded, request)
     run_dir.transition(RunState.active)
     try:
@@ -285,7 +326,7 @@ def _create_run(
             RunMeta(
                 run_id=run_id,
                 repo=store.repo,
-                git_dir=str(loaded.repo.git_dir),
+                git_dir=str(loaded.repo.home),
                 revision=request.revision,
                 sha=loaded.revision.sha,
                 ref=request.ref or loaded.revision.ref,

@@ -13,6 +13,7 @@ command, and a machine that went down took its processes with it.
     container.yml  ContainerInfo  docker runs, grown phase by phase
     processes.yml  HostProcesses  host runs: the processes a job has running
     jobs/<id>/state.yml  JobState
+    worker.yml     WorkerInfo     mirrored runs only: the worker that ran it, and where
 """
 
 from __future__ import annotations
@@ -92,6 +93,14 @@ class RunnerInfo(Record):
     host: str
     # /proc start time of `pid` (clock ticks since boot): a reused pid differs.
     pid_start: int | None = None
+
+
+class WorkerInfo(Record):
+    """worker.yml, in a run mirrored from the run index on PostgreSQL (never in a run
+    directory a run writes itself): which worker ran it, and its state directory there."""
+
+    name: str  # empty: no worker ran it (cancelled before it started)
+    state_dir: str
 
 
 class RunTimes(Record):

@@ -319,8 +319,8 @@ def store_of(repo: Repository) -> RunStore:
     version recorded under the bare folder name are moved in first."""
     from quire.paths import repo_id, repo_segment
 
-    store = RunStore(repo_id(repo.name_dir.name, repo.git_dir))
-    adopt_legacy_runs(store, repo_segment(repo.name_dir.name), repo.git_dir)
+    store = RunStore(repo_id(repo.name_dir.name, repo.home))
+    adopt_legacy_runs(store, repo_segment(repo.name_dir.name), repo.home)
     return store
 
 

@@ -28,6 +28,7 @@ from quire.ci.store.records import (
     RunResult,
     RunTimes,
     Trigger,
+    WorkerInfo,
     read_record,
 )
 from quire.ci.store.runs import FINISHED, RunDir, RunState, RunStore
@@ -36,6 +37,11 @@ from quire.errors import EnvironmentProblem
 
 class RunnerGone(EnvironmentProblem):
     """A followed run's runner died without finishing it (killed with -9, a crash)."""
+
+
+LOCAL_RUNNER_GONE = (
+    "its quire process is gone; `quire ci reconcile` records it as failed (orphaned)"
+)
 
 
 class RunSummary(BaseModel):
@@ -55,6 +61,7 @@ class RunSummary(BaseModel):
     problem: str | None = None  # why some of its records could not be read
     cancelled_by: str | None = None  # state `cancelled`: who asked, and when
     cancelled_at: datetime | None = None
+    worker: str | None = None  # the worker's --name, for a run mirrored from the run index
     trigger: Trigger | None = None  # how it was started (None: its meta.yml is unreadable)
 
     def state_text(self) -> str:
@@ -97,6 +104,12 @@ def summarize(run: RunDir) -> RunSummary:
                 summary.duration_s = round(
                     (times.finished_at - times.started_at).total_seconds(), 3
                 )
+        except RecordUnreadable as exc:
+            problems.append(str(exc))
+    worker_path = run.path / "worker.yml"
+    if worker_path.exists():
+        try:
+            summary.worker = read_record(worker_path, WorkerInfo).name or None
         except RecordUnreadable as exc:
             problems.append(str(exc))
     result = _result(run)
@@ -237,10 +250,17 @@ def follow(
     *,
     poll_s: float = 0.1,
     liveness_s: float = 1.0,
+    alive: Callable[[RunDir], bool] | None = None,
+    gone: str = LOCAL_RUNNER_GONE,
 ) -> tuple[RunFinished, list[str]]:
     """Stream the job events of a run as they are written, until the run leaves active/;
     returns its outcome, and torn-log notes for logs whose last line was still
-    incomplete at the end. Raises `RunnerGone` if the run's runner dies first."""
+    incomplete at the end. Raises `RunnerGone` if the run's runner dies first.
+
+    `alive(run)`: whether the run's runner still lives; by default its pid on this
+    host (`owner_alive`). A run mirrored from another machine is judged by its lease.
+    `gone`: what the `RunnerGone` message says happened, and what to do.
+    """
     # Keyed by job id, not path: the run directory moves when the run ends.
     offsets: dict[str, int] = {}
     torn: dict[str, Path] = {}
@@ -266,8 +286,10 @@ def follow(
             else:
                 torn.pop(job_id, None)
 
-    from quire.ci.store.reconcile import owner_alive
+    if alive is None:
+        from quire.ci.store.reconcile import owner_alive
 
+        alive = owner_alive
     next_check = time.monotonic() + liveness_s
     while True:
         run = store.find(run_id)
@@ -277,11 +299,8 @@ def follow(
             return finished(run), [_torn_note(path) for path in torn.values()]
         if time.monotonic() >= next_check:
             # A runner killed with -9 never moves its run: stop waiting for it.
-            if not owner_alive(run) and store.find(run_id).state == run.state:
+            if not alive(run) and store.find(run_id).state == run.state:
                 drain(run)
-                raise RunnerGone(
-                    f"run {run_id} has no runner any more (its quire process is gone); "
-                    "`quire ci reconcile` records it as failed (orphaned)"
-                )
+                raise RunnerGone(f"run {run_id} has no runner any more ({gone})")
             next_check = time.monotonic() + liveness_s
         time.sleep(poll_s)

@@ -1,0 +1,106 @@
+"""Where `quire ci runs | show | logs` and `serve` read runs from.
+
+LocalRuns     no database: the state directory's own `runs/` (as always)
+IndexedRuns   a database configured: the run index on PostgreSQL, through the mirror
+              under this machine's state directory (quire.service.pgindex.reader),
+              synced first; every worker's runs, a run id found in any repository,
+              a running run's liveness by its lease
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from quire.ci.store.runs import RunDir, RunStore
+    from quire.service.pgindex.reader import MirrorRuns
+
+
+class RunSource(Protocol):
+    """The runs a reading command sees."""
+
+    def store(self, repo: Path) -> RunStore: ...
+    def stores(self) -> list[RunStore]: ...
+    def find(self, repo: Path, ref: str) -> tuple[RunStore, RunDir]: ...
+    def liveness(self) -> Callable[[RunDir], bool] | None: ...
+    def gone(self) -> str: ...
+    def following(self) -> AbstractContextManager[Any]: ...
+
+
+class LocalRuns:
+    """The runs of this state directory."""
+
+    def store(self, repo: Path) -> RunStore:
+        from quire.ci.store.runs import store_for
+
+        return store_for(repo)
+
+    def stores(self) -> list[RunStore]:
+        from quire.ci.store.reconcile import all_stores
+
+        return all_stores()
+
+    def find(self, repo: Path, ref: str) -> tuple[RunStore, RunDir]:
+        store = self.store(repo)
+        return store, store.find(ref)
+
+    def liveness(self) -> Callable[[RunDir], bool] | None:
+        return None  # the runner's pid on this host
+
+    def gone(self) -> str:
+        from quire.ci.store.views import LOCAL_RUNNER_GONE
+
+        return LOCAL_RUNNER_GONE
+
+    def following(self) -> AbstractContextManager[Any]:
+        return nullcontext()
+
+
+class IndexedRuns:
+    """Every worker's runs, from the run index on PostgreSQL."""
+
+    def __init__(self, url: str) -> None:
+        from quire.paths import state_dir
+        from quire.service.pgindex.reader import MirrorRuns
+
+        self.runs: MirrorRuns = MirrorRuns(url, state_dir())
+
+    def store(self, repo: Path) -> RunStore:
+        from quire.paths import repo_id
+        from quire.tools import git
+
+        found = git.open_repository(repo)
+        return self.runs.store(repo_id(found.name_dir.name, found.git_dir))
+
+    def stores(self) -> list[RunStore]:
+        return self.runs.stores()
+
+    def find(self, repo: Path, ref: str) -> tuple[RunStore, RunDir]:
+        if ref == "latest":
+            store = self.store(repo)
+            return store, store.find(ref)
+        return self.runs.find(ref)
+
+    def liveness(self) -> Callable[[RunDir], bool] | None:
+        return self.runs.alive
+
+    def gone(self) -> str:
+        return (
+            "its worker's lease ran out: the worker or its machine is gone, or cut off from "
+            "the database; a live worker queues the run again"
+        )
+
+    def following(self) -> AbstractContextManager[Any]:
+        return self.runs.follower()
+
+
+def run_source() -> RunSource:
+    """The run index when a database is configured, else the local run store."""
+    from quire.service.queues import database_url
+
+    url = database_url()
+    return LocalRuns() if url is None else IndexedRuns(url)
