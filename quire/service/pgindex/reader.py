@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -25,7 +25,10 @@ from quire.ci.store.shipping import FileChange, FileKind, RunRow
 from quire.errors import RunNotFound
 from quire.service.errors import QueueUnavailable
 from quire.service.pgindex.writer import CHANNEL
-from quire.service.pgschema import Connection, connect, unavailable
+from quire.service.pgschema import connect, unavailable
+
+if TYPE_CHECKING:
+    from quire.service.pgschema import Connection
 
 log = logging.getLogger("quire.mirror")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import psycopg
 import yaml
@@ -27,7 +28,10 @@ from quire.ci.store.shipping import (
 )
 from quire.ci.vocabulary import EndReason, JobState, JobStatus, RunResult, RunState
 from quire.service.errors import QueueUnavailable
-from quire.service.pgschema import Connection, connect, unavailable
+from quire.service.pgschema import connect, unavailable
+
+if TYPE_CHECKING:
+    from quire.service.pgschema import Connection
 
 CHANNEL = "quire_runs"
 # Serializes publishing batches, so `run_change` numbers are committed in order.
