@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
@@ -134,3 +135,23 @@ def test_a_scheduled_run_reads_its_source_and_not_the_push(run: RunDir, jobs: in
     }
     assert states["nightly"].outputs["saw"]["cron"] == "0 3 * * *"
     assert states["both"].outputs == {"push": {}, "schedule": given}
+
+
+def test_a_push_runs_its_jobs_and_a_job_named_by_hand_runs_whatever_its_source(
+    tmp_path: Path,
+) -> None:
+    from tests.helpers import make_repo
+    from tests.unit.test_history import quire, runs_json
+
+    repo = tmp_path / "proj"
+    make_repo(repo, {".quire/ci.py": CI})
+    done = quire("ci", "run", "--repo", str(repo))
+    assert done.exit_code == 0, done.output
+    named = quire("ci", "run", "nightly", "report", "--repo", str(repo))
+    assert named.exit_code == 0, named.output
+    by_hand, pushed = runs_json(repo)
+    assert by_hand["trigger"]["kind"] == "push"
+    shown = quire("ci", "show", pushed["id"], "--repo", str(repo), "--json").stdout
+    assert [job["job_id"] for job in json.loads(shown)["jobs"]] == ["lint", "both", "after"]
+    shown = quire("ci", "show", by_hand["id"], "--repo", str(repo), "--json").stdout
+    assert [job["job_id"] for job in json.loads(shown)["jobs"]] == ["nightly", "report"]

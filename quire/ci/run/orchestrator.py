@@ -228,8 +228,10 @@ def _run_loaded(
         )
         return RunOutcome(exit_code=ExitCode.ok)
     pipeline = loaded.pipeline.subset(request.jobs) if request.jobs else loaded.pipeline
-    # Only the jobs the run's source reaches: a push never runs the nightly jobs.
-    pipeline = pipeline.for_source(request.source)
+    # Only the jobs the run's source reaches: a push never runs the nightly jobs. Jobs named
+    # by hand (`quire ci run nightly`) run whatever their source.
+    if not request.jobs:
+        pipeline = pipeline.for_source(request.source)
     if not pipeline.jobs:
         said = (
             f"nothing to run for the source {request.source}: no job of {PIPELINE_FILE} "
