@@ -5,6 +5,7 @@
     GET /runs/<repo>/<run>                    one run (`latest` redirects to its id)
     GET /runs/<repo>/<run>/jobs/<job>         a job's log: its tail (?before= / ?after= page)
     GET /runs/<repo>/<run>/jobs/<job>/output.txt   every output byte, as plain text
+    GET /runs/<repo>/<run>/artifacts/<job>/<name>[/<path>]  a kept file, as a download
     GET /live/runs                            server-sent events: the runs list changed
     GET /live/runs/<repo>/<run>               server-sent events: a run's jobs and output
     GET /api/runs                             the index: {"runs", "total", "page", "per_page"}
@@ -46,10 +47,11 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from quire.ci.store.artifacts import kept_files
 from quire.ci.store.records import JobState, RecordUnreadable, read_record
 from quire.ci.store.runs import FINISHED, RunDir, RunState
 from quire.ci.store.views import RunDetails, RunSummary, details
-from quire.web import live, runlog
+from quire.web import downloads, live, runlog
 from quire.web.ansi import palette_css
 from quire.web.index import RunIndex, default_index_path
 from quire.web.logview import (
@@ -181,6 +183,8 @@ def _templates() -> jinja2.Environment:
         repo_url=repo_url,
         run_url=run_url,
         job_url=job_url,
+        artifact_url=lambda run, kept: downloads.artifact_path(run_url(run.repo, run.id), kept),
+        kept_files=kept_files,
         is_sha=is_sha,
         revision_name=revision_name,
         static=lambda name: f"/static/{name}",
@@ -367,6 +371,10 @@ class Web:
             raise NotFound("no log yet")
         return StreamingResponse(output_bytes(log), media_type="text/plain; charset=utf-8")
 
+    def artifact(self, request: Request) -> Response:
+        params = request.path_params
+        return downloads.download(self.view, self._run(request), params["job"], params["path"])
+
     # --- API ---
 
     def api_runs(self, request: Request) -> Response:
@@ -514,6 +522,7 @@ def create_app(
         get("/runs/{repo}/{run}", web.run_page),
         get("/runs/{repo}/{run}/jobs/{job}", web.job_page),
         get("/runs/{repo}/{run}/jobs/{job}/output.txt", web.job_output),
+        get("/runs/{repo}/{run}/artifacts/{job}/{path:path}", web.artifact),
     ]
     middleware = [Middleware(SecurityHeaders)]
     if allowed_hosts is not None:

@@ -30,6 +30,7 @@ from quire import interrupts
 from quire.ci.events import JobFinished, Notice, RunEnding, RunFinished, RunStarted
 from quire.ci.pipeline import PIPELINE_FILE, PUSH_SOURCE, SCHEDULE_SOURCE, Pipeline
 from quire.ci.run import workspace as workspaces
+from quire.ci.run.artifacts import ArtifactKeeper, Budget
 from quire.ci.run.executors.base import Executor, ExecutorFactory, ExecutorSetup
 from quire.ci.run.jobhost import JobHost
 from quire.ci.run.jobs import JobRunner, JobsOutcome
@@ -466,6 +467,9 @@ class _Run:
                         outcome=outcome,
                         host=self.loaded.host,
                         term_grace=self.config.jobs.term_grace,
+                        keeper=ArtifactKeeper(
+                            lambda: self.run_dir.path, Budget(self.config.artifacts.max_size)
+                        ),
                     ).run_all()
             return _result_of(outcome, outlet), None
         except (Interrupted, KeyboardInterrupt) as exc:

@@ -179,7 +179,7 @@ def job_event(job: str, line: dict[str, Any]) -> Event | None:
     kind = line.get("event")
     if kind in ("stdout", "stderr"):
         stream: StreamName = "stdout" if kind == "stdout" else "stderr"
-        return Output(job, stream, event_bytes(line))
+        return Output(job, stream, event_bytes(line), _time_of(line))
     at = _time_of(line)
     if kind == "sh-start":
         env = tuple(str(name) for name in line.get("env") or [])
