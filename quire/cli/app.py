@@ -188,8 +188,8 @@ def run_command(
     ref: Annotated[str | None, typer.Option("--ref", hidden=True)] = None,
     pushed_at: Annotated[str | None, typer.Option("--pushed-at", hidden=True)] = None,
     run_id: Annotated[str | None, typer.Option("--run-id", hidden=True)] = None,
-    trigger: Annotated[str | None, typer.Option("--trigger", hidden=True)] = None,
     url: Annotated[str | None, typer.Option("--url", hidden=True)] = None,
+    trigger: Annotated[str | None, typer.Option("--trigger", hidden=True)] = None,
 ) -> int:
     """Run the pipeline of REV (HEAD), or only some of its jobs.
 
@@ -214,11 +214,11 @@ def run_command(
             ref,
             pushed_at,
             run_id,
-            trigger,
             url,
             quiet,
             as_json,
             early,
+            trigger,
         )
     finally:
         if early is not None:
@@ -236,11 +236,11 @@ def _run_command(
     ref: str | None,
     pushed_at: str | None,
     run_id: str | None,
-    trigger: str | None,
     url: str | None,
     quiet: bool,
     as_json: bool,
     early: JobHost | None,
+    trigger: str | None = None,
 ) -> int:
     from quire.ci.run.orchestrator import RunRequest, run
     from quire.ci.store.records import ExecutorKind
@@ -259,8 +259,8 @@ def _run_command(
         ref=ref,
         pushed_at=_parse_time(pushed_at),
         run_id=run_id,
-        trigger=_parse_trigger(trigger),
         url=url,
+        trigger=_parse_trigger(trigger),
     )
     shown = PlainReporter(quiet=quiet, out=sys.stderr.buffer) if as_json else None
     screen = shown or make_reporter(quiet=quiet)
@@ -279,6 +279,8 @@ def _run_command(
         typer.echo(f"workspace kept: {outcome.workspace}", err=as_json)
     if as_json:
         typer.echo(outcome.to_json())
+    if outcome.nothing_to_run and quiet:  # the worker's child: its output is the message
+        typer.echo(f"quire: {outcome.nothing_to_run}", err=True)
     if outcome.error:
         _error(outcome.error)
     return outcome.exit_code
@@ -307,7 +309,7 @@ def _revision_and_jobs(repo: Path, rev: str | None, targets: list[str]) -> tuple
 
 
 def _parse_trigger(text: str | None) -> Trigger | None:
-    """The worker's `--trigger` (the queue row's `trigger_json`)."""
+    """The worker's `--trigger`: a Trigger's JSON, as the queue keeps it."""
     if text is None:
         return None
     from pydantic import ValidationError
@@ -318,7 +320,9 @@ def _parse_trigger(text: str | None) -> Trigger | None:
     try:
         return Trigger.model_validate_json(text)
     except ValidationError as exc:
-        raise UsageError(f"--trigger {text!r}: not a trigger: {exc}") from exc
+        raise UsageError(
+            f"--trigger {text!r}: not a trigger ({exc.error_count()} problems)"
+        ) from exc
 
 
 def _parse_time(text: str | None) -> datetime | None:

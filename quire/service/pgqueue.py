@@ -8,8 +8,7 @@ Schema (versions in `schema_version`; applied by `quire.service.pgschema.migrate
         -- worker_host is the worker's --name (default: its host name), and:
         lease_until  timestamptz,      -- running: the claim is its worker's until then
         lease_s      double precision, -- the length of that lease
-        url          text,             -- (version 2) where workers fetch the pushed object
-        trigger_json text              -- (version 2) how it was started; NULL: a push
+        url          text              -- (version 2) where workers fetch the pushed object
     );
     CREATE UNIQUE INDEX one_running_per_ref ON queue (git_dir, ref) WHERE state = 'running';
 
@@ -49,19 +48,24 @@ from quire.service.pgschema import (
     unavailable,
 )
 from quire.service.queue import (
+    CLAIM_SCHEDULE,
+    INSERT_RUN,
     KEPT_EXECUTOR,
+    LAST_SCHEDULED,
     Entry,
     Owner,
     Push,
     QueueReads,
     new_run_id,
+    push_values,
+    trigger_text,
     utc_text,
 )
 from quire.service.queues import DEFAULT_LEASE_S, server_name
 
 if TYPE_CHECKING:
-    from quire.ci.store.records import Trigger
     from quire.service.pgschema import Connection
+    from quire.service.queue import HasJson
 
 __all__ = ["CHANNEL", "Notifications", "PgQueue"]
 
@@ -156,35 +160,55 @@ class PgQueue(QueueReads):
     # --- the hook's side -----------------------------------------------------------------------
 
     def enqueue(
-        self, pushes: Sequence[Push], trigger: Trigger | None = None, executor: str | None = None
+        self, pushes: Sequence[Push], trigger: HasJson | None = None, executor: str | None = None
     ) -> list[Entry]:
         """Queue one run per push, in one transaction, and wake listening workers.
-
-        `trigger`: how they were started (None: a push). `executor`: the one to run them
-        with (None: the worker's choice when it claims them).
-        """
+        `trigger`: how they were started (None: a push); `executor`: the one to run them
+        with (None: the worker's choice when it claims them)."""
         rows = []
-        trigger_json = None if trigger is None else trigger.model_dump_json()
         with self._write("queue a run in") as db:
             for push in pushes:
                 found = db.execute(
-                    "INSERT INTO queue (run_id, git_dir, ref, sha, pushed_at, url, trigger_json,"
-                    " executor) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING *",
-                    (
-                        new_run_id(),
-                        push.git_dir,
-                        push.ref,
-                        push.sha,
-                        push.pushed_at,
-                        push.url,
-                        trigger_json,
-                        executor,
-                    ),
+                    INSERT_RUN.replace("?", "%s") + " RETURNING *",
+                    (new_run_id(), *push_values(push), trigger_text(trigger), executor),
                 ).fetchone()
                 rows.append(found)
             # Delivered at commit, so a woken worker finds the rows.
             db.execute(f"NOTIFY {CHANNEL}")
         return [_entry(row) for row in rows if row is not None]
+
+    # --- schedules (quire.service.schedule) ----------------------------------------------------
+
+    def last_scheduled(self, git_dir: str, cron: str, ref: str) -> str | None:
+        """The latest scheduled time taken for this schedule (RFC 3339 UTC), None if never."""
+        with self._translated("read"):
+            row = self._conn().execute(LAST_SCHEDULED, (git_dir, cron, ref)).fetchone()
+        return None if row is None else row["due_at"]
+
+    def claim_schedule(
+        self,
+        git_dir: str,
+        cron: str,
+        ref: str,
+        due_at: str,
+        push: Push | None = None,
+        trigger: HasJson | None = None,
+    ) -> tuple[bool, Entry | None]:
+        """Take the scheduled time `due_at` and, with `push`, queue its run, in one
+        transaction; (False, None) when another worker took it first (the primary key)."""
+        run_id = None if push is None else new_run_id()
+        with self._write("queue a scheduled run in") as db:
+            taken = db.execute(CLAIM_SCHEDULE, (git_dir, cron, ref, due_at, run_id))
+            if taken.rowcount != 1:
+                return False, None
+            row = None
+            if push is not None:
+                row = db.execute(
+                    INSERT_RUN.replace("?", "%s") + " RETURNING *",
+                    (run_id, *push_values(push), trigger_text(trigger), None),
+                ).fetchone()
+                db.execute(f"NOTIFY {CHANNEL}")
+        return True, None if row is None else _entry(row)
 
     # --- the worker's side ---------------------------------------------------------------------
 
@@ -281,8 +305,8 @@ class PgQueue(QueueReads):
             db.execute(
                 "UPDATE queue SET state = 'queued', worker_pid = NULL, worker_start = NULL,"
                 f" worker_host = NULL, claimed_at = NULL, executor = {KEPT_EXECUTOR},"
-                " child_pid = NULL, child_start = NULL, lease_until = NULL"
-                " WHERE run_id = %s AND state = 'running'",
+                " child_pid = NULL,"
+                " child_start = NULL, lease_until = NULL WHERE run_id = %s AND state = 'running'",
                 (run_id,),
             )
             db.execute(f"NOTIFY {CHANNEL}")

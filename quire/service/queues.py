@@ -24,8 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import Protocol
 
-    from quire.ci.store.records import Trigger
-    from quire.service.queue import Entry, Owner, Push
+    from quire.service.queue import Entry, HasJson, Owner, Push
 
     class Notifications(Protocol):
         """Wake-ups from the database (LISTEN/NOTIFY): `fileno()` for a selector."""
@@ -50,9 +49,19 @@ if TYPE_CHECKING:
         def enqueue(
             self,
             pushes: Sequence[Push],
-            trigger: Trigger | None = None,
+            trigger: HasJson | None = None,
             executor: str | None = None,
         ) -> list[Entry]: ...
+        def last_scheduled(self, git_dir: str, cron: str, ref: str) -> str | None: ...
+        def claim_schedule(
+            self,
+            git_dir: str,
+            cron: str,
+            ref: str,
+            due_at: str,
+            push: Push | None = None,
+            trigger: HasJson | None = None,
+        ) -> tuple[bool, Entry | None]: ...
         def claim(self, owner: Owner) -> Entry | None: ...
         def renew(self, run_id: str, seconds: float) -> Entry | None: ...
         def expired(self, owner: Owner) -> list[Entry]: ...

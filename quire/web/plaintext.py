@@ -1,4 +1,9 @@
-"""A job's output as plain text (`output.txt`): decoded in large blocks, cached once finished.
+"""A job's output as plain text (`output.txt`): as the run wrote it, else decoded and cached.
+
+A finished job's download is the `PLAIN_OUTPUT` file the run wrote beside
+the log as it went (quire.ci.store.eventlog), streamed as it is. Logs
+without one (runs of older versions, runs copied from the run index, a job
+whose store filled up) are decoded:
 
 Decoding reads the log `BLOCK_BYTES` at a time and does per-line Python
 work only on output lines (a line naming neither stream is skipped by one
@@ -29,9 +34,9 @@ from typing import BinaryIO
 import anyio
 import orjson
 
-from quire.ci.store.logs import event_bytes
+from quire.ci.store.logs import PLAIN_OUTPUT, event_bytes
 
-BLOCK_BYTES = 1024 * 1024
+BLOCK_BYTES = 256 * 1024  # 1 MiB blocks cost ~3 MiB more of peak memory, for ~5% speed
 CACHE_NAME = ".output.txt"
 CACHED_BLOCK_BYTES = 1024 * 1024
 SEND_BYTES = 256 * 1024
@@ -77,12 +82,26 @@ class PlainText:
         self.cache = log.parent / CACHE_NAME
         self.finished = finished
         self._handle: BinaryIO = open(log, "rb")  # noqa: SIM115 - closed by the iterator
-        self._cached: BinaryIO | None = self._open_cache() if finished else None
+        self._cached: BinaryIO | None = None
+        if finished:
+            self._cached = self._open_plain(log.parent / PLAIN_OUTPUT) or self._open_cache()
 
     @property
     def size(self) -> int | None:
         """The byte count when it is known before sending (a cache hit)."""
         return os.fstat(self._cached.fileno()).st_size if self._cached else None
+
+    @staticmethod
+    def _open_plain(path: Path) -> BinaryIO | None:
+        """The run's own plain output, when it is a regular file (never through a link)."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            return None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        return os.fdopen(fd, "rb")
 
     def _open_cache(self) -> BinaryIO | None:
         try:

@@ -184,3 +184,30 @@ def test_decoded_is_exactly_what_the_json_parser_makes_of_each_output_line(tmp_p
     path = write_log(tmp_path, log)
     with open(path, "rb") as handle:
         assert b"".join(decoded(handle)) == expected
+
+
+def test_a_finished_jobs_download_is_the_plain_output_the_run_wrote(tmp_path: Path) -> None:
+    log = write_log(tmp_path, log_bytes())
+    (log.parent / "output.txt").write_bytes(b"as the run wrote it")
+    text = PlainText(log, finished=True)
+    assert text.size == len(b"as the run wrote it")
+    assert b"".join(text.blocks()) == b"as the run wrote it"
+    assert not (log.parent / CACHE_NAME).exists()  # nothing decoded, nothing cached
+
+
+def test_a_running_job_is_decoded_even_beside_its_plain_output(tmp_path: Path) -> None:
+    log = write_log(tmp_path, log_bytes())
+    (log.parent / "output.txt").write_bytes(b"half of it")
+    assert download(log, finished=False) == EXPECTED
+
+
+def test_a_plain_output_that_is_a_symlink_or_a_directory_is_passed_over(tmp_path: Path) -> None:
+    log = write_log(tmp_path, log_bytes())
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"secret")
+    (log.parent / "output.txt").symlink_to(secret)
+    assert download(log, finished=True) == EXPECTED
+    (log.parent / "output.txt").unlink()
+    (log.parent / "output.txt").mkdir()
+    (log.parent / CACHE_NAME).unlink()
+    assert download(log, finished=True) == EXPECTED

@@ -69,17 +69,6 @@ class Trigger(Record):
     schedule: str | None = None  # the cron line (schedule)
     due_at: datetime | None = None  # the scheduled time it ran for (schedule)
 
-    def describe(self) -> str:
-        """`push`, `re-run of RUN by alice`, `manual by alice`, `schedule 0 3 * * *`."""
-        words = {"rerun": "re-run"}.get(self.kind, self.kind)
-        if self.rerun_of:
-            words += f" of {self.rerun_of}"
-        if self.schedule:
-            words += f" {self.schedule}"
-        if self.by:
-            words += f" by {self.by}"
-        return words
-
 
 class PlannedJob(Record):
     """One job a run is to run, and the jobs whose outputs it waits for."""
@@ -101,11 +90,10 @@ class RunMeta(Record):
     executor: ExecutorKind
     # --dirty: the working tree as it was, on top of `sha` (its HEAD then).
     dirty: bool = False
-    # How it was started; old records without it read as a push.
-    trigger: Trigger = Field(default_factory=Trigger)
     subject: str | None = None  # the first line of the commit's message
     # The jobs it is to run, in order, so a job not started yet can be shown waiting.
     plan: list[PlannedJob] = Field(default_factory=list)
+    trigger: Trigger = Trigger()  # old records without it read as a push
 
 
 class RunnerInfo(Record):

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from quire.ci.events import Event, JobStarted, RunFinished
+from quire.ci.store.deliveries import NOTIFICATIONS_FILE, RunNotifications
 from quire.ci.store.eventlog import job_event
 from quire.ci.store.logs import LogReader
 from quire.ci.store.records import (
@@ -62,9 +63,9 @@ class RunSummary(BaseModel):
     problem: str | None = None  # why some of its records could not be read
     cancelled_by: str | None = None  # state `cancelled`: who asked, and when
     cancelled_at: datetime | None = None
-    trigger: Trigger = Trigger()  # how it was started (a push, a re-run by whom, ...)
-    pushed_at: datetime | None = None  # when it was pushed or asked for
+    pushed_at: datetime | None = None  # when it was pushed or asked for (a re-run, by hand)
     worker: str | None = None  # the worker's --name, for a run mirrored from the run index
+    trigger: Trigger | None = None  # how it was started (None: its meta.yml is unreadable)
 
     def state_text(self) -> str:
         """The state as people read it: `failed (jobs-failed)`, `cancelled by alice`."""
@@ -83,6 +84,7 @@ class RunDetails(RunSummary):
     jobs: list[JobState]
     container: ContainerInfo | None = None
     plan: list[PlannedJob] = []  # the jobs it is to run, with their inputs
+    notifications: RunNotifications | None = None  # what was sent about it, each attempt
 
 
 def summarize(run: RunDir) -> RunSummary:
@@ -94,8 +96,9 @@ def summarize(run: RunDir) -> RunSummary:
         summary.revision, summary.sha, summary.ref = meta.revision, meta.sha, meta.ref
         summary.executor = meta.executor.value
         summary.dirty = meta.dirty
-        summary.trigger, summary.pushed_at = meta.trigger, meta.pushed_at
+        summary.pushed_at = meta.pushed_at
         summary.subject = meta.subject
+        summary.trigger = meta.trigger
     except RecordUnreadable as exc:
         problems.append(str(exc))
     times_path = run.path / "times.yml"
@@ -142,6 +145,13 @@ def details(run: RunDir) -> RunDetails:
             container = read_record(container_path, ContainerInfo)
         except RecordUnreadable:
             container = None
+    notifications = None
+    notifications_path = run.path / NOTIFICATIONS_FILE
+    if notifications_path.exists():
+        try:
+            notifications = read_record(notifications_path, RunNotifications)
+        except RecordUnreadable:
+            notifications = None
     jobs = run.job_states()
     try:
         plan = read_record(run.path / "meta.yml", RunMeta).plan
@@ -161,6 +171,7 @@ def details(run: RunDir) -> RunDetails:
         jobs=jobs,
         container=container,
         plan=plan,
+        notifications=notifications,
     )
 
 
