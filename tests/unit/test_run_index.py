@@ -365,3 +365,33 @@ def test_a_row_whose_names_would_lead_outside_the_mirror_is_refused(tmp_path: Pa
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["b"]
     assert [p.name for p in (tmp_path / "a" / "b").iterdir()] == ["mirror"]
     assert list((tmp_path / "a").rglob("active")) == []
+
+
+# --- review of issue 21: races and replacements ---------------------------------------------------
+
+
+def test_a_run_moving_while_it_is_scanned_ships_no_deletions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index = FakeIndex()
+    pub = publisher(tmp_path, index)
+    path = run_dir(tmp_path)
+    (path / "jobs" / "build" / "log.jsonl").write_bytes(b"one\n")
+    (path / "meta.yml").write_text("run_id: x\n")
+    pub.publish()
+    done = path.parent.parent / "complete" / RUN
+    real_scan = shipping.scan
+
+    def scan_as_it_moves(run_id: str, root: Path, marks: Marks) -> tuple[list[FileChange], Marks]:
+        # The child finishes between the publisher's look and its scan: running/ -> complete/.
+        if root.is_dir() and root != done:
+            done.parent.mkdir(exist_ok=True)
+            os.rename(root, done)
+        return real_scan(run_id, root, marks)
+
+    monkeypatch.setattr("quire.service.pgindex.publisher.scan", scan_as_it_moves)
+    pub.publish()
+    pub.publish()
+    assert [c for c in index.changes if c.kind == FileKind.delete] == []
+    assert index.rows[RUN].state == "complete"
+    assert len([c for c in index.changes if c.path == "meta.yml"]) == 1  # not shipped twice

@@ -166,6 +166,11 @@ class Publisher:
             run.marks = self.index.marks(entry.run_id)
             run.state = self.index.state(entry.run_id)
         changes, marks = scan(entry.run_id, path, run.marks)
+        if not path.is_dir():
+            # It moved (running/ -> complete/) while scanned: what was not found there is not
+            # deleted. A run's directory only moves on, so one still there was there throughout;
+            # the next pass scans it where it went.
+            return None
         row = RunRow(
             run_id=entry.run_id,
             repo=entry.repo,
