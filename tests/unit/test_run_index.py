@@ -97,9 +97,9 @@ def test_a_deleted_file_ships_a_deletion_and_a_log_that_shrank_goes_whole(tmp_pa
     (path / "container.yml").unlink()
     (path / "log.jsonl").write_bytes(b"new\n")
     changes, marks = scan(RUN, path, marks)
-    assert kinds(changes) == [
-        ("log.jsonl", FileKind.whole, 0, b"new\n"),
+    assert kinds(changes) == [  # deletions first (a file may become a directory)
         ("container.yml", FileKind.delete, 0, b""),
+        ("log.jsonl", FileKind.whole, 0, b"new\n"),
     ]
     assert "container.yml" not in marks
 
@@ -395,3 +395,42 @@ def test_a_run_moving_while_it_is_scanned_ships_no_deletions(
     assert [c for c in index.changes if c.kind == FileKind.delete] == []
     assert index.rows[RUN].state == "complete"
     assert len([c for c in index.changes if c.path == "meta.yml"]) == 1  # not shipped twice
+
+
+def test_a_file_replaced_by_a_directory_and_back_is_mirrored(tmp_path: Path) -> None:
+    index = FakeIndex()
+    pub = publisher(tmp_path, index)
+    path = run_dir(tmp_path)
+    (path / "out").write_bytes(b"a file\n")
+    mirror = Mirror(tmp_path / "reader" / "mirror")
+    pub.publish()
+    mirrored(tmp_path, index, mirror)
+    copy = mirror.runs_root / REPO / "active" / RUN
+    (path / "out").unlink()
+    (path / "out").mkdir()
+    (path / "out" / "inner").write_bytes(b"now a directory\n")
+    pub.publish()
+    mirrored(tmp_path, index, mirror)
+    assert (copy / "out" / "inner").read_bytes() == b"now a directory\n"
+    (path / "out" / "inner").unlink()
+    (path / "out").rmdir()
+    (path / "out").write_bytes(b"a file again\n")
+    pub.publish()
+    mirrored(tmp_path, index, mirror)
+    assert (copy / "out").read_bytes() == b"a file again\n"
+    same_tree(path, copy)
+
+
+def test_a_mirror_makes_room_for_a_change_whatever_stands_in_its_way(tmp_path: Path) -> None:
+    # Changes in any order (an index written by another quire): a file where a directory
+    # goes, a directory where a file goes, a deletion of a directory.
+    mirror = Mirror(tmp_path / "mirror")
+    mirror.apply([row("active", 2)], [whole("out", b"x", 1)], 2)
+    mirror.apply([], [whole("out/inner", b"y", 3)], 3)
+    copy = mirror.runs_root / REPO / "active" / RUN
+    assert (copy / "out" / "inner").read_bytes() == b"y"
+    mirror.apply([], [whole("out", b"z", 4)], 4)
+    assert (copy / "out").read_bytes() == b"z"
+    mirror.apply([], [whole("d/inner", b"y", 5)], 5)
+    mirror.apply([], [FileChange(run_id=RUN, path="d", kind=FileKind.delete, seq=6)], 6)
+    assert not (copy / "d").exists() and mirror.seq() == 6

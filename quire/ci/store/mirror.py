@@ -182,14 +182,38 @@ class Mirror:
             return
         path = run_path / change.path
         if change.kind == FileKind.delete:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+            _remove(path)
             return
+        _make_room(run_path, path)
         private_dir(path.parent)
         if change.kind == FileKind.whole:
             _replace(path, change.data)
             return
         _append(path, change)
+
+
+def _remove(path: Path) -> None:
+    """`path` is gone, whatever it was (a file, or a directory a file of the run became)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+        return
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        path.unlink()
+
+
+def _make_room(run_path: Path, path: Path) -> None:
+    """Nothing stands in the way of the file `path`: a file where one of its directories
+    goes, or a directory where it goes (on the worker, a file became a directory or back;
+    the deletion may come after), is removed. Else the mirror would fail on it at every
+    sync, for good."""
+    here = run_path
+    for part in path.relative_to(run_path).parts[:-1]:
+        here = here / part
+        if here.is_symlink() or (here.exists() and not here.is_dir()):
+            here.unlink()
+            break  # nothing is below a file
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
 
 
 def _replace(path: Path, data: bytes) -> None:

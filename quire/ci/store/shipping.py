@@ -190,10 +190,14 @@ def scan(run_id: str, root: Path, marks: Marks) -> tuple[list[FileChange], Marks
             continue
         changes += _chunks(run_id, rel, data, start=0, whole=True, digest=digest)
         after[rel] = Mark(len(data), digest, stamp)
-    for rel in marks:
-        if rel not in after:
-            changes.append(FileChange(run_id=run_id, path=rel, kind=FileKind.delete))
-    return changes, after
+    # Deletions first: a file that became a directory (or back) is gone before its
+    # successor is written in its place.
+    deleted = [
+        FileChange(run_id=run_id, path=rel, kind=FileKind.delete)
+        for rel in marks
+        if rel not in after
+    ]
+    return deleted + changes, after
 
 
 class Shipped(NamedTuple):
