@@ -320,3 +320,45 @@ def test_a_run_cancelled_before_it_started_shows_in_the_index_with_no_worker(
     (run,) = listed(tmp_path)
     assert (run["id"], run["state"], run["worker"]) == (row.run_id, "cancelled", None)
     assert run["cancelled_by"]
+
+
+def test_a_reader_syncs_a_large_log_in_pages_of_bounded_bytes(
+    tmp_path: Path, database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from quire.ci.store.shipping import FileChange, FileKind, RunRow
+    from quire.service.pgindex.writer import IndexWriter
+
+    run_id = "20261204-120000-000000-abcdef"
+    piece = 300 * 1024
+    data = bytes(range(256)) * (5 * piece // 256)
+    changes = [
+        FileChange(
+            run_id=run_id,
+            path="log.jsonl",
+            kind=FileKind.whole if at == 0 else FileKind.append,
+            at=at,
+            data=data[at : at + piece],
+        )
+        for at in range(0, len(data), piece)
+    ]
+    row = RunRow(
+        run_id=run_id, repo="p-1", git_dir="/g", worker="w", state_dir="/s", state="active"
+    )
+    writer = IndexWriter(database)
+    try:
+        writer.ship([row], changes)
+    finally:
+        writer.close()
+    monkeypatch.setattr(reader, "PAGE_BYTES", 2 * piece)
+    batches: list[int] = []
+    apply = Mirror.apply
+
+    def counted(self: Mirror, rows: Any, found: list[FileChange], seq: int) -> None:
+        batches.append(sum(len(change.data) for change in found))
+        apply(self, rows, found, seq)
+
+    monkeypatch.setattr(Mirror, "apply", counted)
+    mirror = Mirror(tmp_path / "mirror")
+    assert reader.sync(database, mirror) == len(changes) + 3  # its row comes with each page
+    assert (mirror.runs_root / "p-1" / "active" / run_id / "log.jsonl").read_bytes() == data
+    assert batches == [2 * piece, 2 * piece, piece]  # never the whole log in memory at once

@@ -434,3 +434,14 @@ def test_a_mirror_makes_room_for_a_change_whatever_stands_in_its_way(tmp_path: P
     mirror.apply([], [whole("d/inner", b"y", 5)], 5)
     mirror.apply([], [FileChange(run_id=RUN, path="d", kind=FileKind.delete, seq=6)], 6)
     assert not (copy / "d").exists() and mirror.seq() == 6
+
+
+def test_a_readers_page_holds_up_to_its_bytes_and_at_least_one_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reader = pytest.importorskip("quire.service.pgindex.reader")
+    monkeypatch.setattr(reader, "PAGE_BYTES", 10)
+    assert reader._page([4, 6, 1]) == 2
+    assert reader._page([4, 5]) == 2
+    assert reader._page([11, 1]) == 1  # alone larger than a page: it comes alone
+    assert reader._page([]) == 0
