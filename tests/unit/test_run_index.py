@@ -445,3 +445,44 @@ def test_a_readers_page_holds_up_to_its_bytes_and_at_least_one_change(
     assert reader._page([4, 5]) == 2
     assert reader._page([11, 1]) == 1  # alone larger than a page: it comes alone
     assert reader._page([]) == 0
+
+
+def test_a_large_log_and_file_are_shipped_a_bounded_batch_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shipping, "CHUNK_BYTES", 1000)
+    monkeypatch.setattr(shipping, "SCAN_BYTES", 4000)
+    index = FakeIndex()
+    shipped: list[int] = []
+    ship = index.ship
+
+    def counted(rows: list[RunRow], changes: list[FileChange]) -> None:
+        shipped.append(sum(len(c.data) for c in changes))
+        ship(rows, changes)
+
+    index.ship = counted  # type: ignore[method-assign]
+    pub = publisher(tmp_path, index)
+    path = run_dir(tmp_path)
+    log = path / "jobs" / "build" / "log.jsonl"
+    log.write_bytes(b"x" * 9999 + b"\n")
+    (path / "artifact.bin").write_bytes(bytes(range(256)) * 30)
+    pub.publish()
+    assert shipped == [4000]
+    mirror = Mirror(tmp_path / "reader" / "mirror")
+    done = path.parent.parent / "complete" / RUN
+    done.parent.mkdir()
+    os.rename(path, done)
+    pub.finish(RUN)  # everything left, in as many batches as it takes
+    assert RUN not in pub.runs
+    assert max(shipped) <= 4000 and sum(shipped) == 10000 + 256 * 30
+    mirrored(tmp_path, index, mirror)
+    same_tree(done, mirror.runs_root / REPO / "complete" / RUN)
+    # Resumed from what the index holds (a new publisher), a file half shipped is finished.
+    half = FakeIndex()
+    first = publisher(tmp_path, half)
+    first.publish()
+    second = Publisher(half, "w1", tmp_path / "worker")
+    second.track(running())
+    second.finish(RUN)
+    mirrored(tmp_path, half, fresh := Mirror(tmp_path / "other" / "mirror"))
+    same_tree(done, fresh.runs_root / REPO / "complete" / RUN)

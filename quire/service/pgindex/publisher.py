@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 from quire.ci.store.runs import RunState, RunStore
-from quire.ci.store.shipping import FileChange, Marks, RunRow, scan
+from quire.ci.store.shipping import FileChange, Marks, RunRow, more, scan
 from quire.errors import QuireError
 from quire.service.queue import Entry
 
@@ -76,6 +76,7 @@ class _Tracked:
     marks: Marks | None = None  # None: unknown, ask the index
     state: str | None = None  # the state last shipped
     ending: bool = False  # its child ended: drop it once everything is shipped
+    more: bool = False  # its last scan was full: more may be left to ship
 
 
 @dataclass
@@ -109,7 +110,7 @@ class Publisher:
             if tracked is None:
                 return
             tracked.ending = True
-            self._publish([tracked])
+            self._drain([tracked])
 
     def lost(self, entry: Entry, message: str) -> None:
         try:
@@ -123,10 +124,21 @@ class Publisher:
         with self._lock:
             self._publish(list(self.runs.values()))
 
+    def _drain(self, tracked: list[_Tracked]) -> None:
+        """Publish until nothing is left of `tracked` (a scan ships a bounded batch) or a
+        batch fails (the thread tries again)."""
+        while True:
+            self._publish(tracked)
+            if self._failed:
+                return
+            tracked = [run for run in tracked if run.more]
+            if not tracked:
+                return
+
     def _publish(self, tracked: list[_Tracked]) -> None:
         rows: list[RunRow] = []
         changes: list[FileChange] = []
-        after: dict[str, tuple[Marks, str]] = {}
+        after: dict[str, tuple[Marks, str, bool]] = {}
         try:
             for run in tracked:
                 found = self._batch(run)
@@ -136,7 +148,7 @@ class Publisher:
                 if run_changes or row.state != run.state:
                     rows.append(row)
                     changes += run_changes
-                after[run.entry.run_id] = (marks, row.state)
+                after[run.entry.run_id] = (marks, row.state, more(run_changes))
             if rows:
                 self.index.ship(rows, changes)
         except QuireError as exc:
@@ -149,9 +161,10 @@ class Publisher:
         self._failed = False
         for run in tracked:
             if run.entry.run_id not in after:
+                run.more = False  # not scanned (not found, or moving): the thread sees to it
                 continue
-            run.marks, run.state = after[run.entry.run_id]
-            if run.ending:
+            run.marks, run.state, run.more = after[run.entry.run_id]
+            if run.ending and not run.more:
                 self.runs.pop(run.entry.run_id, None)
 
     def _batch(self, run: _Tracked) -> tuple[RunRow, list[FileChange], Marks] | None:
@@ -199,7 +212,8 @@ class Publisher:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        self.publish()  # what is left of runs still tracked
+        with self._lock:  # what is left of runs still tracked
+            self._drain(list(self.runs.values()))
         self.index.close()
 
 
