@@ -486,3 +486,20 @@ def test_a_large_log_and_file_are_shipped_a_bounded_batch_at_a_time(
     second.finish(RUN)
     mirrored(tmp_path, half, fresh := Mirror(tmp_path / "other" / "mirror"))
     same_tree(done, fresh.runs_root / REPO / "complete" / RUN)
+
+
+def test_a_run_is_not_seen_finished_before_a_later_page_brings_the_rest_of_its_log(
+    tmp_path: Path,
+) -> None:
+    # A page of a sync ends inside a run's changes; its row (fetched with the page, since
+    # the page holds its files) is already `complete`, at a seq beyond the page.
+    mirror = Mirror(tmp_path / "mirror")
+    mirror.apply([row("active", 2)], [whole("log.jsonl", b"one\n", 1)], 2)
+    tail = FileChange(run_id=RUN, path="log.jsonl", kind=FileKind.append, at=4, data=b"two\n")
+    mirror.apply([row("complete", 9)], [whole("meta.yml", b"x", 3)], 3)
+    (seen,) = list(mirror.store(REPO).runs())
+    assert seen.state == RunState.active  # not finished with half its log
+    mirror.apply([row("complete", 9)], [tail.model_copy(update={"seq": 8})], 9)
+    (seen,) = list(mirror.store(REPO).runs())
+    assert seen.state == RunState.complete
+    assert (seen.path / "log.jsonl").read_bytes() == b"one\ntwo\n"

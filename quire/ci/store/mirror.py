@@ -12,7 +12,8 @@ unchanged.
 `apply(rows, changes)` takes a batch of index rows and file changes (in the
 order of the database's one sequence) and writes them: the files first, then
 each run moved to its state directory (one rename, as a run's own directory
-moves), so a reader that sees a run finished sees its logs whole. A row
+moves), so a reader that sees a run finished sees its logs whole (a row
+newer than the batch's last change waits for the batch that reaches it). A row
 whose state is `pruned` removes its run. Appends are idempotent: a chunk
 already there (a sync that was cut off and done again) is not written twice.
 
@@ -134,7 +135,10 @@ class Mirror:
                 continue
             self._write(where, change)
         for row in sorted(rows, key=lambda r: r.seq):
-            self._place(row)
+            # A row newer than the batch came with it for its run's files (a sync's page
+            # ended inside them): placed once the changes before it are here too.
+            if row.seq <= seq:
+                self._place(row)
         write_record(self.root / "sync.yml", SyncMark(seq=seq), durable=False)
 
     def _repo_of(self, run_id: str) -> str | None:
