@@ -503,3 +503,35 @@ def test_a_run_is_not_seen_finished_before_a_later_page_brings_the_rest_of_its_l
     (seen,) = list(mirror.store(REPO).runs())
     assert seen.state == RunState.complete
     assert (seen.path / "log.jsonl").read_bytes() == b"one\ntwo\n"
+
+
+def test_following_a_mirrored_run_that_moves_between_a_look_and_a_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from quire.ci.store import views
+
+    mirror = Mirror(tmp_path / "mirror")
+    line = b'{"event": "stdout", "data": "hello\\n"}\n'
+    mirror.apply(
+        [row("active", 3)],
+        [whole("jobs/build/log.jsonl", line, 1), whole("meta.yml", b"run_id: x\n", 2)],
+        3,
+    )
+    real_reader = views.LogReader
+    moved: list[bool] = []
+
+    def reader_as_it_moves(path: Path) -> views.LogReader:
+        # The follower thread syncs the run's end (active/ -> complete/) just now, after the
+        # log was looked for and before it is opened.
+        if not moved and "active" in path.parts and path.name == "log.jsonl":
+            moved.append(True)
+            mirror.apply([row("complete", 5)], [whole("result.yml", b"exit_code: 0\n", 4)], 5)
+        return real_reader(path)
+
+    monkeypatch.setattr(views, "LogReader", reader_as_it_moves)
+    events: list[object] = []
+    outcome, _ = views.follow(
+        mirror.store(REPO), RUN, None, events.append, poll_s=0, alive=lambda run: True
+    )
+    assert outcome.state == RunState.complete and moved
+    assert [type(event).__name__ for event in events] == ["JobStarted", "Output"]
