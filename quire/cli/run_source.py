@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -28,7 +28,7 @@ class RunSource(Protocol):
     def find(self, repo: Path, ref: str) -> tuple[RunStore, RunDir]: ...
     def liveness(self) -> Callable[[RunDir], bool] | None: ...
     def gone(self) -> str: ...
-    def following(self) -> AbstractContextManager[Any]: ...
+    def following(self) -> AbstractContextManager[object]: ...
 
 
 class LocalRuns:
@@ -56,7 +56,7 @@ class LocalRuns:
 
         return LOCAL_RUNNER_GONE
 
-    def following(self) -> AbstractContextManager[Any]:
+    def following(self) -> AbstractContextManager[object]:
         return nullcontext()
 
 
@@ -94,7 +94,7 @@ class IndexedRuns:
             "the database; a live worker queues the run again"
         )
 
-    def following(self) -> AbstractContextManager[Any]:
+    def following(self) -> AbstractContextManager[object]:
         return self.runs.follower()
 
 
