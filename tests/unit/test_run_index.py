@@ -535,3 +535,16 @@ def test_following_a_mirrored_run_that_moves_between_a_look_and_a_read(
     )
     assert outcome.state == RunState.complete and moved
     assert [type(event).__name__ for event in events] == ["JobStarted", "Output"]
+
+
+def test_a_change_whose_run_id_would_lead_outside_the_mirror_is_refused(tmp_path: Path) -> None:
+    # No row comes with it: the mirror looks for its run among those it has.
+    mirror = Mirror(tmp_path / "a" / "mirror")
+    mirror.apply([row("active", 2)], [whole("meta.yml", b"x", 1)], 2)
+    (tmp_path / "outside").mkdir()
+    escape = FileChange(
+        run_id="../../../../../outside", path="planted", kind=FileKind.whole, data=b"!", seq=3
+    )
+    mirror.apply([], [escape], 3)
+    assert list((tmp_path / "outside").iterdir()) == []
+    assert mirror.seq() == 3

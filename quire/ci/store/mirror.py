@@ -128,6 +128,9 @@ class Mirror:
             if row.state != PRUNED and self.locate(row.repo, row.run_id) is None:
                 self._arrive(row)
         for change in sorted(changes, key=lambda c: c.seq):
+            if not valid_name(change.run_id):  # it would lead outside, like such a row
+                log.warning("refused a run index change naming run %r", change.run_id)
+                continue
             repo = repos.get(change.run_id) or self._repo_of(change.run_id)
             where = None if repo is None else self.locate(repo, change.run_id)
             if where is None:
