@@ -148,8 +148,11 @@ def repository_name(git_dir: str) -> str:
 
 
 def file_url(path: str) -> str:
-    """`path` (absolute) as the file:// URL git fetches it by."""
-    return "file://" + path
+    """`path` (absolute) as the file:// URL git fetches it by: quoted, since git decodes
+    %XX in a URL (a repository at `proj%41.git` would be looked for at `projA.git`)."""
+    from urllib.parse import quote  # here: the hook imports this module and never needs it
+
+    return "file://" + quote(path, safe="/")
 
 
 def utc_text(when: datetime | None = None) -> str:
