@@ -548,3 +548,15 @@ def test_a_change_whose_run_id_would_lead_outside_the_mirror_is_refused(tmp_path
     mirror.apply([], [escape], 3)
     assert list((tmp_path / "outside").iterdir()) == []
     assert mirror.seq() == 3
+
+
+def test_a_file_whose_name_is_not_utf8_is_not_shipped(tmp_path: Path) -> None:
+    # The index keeps paths as text: such a name could not be stored, and the batch with
+    # it would fail at every try.
+    path = run_dir(tmp_path)
+    os.close(os.open(os.fsencode(path) + b"/bad\xff.txt", os.O_CREAT | os.O_WRONLY, 0o600))
+    (path / "meta.yml").write_text("run_id: x\n")
+    changes, marks = scan(RUN, path, {})
+    assert [c.path for c in changes] == ["meta.yml"] and list(marks) == ["meta.yml"]
+    for change in changes:
+        change.path.encode("utf-8")

@@ -8,12 +8,14 @@ on PostgreSQL): the publisher's side of a mirror, as plain file changes.
 
 Every file of a run's directory is shipped (records, logs, artifacts, delivery
 records: whatever a run keeps there) except the dot-names (temporary files
-of atomic writes), and `runner.yml` and `processes.yml`, which name pids on
-the worker's host and mean nothing elsewhere. JSON Lines logs only grow, so
-only their new bytes go (`append` at the old size); a log that shrank (it
-was replaced) goes whole again. Any other file goes whole when its content
-changed (a digest, looked at only when its size, mtime or inode changed),
-in chunks of `CHUNK_BYTES` (the first `whole`, the rest `append`).
+of atomic writes), names that are not UTF-8 (the index keeps paths as text),
+and `runner.yml` and `processes.yml`, which name pids on the worker's host
+and mean nothing elsewhere. JSON Lines logs only grow, so only their new
+bytes go (`append` at the old size); a log that shrank (it was replaced)
+goes whole again. Any other file goes whole when its content changed (a
+digest, looked at only when its size, mtime or inode changed), in chunks of
+`CHUNK_BYTES` (the first `whole`, the rest `append`). One scan reads at most
+`SCAN_BYTES`; the rest goes in the next ones.
 Symbolic links are not followed: nothing outside the run's directory goes.
 """
 
@@ -97,7 +99,17 @@ def shipped_path(rel: str) -> bool:
     parts = rel.split("/")
     if any(not part or part.startswith(".") or part == ".." for part in parts):
         return False
+    if _undecodable(rel):
+        return False  # the index keeps paths as text: such a name could never be stored
     return rel not in LOCAL_ONLY and rel != WORKER_FILE
+
+
+def _undecodable(rel: str) -> bool:
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:  # a name of bytes that are not UTF-8 (surrogateescape)
+        return True
+    return False
 
 
 def _files(root: Path) -> list[tuple[str, os.stat_result]]:
