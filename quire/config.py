@@ -23,6 +23,9 @@ workspace = "copy"  # "bind" (mount the local tree) | "copy" (copy it in); defau
 capture_limit = 4194304   # bytes of stdout/stderr kept in ShOutput
 outputs_limit = 1048576   # bytes of JSON a job may return as its outputs
 
+[artifacts]
+max_size = "1g"           # bytes a run may keep with rt.artifact, all jobs together
+
 [repositories.proj]       # a repository by its folder name (proj.git -> proj), or by
                           # its store name (proj-1a2b3c4d) where two folders share a name
 executor = "docker"       # where `quire ci worker` runs its pushes (default: --executor)
@@ -178,6 +181,36 @@ class OutputSettings(BaseModel):
     outputs_limit: int = Field(default=1024 * 1024, ge=1024)
 
 
+_SIZE = re.compile(r"^(\d+)\s*([kmgt]?)(i?b)?$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_size(value: object) -> int:
+    """Bytes from an int or a string with a binary unit ("500m", "1GiB", "2g")."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    found = _SIZE.match(str(value).strip()) if isinstance(value, str) else None
+    if found is None:
+        raise ValueError(
+            f"{value!r} is not a size: use bytes, or a number with a unit, e.g. "
+            '"500m" or "1g" (k, m, g, t; powers of 1024)'
+        )
+    return int(found[1]) * _UNITS[found[2].lower()]
+
+
+class ArtifactSettings(BaseModel):
+    """What runs may keep with `rt.artifact` (`[artifacts]`)."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+    # Bytes of artifacts one run may keep, all jobs together; past it the job fails.
+    max_size: int = Field(default=1024**3, ge=0)
+
+    @field_validator("max_size", mode="before")
+    @classmethod
+    def _a_size(cls, value: object) -> int:
+        return parse_size(value)
+
+
 class JobSettings(BaseModel):
     """How quire ends a job's processes (`[jobs]`)."""
 
@@ -227,6 +260,7 @@ class ConfigFile(BaseModel):
     docker: DockerSettings = Field(default_factory=DockerSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
+    artifacts: ArtifactSettings = Field(default_factory=ArtifactSettings)
     repositories: dict[str, RepositorySettings] = Field(default_factory=dict)
 
 
@@ -275,6 +309,7 @@ class Config:
     docker: DockerSettings = field(default_factory=DockerSettings.model_construct)
     output: OutputSettings = field(default_factory=OutputSettings.model_construct)
     jobs: JobSettings = field(default_factory=JobSettings.model_construct)
+    artifacts: ArtifactSettings = field(default_factory=ArtifactSettings.model_construct)
     repositories: dict[str, RepositorySettings] = field(default_factory=dict)
     server: ServerSettings = field(default_factory=ServerSettings.model_construct)
     path: Path | None = None
@@ -355,6 +390,7 @@ def load_config(path: Path | None = None) -> Config:
         docker=parsed.docker,
         output=parsed.output,
         jobs=parsed.jobs,
+        artifacts=parsed.artifacts,
         repositories=parsed.repositories,
         server=parsed.server,
         path=path,

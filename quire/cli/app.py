@@ -397,6 +397,7 @@ def _register_history() -> None:
     ci.command("runs")(_guarded(history_commands.runs_command))
     ci.command("show")(_guarded(history_commands.show_command))
     ci.command("logs")(_guarded(history_commands.logs_command))
+    ci.command("artifacts")(_guarded(history_commands.artifacts_command))
 
 
 _register_history()

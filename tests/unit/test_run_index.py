@@ -560,3 +560,9 @@ def test_a_file_whose_name_is_not_utf8_is_not_shipped(tmp_path: Path) -> None:
     assert [c.path for c in changes] == ["meta.yml"] and list(marks) == ["meta.yml"]
     for change in changes:
         change.path.encode("utf-8")
+
+
+def test_a_jobs_plain_output_stays_home_and_an_artifact_of_that_name_goes() -> None:
+    assert not shipping.shipped_path("jobs/build/output.txt")  # readers decode log.jsonl
+    assert shipping.shipped_path("jobs/build/log.jsonl")
+    assert shipping.shipped_path("artifacts/build/output.txt")

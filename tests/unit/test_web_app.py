@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 from quire.ci.store.runs import RunStore
 from quire.ci.store.views import details, list_runs
 from quire.web.app import CSP, create_app
-from tests.unit.test_web_support import Store, line, out, run_id
+from tests.unit.test_web_support import Store, line, out, run_id, untimed
 
 
 @pytest.fixture
@@ -134,7 +134,7 @@ def test_run_page_shows_revision_jobs_errors_outputs_and_container(
     Store.write_job(path, "test", "failed", 1, error="tests failed: 3")
     page = client.get(f"/runs/proj/{run_id(7)}")
     assert page.status_code == 200
-    text = page.text
+    text = untimed(page.text)
     assert f"{7:040x}" in text and "refs/heads/main" not in text and "<dd>main</dd>" in text
     assert "docker" in text and "9f3b8a72c1d4" in text and "container stopped" in text
     assert re.findall(r'<tr class="job" data-job="([^"]+)"', text) == ["build", "test"]
@@ -153,7 +153,7 @@ def test_a_pushed_runs_sha_is_shown_once_in_the_list_and_on_its_page(
     sha = f"{5:040x}"
     store.add(5, revision=sha)  # the worker runs a push by its full sha
     listed = client.get("/").text
-    assert listed.count(sha[:12]) == 1 and "<td>main <code>" in listed
+    assert listed.count(sha[:12]) == 1 and "<td>main</td>" in listed
     page = client.get(f"/runs/proj/{run_id(5)}").text
     assert page.count(sha) == 1 and "<dd>main</dd>" in page
     with client.stream("GET", f"/live/runs/proj/{run_id(5)}") as response:
@@ -165,6 +165,7 @@ def test_a_revision_other_than_the_sha_is_shown_beside_it(store: Store, client: 
     sha = f"{6:040x}"
     store.add(6, revision="v1.2")
     assert f"<td>v1.2 <code>{sha[:12]}</code></td>" in client.get("/").text
+    assert "<td>main</td>" in client.get("/").text  # the branch, in a column of its own
     assert f"<dd>v1.2 <code>{sha}</code></dd>" in client.get(f"/runs/proj/{run_id(6)}").text
 
 

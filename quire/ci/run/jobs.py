@@ -19,9 +19,11 @@ from typing import Any
 from quire import interrupts
 from quire.ci.events import JobFinished, JobStarted
 from quire.ci.pipeline import PIPELINE_FILE, JobDef, Pipeline, Skip, pipeline_line
+from quire.ci.run.artifacts import ArtifactKeeper
 from quire.ci.run.executors.base import Executor
 from quire.ci.run.jobhost import (
     TERM_GRACE_S,
+    ArtifactRequest,
     BadMessage,
     JobEnd,
     JobHostFailed,
@@ -34,7 +36,7 @@ from quire.ci.run.jobhost import (
 )
 from quire.ci.run.outlet import RunOutlet
 from quire.ci.run.runtime import JobContext, JobServer
-from quire.ci.vocabulary import JobState, JobStatus, utcnow
+from quire.ci.vocabulary import ArtifactFile, JobState, JobStatus, utcnow
 from quire.config import Secrets
 from quire.errors import (
     ContainerDied,
@@ -83,6 +85,7 @@ class JobRunner:
     outcome: JobsOutcome = field(default_factory=JobsOutcome)
     host: JobHostLike | None = None  # where the jobs' Python runs (docs/architecture.md)
     term_grace: float = TERM_GRACE_S  # between SIGTERM and SIGKILL for a job's processes
+    keeper: ArtifactKeeper | None = None  # where `rt.artifact` copies to (the run's directory)
     _live: set[JobProcess] = field(default_factory=set)
 
     def run_all(self) -> JobsOutcome:
@@ -170,9 +173,11 @@ class JobRunner:
         started = self.outlet.emit(JobStarted(defined.id))
         t0 = time.monotonic()
         state = JobState(job_id=defined.id, status=JobStatus.running, started_at=started.at)
+        kept: list[ArtifactFile] = []  # what rt.artifact kept: recorded however the job ends
 
         def finish(status: JobStatus, error: str | None) -> None:
             state.status = status
+            state.artifacts = list(kept)
             state.duration_s = round(time.monotonic() - t0, 3)
             if status == JobStatus.skipped:
                 state.skip_reason = error
@@ -190,6 +195,8 @@ class JobRunner:
             capture_limit=self.capture_limit,
             deadline=None if defined.timeout is None else t0 + defined.timeout,
             run_env=self.run_env,
+            keeper=self.keeper,
+            kept=kept,
         )
         try:
             try:
@@ -229,7 +236,7 @@ class JobRunner:
         self._live.add(job)
         try:
             for message in job.messages(deadline):
-                if isinstance(message, ShRequest | Named):
+                if isinstance(message, ShRequest | Named | ArtifactRequest):
                     job.answer(server.handle(message))
                 elif isinstance(message, Out):
                     server.output(message.stream, message.data)

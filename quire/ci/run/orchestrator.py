@@ -30,6 +30,7 @@ from quire import interrupts
 from quire.ci.events import JobFinished, Notice, RunEnding, RunFinished, RunStarted
 from quire.ci.pipeline import PIPELINE_FILE, Pipeline
 from quire.ci.run import workspace as workspaces
+from quire.ci.run.artifacts import ArtifactKeeper, Budget
 from quire.ci.run.executors.base import Executor, ExecutorFactory, ExecutorSetup
 from quire.ci.run.jobhost import JobHost
 from quire.ci.run.jobs import JobRunner, JobsOutcome
@@ -45,6 +46,7 @@ from quire.ci.store.records import (
     ExecutorKind,
     JobState,
     JobStatus,
+    PlannedJob,
     RunMeta,
     RunnerInfo,
     RunResult,
@@ -223,7 +225,7 @@ def _run_loaded(
     interrupts.clear()
     with interrupts.raising():
         _reconcile_first(store, listing, reporter)
-        run_dir, meta = _create_run(store, loaded, request)
+        run_dir, meta = _create_run(store, loaded, pipeline, request)
         return _Run(run_dir, meta, loaded, pipeline, request, config, executors).execute(reporter)
 
 
@@ -260,7 +262,7 @@ def _record_failed_start(
     repo = repo or git.open_repository(request.repo_path)
     revision = revision or git.resolve(repo.git_dir, request.revision)
     loaded = LoadedPipeline(repo, revision, None)
-    run_dir, meta = _create_run(store_of(repo), loaded, request)
+    run_dir, meta = _create_run(store_of(repo), loaded, None, request)
     run_dir.transition(RunState.active)
     try:
         redactor = Redactor(load_config().secrets_for(run_dir.store.repo).values.values())
@@ -297,9 +299,16 @@ def _reconcile_first(
 
 
 def _create_run(
-    store: RunStore, loaded: LoadedPipeline, request: RunRequest
+    store: RunStore, loaded: LoadedPipeline, pipeline: Pipeline | None, request: RunRequest
 ) -> tuple[RunDir, RunMeta]:
     made: list[RunMeta] = []
+    subject = git.subject(loaded.repo.git_dir, loaded.revision.sha)
+    plan = []
+    if pipeline is not None:
+        plan = [
+            PlannedJob(job_id=job_id, inputs=list(pipeline.jobs[job_id].inputs))
+            for job_id in pipeline.order
+        ]
 
     def meta(run_id: str) -> RunMeta:
         made.append(
@@ -313,6 +322,8 @@ def _create_run(
                 pushed_at=request.pushed_at or utcnow(),
                 executor=request.executor,
                 dirty=request.dirty,
+                subject=subject,
+                plan=plan,
             )
         )
         return made[-1]
@@ -430,6 +441,9 @@ class _Run:
                         outcome=outcome,
                         host=self.loaded.host,
                         term_grace=self.config.jobs.term_grace,
+                        keeper=ArtifactKeeper(
+                            lambda: self.run_dir.path, Budget(self.config.artifacts.max_size)
+                        ),
                     ).run_all()
             return _result_of(outcome, outlet), None
         except (Interrupted, KeyboardInterrupt) as exc:

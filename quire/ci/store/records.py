@@ -60,6 +60,13 @@ except ImportError:  # pragma: no cover - depends on how PyYAML was built
     from yaml import SafeLoader as _Loader  # type: ignore[assignment]
 
 
+class PlannedJob(Record):
+    """One job a run is to run, and the jobs whose outputs it waits for."""
+
+    job_id: str
+    inputs: list[str] = Field(default_factory=list)
+
+
 class RunMeta(Record):
     """What was run: fixed when the run is created."""
 
@@ -73,6 +80,9 @@ class RunMeta(Record):
     executor: ExecutorKind
     # --dirty: the working tree as it was, on top of `sha` (its HEAD then).
     dirty: bool = False
+    subject: str | None = None  # the first line of the commit's message
+    # The jobs it is to run, in order, so a job not started yet can be shown waiting.
+    plan: list[PlannedJob] = Field(default_factory=list)
 
 
 class RunnerInfo(Record):

@@ -9,13 +9,15 @@ on PostgreSQL): the publisher's side of a mirror, as plain file changes.
 Every file of a run's directory is shipped (records, logs, artifacts, delivery
 records: whatever a run keeps there) except the dot-names (temporary files
 of atomic writes), names that are not UTF-8 (the index keeps paths as text),
-and `runner.yml` and `processes.yml`, which name pids on the worker's host
-and mean nothing elsewhere. JSON Lines logs only grow, so only their new
-bytes go (`append` at the old size); a log that shrank (it was replaced)
-goes whole again. Any other file goes whole when its content changed (a
-digest, looked at only when its size, mtime or inode changed), in chunks of
-`CHUNK_BYTES` (the first `whole`, the rest `append`). One scan reads at most
-`SCAN_BYTES`; the rest goes in the next ones.
+`runner.yml` and `processes.yml`, which name pids on the worker's host and
+mean nothing elsewhere, and each job's `output.txt`, the output its
+log.jsonl holds again (readers decode the log). JSON Lines logs only grow,
+so only their new bytes go (`append` at the old size); a log that shrank
+(it was replaced) goes whole again. Any other file goes whole when its
+content changed (a digest, looked at only when its size, mtime or inode
+changed), in chunks of `CHUNK_BYTES` (the first `whole`, the rest
+`append`). One scan reads at most `SCAN_BYTES`; the rest goes in the next
+ones.
 Symbolic links are not followed: nothing outside the run's directory goes.
 """
 
@@ -31,6 +33,7 @@ from typing import NamedTuple
 
 from pydantic import BaseModel
 
+from quire.ci.store.logs import PLAIN_OUTPUT
 from quire.ci.vocabulary import RunState
 
 CHUNK_BYTES = 1024 * 1024
@@ -101,6 +104,8 @@ def shipped_path(rel: str) -> bool:
         return False
     if _undecodable(rel):
         return False  # the index keeps paths as text: such a name could never be stored
+    if parts[0] == "jobs" and parts[-1] == PLAIN_OUTPUT:
+        return False  # the log's output again: readers decode the log instead
     return rel not in LOCAL_ONLY and rel != WORKER_FILE
 
 

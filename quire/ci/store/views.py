@@ -22,6 +22,7 @@ from quire.ci.store.records import (
     EndReason,
     JobState,
     JobStatus,
+    PlannedJob,
     RecordUnreadable,
     RunMeta,
     RunResult,
@@ -53,6 +54,7 @@ class RunSummary(BaseModel):
     ref: str | None = None
     executor: str | None = None
     dirty: bool = False  # --dirty: the working tree on top of `sha`
+    subject: str | None = None  # the first line of the commit's message
     started_at: datetime | None = None
     finished_at: datetime | None = None
     duration_s: float | None = None
@@ -77,6 +79,7 @@ class RunDetails(RunSummary):
     exit_code: int | None = None
     jobs: list[JobState]
     container: ContainerInfo | None = None
+    plan: list[PlannedJob] = []  # the jobs it is to run, with their inputs
 
 
 def summarize(run: RunDir) -> RunSummary:
@@ -88,6 +91,7 @@ def summarize(run: RunDir) -> RunSummary:
         summary.revision, summary.sha, summary.ref = meta.revision, meta.sha, meta.ref
         summary.executor = meta.executor.value
         summary.dirty = meta.dirty
+        summary.subject = meta.subject
     except RecordUnreadable as exc:
         problems.append(str(exc))
     times_path = run.path / "times.yml"
@@ -135,6 +139,10 @@ def details(run: RunDir) -> RunDetails:
         except RecordUnreadable:
             container = None
     jobs = run.job_states()
+    try:
+        plan = read_record(run.path / "meta.yml", RunMeta).plan
+    except RecordUnreadable:
+        plan = []  # summarize() has said why
     unreadable = [
         f"job {job.job_id}: {job.error}" for job in jobs if job.status == JobStatus.unreadable
     ]
@@ -148,6 +156,7 @@ def details(run: RunDir) -> RunDetails:
         exit_code=result.exit_code if result else None,
         jobs=jobs,
         container=container,
+        plan=plan,
     )
 
 
