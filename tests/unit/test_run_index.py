@@ -566,3 +566,22 @@ def test_a_jobs_plain_output_stays_home_and_an_artifact_of_that_name_goes() -> N
     assert not shipping.shipped_path("jobs/build/output.txt")  # readers decode log.jsonl
     assert shipping.shipped_path("jobs/build/log.jsonl")
     assert shipping.shipped_path("artifacts/build/output.txt")
+
+
+def test_a_finished_run_is_not_shown_finished_before_its_last_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shipping, "CHUNK_BYTES", 1000)
+    monkeypatch.setattr(shipping, "SCAN_BYTES", 4000)
+    index = FakeIndex()
+    pub = publisher(tmp_path, index)
+    path = run_dir(tmp_path, "complete")  # it ended before a batch could ship it all
+    (path / "jobs" / "build" / "log.jsonl").write_bytes(b"x" * 9999 + b"\n")
+    states = []
+    for _ in range(3):
+        pub.publish()
+        states.append(index.rows[RUN].state)
+    assert states == ["active", "active", "complete"]
+    mirror = Mirror(tmp_path / "reader" / "mirror")
+    mirrored(tmp_path, index, mirror)
+    same_tree(path, mirror.runs_root / REPO / "complete" / RUN)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from quire.ci.store.runs import RunState, RunStore
+from quire.ci.store.runs import FINISHED, RunState, RunStore
 from quire.ci.store.shipping import FileChange, Marks, RunRow, more, scan
 from quire.errors import QuireError
 from quire.service.queue import Entry
@@ -31,6 +31,8 @@ from quire.service.queue import Entry
 log = logging.getLogger("quire.worker")
 
 INTERVAL_S = 0.25
+FINISHED_STATES = frozenset(state.value for state in FINISHED)
+IN_FLIGHT_STATES = frozenset(state.value for state in RunState if state not in FINISHED)
 # After a batch could not be shipped (the database is away): the thread's next try.
 RETRY_S = 5.0
 
@@ -179,6 +181,10 @@ class Publisher:
             run.marks = self.index.marks(entry.run_id)
             run.state = self.index.state(entry.run_id)
         changes, marks = scan(entry.run_id, path, run.marks)
+        if state.value in FINISHED_STATES and more(changes):
+            # Not all of it goes in this batch: a reader that sees a run finished must see
+            # its logs whole, so it stays in flight in the index until its last batch.
+            state = RunState(run.state) if run.state in IN_FLIGHT_STATES else RunState.active
         if not path.is_dir():
             # It moved (running/ -> complete/) while scanned: what was not found there is not
             # deleted. A run's directory only moves on, so one still there was there throughout;
