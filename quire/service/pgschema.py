@@ -157,6 +157,14 @@ def migrate(url: str) -> tuple[int, int]:
     return before, SCHEMA_VERSION
 
 
+def too_old(url: str, version: int) -> QueueUnavailable:
+    """The error for a database behind this quire's schema (never migrated, or older)."""
+    return QueueUnavailable(
+        f"the queue database {server_name(url)} has schema version {version}, this quire "
+        f"needs {SCHEMA_VERSION}: run `quire ci db migrate`"
+    )
+
+
 def refuse_newer(url: str, version: int) -> None:
     if version > SCHEMA_VERSION:
         raise QueueCorrupt(
