@@ -19,6 +19,7 @@ is HTML-escaped by the renderer and everything else by Jinja's autoescape.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -206,14 +207,22 @@ class Web:
         html = self.templates.get_template(name).render(state_dir=str(self.state), **context)
         return HTMLResponse(html, status_code=status_code)
 
-    def render_jobs(self, run: RunDetails) -> dict[str, str]:
-        """What a live run page replaces when the records change: jobs table and facts."""
-        return {
+    def render_jobs(self, run: RunDetails, job: str | None = None) -> dict[str, str]:
+        """What a live page replaces when the records change: the run's jobs table and
+        facts, and on a job's page (`job`) that job's badge and facts."""
+        parts = {
             "html": self.templates.get_template("_jobs_rows.html").render(run=run),
             "facts": self.templates.get_template("_facts.html").render(
                 run=run, branch=branch_of(run.ref)
             ),
         }
+        found = [state for state in run.jobs if state.job_id == job]
+        if found:
+            parts["job_state"] = found[0].status.value
+            parts["job_facts"] = self.templates.get_template("_job_facts.html").render(
+                state=found[0]
+            )
+        return parts
 
     # --- runs list ---
 
@@ -324,7 +333,8 @@ class Web:
             offsets = live.parse_offsets(request.query_params.get("offsets"))
         except ValueError as exc:
             raise HTTPException(400, str(exc)) from exc
-        follower = live.RunFollower(self.view, run, self.render_jobs, offsets=offsets, job=job)
+        render = functools.partial(self.render_jobs, job=job)
+        follower = live.RunFollower(self.view, run, render, offsets=offsets, job=job)
         return _event_stream(_follow(follower))
 
     # --- one job ---

@@ -74,6 +74,14 @@
       if (body) body.innerHTML = data.html;
       var facts = document.getElementById("facts");
       if (facts && data.facts) facts.innerHTML = data.facts;
+      // A job's page: its own badge and facts (the run's are not on it).
+      var jobFacts = document.getElementById("job-facts");
+      if (jobFacts && data.job_facts) jobFacts.innerHTML = data.job_facts;
+      var jobBadge = document.getElementById("job-state");
+      if (jobBadge && data.job_state) {
+        jobBadge.textContent = data.job_state;
+        jobBadge.className = "state " + data.job_state;
+      }
       setState(data.state);
     });
     source.addEventListener("runs", function (e) {
