@@ -334,3 +334,15 @@ def test_a_reader_of_a_database_never_migrated_is_told_to_migrate_it(
         assert "has schema version 0" in done.stderr, (args, done.stderr)
         assert "run `quire ci db migrate`" in done.stderr, (args, done.stderr)
         assert "internal error" not in done.stderr, (args, done.stderr)
+
+
+def test_a_reader_outside_any_repository_is_told_about_all_and_run_ids(
+    tmp_path: Path, database: str
+) -> None:
+    # A web or laptop machine with the URL has no repository: `runs` and `latest` say what
+    # to use instead of only "not a git repository".
+    for args in (("ci", "runs"), ("ci", "logs", "latest")):
+        done = read(tmp_path, *args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert "is not a git repository" in done.stderr, (args, done.stderr)
+        assert "quire ci runs --all" in done.stderr, (args, done.stderr)
