@@ -65,6 +65,9 @@ class IndexedRuns:
 
     def __init__(self, url: str) -> None:
         from quire.paths import state_dir
+        from quire.service.pgschema import require_psycopg
+
+        require_psycopg(url)  # before the reader, which imports psycopg
         from quire.service.pgindex.reader import MirrorRuns
 
         self.runs: MirrorRuns = MirrorRuns(url, state_dir())
