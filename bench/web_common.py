@@ -95,6 +95,23 @@ def get(server: Server, path: str) -> Timing:
     return Timing(first, total, size, response.status)
 
 
+def download(server: Server, path: str) -> Timing:
+    """`get()` for a big body: read into one reused buffer and dropped, as `cat > /dev/null`
+    does, so the client's own memory does not count."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+    t0 = time.perf_counter()
+    conn.request("GET", path)
+    response = conn.getresponse()
+    buffer = memoryview(bytearray(1024 * 1024))
+    size = first = 0
+    while count := response.readinto(buffer):
+        first = first or time.perf_counter() - t0
+        size += count
+    total = time.perf_counter() - t0
+    conn.close()
+    return Timing(first, total, size, response.status)
+
+
 def line(event: str, **fields: object) -> bytes:
     return orjson.dumps({"t": "2026-11-24T16:00:00.000Z", "event": event, **fields}) + b"\n"
 

@@ -172,6 +172,11 @@ class JobAccessError(JobError):
     """`rt.jobs(name)` asked for a job that is not a transitive input."""
 
 
+class ArtifactRefused(JobError):
+    """`rt.artifact` was asked for something quire will not keep: a path outside the
+    workspace (or a symlink leading out), a bad name, or more than `[artifacts] max_size`."""
+
+
 class StoreWriteFailed(EnvironmentProblem):
     """A run's records or logs could not be written (a full disk, a read-only state dir)."""
 

@@ -151,6 +151,9 @@ class Output:
     job: str | None
     stream: StreamName
     data: bytes
+    # When it was written: set on output read back from a log (`t`), None while live; not
+    # part of what the output is (equality).
+    at: datetime | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

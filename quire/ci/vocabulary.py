@@ -56,6 +56,37 @@ class JobStatus(StrEnum):
     unreadable = "unreadable"  # only ever read back: its state.yml is torn or corrupt
 
 
+# Where a run keeps what its jobs keep with `rt.artifact`, inside the run's directory.
+ARTIFACTS_DIR = "artifacts"
+
+
+def format_size(size: int) -> str:
+    """`1.5 MiB`-style sizes for messages and listings (powers of 1024)."""
+    if size < 1024:
+        return f"{size} B"
+    value = size / 1024
+    for unit in ("KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+class ArtifactFile(Record):
+    """One file a job kept with `rt.artifact`: `artifacts/<job>/<name>/<path>` in the run's
+    directory (`path` is "" when the artifact is a single file: `artifacts/<job>/<name>`)."""
+
+    name: str
+    path: str = ""
+    size: int
+    sha256: str
+
+    @property
+    def relative(self) -> str:
+        """Where it lies under `artifacts/<job>/`."""
+        return f"{self.name}/{self.path}" if self.path else self.name
+
+
 class JobState(Record):
     job_id: str
     status: JobStatus
@@ -65,6 +96,7 @@ class JobState(Record):
     error: str | None = None
     skip_reason: str | None = None
     outputs: dict[str, Any] = Field(default_factory=dict)
+    artifacts: list[ArtifactFile] = Field(default_factory=list)
 
 
 class EndReason(StrEnum):

@@ -1,4 +1,4 @@
-"""`quire ci runs | show | logs`: reading the run store back.
+"""`quire ci runs | show | logs | artifacts`: reading the run store back.
 
 RUN is `latest`, a full run id, or any unique prefix of one. `logs` renders
 a run's log.jsonl files the way `quire ci run` showed them (base64 chunks
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
+    from quire.ci.store.records import Trigger
     from quire.ci.store.views import RunSummary
     from quire.cli.run_source import RunSource
 
@@ -35,6 +36,23 @@ def _source() -> RunSource:
     from quire.cli.run_source import run_source
 
     return run_source()
+
+
+# How a run was started, in one word, for `quire ci runs`.
+TRIGGER_LABELS = {"push": "push", "schedule": "schedule", "rerun": "re-run", "manual": "by-hand"}
+
+
+def describe_trigger(trigger: Trigger) -> str:
+    """How a run was started, for people: `push`, `schedule 0 3 * * * (due ...)`."""
+    if trigger.kind == "schedule":
+        due = trigger.due_at.strftime("%Y-%m-%d %H:%M:%S UTC") if trigger.due_at else "?"
+        return f"schedule {trigger.schedule} (due {due})"
+    if trigger.kind == "rerun":
+        by = f" by {trigger.by}" if trigger.by else ""
+        return f"re-run of {trigger.rerun_of}{by}"
+    if trigger.kind == "manual":
+        return f"by hand{f' by {trigger.by}' if trigger.by else ''}"
+    return "push"
 
 
 def _when(summary: RunSummary) -> str:
@@ -80,7 +98,8 @@ def runs_command(
     # The repository with --all; the worker when runs came from the run index.
     workers = any(s.worker for s in summaries)
     rows = [
-        ("id", *(("repo",) if every else ()), "state", "revision", "executor", "started")
+        ("id", *(("repo",) if every else ()), "state", "revision", "executor", "trigger")
+        + ("started",)
         + (("duration", "worker") if workers else ("duration",))
     ]
     for s in summaries:
@@ -91,8 +110,9 @@ def runs_command(
         revision = f"{name} {s.sha[:12]}".strip() if s.sha else "?"
         if s.dirty:
             revision += "+dirty"
+        how = TRIGGER_LABELS[s.trigger.kind] if s.trigger else "?"
         rows.append(
-            (s.id, *((repos[s.id],) if every else ()), state, revision, s.executor or "?")
+            (s.id, *((repos[s.id],) if every else ()), state, revision, s.executor or "?", how)
             + (_when(s), format_duration(s.duration_s))
             + ((s.worker or "-",) if workers else ())
         )
@@ -132,6 +152,8 @@ def show_command(
     typer.echo(f"executor  {info.executor}")
     if info.worker:
         typer.echo(f"worker    {info.worker}")
+    if info.trigger is not None:
+        typer.echo(f"trigger   {describe_trigger(info.trigger)}")
     typer.echo(f"started   {_when(info)}   duration {format_duration(info.duration_s)}")
     if info.container:
         short_id = (info.container.container_id or "-")[:12]
@@ -143,12 +165,77 @@ def show_command(
             f"warning: some records of run {info.id} cannot be read: {info.problem}", err=True
         )
     typer.echo(f"records   {info.path}")
+    if info.notifications is not None:
+        for delivery in info.notifications.deliveries:
+            tries = len(delivery.attempts)
+            last = delivery.attempts[-1].detail if delivery.attempts else "not tried yet"
+            typer.echo(
+                f"notify    {delivery.target} ({delivery.event}): {delivery.state} after "
+                f"{tries} attempt{'s' if tries != 1 else ''}: {last}"
+            )
     for job in info.jobs:
         typer.echo(f"\n  {job.job_id}: {job.status.value} in {format_duration(job.duration_s)}")
         if job.error or job.skip_reason:
             typer.echo(f"    {job.error or job.skip_reason}")
         for key, value in job.outputs.items():
             typer.echo(f"    {key} = {json.dumps(value)}")
+        for item in job.artifacts:
+            typer.echo(f"    artifact {item.relative}  {_size(item.size)}  sha256:{item.sha256}")
+    return 0
+
+
+def _size(count: int) -> str:
+    from quire.ci.vocabulary import format_size
+
+    return format_size(count)
+
+
+def artifacts_command(
+    run: RunArgument = "latest",
+    job: Annotated[str | None, typer.Argument(help="Only this job's artifacts.")] = None,
+    repo: RepoOption = Path(),
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Copy them into DIR/<job>/<name> (each file's sha256 checked on the way).",
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> int:
+    """List what a run's jobs kept with rt.artifact (name, size, sha256), or copy it out.
+
+    Artifacts live in the run's directory (`quire ci show` prints it) under
+    artifacts/<job>/<name>, and go with the run when it is pruned.
+    """
+    import json
+
+    from quire.ci.store import artifacts
+    from quire.ci.store.views import details
+    from quire.errors import RunNotFound
+
+    _, found = _source().find(repo, run)
+    info = details(found)
+    if job is not None and job not in {state.job_id for state in info.jobs}:
+        raise RunNotFound(f"run {found.run_id} has no job {job!r}")
+    kept = artifacts.kept_files(info.jobs, job)
+    if out is not None:
+        for item in kept:
+            artifacts.copy_out(found.path, item, out)
+        typer.echo(f"{len(kept)} file(s) copied to {out}")
+        return 0
+    if as_json:
+        rows = [{"job": k.job, **k.file.model_dump(mode="json")} for k in kept]
+        typer.echo(json.dumps(rows, indent=2))
+        return 0
+    if not kept:
+        typer.echo(f"run {found.run_id} kept no artifacts")
+        return 0
+    table = [("job", "artifact", "size", "sha256")]
+    table += [(k.job, k.file.relative, _size(k.file.size), k.file.sha256) for k in kept]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     return 0
 
 
@@ -166,6 +253,12 @@ def logs_command(
             help="The jobs' stderr to stderr (by default both streams go to stdout, in order).",
         ),
     ] = False,
+    timestamps: Annotated[
+        bool,
+        typer.Option(
+            "--timestamps", "-t", help="Begin each line with the time it was written (UTC)."
+        ),
+    ] = False,
 ) -> int:
     """Print a run's output as it was shown live (optionally one job, optionally following).
 
@@ -176,6 +269,7 @@ def logs_command(
     from quire.ci.store import views
     from quire.ci.store.runs import FINISHED
     from quire.cli.console import make_reporter
+    from quire.cli.timestamps import Timestamped
     from quire.errors import RunNotFound
 
     source = _source()
@@ -184,7 +278,8 @@ def logs_command(
     finished = found.state in FINISHED
     if job is not None and not (found.path / "jobs" / job).is_dir() and (finished or not follow):
         raise RunNotFound(f"run {found.run_id} has no job {job!r}")
-    reporter = make_reporter(quiet=False, merged=not split_streams)
+    shown = make_reporter(quiet=False, merged=not split_streams)
+    reporter = Timestamped(shown) if timestamps else shown
     try:
         if follow:
             with source.following():  # the run index's mirror grows while we read it

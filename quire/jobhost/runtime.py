@@ -21,6 +21,7 @@ from quire.jobhost.protocol import Channel, Message, ProtocolError
 _RAISED: dict[str, type[errors.QuireError]] = {
     cls.__name__: cls
     for cls in (
+        errors.ArtifactRefused,
         errors.BadCommand,
         errors.CommandFailed,
         errors.CommandTimedOut,
@@ -154,6 +155,21 @@ class Runtime:
             stdout_truncated=bool(answer.get("stdout_truncated")),
             stderr_truncated=bool(answer.get("stderr_truncated")),
         )
+
+    def artifact(self, path: str, name: str | None = None) -> str:
+        """Keep `path` (a file or a directory of the workspace, relative to it) in the run's
+        record as `artifacts/<job>/<name>` (default name: the path's last part); returns
+        the name. quire copies it, not this process: a path outside the workspace, a
+        symlink leading out, or more than `[artifacts] max_size` per run raises
+        `ArtifactRefused`."""
+        if not isinstance(path, str | os.PathLike) or (
+            name is not None and not isinstance(name, str)
+        ):
+            raise errors.ArtifactRefused(
+                f"job {self._job_id!r}: rt.artifact needs a path (str) and a name (str or None)"
+            )
+        answer = self._link.ask({"t": "artifact", "path": os.fspath(path), "name": name})
+        return str(answer["value"])
 
     def log(self, message: str) -> None:
         """Show `message` as a line of this job's output (logged, masked, quiet under

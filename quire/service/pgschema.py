@@ -3,6 +3,7 @@
     schema_version (version integer PRIMARY KEY, applied_at timestamptz)
     queue          see quire.service.pgqueue
     run_index, run_file, sequence run_change   see quire.service.pgindex (version 2)
+    schedule_claims  the scheduled times taken (version 2; quire.service.schedule)
 
 Each version's statements are applied in one transaction, under an
 advisory lock, so two machines migrating at once apply them once. A
@@ -86,6 +87,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     digest text
 )""",
         "CREATE INDEX run_file_by_run ON run_file (run_id, seq)",
+        # How a run was started (a Trigger's JSON); NULL: a push.
+        "ALTER TABLE queue ADD COLUMN trigger_json text",
+        # Each scheduled time of each schedule taken once, whichever worker sees it first;
+        # run_id NULL: seen, nothing queued (a schedule first seen, a ref that is gone).
+        """CREATE TABLE schedule_claims (
+    git_dir text NOT NULL,
+    cron text NOT NULL,
+    ref text NOT NULL,
+    due_at text NOT NULL,
+    run_id text,
+    PRIMARY KEY (git_dir, cron, ref, due_at)
+)""",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

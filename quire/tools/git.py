@@ -84,6 +84,18 @@ def resolve(git_dir: Path, rev: str) -> Revision:
     return Revision(sha=sha, ref=ref if ref.startswith("refs/") else None)
 
 
+SUBJECT_CHARS = 200
+
+
+def subject(git_dir: Path, sha: str) -> str | None:
+    """The first line of commit `sha`'s message (cut at `SUBJECT_CHARS`), or None."""
+    found = _git(git_dir, "show", "-s", "--format=%s", sha)
+    if not found.ok:
+        return None
+    text = found.stdout.decode("utf-8", "replace").strip()
+    return text[:SUBJECT_CHARS] or None
+
+
 def read_file(git_dir: Path, sha: str, path: str) -> bytes | None:
     """The content of `path` at commit `sha`, or None if it has no such file."""
     found = _git(git_dir, "cat-file", "blob", f"{sha}:{path}")

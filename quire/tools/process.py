@@ -361,6 +361,40 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
             pipe.close()
 
 
+def read_stdout(
+    argv: Sequence[str], consume: Callable[[IO[bytes]], None]
+) -> tuple[Completed, Exception | None]:
+    """Run `argv` with its stdout handed to `consume` as a stream (a tar archive read as it
+    arrives, never held whole); stderr is kept in a temporary file, so a chatty stderr
+    cannot stall it. What `consume` raised comes back beside the result (the process is
+    killed then): the caller tells a failed command from a bad stream. Raises
+    `ProgramNotFound`."""
+    import tempfile
+
+    problem: Exception | None = None
+    with tempfile.TemporaryFile() as errors:
+        proc = _popen(argv, stderr=errors)
+        try:
+            assert proc.stdout is not None
+            try:
+                consume(proc.stdout)
+            except Exception as exc:
+                problem = exc
+                _kill(proc)
+            else:
+                while proc.stdout.read(_CHUNK):  # what the consumer left (tar's padding)
+                    pass
+                proc.wait()
+        except BaseException:
+            _kill(proc)
+            raise
+        finally:
+            if proc.stdout is not None:
+                proc.stdout.close()
+        errors.seek(0)
+        return Completed(tuple(argv), proc.returncode, b"", errors.read()), problem
+
+
 def run_all(argvs: Sequence[Sequence[str]]) -> list[Completed]:
     """Run several short tool calls at the same time; results in the same order.
 

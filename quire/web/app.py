@@ -5,6 +5,7 @@
     GET /runs/<repo>/<run>                    one run (`latest` redirects to its id)
     GET /runs/<repo>/<run>/jobs/<job>         a job's log: its tail (?before= / ?after= page)
     GET /runs/<repo>/<run>/jobs/<job>/output.txt   every output byte, as plain text
+    GET /runs/<repo>/<run>/artifacts/<job>/<name>[/<path>]  a kept file, as a download
     GET /live/runs                            server-sent events: the runs list changed
     GET /live/runs/<repo>/<run>               server-sent events: a run's jobs and output
     GET /api/runs                             the index: {"runs", "total", "page", "per_page"}
@@ -19,11 +20,11 @@ is HTML-escaped by the renderer and everything else by Jinja's autoescape.
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -47,20 +48,21 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from quire.ci.store.records import JobState, RecordUnreadable, read_record
+from quire.ci.store.artifacts import kept_files
+from quire.ci.store.records import JobState, JobStatus
 from quire.ci.store.runs import FINISHED, RunDir, RunState
 from quire.ci.store.views import RunDetails, RunSummary, details
-from quire.web import live, runlog
+from quire.web import downloads, live, runlog
 from quire.web.ansi import palette_css
 from quire.web.index import RunIndex, default_index_path
 from quire.web.logview import (
     LogRenderer,
-    output_bytes,
     read_after,
     read_before,
     render_window,
 )
 from quire.web.lookup import NotFound, StoreView
+from quire.web.plaintext import PlainText
 
 HERE = Path(__file__).parent
 # Tail of each job shown on a run's page; the job's own page shows more.
@@ -121,6 +123,69 @@ def duration(seconds: float | None) -> str:
     return f"{minutes} m {secs:02d} s"
 
 
+def elapsed_text(seconds: float) -> str:
+    """Whole seconds, for a clock that ticks (app.js counts the same way): `7 s`,
+    `2 m 05 s`, `1 h 02 m`."""
+    whole = max(0, int(seconds))
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} m {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} m"
+
+
+@jinja2.pass_context
+def elapsed(context: jinja2.runtime.Context, started: datetime | None) -> Markup:
+    """How long something still running has run, as a span app.js keeps ticking.
+
+    A page says it as of `now`; a fragment sent over a live stream has no `now`
+    and leaves it to the script, so the fragment does not change every second.
+    """
+    if started is None:
+        return Markup("-")
+    now: datetime | None = context.get("now")
+    text = elapsed_text((now - started).total_seconds()) if now else ""
+    return Markup('<span class="elapsed" data-since="{}">{}</span>').format(
+        started.isoformat(), text
+    )
+
+
+def job_status(state: JobState | None, run_finished: bool = False) -> str:
+    """A job's status as the pages name it: a job not started yet is `waiting`, or
+    `not run` once its run has ended."""
+    if state is None or state.status == JobStatus.pending:
+        return "not run" if run_finished else "waiting"
+    return state.status.value
+
+
+@dataclass
+class JobRow:
+    """One row of a run's jobs table: a job that started, or one still to start."""
+
+    job_id: str
+    state: JobState | None
+    inputs: list[str]
+    status: str
+
+
+def job_rows(run: RunDetails) -> list[JobRow]:
+    """The jobs that started, in the order they did, then those of the run's plan that
+    have not (yet), each with the inputs the plan gives it."""
+    inputs = {planned.job_id: planned.inputs for planned in run.plan}
+    ended = run.state in FINISHED
+    rows = [
+        JobRow(state.job_id, state, inputs.get(state.job_id, []), job_status(state, ended))
+        for state in run.jobs
+    ]
+    started = {state.job_id for state in run.jobs}
+    rows += [
+        JobRow(planned.job_id, None, planned.inputs, job_status(None, ended))
+        for planned in run.plan
+        if planned.job_id not in started
+    ]
+    return rows
+
+
 def size(count: int) -> str:
     """A byte count for people."""
     value = float(count)
@@ -158,11 +223,8 @@ def is_sha(run: RunSummary) -> bool:
     return bool(run.revision and run.sha and run.sha.startswith(run.revision))
 
 
-def revision_name(run: RunSummary) -> str:
-    """What the runs list shows before the short sha: the revision asked for, or, when
-    that was the sha itself, the branch or tag pushed (as `quire ci runs` does)."""
-    if not is_sha(run):
-        return run.revision or "?"
+def branch_name(run: RunSummary) -> str:
+    """The runs list's branch column: the branch or tag the run was for, else its ref."""
     branch = branch_of(run.ref)
     return branch[1] if branch else run.ref or ""
 
@@ -178,12 +240,17 @@ def _templates() -> jinja2.Environment:
     env.globals.update(
         when=when,
         duration=duration,
+        elapsed=elapsed,
+        job_status=job_status,
+        job_rows=job_rows,
         size=size,
         repo_url=repo_url,
         run_url=run_url,
         job_url=job_url,
+        artifact_url=lambda run, kept: downloads.artifact_path(run_url(run.repo, run.id), kept),
+        kept_files=kept_files,
         is_sha=is_sha,
-        revision_name=revision_name,
+        branch_name=branch_name,
         static=lambda name: f"/static/{name}",
         pretty=lambda value: json.dumps(value, indent=2, sort_keys=True),
     )
@@ -196,32 +263,39 @@ def _templates() -> jinja2.Environment:
 class Web:
     """The pages and streams over one state directory."""
 
-    def __init__(self, state: Path, *, index_path: Path | None) -> None:
+    def __init__(
+        self,
+        state: Path,
+        *,
+        index_path: Path | None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.state = state
+        self.clock = clock
         self.view = StoreView(state / "runs")
         self.index = RunIndex(self.view, index_path)
         self.templates = _templates()
 
     def render(self, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         context.setdefault("live", None)
+        context.setdefault("now", self.clock())
+        context.setdefault("times", False)
         html = self.templates.get_template(name).render(state_dir=str(self.state), **context)
         return HTMLResponse(html, status_code=status_code)
 
     def render_jobs(self, run: RunDetails, job: str | None = None) -> dict[str, str]:
-        """What a live page replaces when the records change: the run's jobs table and
-        facts, and on a job's page (`job`) that job's badge and facts."""
+        """What a live page replaces when the records change: the jobs table and the
+        run's facts, and with `job` (a job's page) that job's facts and status."""
         parts = {
             "html": self.templates.get_template("_jobs_rows.html").render(run=run),
             "facts": self.templates.get_template("_facts.html").render(
                 run=run, branch=branch_of(run.ref)
             ),
         }
-        found = [state for state in run.jobs if state.job_id == job]
-        if found:
-            parts["job_state"] = found[0].status.value
-            parts["job_facts"] = self.templates.get_template("_job_facts.html").render(
-                state=found[0]
-            )
+        if job is not None:
+            row = _row_of(run, job)
+            parts["job_facts"] = self.templates.get_template("_job_facts.html").render(row=row)
+            parts["job_state"] = row.status
         return parts
 
     # --- runs list ---
@@ -312,6 +386,7 @@ class Web:
             notes=events.notes,
             build_output=Markup(events.build_html),
             live=None if finished else f"/live{run_url(run.store.repo, run.run_id)}",
+            **_times(request),
         )
 
     def _log_tail(self, run: RunDir, job: str) -> dict[str, Any]:
@@ -333,8 +408,9 @@ class Web:
             offsets = live.parse_offsets(request.query_params.get("offsets"))
         except ValueError as exc:
             raise HTTPException(400, str(exc)) from exc
-        render = functools.partial(self.render_jobs, job=job)
-        follower = live.RunFollower(self.view, run, render, offsets=offsets, job=job)
+        follower = live.RunFollower(
+            self.view, run, lambda info: self.render_jobs(info, job), offsets=offsets, job=job
+        )
         return _event_stream(_follow(follower))
 
     # --- one job ---
@@ -358,24 +434,34 @@ class Web:
         html = Markup(LogRenderer().render(window.events))
         active = run.state not in FINISHED
         stream = f"/live{run_url(run.store.repo, run.run_id)}?" + urlencode({"job": job})
+        info = details(run)
         return self.render(
             "job.html",
-            run=details(run),
+            run=info,
             job=job,
-            state=_job_state(job_dir),
+            row=_row_of(info, job),
             window=window,
             at_tail=at_tail,
             html=html,
             live=stream if active and at_tail else None,
+            **_times(request),
         )
 
     def job_output(self, request: Request) -> Response:
         run = self._run(request)
         job_dir = self.view.job_dir(run, request.path_params["job"])
-        log = job_dir / "log.jsonl"
-        if not log.is_file():
-            raise NotFound("no log yet")
-        return StreamingResponse(output_bytes(log), media_type="text/plain; charset=utf-8")
+        try:
+            text = PlainText(job_dir / "log.jsonl", finished=run.state in FINISHED)
+        except OSError as exc:
+            raise NotFound("no log yet") from exc
+        headers = {} if text.size is None else {"content-length": str(text.size)}
+        return StreamingResponse(
+            text.stream(), media_type="text/plain; charset=utf-8", headers=headers
+        )
+
+    def artifact(self, request: Request) -> Response:
+        params = request.path_params
+        return downloads.download(self.view, self._run(request), params["job"], params["path"])
 
     # --- API ---
 
@@ -461,6 +547,16 @@ def _event_stream(events: AsyncIterator[bytes]) -> StreamingResponse:
     )
 
 
+def _times(request: Request) -> dict[str, Any]:
+    """Whether log lines show their times (`?times=1`), and the link that flips it
+    (app.js flips it in place, without a reload)."""
+    shown = request.query_params.get("times") == "1"
+    query = [(k, v) for k, v in request.query_params.multi_items() if k != "times"]
+    if not shown:
+        query.append(("times", "1"))
+    return {"times": shown, "times_url": request.url.path + "?" + urlencode(query)}
+
+
 def _positive(name: str, text: str | None, default: int = 1) -> int:
     """A query parameter that counts from 1; anything else is a 400 naming it.
 
@@ -487,11 +583,9 @@ def _offset(text: str | None) -> int | None:
     return value
 
 
-def _job_state(job_dir: Path) -> JobState | None:
-    try:
-        return read_record(job_dir / "state.yml", JobState)
-    except RecordUnreadable:
-        return None
+def _row_of(run: RunDetails, job: str) -> JobRow:
+    found = [row for row in job_rows(run) if row.job_id == job]
+    return found[0] if found else JobRow(job, None, [], job_status(None, run.state in FINISHED))
 
 
 def create_app(
@@ -524,6 +618,7 @@ def create_app(
         get("/runs/{repo}/{run}", web.run_page),
         get("/runs/{repo}/{run}/jobs/{job}", web.job_page),
         get("/runs/{repo}/{run}/jobs/{job}/output.txt", web.job_output),
+        get("/runs/{repo}/{run}/artifacts/{job}/{path:path}", web.artifact),
     ]
     middleware = [Middleware(SecurityHeaders)]
     if allowed_hosts is not None:

@@ -3,8 +3,7 @@
 One `RunFollower` per watching browser; `poll()` is called every `POLL_S`
 (in a worker thread: it reads files) and returns the messages to send:
 
-    jobs    {"state", "html", ...}      the jobs table (and the run's facts; on a job's page,
-                                        "job_state" and "job_facts") changed
+    jobs    {"state", "html", ...}      the jobs table (and the run's facts) changed
     output  {"job", "html", "offset"}   new output of a job, rendered; offset = where it ends
     end     {"state"}                   the run finished and every log has been sent
 

@@ -16,9 +16,8 @@ is HTML-escaped. Events of kinds this version does not know are skipped.
 from __future__ import annotations
 
 import html
-from collections.abc import Iterator
+import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
@@ -120,8 +119,27 @@ def read_after(handle: BinaryIO, after: int, limit: int = PAGE_BYTES) -> LogWind
     return LogWindow(start=start, end=start + cut, size=size, events=events, bad_lines=bad)
 
 
+# A line's time travels through the ANSI renderer as one private-use character of
+# plane 15 (an index into the batch's times), turned into a span afterwards; output
+# that holds such characters itself has them replaced first.
+_MARK_BASE = 0xF0000
+_MARK_LAST = 0xFFFFD
+_MARKS = re.compile("[\U000f0000-\U000ffffd]")
+_PLANE_15 = re.compile(rb"\xf3[\xb0-\xbf][\x80-\xbf][\x80-\xbf]")
+_CLOCK = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T([0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?)")
+
+
+def time_span(clock: str) -> str:
+    """The mark a line starts with: its time of day (UTC), shown only when the page
+    shows times (CSS draws it from the attribute, so copying the log leaves it out)."""
+    return f'<i data-t="{html.escape(clock)}"></i>'
+
+
 class LogRenderer:
-    """Turns a job's events into HTML, keeping terminal state between calls."""
+    """Turns a job's events into HTML, keeping terminal state between calls.
+
+    Every line starts with `time_span()` of the event its first byte came in.
+    """
 
     def __init__(self) -> None:
         self.ansi = AnsiRenderer()
@@ -132,32 +150,67 @@ class LogRenderer:
         out: list[str] = []
         stream: str | None = None
         pending = bytearray()
+        times: list[str] = []
         for event in events:
             kind = event.get("event")
+            clock = _clock_of(event)
             if kind in ("stdout", "stderr"):
                 if kind != stream:
-                    self._output(out, stream, pending)
+                    self._output(out, stream, pending, times)
                     stream = kind
-                pending += event_bytes(event)
+                pending += self._marked(event_bytes(event), clock, times)
                 continue
-            self._output(out, stream, pending)
+            self._output(out, stream, pending, times)
             stream = None
             marker = _marker(event)
             if marker is not None:
-                out.append(("" if self.at_line_start else "\n") + marker + "\n")
+                mark = time_span(clock) if clock else ""
+                out.append(("" if self.at_line_start else "\n") + mark + marker + "\n")
                 self.at_line_start = True
-        self._output(out, stream, pending)
+        self._output(out, stream, pending, times)
         return "".join(out)
 
-    def _output(self, out: list[str], stream: str | None, data: bytearray) -> None:
+    def _marked(self, data: bytes, clock: str | None, times: list[str]) -> bytes:
+        """`data` with the mark of `clock` at the start of each line that starts in it."""
+        if not data:
+            return data
+        if b"\xf3" in data:
+            data = _PLANE_15.sub("\ufffd".encode(), data)
+        ends_line = data.endswith(b"\n")
+        if clock is not None:
+            if not times or times[-1] != clock:
+                times.append(clock)
+            mark = chr(_MARK_BASE + min(len(times) - 1, _MARK_LAST - _MARK_BASE)).encode()
+            data = data.replace(b"\n", b"\n" + mark)
+            if ends_line:
+                data = data[: -len(mark)]  # the next line starts in a later event
+            if self.at_line_start:
+                data = mark + data
+        self.at_line_start = ends_line
+        return data
+
+    def _output(
+        self, out: list[str], stream: str | None, data: bytearray, times: list[str]
+    ) -> None:
         if stream is None or not data:
             return
         text = bytes(data).decode("utf-8", errors="replace")
         data.clear()
         rendered = self.ansi.render(text)
-        self.at_line_start = text.endswith("\n")
+        if times:
+            rendered = _MARKS.sub(lambda m: _span_of(m.group(), times), rendered)
         if rendered:
             out.append(f'<span class="err">{rendered}</span>' if stream == "stderr" else rendered)
+
+
+def _span_of(mark: str, times: list[str]) -> str:
+    index = ord(mark) - _MARK_BASE
+    return time_span(times[index]) if index < len(times) else ""
+
+
+def _clock_of(event: dict[str, Any]) -> str | None:
+    found = _CLOCK.match(str(event.get("t", "")))
+    return found.group(1) if found else None
 
 
 def _marker(event: dict[str, Any]) -> str | None:
@@ -183,19 +236,3 @@ def _marker(event: dict[str, Any]) -> str | None:
 def render_window(window: LogWindow) -> str:
     """HTML for one window read on its own (a page of the job log)."""
     return LogRenderer().render(window.events)
-
-
-def output_bytes(path: Path) -> Iterator[bytes]:
-    """Every output byte of a log, stdout and stderr as they came, a block at a time."""
-    with open(path, "rb") as handle:
-        offset = 0
-        while True:
-            window = read_after(handle, offset, limit=PAGE_BYTES)
-            if window.end == window.start:
-                return
-            chunk = b"".join(
-                event_bytes(e) for e in window.events if e.get("event") in ("stdout", "stderr")
-            )
-            if chunk:
-                yield chunk
-            offset = window.end

@@ -358,3 +358,116 @@ def test_an_open_job_page_shows_its_job_end(
         go.touch()
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err.decode(errors="replace")
+
+
+BATCHES = pipeline(
+    """
+STEP = Path({step!r})
+# `EN""D`: the shell prints BATCH-n-END, the command line shown before it does not.
+PRINT = "for i in $(seq 1 150); do echo batch {n} line $i; done; echo BATCH-{n}-EN\\"\\"D"
+
+
+@job(inputs=["quire/push"])
+def chatty(rt):
+    for n in range(1, 5):
+        while not Path(f"{STEP}.{n}").exists():
+            time.sleep(0.02)
+        rt.sh(PRINT.format(n=n))
+    while not Path(f"{STEP}.end").exists():
+        time.sleep(0.02)
+"""
+)
+
+PRE_STATE = """
+var pre = document.querySelector("section.joblog pre.log");
+return {
+  text: pre.textContent,
+  overflows: pre.scrollHeight > pre.clientHeight + 50,
+  atEnd: pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 8,
+  top: pre.scrollTop,
+  follow: pre.dataset.follow,
+};
+"""
+
+
+def test_a_live_job_page_follows_the_tail_until_scrolled_up_and_shows_the_jobs_end(
+    tmp_path: Path, server: Served, browser: WebDriver, artifacts: Path
+) -> None:
+    step = tmp_path / "step"
+    repo = tmp_path / "followproj"
+    make_repo(repo, {".quire/ci.py": BATCHES.replace("{step!r}", repr(str(step)))})
+    proc = start_run(repo)
+
+    def batch(n: int) -> dict[str, Any]:
+        Path(f"{step}.{n}").touch()
+        return wait_for(  # type: ignore[no-any-return]
+            lambda: (s := browser.execute_script(PRE_STATE))["text"].count(f"BATCH-{n}-END") and s,
+            f"batch {n} on the page",
+        )
+
+    try:
+        Path(f"{step}.1").touch()
+        name = wait_for(lambda: store_repo(server, "followproj"), "the run")
+        wait_for(lambda: (server.state / "runs" / name / "latest").exists(), "the run")
+        run_id = latest_id(server, name)
+        log = server.state / "runs" / name / "active" / run_id / "jobs" / "chatty" / "log.jsonl"
+        wait_for(lambda: log.exists() and b"BATCH-1-END" in log.read_bytes(), "batch 1")
+        browser.get(f"{server.url}runs/{name}/{run_id}/jobs/chatty")
+        wait_for(lambda: "live" in text_of(browser, "#live-status"), "the stream")
+        browser.execute_script("window.__notReloaded = true")
+        opened = browser.execute_script(PRE_STATE)
+        assert opened["overflows"] and opened["atEnd"], opened  # opens at the tail
+
+        grown = batch(2)
+        assert grown["atEnd"] and grown["follow"] == "1", grown  # it followed the tail
+
+        browser.execute_script('document.querySelector("pre.log").scrollTop = 0')
+        wait_for(lambda: browser.execute_script(PRE_STATE)["follow"] == "0", "follow off")
+        held = batch(3)
+        assert held["top"] == 0 and not held["atEnd"], held  # the reader stays where they are
+
+        browser.execute_script(
+            'var p = document.querySelector("pre.log"); p.scrollTop = p.scrollHeight'
+        )
+        wait_for(lambda: browser.execute_script(PRE_STATE)["follow"] == "1", "follow on")
+        again = batch(4)
+        assert again["atEnd"], again  # back at the end: it follows again
+
+        assert text_of(browser, "#job-state") == "running"
+        ticking = text_of(browser, "#job-facts .elapsed")
+        assert re.fullmatch(r"\d+ s|\d+ m \d\d s", ticking), ticking
+        Path(f"{step}.end").touch()
+        wait_for(lambda: text_of(browser, "#job-state") == "success", "the job's end")
+        wait_for(lambda: text_of(browser, "#run-state") == "complete", "the run's end")
+        facts = text_of(browser, "#job-facts")
+        assert re.search(r"duration\s+\d+\.\d\d s|duration\s+\d+ m \d\d s", facts), facts
+        assert browser.find_elements("css selector", "#job-facts .elapsed") == []
+        assert browser.execute_script("return window.__notReloaded") is True
+        shot = artifacts / "job-page-ended.png"
+        browser.save_screenshot(str(shot))
+        print(f"\nscreenshot of the job page at its end: {shot}")
+    finally:
+        for n in (1, 2, 3, 4, "end"):
+            Path(f"{step}.{n}").touch()
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode(errors="replace")
+
+
+def test_line_times_show_and_hide_in_place(
+    server: Served, finished_run: tuple[str, str], browser: WebDriver
+) -> None:
+    repo, run_id = finished_run
+    browser.get(f"{server.url}runs/{repo}/{run_id}/jobs/build")
+    shown = "return getComputedStyle(document.querySelector('pre.log i[data-t]')).display"
+    assert browser.execute_script(shown) == "none"
+    assert "built ok" in text_of(browser, "pre.log")
+    browser.find_element("css selector", "a.times-toggle").click()
+    wait_for(lambda: browser.execute_script(shown) == "inline", "times shown")
+    drawn = browser.execute_script(
+        "return getComputedStyle(document.querySelector('pre.log i[data-t]'), '::before').content"
+    )
+    assert re.fullmatch(r'"\d\d:\d\d:\d\d\.\d{3} "', drawn), drawn
+    assert browser.current_url.endswith("?times=1")
+    assert text_of(browser, "a.times-toggle") == "hide times"
+    browser.find_element("css selector", "a.times-toggle").click()
+    wait_for(lambda: browser.execute_script(shown) == "none", "times hidden")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from quire.ci.events import (
     CommandFinished,
@@ -89,3 +92,42 @@ def test_a_line_of_an_older_version_without_newer_fields_still_reads() -> None:
 
 def T(line: dict[str, Any]) -> datetime:
     return datetime.fromisoformat(line["t"].replace("Z", "+00:00"))
+
+
+def test_each_jobs_output_bytes_are_kept_alone_beside_its_log(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        JobStarted("build"),
+        CommandStarted("build", ("make",), ()),
+        Output("build", "stdout", b"one\n\x1b[32mgreen\x1b[0m\n"),
+        Output("build", "stderr", b"\xff\xfe binary\n"),
+        Message("build", "not output"),
+        Output("build", "stdout", "caf\u00e9".encode()[:-1]),  # a character cut in two...
+        Output("build", "stdout", "caf\u00e9".encode()[-1:] + b"\n"),  # ...and its end
+        Output("build", "stdout", "\u00e9".encode()[:1]),  # held back, then flushed as is
+        CommandFinished("build", 0, 0.1),
+        JobFinished(JobState(job_id="build", status=JobStatus.success)),
+    )
+    plain = tmp_path / "jobs" / "build" / "output.txt"
+    assert plain.read_bytes() == (b"one\n\x1b[32mgreen\x1b[0m\n\xff\xfe binary\ncaf\xc3\xa9\n\xc3")
+    assert plain.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_plain_output_that_cannot_be_written_is_removed_and_the_log_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from quire.ci.store import logs
+
+    def full(fd: int, data: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(logs.os, "write", full)
+    write(
+        tmp_path,
+        JobStarted("build"),
+        Output("build", "stdout", b"kept in the log\n"),
+        Output("build", "stdout", b"and this\n"),
+    )
+    assert not (tmp_path / "jobs" / "build" / "output.txt").exists()
+    lines = list(LogReader(tmp_path / "jobs" / "build" / "log.jsonl"))
+    assert [line["data"] for line in lines] == ["kept in the log\n", "and this\n"]

@@ -37,7 +37,14 @@ from quire.ci.run.executors.base import Command, ExecResult, ExecutorSetup
 from quire.ci.run.orchestrator import RunRequest, run
 from quire.ci.store import recorder
 from quire.ci.store.eventlog import JsonLogs
-from quire.ci.store.records import EndReason, JobState, JobStatus, RunResult, read_record
+from quire.ci.store.records import (
+    EndReason,
+    JobState,
+    JobStatus,
+    RunMeta,
+    RunResult,
+    read_record,
+)
 from quire.ci.store.runs import RunState, RunStore, store_for
 from quire.errors import DockerfileMissing, ExitCode, PipelineError, StoreWriteFailed
 from quire.tools.process import OutputHandler
@@ -187,6 +194,26 @@ def test_a_clean_run_tells_its_watchers_everything_in_order(harness: Harness) ->
     assert jobs == ["build", "build", "test", "test"]
     assert harness.seen.output("test") == b"ran make test\n"
     assert harness.only_run()[0] == RunState.complete
+
+
+def test_a_run_records_its_commits_subject_and_its_plan_of_jobs_with_their_inputs(
+    harness: Harness,
+) -> None:
+    commit(harness.repo, {"notes.txt": "x"}, message="Fix the <parser>\n\nbody text")
+    assert harness.run() == ExitCode.ok
+    _, path = harness.only_run()
+    meta = read_record(path / "meta.yml", RunMeta)
+    assert meta.subject == "Fix the <parser>"
+    assert [(p.job_id, p.inputs) for p in meta.plan] == [
+        ("build", ["quire/push"]),
+        ("test", ["build"]),
+    ]
+
+
+def test_a_run_of_named_jobs_plans_only_those(harness: Harness) -> None:
+    assert harness.run(jobs=("build",)) == ExitCode.ok
+    _, path = harness.only_run()
+    assert [p.job_id for p in read_record(path / "meta.yml", RunMeta).plan] == ["build"]
 
 
 def test_records_are_on_disk_before_the_reporter_hears_the_run_ended(harness: Harness) -> None:

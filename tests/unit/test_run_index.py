@@ -365,3 +365,9 @@ def test_a_row_whose_names_would_lead_outside_the_mirror_is_refused(tmp_path: Pa
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["b"]
     assert [p.name for p in (tmp_path / "a" / "b").iterdir()] == ["mirror"]
     assert list((tmp_path / "a").rglob("active")) == []
+
+
+def test_a_jobs_plain_output_stays_home_and_an_artifact_of_that_name_goes() -> None:
+    assert not shipping.shipped_path("jobs/build/output.txt")  # readers decode log.jsonl
+    assert shipping.shipped_path("jobs/build/log.jsonl")
+    assert shipping.shipped_path("artifacts/build/output.txt")

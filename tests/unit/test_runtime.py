@@ -14,14 +14,17 @@ import pytest
 from plumbum import local
 
 from quire.ci.pipeline import Pipeline, load_pipeline
-from quire.ci.run.jobhost import LogLine, Named, Out, ShRequest, parse
+from quire.ci.run.artifacts import ArtifactKeeper, Budget
+from quire.ci.run.jobhost import ArtifactRequest, LogLine, Named, Out, ShRequest, parse
 from quire.ci.run.outlet import RunOutlet
 from quire.ci.run.redact import Redactor
 from quire.ci.run.runtime import JobContext, JobServer
 from quire.ci.store.eventlog import JsonLogs
 from quire.ci.store.logs import event_bytes
+from quire.ci.vocabulary import ArtifactFile
 from quire.config import Secrets
 from quire.errors import (
+    ArtifactRefused,
     BadCommand,
     CommandFailed,
     CommandTimedOut,
@@ -77,7 +80,7 @@ class ServedLink(JobLink):
 
     def ask(self, message: Message) -> Message:
         parsed = parse(json.loads(json.dumps(message)))
-        assert isinstance(parsed, ShRequest | Named)
+        assert isinstance(parsed, ShRequest | Named | ArtifactRequest)
         return unless_error(json.loads(json.dumps(self._server.handle(parsed))))
 
 
@@ -104,6 +107,8 @@ class Harness:
         secrets: Mapping[str, str] | None = None,
         capture_limit: int = 1024 * 1024,
         deadline: float | None = None,
+        keeper: ArtifactKeeper | None = None,
+        kept: list[ArtifactFile] | None = None,
     ) -> Runtime:
         values = dict(secrets or {})
         self.job = job_id
@@ -116,6 +121,8 @@ class Harness:
             outlet=self.outlet,
             capture_limit=capture_limit,
             deadline=deadline,
+            keeper=keeper,
+            kept=kept if kept is not None else [],
         )
         return Runtime(ServedLink(JobServer(ctx)), job_id)
 
@@ -502,3 +509,29 @@ def test_secret_with_a_quote_in_an_argv_is_redacted_from_sh_start(harness: Harne
     rt.sh(["true", value])
     start = next(e for e in harness.events() if e["event"] == "sh-start")
     assert "s3cret" not in start["cmd"]
+
+
+def test_rt_artifact_asks_quire_which_copies_records_and_logs_it(
+    harness: Harness, tmp_path: Path
+) -> None:
+    (harness.workspace / "report.txt").write_text("all green\n")
+    kept: list[ArtifactFile] = []
+    run_path = tmp_path / "run"
+    rt = harness.runtime("a", keeper=ArtifactKeeper(lambda: run_path, Budget(1 << 20)), kept=kept)
+    assert rt.artifact("report.txt") == "report.txt"
+    assert [(f.name, f.size) for f in kept] == [("report.txt", 10)]
+    assert (run_path / "artifacts" / "a" / "report.txt").read_text() == "all green\n"
+    messages = [e["text"] for e in harness.events() if e["event"] == "message"]
+    assert messages == ["artifact report.txt: 1 file(s), 10 B"]
+
+
+def test_rt_artifact_refusals_are_raised_in_the_job_as_artifact_refused(
+    harness: Harness, tmp_path: Path
+) -> None:
+    rt = harness.runtime("a", keeper=ArtifactKeeper(lambda: tmp_path / "run", Budget(1 << 20)))
+    with pytest.raises(ArtifactRefused, match=r"job 'a'.*leads out of the workspace"):
+        rt.artifact("../run")
+    with pytest.raises(ArtifactRefused, match="needs a path"):
+        rt.artifact(42)  # type: ignore[arg-type]
+    with pytest.raises(ArtifactRefused, match="this run keeps no artifacts"):
+        harness.runtime("a").artifact("x")

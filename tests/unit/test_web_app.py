@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 from quire.ci.store.runs import RunStore
 from quire.ci.store.views import details, list_runs
 from quire.web.app import CSP, create_app
-from tests.unit.test_web_support import Store, line, out, run_id
+from tests.unit.test_web_support import Store, line, out, run_id, untimed
 
 
 @pytest.fixture
@@ -134,7 +134,7 @@ def test_run_page_shows_revision_jobs_errors_outputs_and_container(
     Store.write_job(path, "test", "failed", 1, error="tests failed: 3")
     page = client.get(f"/runs/proj/{run_id(7)}")
     assert page.status_code == 200
-    text = page.text
+    text = untimed(page.text)
     assert f"{7:040x}" in text and "refs/heads/main" not in text and "<dd>main</dd>" in text
     assert "docker" in text and "9f3b8a72c1d4" in text and "container stopped" in text
     assert re.findall(r'<tr class="job" data-job="([^"]+)"', text) == ["build", "test"]
@@ -153,7 +153,7 @@ def test_a_pushed_runs_sha_is_shown_once_in_the_list_and_on_its_page(
     sha = f"{5:040x}"
     store.add(5, revision=sha)  # the worker runs a push by its full sha
     listed = client.get("/").text
-    assert listed.count(sha[:12]) == 1 and "<td>main <code>" in listed
+    assert listed.count(sha[:12]) == 1 and "<td>main</td>" in listed
     page = client.get(f"/runs/proj/{run_id(5)}").text
     assert page.count(sha) == 1 and "<dd>main</dd>" in page
     with client.stream("GET", f"/live/runs/proj/{run_id(5)}") as response:
@@ -165,6 +165,7 @@ def test_a_revision_other_than_the_sha_is_shown_beside_it(store: Store, client: 
     sha = f"{6:040x}"
     store.add(6, revision="v1.2")
     assert f"<td>v1.2 <code>{sha[:12]}</code></td>" in client.get("/").text
+    assert "<td>main</td>" in client.get("/").text  # the branch, in a column of its own
     assert f"<dd>v1.2 <code>{sha}</code></dd>" in client.get(f"/runs/proj/{run_id(6)}").text
 
 
@@ -473,6 +474,33 @@ def test_a_cancelled_run_shows_as_cancelled_by_whom_in_the_list_and_on_its_page(
     page = client.get(f"/runs/proj/{run_id(1)}").text
     assert "<dt>cancelled</dt><dd>by alice at " in page
     assert 'class="state cancelled"' in page
+
+
+def test_run_page_shows_a_schedule_and_the_notifications_sent(
+    store: Store, client: TestClient
+) -> None:
+    from datetime import UTC, datetime
+
+    from quire.ci.store.deliveries import Attempt, Delivery, RunNotifications
+    from quire.ci.store.records import RunMeta, Trigger, read_record, write_record
+
+    path = store.add(8, state="failed")
+    meta = read_record(path / "meta.yml", RunMeta)
+    due = datetime(2026, 1, 6, 3, 0, tzinfo=UTC)
+    meta.trigger = Trigger(kind="schedule", schedule="0 3 * * *", due_at=due)
+    write_record(path / "meta.yml", meta)
+    attempts = [
+        Attempt(at=due, ok=False, detail="cannot reach it: <refused>"),
+        Attempt(at=due, ok=True, detail="HTTP 204"),
+    ]
+    delivery = Delivery(target="webhook https://h #12345678", event="failed", attempts=attempts)
+    delivery.state = "delivered"
+    write_record(path / "notifications.yml", RunNotifications(deliveries=[delivery]))
+    text = client.get(f"/runs/proj/{run_id(8)}").text
+    assert "schedule <code>0 3 * * *</code>" in text
+    assert "Notifications</h2>" in text
+    assert "<td>webhook https://h #12345678</td><td>failed</td><td>delivered</td><td>2</td>" in text
+    assert "<td>HTTP 204</td>" in text
 
 
 def test_a_mirrored_runs_worker_is_named_in_the_list_on_its_page_and_in_the_json(

@@ -13,7 +13,7 @@ from quire.ci.store.views import RunDetails
 from quire.web import live
 from quire.web.live import RunFollower, parse_offsets
 from quire.web.lookup import StoreView
-from tests.unit.test_web_support import Store, line, out, run_id
+from tests.unit.test_web_support import Store, line, out, run_id, untimed
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def append(path: Path, data: bytes) -> None:
 
 
 def outputs(messages: list[live.Message]) -> str:
-    return "".join(data["html"] for name, data in messages if name == "output")
+    return untimed("".join(data["html"] for name, data in messages if name == "output"))
 
 
 def test_follows_output_as_it_is_appended_then_ends_after_the_move(store: Store) -> None:
@@ -69,7 +69,7 @@ def test_a_job_that_starts_later_is_followed_from_its_first_line(store: Store) -
     Store.write_job(path, "b", "running", 1)
     (path / "jobs" / "b" / "log.jsonl").write_bytes(out("b1\n"))
     messages = watcher.poll()
-    assert [(d["job"], d["html"]) for n, d in messages if n == "output"] == [("b", "b1\n")]
+    assert [(d["job"], untimed(d["html"])) for n, d in messages if n == "output"] == [("b", "b1\n")]
     assert ("jobs", {"state": "active", "html": "a=running,b=running"}) in messages
     watcher.close()
 
@@ -215,5 +215,9 @@ def test_a_job_that_ran_whole_between_two_polls_is_sent_before_end(store: Store)
     assert_every_line_before_end(
         [m for m in messages if m[0] != "output" or m[1]["job"] == "build"], TAIL_LINES
     )
-    late = [data["html"] for name, data in messages if name == "output" and data["job"] == "late"]
+    late = [
+        untimed(data["html"])
+        for name, data in messages
+        if name == "output" and data["job"] == "late"
+    ]
     assert "".join(late) == "late 1\nlate 2\n"

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import base64
 import io
-from pathlib import Path
 
 import pytest
 
 from quire.web import logview
-from quire.web.logview import LogRenderer, output_bytes, read_after, read_before
-from tests.unit.test_web_support import line, out
+from quire.web.logview import LogRenderer, read_after, read_before
+from tests.unit.test_web_support import out
 
 
 def log_of(count: int, width: int = 100) -> bytes:
@@ -115,16 +114,3 @@ def test_renderer_decodes_base64_chunks_and_joins_characters_split_between_them(
         {"event": "stdout", "data": base64.b64encode(snowman[1:]).decode(), "encoding": "base64"},
     ]
     assert LogRenderer().render(events) == "bad \ufffd ☃"
-
-
-def test_output_bytes_streams_every_output_byte_in_order(tmp_path: Path) -> None:
-    path = tmp_path / "log.jsonl"
-    raw = base64.b64encode(b"\xff\xfe").decode()
-    path.write_bytes(
-        line("sh-start", cmd="x")
-        + out("one\n")
-        + line("stderr", data=raw, encoding="base64")
-        + out("two")
-        + b'{"torn'
-    )
-    assert b"".join(output_bytes(path)) == b"one\n\xff\xfetwo"

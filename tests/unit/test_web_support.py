@@ -8,6 +8,7 @@ run leaves without a run having to happen.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,6 +38,11 @@ def line(event: str, **fields: Any) -> bytes:
     return orjson.dumps({"t": "2026-11-24T16:00:00.000Z", "event": event, **fields}) + b"\n"
 
 
+def untimed(html: str) -> str:
+    """Rendered log HTML without the time mark each line starts with."""
+    return re.sub(r'<i data-t="[0-9:.]*"></i>', "", html)
+
+
 def out(text: str, stream: str = "stdout") -> bytes:
     return line(stream, data=text)
 
@@ -59,6 +65,8 @@ class Store:
         error: str | None = None,
         container: bool = False,
         revision: str = "HEAD",
+        subject: str | None = None,
+        plan: dict[str, list[str]] | None = None,
     ) -> Path:
         """Run number `n` of `repo` in `state`, with job logs given as raw JSON Lines."""
         rid = run_id(n)
@@ -77,6 +85,8 @@ class Store:
                     "ref": "refs/heads/main",
                     "pushed_at": started,
                     "executor": "docker" if container else "host",
+                    "subject": subject,
+                    "plan": [{"job_id": j, "inputs": i} for j, i in (plan or {}).items()],
                 }
             ),
         )

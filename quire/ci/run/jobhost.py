@@ -75,6 +75,14 @@ class Named:
 
 
 @dataclass(frozen=True)
+class ArtifactRequest:
+    """`rt.artifact(path, name)`: quire copies it (quire/ci/run/artifacts.py)."""
+
+    path: str
+    name: str | None
+
+
+@dataclass(frozen=True)
 class Out:
     stream: StreamName
     data: bytes
@@ -96,7 +104,9 @@ class JobEnd:
     status: int | None = None
 
 
-FromJob = ShRequest | Named | Out | LogLine | JobEnd
+FromJob = ShRequest | Named | ArtifactRequest | Out | LogLine | JobEnd
+# What the job asks and waits for an answer to.
+Request = ShRequest | Named | ArtifactRequest
 
 
 def parse(message: Message) -> FromJob:
@@ -117,6 +127,10 @@ def parse(message: Message) -> FromJob:
         return ShRequest(cmd, env, bool(message.get("check")), timeout)
     if kind in ("secret", "jobs"):
         return Named(kind, _field(message, "name", str))
+    if kind == "artifact":
+        return ArtifactRequest(
+            _field(message, "path", str), _field(message, "name", str, optional=True)
+        )
     if kind == "out":
         stream = _field(message, "stream", str)
         if stream != "stdout" and stream != "stderr":

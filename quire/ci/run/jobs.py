@@ -18,10 +18,20 @@ from typing import Any
 
 from quire import interrupts
 from quire.ci.events import JobFinished, JobStarted
-from quire.ci.pipeline import PIPELINE_FILE, JobDef, Pipeline, Skip, pipeline_line
+from quire.ci.pipeline import (
+    PIPELINE_FILE,
+    PUSH_SOURCE,
+    SOURCES,
+    JobDef,
+    Pipeline,
+    Skip,
+    pipeline_line,
+)
+from quire.ci.run.artifacts import ArtifactKeeper
 from quire.ci.run.executors.base import Executor
 from quire.ci.run.jobhost import (
     TERM_GRACE_S,
+    ArtifactRequest,
     BadMessage,
     JobEnd,
     JobHostFailed,
@@ -34,7 +44,7 @@ from quire.ci.run.jobhost import (
 )
 from quire.ci.run.outlet import RunOutlet
 from quire.ci.run.runtime import JobContext, JobServer
-from quire.ci.vocabulary import JobState, JobStatus, utcnow
+from quire.ci.vocabulary import ArtifactFile, JobState, JobStatus, utcnow
 from quire.config import Secrets
 from quire.errors import (
     ContainerDied,
@@ -76,13 +86,15 @@ class JobRunner:
     outlet: RunOutlet
     secrets: Secrets
     capture_limit: int
-    push_outputs: Mapping[str, Any]
+    push_outputs: Mapping[str, Any]  # what `rt.jobs(source)` gives
     outputs_limit: int = 1024 * 1024
     run_env: Mapping[str, str] = field(default_factory=dict)
     jobs: int = 1  # how many jobs may run at the same time
     outcome: JobsOutcome = field(default_factory=JobsOutcome)
     host: JobHostLike | None = None  # where the jobs' Python runs (docs/architecture.md)
     term_grace: float = TERM_GRACE_S  # between SIGTERM and SIGKILL for a job's processes
+    keeper: ArtifactKeeper | None = None  # where `rt.artifact` copies to (the run's directory)
+    source: str = PUSH_SOURCE  # the source the run offers: quire/push, or quire/schedule
     _live: set[JobProcess] = field(default_factory=set)
 
     def run_all(self) -> JobsOutcome:
@@ -91,7 +103,7 @@ class JobRunner:
         if self.jobs > 1:
             return self._run_side_by_side()
         outcome = self.outcome
-        outputs: dict[str, Mapping[str, Any]] = {"quire/push": self.push_outputs}
+        outputs: dict[str, Mapping[str, Any]] = {self.source: self.push_outputs}
         for job_id in self.pipeline.order:
             interrupts.check()  # no job starts after a signal, caught or not
             defined = self.pipeline.jobs[job_id]
@@ -110,7 +122,7 @@ class JobRunner:
         up to `jobs` at once on threads; the main thread only schedules and waits, so a
         signal reaches it at once. On an interrupt every running command is killed."""
         outcome = self.outcome
-        outputs: dict[str, Mapping[str, Any]] = {"quire/push": self.push_outputs}
+        outputs: dict[str, Mapping[str, Any]] = {self.source: self.push_outputs}
         pending = list(self.pipeline.order)
         running: dict[Future[JobState], str] = {}
         pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="quire-job")
@@ -150,7 +162,7 @@ class JobRunner:
             if reason is not None:
                 pending.remove(job_id)
                 self._finish(JobState(job_id=job_id, status=JobStatus.skipped, skip_reason=reason))
-            elif all(name in outputs for name in defined.inputs):
+            elif all(name in outputs or name in SOURCES for name in defined.inputs):
                 pending.remove(job_id)
                 future = pool.submit(self._run_one, defined, dict(outputs), self.outcome)
                 running[future] = job_id
@@ -170,9 +182,11 @@ class JobRunner:
         started = self.outlet.emit(JobStarted(defined.id))
         t0 = time.monotonic()
         state = JobState(job_id=defined.id, status=JobStatus.running, started_at=started.at)
+        kept: list[ArtifactFile] = []  # what rt.artifact kept: recorded however the job ends
 
         def finish(status: JobStatus, error: str | None) -> None:
             state.status = status
+            state.artifacts = list(kept)
             state.duration_s = round(time.monotonic() - t0, 3)
             if status == JobStatus.skipped:
                 state.skip_reason = error
@@ -190,6 +204,8 @@ class JobRunner:
             capture_limit=self.capture_limit,
             deadline=None if defined.timeout is None else t0 + defined.timeout,
             run_env=self.run_env,
+            keeper=self.keeper,
+            kept=kept,
         )
         try:
             try:
@@ -229,7 +245,7 @@ class JobRunner:
         self._live.add(job)
         try:
             for message in job.messages(deadline):
-                if isinstance(message, ShRequest | Named):
+                if isinstance(message, ShRequest | Named | ArtifactRequest):
                     job.answer(server.handle(message))
                 elif isinstance(message, Out):
                     server.output(message.stream, message.data)

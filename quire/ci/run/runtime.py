@@ -19,11 +19,14 @@ from quire import interrupts
 from quire.ci.events import CommandFinished, CommandStarted, StreamName
 from quire.ci.events import Message as Message_
 from quire.ci.pipeline import JobDef, Pipeline
+from quire.ci.run.artifacts import ArtifactKeeper
 from quire.ci.run.executors.base import Command, Executor
-from quire.ci.run.jobhost import Named, ShRequest
+from quire.ci.run.jobhost import ArtifactRequest, Request, ShRequest
 from quire.ci.run.outlet import RunOutlet
+from quire.ci.vocabulary import ArtifactFile, format_size
 from quire.config import Secrets
 from quire.errors import (
+    ArtifactRefused,
     BadCommand,
     CommandFailed,
     CommandTimedOut,
@@ -78,6 +81,9 @@ class JobContext:
     deadline: float | None = None  # time.monotonic() the job must end by
     # What every command of the run sees (CI, QUIRE_RUN_ID, ...; QUIRE_JOB is added here).
     run_env: Mapping[str, str] = field(default_factory=dict)
+    # Where `rt.artifact` copies to (None: this run keeps none), and the files it kept.
+    keeper: ArtifactKeeper | None = None
+    kept: list[ArtifactFile] = field(default_factory=list)
 
 
 class _OutputSink:
@@ -110,12 +116,14 @@ class JobServer:
     def job_id(self) -> str:
         return self._ctx.job.id
 
-    def handle(self, request: ShRequest | Named) -> Message:
+    def handle(self, request: Request) -> Message:
         """The answer to one request; quire's errors become `error` answers (raised as
         themselves in the job), an interrupt goes on."""
         try:
             if isinstance(request, ShRequest):
                 return self.sh(request)
+            if isinstance(request, ArtifactRequest):
+                return {"t": "value", "value": self.artifact(request.path, request.name)}
             if request.kind == "secret":
                 return {"t": "value", "value": self.secret(request.name)}
             return {"t": "value", "value": dict(self.jobs(request.name))}
@@ -155,6 +163,20 @@ class JobServer:
             "stdout_truncated": sink.captured["stdout"].truncated,
             "stderr_truncated": sink.captured["stderr"].truncated,
         }
+
+    def artifact(self, path: str, name: str | None) -> str:
+        """Copy `path` of the workspace into the run's artifacts (quire/ci/run/artifacts.py);
+        the name it is kept under. Raises `ArtifactRefused`."""
+        interrupts.check()
+        ctx = self._ctx
+        if ctx.keeper is None:
+            raise ArtifactRefused(f"job {self.job_id!r}: this run keeps no artifacts")
+        with ctx.executor.workspace_tree() as tree:
+            kept, files = ctx.keeper.keep(self.job_id, tree, path, name)
+        ctx.kept.extend(files)
+        size = format_size(sum(f.size for f in files))
+        ctx.outlet.emit(Message_(self.job_id, f"artifact {kept}: {len(files)} file(s), {size}"))
+        return kept
 
     def log(self, message: str) -> None:
         """A line of the job's own, in its output."""

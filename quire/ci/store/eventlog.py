@@ -5,6 +5,7 @@
                                container-stop, container-died, container-end,
                                notice, warning, run-end
     <run>/jobs/<id>/log.jsonl  sh-start, stdout, stderr, message, sh-exit
+    <run>/jobs/<id>/output.txt the same stdout and stderr bytes alone, as they came (downloads)
 
 `JsonLogs` is the outlet's subscriber that writes them (one flushed line per
 event, so another process can follow a live run by tailing); `job_event`
@@ -40,7 +41,7 @@ from quire.ci.events import (
     RunStarted,
     StreamName,
 )
-from quire.ci.store.logs import ChunkEncoder, LogWriter, event_bytes
+from quire.ci.store.logs import PLAIN_OUTPUT, ChunkEncoder, LogWriter, PlainWriter, event_bytes
 from quire.errors import StoreWriteFailed
 
 
@@ -52,6 +53,7 @@ class JsonLogs:
         self._run_path = run_path
         self._run_log = LogWriter(run_path() / "log.jsonl")
         self._job_logs: dict[str, LogWriter] = {}
+        self._plain: dict[str, PlainWriter] = {}  # each job's output bytes alone
         self._encoders: dict[tuple[str | None, StreamName], ChunkEncoder] = {}
 
     def handle(self, event: Event) -> None:
@@ -76,6 +78,7 @@ class JsonLogs:
             self._run_log.event("image-build-output", stream=stream, **fields)
         else:
             self._job_log(job).event(stream, **fields)
+            self._plain[job].write(event_bytes(fields))
 
     def _job_event(self, event: CommandStarted | CommandFinished | Message) -> None:
         log = self._job_log(event.job)
@@ -97,6 +100,9 @@ class JsonLogs:
             log = self._job_logs.pop(event.job, None)
             if log is not None:
                 log.close()
+            plain = self._plain.pop(event.job, None)
+            if plain is not None:
+                plain.close()
         elif isinstance(event, ImageBuildFinished):
             self._flush(None)
         elif isinstance(event, RunFinished):
@@ -113,6 +119,7 @@ class JsonLogs:
             except OSError as exc:
                 raise StoreWriteFailed.of(directory, exc) from exc
             log = self._job_logs[job] = LogWriter(directory / "log.jsonl")
+            self._plain[job] = PlainWriter(directory / PLAIN_OUTPUT)
         return log
 
     def _flush(self, job: str | None) -> None:
@@ -134,6 +141,9 @@ class JsonLogs:
             for log in self._job_logs.values():
                 log.close()
             self._job_logs.clear()
+            for plain in self._plain.values():
+                plain.close()
+            self._plain.clear()
             self._run_log.close()
 
 
@@ -179,7 +189,7 @@ def job_event(job: str, line: dict[str, Any]) -> Event | None:
     kind = line.get("event")
     if kind in ("stdout", "stderr"):
         stream: StreamName = "stdout" if kind == "stdout" else "stderr"
-        return Output(job, stream, event_bytes(line))
+        return Output(job, stream, event_bytes(line), _time_of(line))
     at = _time_of(line)
     if kind == "sh-start":
         env = tuple(str(name) for name in line.get("env") or [])

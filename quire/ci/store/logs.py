@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import codecs
+import contextlib
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -70,6 +71,47 @@ class LogWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# Beside each job's log.jsonl: the same output bytes as they came, nothing else (a
+# download's fast path; the log stays the record).
+PLAIN_OUTPUT = "output.txt"
+
+
+class PlainWriter:
+    """Appends a job's output bytes to its `PLAIN_OUTPUT` file as they are logged.
+
+    Only an accelerator: a write that fails (a full disk) removes the file and
+    stops writing it, so that readers fall back to decoding the log, which stays
+    the record. Never raises.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o600)
+        except OSError:
+            self._give_up()
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        try:
+            while view and self._fd is not None:
+                view = view[os.write(self._fd, view) :]
+        except OSError:
+            self._give_up()
+
+    def _give_up(self) -> None:
+        self.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class ChunkEncoder:

@@ -6,7 +6,7 @@ therefore sees the old record or the new one, never half of either.
 processes.yml alone skips the fsync: it is rewritten around every host
 command, and a machine that went down took its processes with it.
 
-    meta.yml       RunMeta        immutable, written at creation
+    meta.yml       RunMeta        immutable, written at creation (with its Trigger)
     runner.yml     RunnerInfo     who runs it (pid, host), for reconcile
     times.yml      RunTimes       started_at, then finished_at
     result.yml     RunResult      why it ended (written when it ends)
@@ -22,7 +22,7 @@ import os
 import tempfile
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError
@@ -60,6 +60,23 @@ except ImportError:  # pragma: no cover - depends on how PyYAML was built
     from yaml import SafeLoader as _Loader  # type: ignore[assignment]
 
 
+class PlannedJob(Record):
+    """One job a run is to run, and the jobs whose outputs it waits for."""
+
+    job_id: str
+    inputs: list[str] = Field(default_factory=list)
+
+
+class Trigger(Record):
+    """How a run was started: shown by runs/show and the web page."""
+
+    kind: Literal["push", "schedule", "rerun", "manual"] = "push"
+    by: str | None = None  # the user who asked (rerun, manual)
+    rerun_of: str | None = None  # the original run's id (rerun)
+    schedule: str | None = None  # the cron line (schedule)
+    due_at: datetime | None = None  # the scheduled time it ran for (schedule)
+
+
 class RunMeta(Record):
     """What was run: fixed when the run is created."""
 
@@ -73,6 +90,10 @@ class RunMeta(Record):
     executor: ExecutorKind
     # --dirty: the working tree as it was, on top of `sha` (its HEAD then).
     dirty: bool = False
+    subject: str | None = None  # the first line of the commit's message
+    # The jobs it is to run, in order, so a job not started yet can be shown waiting.
+    plan: list[PlannedJob] = Field(default_factory=list)
+    trigger: Trigger = Trigger()  # old records without it read as a push
 
 
 class RunnerInfo(Record):

@@ -8,8 +8,9 @@ on PostgreSQL): the publisher's side of a mirror, as plain file changes.
 
 Every file of a run's directory is shipped (records, logs, artifacts, delivery
 records: whatever a run keeps there) except the dot-names (temporary files
-of atomic writes), and `runner.yml` and `processes.yml`, which name pids on
-the worker's host and mean nothing elsewhere. JSON Lines logs only grow, so
+of atomic writes), `runner.yml` and `processes.yml`, which name pids on
+the worker's host and mean nothing elsewhere, and each job's `output.txt`,
+the output its log.jsonl holds again (readers decode the log). JSON Lines logs only grow, so
 only their new bytes go (`append` at the old size); a log that shrank (it
 was replaced) goes whole again. Any other file goes whole when its content
 changed (a digest, looked at only when its size, mtime or inode changed),
@@ -29,6 +30,7 @@ from typing import NamedTuple
 
 from pydantic import BaseModel
 
+from quire.ci.store.logs import PLAIN_OUTPUT
 from quire.ci.vocabulary import RunState
 
 CHUNK_BYTES = 1024 * 1024
@@ -95,6 +97,8 @@ def shipped_path(rel: str) -> bool:
     parts = rel.split("/")
     if any(not part or part.startswith(".") or part == ".." for part in parts):
         return False
+    if parts[0] == "jobs" and parts[-1] == PLAIN_OUTPUT:
+        return False  # the log's output again: readers decode the log instead
     return rel not in LOCAL_ONLY and rel != WORKER_FILE
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from quire.ci.events import Event, JobStarted, RunFinished
+from quire.ci.store.deliveries import NOTIFICATIONS_FILE, RunNotifications
 from quire.ci.store.eventlog import job_event
 from quire.ci.store.logs import LogReader
 from quire.ci.store.records import (
@@ -22,10 +23,12 @@ from quire.ci.store.records import (
     EndReason,
     JobState,
     JobStatus,
+    PlannedJob,
     RecordUnreadable,
     RunMeta,
     RunResult,
     RunTimes,
+    Trigger,
     WorkerInfo,
     read_record,
 )
@@ -53,6 +56,7 @@ class RunSummary(BaseModel):
     ref: str | None = None
     executor: str | None = None
     dirty: bool = False  # --dirty: the working tree on top of `sha`
+    subject: str | None = None  # the first line of the commit's message
     started_at: datetime | None = None
     finished_at: datetime | None = None
     duration_s: float | None = None
@@ -60,6 +64,7 @@ class RunSummary(BaseModel):
     cancelled_by: str | None = None  # state `cancelled`: who asked, and when
     cancelled_at: datetime | None = None
     worker: str | None = None  # the worker's --name, for a run mirrored from the run index
+    trigger: Trigger | None = None  # how it was started (None: its meta.yml is unreadable)
 
     def state_text(self) -> str:
         """The state as people read it: `failed (jobs-failed)`, `cancelled by alice`."""
@@ -77,6 +82,8 @@ class RunDetails(RunSummary):
     exit_code: int | None = None
     jobs: list[JobState]
     container: ContainerInfo | None = None
+    plan: list[PlannedJob] = []  # the jobs it is to run, with their inputs
+    notifications: RunNotifications | None = None  # what was sent about it, each attempt
 
 
 def summarize(run: RunDir) -> RunSummary:
@@ -88,6 +95,8 @@ def summarize(run: RunDir) -> RunSummary:
         summary.revision, summary.sha, summary.ref = meta.revision, meta.sha, meta.ref
         summary.executor = meta.executor.value
         summary.dirty = meta.dirty
+        summary.subject = meta.subject
+        summary.trigger = meta.trigger
     except RecordUnreadable as exc:
         problems.append(str(exc))
     times_path = run.path / "times.yml"
@@ -134,7 +143,18 @@ def details(run: RunDir) -> RunDetails:
             container = read_record(container_path, ContainerInfo)
         except RecordUnreadable:
             container = None
+    notifications = None
+    notifications_path = run.path / NOTIFICATIONS_FILE
+    if notifications_path.exists():
+        try:
+            notifications = read_record(notifications_path, RunNotifications)
+        except RecordUnreadable:
+            notifications = None
     jobs = run.job_states()
+    try:
+        plan = read_record(run.path / "meta.yml", RunMeta).plan
+    except RecordUnreadable:
+        plan = []  # summarize() has said why
     unreadable = [
         f"job {job.job_id}: {job.error}" for job in jobs if job.status == JobStatus.unreadable
     ]
@@ -148,6 +168,8 @@ def details(run: RunDir) -> RunDetails:
         exit_code=result.exit_code if result else None,
         jobs=jobs,
         container=container,
+        plan=plan,
+        notifications=notifications,
     )
 
 

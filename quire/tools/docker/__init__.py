@@ -6,7 +6,7 @@ One module per concern; callers use the names re-exported here (`docker.run_deta
     naming      the labels and names quire gives containers, cache volumes and run images
     images      `docker build`, untagging, listing and removing run images
     containers  the run's container: run/create, start, inspect, teardown
-    workdir     inside its /work: exec, copy in and out, a file looked for, chown
+    workdir     inside its /work: exec, copy in and out, read as tar, a file looked for, chown
     listing     the containers of quire's own store and host the engine holds (reconcile)
     volumes     cache volumes: create, list, remove
 
@@ -114,7 +114,9 @@ from quire.tools.docker.workdir import (
     exec_argv,
     kill_processes,
     probe_argv,
+    read_work,
     why_unseen,
+    work_tar_argv,
 )
 
 __all__ = [
@@ -174,6 +176,7 @@ __all__ = [
     "not_visible_message",
     "parse_engine",
     "probe_argv",
+    "read_work",
     "remove_argv",
     "remove_image",
     "remove_tag",
@@ -192,4 +195,5 @@ __all__ = [
     "volume_list_argv",
     "volume_remove_argv",
     "why_unseen",
+    "work_tar_argv",
 ]

@@ -1,12 +1,14 @@
 """Inside a running container's /work: commands by `docker exec`, the workspace
-copied in (`docker cp -`, copy mode) and back out, a file of it looked for,
-and /work given back to quire's user.
+copied in (`docker cp -`, copy mode) and back out, /work read as a tar stream
+(artifacts in copy mode), a file of it looked for, and /work given back to
+quire's user.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import IO
 
 from quire.errors import ContainerStartFailed, DockerUnavailable, ProgramNotFound, ToolFailed
 from quire.tools import process, tar
@@ -96,6 +98,29 @@ _FILE_NOT_FOUND = (
     "could not be found on container",
     "error response from daemon",
 )
+
+
+def work_tar_argv(container_id: str) -> list[str]:
+    """`docker cp` of /work's contents to stdout, as a tar stream (members `./...`)."""
+    return [binary(), "cp", f"{container_id}:{WORKDIR}/.", "-"]
+
+
+def read_work(container_id: str, consume: Callable[[IO[bytes]], None]) -> None:
+    """Hand /work of the container, as a tar stream, to `consume` (artifacts in copy mode:
+    quire reads the members itself). Raises `WorkspaceCopyFailed`, or what `consume`
+    raised."""
+    argv = work_tar_argv(container_id)
+    try:
+        done, problem = process.read_stdout(argv, consume)
+    except ProgramNotFound as exc:
+        raise WorkspaceCopyFailed(f"taking {WORKDIR} out of the container: {exc}") from exc
+    if not done.ok:
+        raise WorkspaceCopyFailed(
+            f"taking {WORKDIR} out of container {container_id[:12]} ({engine_name()}) failed: "
+            f"`{' '.join(argv[:2])}` exited {done.exit}: {done.stderr_tail(3) or '(no output)'}"
+        ) from problem
+    if problem is not None:
+        raise problem
 
 
 def why_unseen(container_id: str, name: str) -> str | None:

@@ -1,11 +1,76 @@
-// quire web: the live parts. Pages are complete without this script; it only
-// follows a running run (or the runs list) over server-sent events.
+// quire web: the live parts. Pages are complete without this script; it follows a
+// running run (or the runs list) over server-sent events, keeps a log scrolled to its
+// end while the reader is there, ticks the elapsed time of what is running, and
+// shows or hides the lines' times without a reload.
 (function () {
   "use strict";
+  var MAX_NODES = 20000; // keep the page responsive however much a job prints
+  var NEAR_END_PX = 8;
+
+  // --- a log follows its end while the reader is at the end --------------------------
+
+  function atEnd(pre) {
+    return pre.scrollTop + pre.clientHeight >= pre.scrollHeight - NEAR_END_PX;
+  }
+
+  function follow(pre) {
+    pre.dataset.follow = "1";
+    pre.addEventListener("scroll", function () {
+      // Scrolling up stops following; scrolling back to the end resumes it.
+      pre.dataset.follow = atEnd(pre) ? "1" : "0";
+    });
+  }
+
+  function toEnd(pre) {
+    if (pre.dataset.follow !== "0") pre.scrollTop = pre.scrollHeight;
+  }
+
+  document.querySelectorAll("section.joblog pre.log").forEach(function (pre) {
+    follow(pre);
+    if (pre.parentNode.dataset.tail === "1") pre.scrollTop = pre.scrollHeight;
+  });
+
+  // --- elapsed time of what is running --------------------------------------------
+
+  function elapsedText(seconds) {
+    var s = Math.max(0, Math.floor(seconds));
+    var pad = function (n) { return (n < 10 ? "0" : "") + n; };
+    if (s < 60) return s + " s";
+    if (s < 3600) return Math.floor(s / 60) + " m " + pad(s % 60) + " s";
+    return Math.floor(s / 3600) + " h " + pad(Math.floor((s % 3600) / 60)) + " m";
+  }
+
+  function tick() {
+    var now = Date.now();
+    document.querySelectorAll(".elapsed[data-since]").forEach(function (span) {
+      var since = Date.parse(span.dataset.since);
+      if (!isNaN(since)) span.textContent = elapsedText((now - since) / 1000);
+    });
+  }
+  tick();
+  window.setInterval(tick, 1000);
+
+  // --- times of the lines, shown or hidden in place -------------------------------
+
+  document.querySelectorAll("a.times-toggle").forEach(function (link) {
+    link.addEventListener("click", function (e) {
+      e.preventDefault();
+      var shown = document.body.classList.toggle("times");
+      document.querySelectorAll("a.times-toggle").forEach(function (other) {
+        other.textContent = (shown ? "hide" : "show") + " times";
+      });
+      var query = new URLSearchParams(window.location.search);
+      if (shown) query.set("times", "1"); else query.delete("times");
+      var search = query.toString();
+      window.history.replaceState(null, "", window.location.pathname + (search ? "?" + search : ""));
+    });
+  });
+
+  // --- live updates ---------------------------------------------------------------
+
   var url = document.body.dataset.live;
   if (!url || !window.EventSource) return;
   var status = document.getElementById("live-status");
-  var MAX_NODES = 20000; // keep the page responsive however much a job prints
 
   function setStatus(text, on) {
     if (!status) return;
@@ -29,6 +94,7 @@
     s.appendChild(h);
     s.appendChild(pre);
     logs.appendChild(s);
+    follow(pre);
     return s;
   }
 
@@ -45,19 +111,23 @@
     var s = section(data.job);
     if (!s) return;
     var pre = s.querySelector("pre.log");
-    var follow = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 8;
     pre.insertAdjacentHTML("beforeend", data.html);
     while (pre.childNodes.length > MAX_NODES) pre.removeChild(pre.firstChild);
     s.dataset.offset = String(data.offset);
-    if (follow) pre.scrollTop = pre.scrollHeight;
+    toEnd(pre);
   }
 
-  function setState(state) {
-    var badge = document.getElementById("run-state");
+  function setBadge(id, state) {
+    var badge = document.getElementById(id);
     if (badge && state) {
       badge.textContent = state;
       badge.className = "state " + state;
     }
+  }
+
+  function replace(id, html) {
+    var node = document.getElementById(id);
+    if (node && typeof html === "string") node.innerHTML = html;
   }
 
   function connect() {
@@ -70,27 +140,20 @@
     source.addEventListener("output", onOutput);
     source.addEventListener("jobs", function (e) {
       var data = JSON.parse(e.data);
-      var body = document.getElementById("jobs");
-      if (body) body.innerHTML = data.html;
-      var facts = document.getElementById("facts");
-      if (facts && data.facts) facts.innerHTML = data.facts;
-      // A job's page: its own badge and facts (the run's are not on it).
-      var jobFacts = document.getElementById("job-facts");
-      if (jobFacts && data.job_facts) jobFacts.innerHTML = data.job_facts;
-      var jobBadge = document.getElementById("job-state");
-      if (jobBadge && data.job_state) {
-        jobBadge.textContent = data.job_state;
-        jobBadge.className = "state " + data.job_state;
-      }
-      setState(data.state);
+      replace("jobs", data.html);
+      replace("facts", data.facts);
+      replace("job-facts", data.job_facts);
+      setBadge("job-state", data.job_state);
+      setBadge("run-state", data.state);
+      tick();
     });
     source.addEventListener("runs", function (e) {
-      var body = document.getElementById("runs");
-      if (body) body.innerHTML = JSON.parse(e.data).html;
+      replace("runs", JSON.parse(e.data).html);
+      tick();
     });
     source.addEventListener("end", function (e) {
       source.close();
-      setState(JSON.parse(e.data).state);
+      setBadge("run-state", JSON.parse(e.data).state);
       setStatus("finished", false);
     });
     source.onerror = function () {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -15,6 +16,7 @@ from quire.ci.vocabulary import ExecutorKind
 from quire.config import DockerSettings
 
 if TYPE_CHECKING:
+    from quire.ci.run.artifacts import WorkspaceTree
     from quire.ci.run.outlet import RunOutlet
     from quire.tools.process import OutputHandler
 
@@ -74,6 +76,10 @@ class Executor(Protocol):
     def abort(self) -> None:
         """Kill every command running now, from any thread (an interrupt with jobs side by
         side): their `execute` calls return at once."""
+        ...
+
+    def workspace_tree(self) -> AbstractContextManager[WorkspaceTree]:
+        """The workspace as quire can read it now (`rt.artifact`), for the block's length."""
         ...
 
 

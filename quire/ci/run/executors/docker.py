@@ -30,7 +30,10 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -46,6 +49,8 @@ from quire.ci.events import (
     ImageBuildStarted,
     StreamName,
 )
+from quire.ci.run import tarstage
+from quire.ci.run.artifacts import WorkspaceTree
 from quire.ci.run.executors.base import Command, ExecResult, ExecutorSetup
 from quire.errors import ContainerDied, DockerfileMissing, QuireError
 from quire.tools import docker, process
@@ -242,6 +247,26 @@ class DockerExecutor:
         """Kill every process in the container but its PID 1: each `docker exec` returns."""
         if self.container_id is not None:
             docker.kill_processes(self.container_id)
+
+    # --- artifacts ------------------------------------------------------------------------------
+
+    @contextmanager
+    def workspace_tree(self) -> Iterator[WorkspaceTree]:
+        """/work as quire can read it: bind mode, the workspace it is mounted from; copy
+        mode, a private copy taken out of the container (`docker cp` as a tar stream whose
+        members are checked, quire/ci/run/tarstage.py) and removed after."""
+        if self.mode != "copy":
+            yield WorkspaceTree(self.workspace, docker.WORKDIR)
+            return
+        assert self.container_id is not None, "workspace_tree() outside the with-block"
+        container_id = self.container_id
+        # One directory per call: jobs side by side (`--jobs`) may keep artifacts at once.
+        staging = Path(tempfile.mkdtemp(prefix="artifact-", dir=self.workspace.parent))
+        try:
+            docker.read_work(container_id, lambda stream: tarstage.unpack(stream, staging))
+            yield WorkspaceTree(staging, docker.WORKDIR)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
     # --- teardown -------------------------------------------------------------------------------
 

@@ -28,6 +28,8 @@ from pathlib import Path
 from types import TracebackType
 
 from quire.ci.events import Notice, ProcessesRunning
+from quire.ci.run import artifacts
+from quire.ci.run.artifacts import WorkspaceTree
 from quire.ci.run.executors.base import Command, ExecResult, ExecutorSetup
 from quire.errors import ProgramNotFound
 from quire.tools import process, proctree
@@ -72,6 +74,10 @@ class HostExecutor:
             process.reap_orphans()
             if self._in_flight:  # a command has run a tick: reconcile must know of it
                 self._record(self._running(), grow_only=True)
+
+    def workspace_tree(self) -> AbstractContextManager[WorkspaceTree]:
+        """The workspace itself: absolute links are read as this machine's paths."""
+        return artifacts.host_tree(self.workspace)
 
     def __exit__(
         self,
