@@ -770,9 +770,6 @@ def _pgqueue(url: str) -> type[PgQueue]:
 
 
 def _no_psycopg(url: str) -> str:
-    from quire.service.queues import server_name
+    from quire.service.queues import no_psycopg
 
-    return (
-        f"the queue is on PostgreSQL ({server_name(url)}) but psycopg is not installed here: "
-        "pip install 'quire[postgres]'"
-    )
+    return no_psycopg(url)
