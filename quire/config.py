@@ -31,6 +31,22 @@ max_size = "1g"           # bytes a run may keep with rt.artifact, all jobs toge
 executor = "docker"       # where `quire ci worker` runs its pushes (default: --executor)
 url = "ssh://git@githost/proj.git"  # where workers fetch its pushes from, read by the hook
                           # (default: the pushed repository's path, as a file:// URL)
+path = "/srv/git/proj.git"  # the repository, for its schedules
+schedules = [{ cron = "0 3 * * *", ref = "main" }]   # optional timezone = "Europe/Paris"
+
+[web]
+url = "https://ci.example.com"   # the web page's address, for links in notifications
+
+[[notify]]                # a webhook: a signed JSON POST (docs/notifications.md)
+url = "https://chat.example.com/hooks/quire"
+secret = { env = "QUIRE_HOOK_SECRET" }   # or a string, or { file = ... }
+on = ["failed", "fixed"]  # the default; or ["all"]
+repos = ["proj"]          # globs, as for secrets (default: every repository)
+
+[[notify]]                # an email
+email = ["team@example.com"]
+smtp = "smtp://mail.example.com:25"
+from = "quire@example.com"
 ```
 
 A missing file means defaults and no secrets; a malformed one raises
@@ -105,20 +121,8 @@ class SecretSpec(BaseModel):
     @field_validator("repos", mode="before")
     @classmethod
     def _repos_are_globs(cls, value: object) -> object:
-        if not isinstance(value, list) or not value:
-            # An empty list would hide the secret from everyone: more likely a slip than
-            # meant, and easy to mistake for "no restriction".
-            raise ValueError('repos must be a non-empty list of globs, e.g. repos = ["proj"]')
-        for glob in value:
-            if not isinstance(glob, str) or not glob:
-                raise ValueError(f"repos entry {glob!r} must be a non-empty string")
-            if not _GLOB.match(glob) or glob.endswith(".git"):
-                raise ValueError(
-                    f"repos entry {glob!r} can never match: quire names a repository by its "
-                    "folder, lowercased, other characters made '-', without '.git' (a bare "
-                    "My Proj.git is my-proj), or by its store name (my-proj-1a2b3c4d)"
-                )
-        return value
+        # An empty list would hide the secret from everyone: refused (`_check_globs`).
+        return _check_globs(value)
 
     def readable_by(self, repo: str) -> bool:
         """Whether a run of repository `repo` (its store name) may read this secret."""
@@ -220,6 +224,45 @@ class JobSettings(BaseModel):
     term_grace: float = Field(default=5.0, gt=0, le=300)
 
 
+class Schedule(BaseModel):
+    """One entry of `schedules`: run `ref`'s commit at the times of `cron`, read in
+    `timezone` (an IANA name; UTC by default)."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+    cron: str
+    ref: str
+    timezone: str = "UTC"
+
+    @field_validator("cron")
+    @classmethod
+    def _cron_parses(cls, value: str) -> str:
+        from datetime import UTC, datetime
+
+        from cronsim import CronSim, CronSimError
+
+        try:
+            CronSim(value, datetime.now(UTC))
+        except CronSimError as exc:
+            raise ValueError(f"cron {value!r} is not a cron line ({exc})") from exc
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone_is_known(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown timezone {value!r} (an IANA name: Europe/Paris)") from exc
+        return value
+
+    @property
+    def full_ref(self) -> str:
+        """`ref` as a full name: `main` is `refs/heads/main`."""
+        return self.ref if self.ref.startswith("refs/") else f"refs/heads/{self.ref}"
+
+
 class RepositorySettings(BaseModel):
     """Settings of one repository's pushed runs (`[repositories.<name>]`)."""
 
@@ -235,6 +278,104 @@ class RepositorySettings(BaseModel):
         if value is not None and (not value.strip() or value.startswith("-")):
             raise ValueError('must be a URL git can fetch from, e.g. "ssh://git@githost/proj.git"')
         return value
+
+    # The repository's git directory: the worker resolves a schedule's ref in it.
+    path: Path | None = None
+    schedules: list[Schedule] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _schedules_need_a_path(self) -> RepositorySettings:
+        if self.schedules and self.path is None:
+            raise ValueError(
+                'schedules need the repository\'s path: add path = "/srv/git/NAME.git"'
+            )
+        return self
+
+
+class WebSettings(BaseModel):
+    """The web page (`[web]`), as other parts need to know it."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+    # The page's address as people reach it: notifications link to the run's page.
+    url: str | None = None
+
+
+def _check_globs(value: object) -> object:
+    if not isinstance(value, list) or not value:
+        # An empty list would match nothing: more likely a slip than meant, and easy to
+        # mistake for "no restriction".
+        raise ValueError('repos must be a non-empty list of globs, e.g. repos = ["proj"]')
+    for glob in value:
+        if not isinstance(glob, str) or not glob:
+            raise ValueError(f"repos entry {glob!r} must be a non-empty string")
+        if not _GLOB.match(glob) or glob.endswith(".git"):
+            raise ValueError(
+                f"repos entry {glob!r} can never match: quire names a repository by its "
+                "folder, lowercased, other characters made '-', without '.git' (a bare "
+                "My Proj.git is my-proj), or by its store name (my-proj-1a2b3c4d)"
+            )
+    return value
+
+
+class NotifyTarget(BaseModel):
+    """One `[[notify]]` entry: a webhook (`url`, signed with `secret`) or an email
+    (`email`, through `smtp`, from `from`), for the runs of `repos` that `on` chooses."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True, populate_by_name=True)
+    url: str | None = None
+    secret: SecretSpec | None = None
+    email: list[str] | None = None
+    smtp: str = "smtp://localhost:25"
+    sender: str = Field(default="quire@localhost", alias="from")
+    on: tuple[Literal["failed", "fixed", "all"], ...] = ("failed", "fixed")
+    repos: tuple[str, ...] | None = None
+
+    @field_validator("repos", mode="before")
+    @classmethod
+    def _repos_are_globs(cls, value: object) -> object:
+        return _check_globs(value)
+
+    @field_validator("url")
+    @classmethod
+    def _url_is_http(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"url {value!r} must be an http:// or https:// URL")
+        return value
+
+    @field_validator("smtp")
+    @classmethod
+    def _smtp_is_smtp(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme != "smtp" or not parts.hostname:
+            raise ValueError(f"smtp {value!r} must be smtp://host:port")
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> NotifyTarget:
+        if (self.url is None) == (self.email is None):
+            raise ValueError("give either url (a webhook) or email (a list of addresses)")
+        if self.email is not None and not self.email:
+            raise ValueError("email must list at least one address")
+        return self
+
+    def wants(self, repo: str) -> bool:
+        """Whether runs of repository `repo` (its store name) are notified here."""
+        if self.repos is None:
+            return True
+        names = repo_names(repo)
+        return any(fnmatchcase(name, glob) for glob in self.repos for name in names)
+
+    def secret_value(self) -> str | None:
+        """The signing secret (None: unsigned); raises `ConfigError` if it cannot be read."""
+        if self.secret is None:
+            return None
+        found = Secrets()
+        _resolve("notify", self.secret, found)
+        if "notify" in found.unavailable:
+            raise ConfigError(f"the secret of notify {self.url}: {found.unavailable['notify']}")
+        return found.values["notify"]
 
 
 class ServerSettings(BaseModel):
@@ -262,6 +403,8 @@ class ConfigFile(BaseModel):
     jobs: JobSettings = Field(default_factory=JobSettings)
     artifacts: ArtifactSettings = Field(default_factory=ArtifactSettings)
     repositories: dict[str, RepositorySettings] = Field(default_factory=dict)
+    web: WebSettings = Field(default_factory=WebSettings)
+    notify: list[NotifyTarget] = Field(default_factory=list)
 
 
 @dataclass
@@ -312,6 +455,8 @@ class Config:
     artifacts: ArtifactSettings = field(default_factory=ArtifactSettings.model_construct)
     repositories: dict[str, RepositorySettings] = field(default_factory=dict)
     server: ServerSettings = field(default_factory=ServerSettings.model_construct)
+    web: WebSettings = field(default_factory=WebSettings.model_construct)
+    notify: list[NotifyTarget] = field(default_factory=list)
     path: Path | None = None
     # Resolved once per repository, so a run's masking and its jobs see the same values.
     _resolved: dict[str | None, Secrets] = field(
@@ -393,5 +538,7 @@ def load_config(path: Path | None = None) -> Config:
         artifacts=parsed.artifacts,
         repositories=parsed.repositories,
         server=parsed.server,
+        web=parsed.web,
+        notify=parsed.notify,
         path=path,
     )

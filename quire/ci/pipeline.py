@@ -8,7 +8,7 @@ each with its line in ci.py:
 - a job id that is empty or contains `/` (ids are path segments);
 - a duplicate id;
 - no inputs;
-- an input that is neither a job nor a known source (`quire/push`);
+- an input that is neither a job nor a known source (`quire/push`, `quire/schedule`);
 - cycles, naming every member;
 - jobs that no source reaches.
 
@@ -35,7 +35,9 @@ if TYPE_CHECKING:
     from quire.jobhost.runtime import Runtime
 
 PIPELINE_FILE = ".quire/ci.py"
-SOURCES = ("quire/push",)
+PUSH_SOURCE = "quire/push"  # a push (and a re-run, or a run by hand, of a ref)
+SCHEDULE_SOURCE = "quire/schedule"  # a scheduled run (`schedules` in the config)
+SOURCES = (PUSH_SOURCE, SCHEDULE_SOURCE)
 
 JobFunction = Callable[["Runtime"], Mapping[str, Any] | None]
 F = TypeVar("F", bound=Callable[..., Any])
@@ -218,6 +220,26 @@ class Pipeline:
         return Pipeline(
             jobs={name: defined for name, defined in self.jobs.items() if name in wanted},
             order=[name for name in self.order if name in wanted],
+            caches=self.caches,
+            modules=self.modules,
+        )
+
+    def for_source(self, source: str) -> Pipeline:
+        """The jobs a run offering `source` runs, in the same order: a job that names
+        sources runs when `source` is one of them, and only when every job it takes is
+        in the run too; a job that names none follows its inputs. A nightly job
+        (`inputs=["quire/schedule"]`) is left out of a push's run, a push's jobs out
+        of a scheduled run; a job may take both."""
+        kept: list[str] = []
+        for name in self.order:  # inputs come first in `order`
+            inputs = self.jobs[name].inputs
+            sources = [i for i in inputs if i in SOURCES]
+            others = [i for i in inputs if i not in SOURCES]
+            if (not sources or source in sources) and all(i in kept for i in others):
+                kept.append(name)
+        return Pipeline(
+            jobs={name: self.jobs[name] for name in kept},
+            order=kept,
             caches=self.caches,
             modules=self.modules,
         )
@@ -468,7 +490,7 @@ def _unreachable(jobs: dict[str, JobDef], in_cycle: set[str]) -> Iterator[Pipeli
         if defined.id not in reached and not has_own_problem:
             yield PipelineProblem(
                 f"job {defined.id!r} is not reachable from any source "
-                f"(none of its inputs leads to {', '.join(SOURCES)})",
+                f"(none of its inputs leads to {' or '.join(SOURCES)})",
                 defined.line,
             )
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from typer._click import Command
 
     from quire.ci.run.jobhost import JobHost
+    from quire.ci.store.records import Trigger
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -188,6 +189,7 @@ def run_command(
     pushed_at: Annotated[str | None, typer.Option("--pushed-at", hidden=True)] = None,
     run_id: Annotated[str | None, typer.Option("--run-id", hidden=True)] = None,
     url: Annotated[str | None, typer.Option("--url", hidden=True)] = None,
+    trigger: Annotated[str | None, typer.Option("--trigger", hidden=True)] = None,
 ) -> int:
     """Run the pipeline of REV (HEAD), or only some of its jobs.
 
@@ -216,6 +218,7 @@ def run_command(
             quiet,
             as_json,
             early,
+            trigger,
         )
     finally:
         if early is not None:
@@ -237,6 +240,7 @@ def _run_command(
     quiet: bool,
     as_json: bool,
     early: JobHost | None,
+    trigger: str | None = None,
 ) -> int:
     from quire.ci.run.orchestrator import RunRequest, run
     from quire.ci.store.records import ExecutorKind
@@ -256,6 +260,7 @@ def _run_command(
         pushed_at=_parse_time(pushed_at),
         run_id=run_id,
         url=url,
+        trigger=_parse_trigger(trigger),
     )
     shown = PlainReporter(quiet=quiet, out=sys.stderr.buffer) if as_json else None
     screen = shown or make_reporter(quiet=quiet)
@@ -274,6 +279,8 @@ def _run_command(
         typer.echo(f"workspace kept: {outcome.workspace}", err=as_json)
     if as_json:
         typer.echo(outcome.to_json())
+    if outcome.nothing_to_run and quiet:  # the worker's child: its output is the message
+        typer.echo(f"quire: {outcome.nothing_to_run}", err=True)
     if outcome.error:
         _error(outcome.error)
     return outcome.exit_code
@@ -299,6 +306,23 @@ def _revision_and_jobs(repo: Path, rev: str | None, targets: list[str]) -> tuple
     if names_commit(repo, targets[0]):
         return targets[0], targets[1:]
     return "HEAD", targets
+
+
+def _parse_trigger(text: str | None) -> Trigger | None:
+    """The worker's `--trigger`: a Trigger's JSON, as the queue keeps it."""
+    if text is None:
+        return None
+    from pydantic import ValidationError
+
+    from quire.ci.store.records import Trigger
+    from quire.errors import UsageError
+
+    try:
+        return Trigger.model_validate_json(text)
+    except ValidationError as exc:
+        raise UsageError(
+            f"--trigger {text!r}: not a trigger ({exc.error_count()} problems)"
+        ) from exc
 
 
 def _parse_time(text: str | None) -> datetime | None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
+    from quire.ci.store.records import Trigger
     from quire.ci.store.views import RunSummary
     from quire.cli.run_source import RunSource
 
@@ -35,6 +36,23 @@ def _source() -> RunSource:
     from quire.cli.run_source import run_source
 
     return run_source()
+
+
+# How a run was started, in one word, for `quire ci runs`.
+TRIGGER_LABELS = {"push": "push", "schedule": "schedule", "rerun": "re-run", "manual": "by-hand"}
+
+
+def describe_trigger(trigger: Trigger) -> str:
+    """How a run was started, for people: `push`, `schedule 0 3 * * * (due ...)`."""
+    if trigger.kind == "schedule":
+        due = trigger.due_at.strftime("%Y-%m-%d %H:%M:%S UTC") if trigger.due_at else "?"
+        return f"schedule {trigger.schedule} (due {due})"
+    if trigger.kind == "rerun":
+        by = f" by {trigger.by}" if trigger.by else ""
+        return f"re-run of {trigger.rerun_of}{by}"
+    if trigger.kind == "manual":
+        return f"by hand{f' by {trigger.by}' if trigger.by else ''}"
+    return "push"
 
 
 def _when(summary: RunSummary) -> str:
@@ -80,7 +98,8 @@ def runs_command(
     # The repository with --all; the worker when runs came from the run index.
     workers = any(s.worker for s in summaries)
     rows = [
-        ("id", *(("repo",) if every else ()), "state", "revision", "executor", "started")
+        ("id", *(("repo",) if every else ()), "state", "revision", "executor", "trigger")
+        + ("started",)
         + (("duration", "worker") if workers else ("duration",))
     ]
     for s in summaries:
@@ -91,8 +110,9 @@ def runs_command(
         revision = f"{name} {s.sha[:12]}".strip() if s.sha else "?"
         if s.dirty:
             revision += "+dirty"
+        how = TRIGGER_LABELS[s.trigger.kind] if s.trigger else "?"
         rows.append(
-            (s.id, *((repos[s.id],) if every else ()), state, revision, s.executor or "?")
+            (s.id, *((repos[s.id],) if every else ()), state, revision, s.executor or "?", how)
             + (_when(s), format_duration(s.duration_s))
             + ((s.worker or "-",) if workers else ())
         )
@@ -132,6 +152,8 @@ def show_command(
     typer.echo(f"executor  {info.executor}")
     if info.worker:
         typer.echo(f"worker    {info.worker}")
+    if info.trigger is not None:
+        typer.echo(f"trigger   {describe_trigger(info.trigger)}")
     typer.echo(f"started   {_when(info)}   duration {format_duration(info.duration_s)}")
     if info.container:
         short_id = (info.container.container_id or "-")[:12]
@@ -143,6 +165,14 @@ def show_command(
             f"warning: some records of run {info.id} cannot be read: {info.problem}", err=True
         )
     typer.echo(f"records   {info.path}")
+    if info.notifications is not None:
+        for delivery in info.notifications.deliveries:
+            tries = len(delivery.attempts)
+            last = delivery.attempts[-1].detail if delivery.attempts else "not tried yet"
+            typer.echo(
+                f"notify    {delivery.target} ({delivery.event}): {delivery.state} after "
+                f"{tries} attempt{'s' if tries != 1 else ''}: {last}"
+            )
     for job in info.jobs:
         typer.echo(f"\n  {job.job_id}: {job.status.value} in {format_duration(job.duration_s)}")
         if job.error or job.skip_reason:

@@ -65,15 +65,26 @@ class IndexedRuns:
 
     def __init__(self, url: str) -> None:
         from quire.paths import state_dir
+        from quire.service.pgschema import require_psycopg
+
+        require_psycopg(url)  # before the reader, which imports psycopg
         from quire.service.pgindex.reader import MirrorRuns
 
         self.runs: MirrorRuns = MirrorRuns(url, state_dir())
 
     def store(self, repo: Path) -> RunStore:
+        from quire.errors import NotARepository
         from quire.paths import repo_id
         from quire.tools import git
 
-        found = git.open_repository(repo)
+        try:
+            found = git.open_repository(repo)
+        except NotARepository as exc:
+            # Readers of the index often sit in no repository (a web or laptop machine).
+            raise NotARepository(
+                f"{exc}; `quire ci runs --all` lists every repository's runs, and a run id "
+                "(or a unique prefix) is found in any repository"
+            ) from exc
         return self.runs.store(repo_id(found.name_dir.name, found.git_dir))
 
     def stores(self) -> list[RunStore]:

@@ -30,6 +30,9 @@ from quire.service.queue import Entry
 from quire.tools import git
 
 COMPLETE, FAILED, CANCELLED = "complete", "failed", "cancelled"
+# What `quire ci run` says when no job of the pipeline takes the run's source
+# (quire.ci.run.orchestrator): the worker records that run as complete, reason no-jobs.
+NO_JOBS_FOR_SOURCE = "nothing to run for the source"
 MESSAGE_LIMIT = 2000
 
 
@@ -146,6 +149,10 @@ def without_record(
     message = last_words(output)
     if cancelled:
         return Outcome(CANCELLED, "cancelled", message, commit, duration_s)
+    if exit_code == 0 and message and NO_JOBS_FOR_SOURCE in message:
+        # A pipeline whose jobs all wait for the other source (nightly jobs only, and this
+        # is a push): nothing was wrong, nothing ran.
+        return Outcome(COMPLETE, "no-jobs", message, commit, duration_s)
     if exit_code == 0:
         return Outcome(FAILED, "no-pipeline", message, commit, duration_s)
     if exit_code < 0 or exit_code == 130:

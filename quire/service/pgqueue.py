@@ -45,13 +45,27 @@ from quire.service.pgschema import (
     connect,
     refuse_newer,
     schema_version,
+    too_old,
     unavailable,
 )
-from quire.service.queue import Entry, Owner, Push, QueueReads, new_run_id, utc_text
+from quire.service.queue import (
+    CLAIM_SCHEDULE,
+    INSERT_RUN,
+    LAST_SCHEDULED,
+    Entry,
+    Owner,
+    Push,
+    QueueReads,
+    new_run_id,
+    push_values,
+    trigger_text,
+    utc_text,
+)
 from quire.service.queues import DEFAULT_LEASE_S, server_name
 
 if TYPE_CHECKING:
     from quire.service.pgschema import Connection
+    from quire.service.queue import HasJson
 
 __all__ = ["CHANNEL", "Notifications", "PgQueue"]
 
@@ -86,10 +100,7 @@ class PgQueue(QueueReads):
             raise
         if version < SCHEMA_VERSION:
             self.close()
-            raise QueueUnavailable(
-                f"the queue database {self.path} has schema version {version}, this quire "
-                f"needs {SCHEMA_VERSION}: run `quire ci db migrate`"
-            )
+            raise too_old(url, version)
 
     def close(self) -> None:
         if self._db is not None:
@@ -145,20 +156,53 @@ class PgQueue(QueueReads):
 
     # --- the hook's side -----------------------------------------------------------------------
 
-    def enqueue(self, pushes: Sequence[Push]) -> list[Entry]:
-        """Queue one run per push, in one transaction, and wake listening workers."""
+    def enqueue(self, pushes: Sequence[Push], trigger: HasJson | None = None) -> list[Entry]:
+        """Queue one run per push, in one transaction, and wake listening workers.
+        `trigger`: how they were started (None: a push)."""
         rows = []
         with self._write("queue a run in") as db:
             for push in pushes:
                 found = db.execute(
-                    "INSERT INTO queue (run_id, git_dir, ref, sha, pushed_at, url)"
-                    " VALUES (%s, %s, %s, %s, %s, %s) RETURNING *",
-                    (new_run_id(), push.git_dir, push.ref, push.sha, push.pushed_at, push.url),
+                    INSERT_RUN.replace("?", "%s") + " RETURNING *",
+                    (new_run_id(), *push_values(push), trigger_text(trigger)),
                 ).fetchone()
                 rows.append(found)
             # Delivered at commit, so a woken worker finds the rows.
             db.execute(f"NOTIFY {CHANNEL}")
         return [_entry(row) for row in rows if row is not None]
+
+    # --- schedules (quire.service.schedule) ----------------------------------------------------
+
+    def last_scheduled(self, git_dir: str, cron: str, ref: str) -> str | None:
+        """The latest scheduled time taken for this schedule (RFC 3339 UTC), None if never."""
+        with self._translated("read"):
+            row = self._conn().execute(LAST_SCHEDULED, (git_dir, cron, ref)).fetchone()
+        return None if row is None else row["due_at"]
+
+    def claim_schedule(
+        self,
+        git_dir: str,
+        cron: str,
+        ref: str,
+        due_at: str,
+        push: Push | None = None,
+        trigger: HasJson | None = None,
+    ) -> tuple[bool, Entry | None]:
+        """Take the scheduled time `due_at` and, with `push`, queue its run, in one
+        transaction; (False, None) when another worker took it first (the primary key)."""
+        run_id = None if push is None else new_run_id()
+        with self._write("queue a scheduled run in") as db:
+            taken = db.execute(CLAIM_SCHEDULE, (git_dir, cron, ref, due_at, run_id))
+            if taken.rowcount != 1:
+                return False, None
+            row = None
+            if push is not None:
+                row = db.execute(
+                    INSERT_RUN.replace("?", "%s") + " RETURNING *",
+                    (run_id, *push_values(push), trigger_text(trigger)),
+                ).fetchone()
+                db.execute(f"NOTIFY {CHANNEL}")
+        return True, None if row is None else _entry(row)
 
     # --- the worker's side ---------------------------------------------------------------------
 

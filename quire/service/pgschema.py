@@ -3,6 +3,7 @@
     schema_version (version integer PRIMARY KEY, applied_at timestamptz)
     queue          see quire.service.pgqueue
     run_index, run_file, sequence run_change   see quire.service.pgindex (version 2)
+    schedule_claims  the scheduled times taken (version 2; quire.service.schedule)
 
 Each version's statements are applied in one transaction, under an
 advisory lock, so two machines migrating at once apply them once. A
@@ -14,7 +15,7 @@ naming the server, never its password.
 from __future__ import annotations
 
 from quire.service.errors import QueueCorrupt, QueueUnavailable
-from quire.service.queues import server_name
+from quire.service.queues import no_psycopg, server_name
 
 # psycopg is imported where it is used: the hook reads SCHEMA_VERSION and MIGRATIONS
 # without it (quire.service.pglite), and typing costs it milliseconds too.
@@ -86,6 +87,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     digest text
 )""",
         "CREATE INDEX run_file_by_run ON run_file (run_id, seq)",
+        # How a run was started (a Trigger's JSON); NULL: a push.
+        "ALTER TABLE queue ADD COLUMN trigger_json text",
+        # Each scheduled time of each schedule taken once, whichever worker sees it first;
+        # run_id NULL: seen, nothing queued (a schedule first seen, a ref that is gone).
+        """CREATE TABLE schedule_claims (
+    git_dir text NOT NULL,
+    cron text NOT NULL,
+    ref text NOT NULL,
+    due_at text NOT NULL,
+    run_id text,
+    PRIMARY KEY (git_dir, cron, ref, due_at)
+)""",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -131,11 +144,22 @@ def schema_version(db: Connection) -> int:
     return int(row["v"] or 0) if row else 0
 
 
+def require_psycopg(url: str) -> None:
+    """Raises `QueueUnavailable` saying what to install when psycopg is missing."""
+    try:
+        import psycopg  # noqa: F401
+    except ModuleNotFoundError as exc:
+        if exc.name != "psycopg":
+            raise
+        raise QueueUnavailable(no_psycopg(url)) from exc
+
+
 def migrate(url: str) -> tuple[int, int]:
     """Bring the database at `url` to this quire's schema; returns (before, after).
 
-    Raises `QueueUnavailable` (unreachable) and `QueueCorrupt` (newer schema).
+    Raises `QueueUnavailable` (unreachable, or no psycopg) and `QueueCorrupt` (newer schema).
     """
+    require_psycopg(url)
     import psycopg
 
     with connect(url) as db:
@@ -155,6 +179,14 @@ def migrate(url: str) -> tuple[int, int]:
         except psycopg.OperationalError as exc:
             raise QueueUnavailable(unavailable(url, "migrate", exc)) from exc
     return before, SCHEMA_VERSION
+
+
+def too_old(url: str, version: int) -> QueueUnavailable:
+    """The error for a database behind this quire's schema (never migrated, or older)."""
+    return QueueUnavailable(
+        f"the queue database {server_name(url)} has schema version {version}, this quire "
+        f"needs {SCHEMA_VERSION}: run `quire ci db migrate`"
+    )
 
 
 def refuse_newer(url: str, version: int) -> None:

@@ -22,11 +22,21 @@ Schema (version 2, kept in `PRAGMA user_version`; `_MIGRATIONS` brings older fil
         outcome      TEXT,                   -- done: complete | failed | cancelled
         reason       TEXT,                   -- why it failed (jobs-failed, error, no-pipeline, ...)
         message      TEXT,                   -- what a person reads about it
-        url          TEXT                    -- where workers fetch the pushed object (version
+        url          TEXT,                   -- where workers fetch the pushed object (version
                                              -- 2; NULL: file:// of git_dir)
+        trigger_json TEXT                    -- how it was started (a Trigger's JSON; version 2);
+                                             -- NULL: a push
     );
     -- At most one run per repository and ref at a time, enforced by the database itself.
     CREATE UNIQUE INDEX one_running_per_ref ON queue (git_dir, ref) WHERE state = 'running';
+    -- Each scheduled time of each schedule is taken once, whichever worker sees it first
+    -- (quire.service.schedule); run_id NULL: seen, nothing queued (a new schedule, a lost ref).
+    CREATE TABLE schedule_claims (
+        git_dir TEXT NOT NULL, cron TEXT NOT NULL, ref TEXT NOT NULL,
+        due_at  TEXT NOT NULL,               -- RFC 3339, UTC
+        run_id  TEXT,
+        PRIMARY KEY (git_dir, cron, ref, due_at)
+    );
 
 A row goes queued -> running (a worker claims it, in a write transaction:
 never twice) -> done. A running row whose worker died is put back to
@@ -62,6 +72,11 @@ if TYPE_CHECKING:
     from quire.service.queues import Notifications, RunQueue
 
     StrPath = str | os.PathLike[str]
+
+    class HasJson(Protocol):
+        """A Trigger (quire.ci.store.records), by shape: the hook never imports pydantic."""
+
+        def model_dump_json(self) -> str: ...
 
     class WorkQueue(Protocol):
         """The queue as a worker uses it: `Queue`, or the in-memory fake of the worker's
@@ -121,15 +136,45 @@ _SCHEMA = (
     " WHERE state = 'running'",
     "CREATE INDEX IF NOT EXISTS by_state ON queue (state, seq)",
 )
-
 # Each version's statements, applied in order (version 1: the table as first made).
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _SCHEMA,
-    ("ALTER TABLE queue ADD COLUMN url TEXT",),
+    (
+        "ALTER TABLE queue ADD COLUMN url TEXT",
+        # How a run was started (a Trigger's JSON); NULL: a push.
+        "ALTER TABLE queue ADD COLUMN trigger_json TEXT",
+        # The scheduled times taken, each once (quire.service.schedule).
+        """CREATE TABLE IF NOT EXISTS schedule_claims (
+    git_dir TEXT NOT NULL,
+    cron TEXT NOT NULL,
+    ref TEXT NOT NULL,
+    due_at TEXT NOT NULL,
+    run_id TEXT,
+    PRIMARY KEY (git_dir, cron, ref, due_at)
+)""",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 _CORRUPT = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+
+# Shared with the PostgreSQL queue (its placeholder, %s; `?` here).
+INSERT_RUN = (
+    "INSERT INTO queue (run_id, git_dir, ref, sha, pushed_at, url, trigger_json)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+LAST_SCHEDULED = (
+    "SELECT max(due_at) AS due_at FROM schedule_claims WHERE git_dir = %s AND cron = %s"
+    " AND ref = %s"
+)
+CLAIM_SCHEDULE = (
+    "INSERT INTO schedule_claims (git_dir, cron, ref, due_at, run_id)"
+    " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
+)
+
+
+def push_values(push: Push) -> tuple[str, str, str, str, str | None]:
+    return (push.git_dir, push.ref, push.sha, push.pushed_at, push.url)
 
 
 def queue_path(state: StrPath) -> str:
@@ -184,6 +229,11 @@ class Push:
         self.url = url
 
 
+def trigger_text(trigger: HasJson | None) -> str | None:
+    """The `trigger_json` column's value for `trigger` (None: a push)."""
+    return None if trigger is None else trigger.model_dump_json()
+
+
 class Owner:
     """The worker process that claims rows: pid, its /proc start time, and host."""
 
@@ -216,8 +266,9 @@ ENTRY_FIELDS = (
     "reason",
     "message",
     "url",
+    "trigger_json",
 )
-LATER_FIELDS = frozenset(("url",))
+LATER_FIELDS = frozenset(("url", "trigger_json"))
 
 
 class Entry:
@@ -246,6 +297,7 @@ class Entry:
     reason: str | None
     message: str | None
     url: str | None
+    trigger_json: str | None
 
     def __init__(self, values: Mapping[str, Any]) -> None:
         for name in ENTRY_FIELDS:
@@ -463,19 +515,48 @@ class Queue(QueueReads):
 
     # --- the hook's side -----------------------------------------------------------------------
 
-    def enqueue(self, pushes: Sequence[Push]) -> list[Entry]:
-        """Queue one run per push, in one transaction; returns the new rows."""
+    def enqueue(self, pushes: Sequence[Push], trigger: HasJson | None = None) -> list[Entry]:
+        """Queue one run per push, in one transaction; returns the new rows. `trigger`:
+        how they were started (None: a push)."""
         run_ids = []
         with self._write("queue a run in") as db:
             for push in pushes:
                 run_id = new_run_id()
-                db.execute(
-                    "INSERT INTO queue (run_id, git_dir, ref, sha, pushed_at, url)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (run_id, push.git_dir, push.ref, push.sha, push.pushed_at, push.url),
-                )
+                db.execute(INSERT_RUN, (run_id, *push_values(push), trigger_text(trigger)))
                 run_ids.append(run_id)
         return [self.get(run_id) for run_id in run_ids]
+
+    # --- schedules (quire.service.schedule) ----------------------------------------------------
+
+    def last_scheduled(self, git_dir: str, cron: str, ref: str) -> str | None:
+        """The latest scheduled time taken for this schedule (RFC 3339 UTC), None if never."""
+        with self._translated("read"):
+            row = self._db.execute(LAST_SCHEDULED.replace("%s", "?"), (git_dir, cron, ref))
+            found = row.fetchone()
+        return None if found is None else found[0]
+
+    def claim_schedule(
+        self,
+        git_dir: str,
+        cron: str,
+        ref: str,
+        due_at: str,
+        push: Push | None = None,
+        trigger: HasJson | None = None,
+    ) -> tuple[bool, Entry | None]:
+        """Take the scheduled time `due_at` of a schedule and, with `push`, queue its run,
+        in one transaction. (False, None) when it was taken already (by another worker):
+        the primary key of schedule_claims makes "once" the database's own rule."""
+        run_id = None if push is None else new_run_id()
+        with self._write("queue a scheduled run in") as db:
+            taken = db.execute(
+                CLAIM_SCHEDULE.replace("%s", "?"), (git_dir, cron, ref, due_at, run_id)
+            )
+            if taken.rowcount != 1:
+                return False, None
+            if push is not None:
+                db.execute(INSERT_RUN, (run_id, *push_values(push), trigger_text(trigger)))
+        return True, None if run_id is None else self.get(run_id)
 
     # --- the worker's side ---------------------------------------------------------------------
 
@@ -692,9 +773,6 @@ def _pgqueue(url: str) -> type[PgQueue]:
 
 
 def _no_psycopg(url: str) -> str:
-    from quire.service.queues import server_name
+    from quire.service.queues import no_psycopg
 
-    return (
-        f"the queue is on PostgreSQL ({server_name(url)}) but psycopg is not installed here: "
-        "pip install 'quire[postgres]'"
-    )
+    return no_psycopg(url)

@@ -4,6 +4,7 @@
     database_url()      QUIRE_DATABASE_URL, else `[server] database` in the config file
     repository_url()    `[repositories.NAME] url` of a pushed repository, if any
     server_name(url)    the server a URL names, for messages (never its password)
+    no_psycopg(url)     the message for a database configured without the postgres extra
 
 Two implementations: `quire.service.queue.Queue` (SQLite in the state
 directory, the default: pid-based ownership, `leases = False`) and
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import Protocol
 
-    from quire.service.queue import Entry, Owner, Push
+    from quire.service.queue import Entry, HasJson, Owner, Push
 
     class Notifications(Protocol):
         """Wake-ups from the database (LISTEN/NOTIFY): `fileno()` for a selector."""
@@ -46,7 +47,19 @@ if TYPE_CHECKING:
         def close(self) -> None: ...
         def check(self) -> None: ...
         def verify(self) -> None: ...
-        def enqueue(self, pushes: Sequence[Push]) -> list[Entry]: ...
+        def enqueue(
+            self, pushes: Sequence[Push], trigger: HasJson | None = None
+        ) -> list[Entry]: ...
+        def last_scheduled(self, git_dir: str, cron: str, ref: str) -> str | None: ...
+        def claim_schedule(
+            self,
+            git_dir: str,
+            cron: str,
+            ref: str,
+            due_at: str,
+            push: Push | None = None,
+            trigger: HasJson | None = None,
+        ) -> tuple[bool, Entry | None]: ...
         def claim(self, owner: Owner) -> Entry | None: ...
         def renew(self, run_id: str, seconds: float) -> Entry | None: ...
         def expired(self, owner: Owner) -> list[Entry]: ...
@@ -130,6 +143,15 @@ def _config_path() -> str:
         return override
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     return os.path.join(base, "quire", "config.toml")
+
+
+def no_psycopg(url: str) -> str:
+    """What to do when a database is configured but psycopg is missing."""
+    return (
+        f"a database is configured ({server_name(url)}) but psycopg is not installed here: "
+        "install quire with its postgres extra (`pipx install './quire[postgres]'` from a "
+        "checkout; docs/scale-out.md)"
+    )
 
 
 def server_name(url: str) -> str:

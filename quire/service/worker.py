@@ -7,7 +7,7 @@ up to `--concurrency`, then sleep in one `select` over the wake-up socket
 poll. Each run is started as
 
     python -m quire ci run --rev SHA --repo GIT_DIR --executor E --ref REF
-        --pushed-at TIME --run-id ID --url URL --quiet
+        --pushed-at TIME --run-id ID --url URL [--trigger JSON] --quiet
 
 so it leaves exactly the records a `quire ci run` leaves. The child
 fetches the pushed object from URL (the row's `url`, else GIT_DIR as a
@@ -49,7 +49,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from quire.ci.store.runs import RunState
 from quire.errors import ConfigError, QuireError
@@ -61,11 +61,14 @@ from quire.service.outcome import Outcome
 from quire.service.pgindex.publisher import NoPublisher, RunPublisher
 from quire.service.queue import Entry, Owner, open_queue
 from quire.service.queues import DEFAULT_LEASE_S
+from quire.service.schedule import Scheduler
 from quire.service.signals import SignalWatch
 from quire.service.wake import Listener
 from quire.tools import process
 
 if TYPE_CHECKING:
+    from quire.config import Config
+    from quire.service.notify import Notifier
     from quire.service.queue import WorkQueue
     from quire.service.queues import Notifications, RunQueue
 
@@ -150,6 +153,9 @@ class Worker:
         note: recovery.Recorder | None = None,
         me: Owner | None = None,
         publisher: RunPublisher | None = None,
+        wall: Callable[[], datetime] = lambda: datetime.now(UTC),
+        scheduler: Scheduler | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.settings = settings
         self.queue = queue
@@ -168,6 +174,10 @@ class Worker:
         self.notifications: Notifications | None = None
         # With a database: ships this worker's runs to the run index (quire.service.pgindex).
         self.publisher: RunPublisher = publisher or NoPublisher()
+        self.wall = wall  # the time of day, for schedules (`clock` only measures waits)
+        self.scheduler = scheduler or Scheduler(_load_config)
+        self.next_due: datetime | None = None  # the next time a schedule is due
+        self.notifier = notifier
 
     def serve(self) -> int:
         """Run until stopped; returns the exit code (0). Raises `QueueCorrupt` and
@@ -189,6 +199,12 @@ class Worker:
             # The SQLite queue creates it; with a database queue nothing else has yet.
             state.mkdir(parents=True, exist_ok=True)
             listener = stack.enter_context(Listener(state))
+            if self.notifier is None:
+                from quire.service.notify import Notifier
+
+                self.notifier = Notifier(state, _load_config, published=self._republish)
+                self.notifier.start()  # the runs an earlier worker left unsent first
+                stack.callback(self.notifier.stop)
             self._step(lambda: log.debug("pruned %d finished rows", queue.prune()))
             waiting = len([e for e in queue.active() if e.state == "queued"])
             lease = (
@@ -331,6 +347,9 @@ class Worker:
         assert self.queue is not None
         now = self.clock()
         self._step(self.queue.verify)
+        due = self.next_due is not None and self.wall() >= self.next_due
+        if now >= self.next_poll or due:
+            self._step(self._schedule)
         if now >= self.next_poll:
             if self._leases():
                 self._step(self._renew)  # before recovery: never take over our own runs
@@ -341,7 +360,22 @@ class Worker:
         if now >= self.retry_at:
             self._step(self._fill)
         later = [t for t in (self.retry_at, self.finish_at) if t > now]
+        if self.next_due is not None:  # wake at the next scheduled time, not a poll later
+            later.append(now + max(0.0, (self.next_due - self.wall()).total_seconds()))
         return max(0.0, min([self.next_poll, *later]) - self.clock())
+
+    def _republish(self, entry: Entry) -> None:
+        """Ship a finished run's directory to the run index again (its notifications.yml
+        changed); nothing without a database."""
+        self.publisher.track(entry)
+        self.publisher.finish(entry.run_id)
+
+    def _schedule(self) -> None:
+        """Queue the scheduled runs that are due (quire.service.schedule)."""
+        if not hasattr(self.queue, "claim_schedule"):  # the worker's in-memory unit-test fake
+            return
+        assert self.queue is not None
+        _, self.next_due = self.scheduler.tick(cast("RunQueue", self.queue), self.wall())
 
     def _step(self, action: Callable[[], None]) -> None:
         """Run one part of the loop; a queue that cannot be written now is retried later."""
@@ -488,6 +522,8 @@ class Worker:
                     "done %s: %s %s: %s", entry.run_id, entry.repo, entry.ref, result.describe()
                 )
                 self.note(entry, result)
+                if self.notifier is not None:  # sent by its thread, never waited for here
+                    self.notifier.finished(entry)
             self.unrecorded.pop(0)
 
     def _recover(self) -> None:
@@ -535,6 +571,12 @@ class Worker:
             log.error("%s: outcomes of %s not recorded in the queue", exc, lost)
 
 
+def _load_config() -> Config:
+    from quire.config import load_config
+
+    return load_config()
+
+
 def child_argv(entry: Entry, executor: str) -> list[str]:
     """The `quire ci run` that runs a queued push (the same records as a manual run)."""
     return [
@@ -557,6 +599,7 @@ def child_argv(entry: Entry, executor: str) -> list[str]:
         entry.run_id,
         "--url",
         entry.fetch_url,
+        *(["--trigger", entry.trigger_json] if entry.trigger_json else []),
         "--quiet",
     ]
 

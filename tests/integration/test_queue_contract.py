@@ -183,6 +183,49 @@ def test_concurrent_claimers_never_share_a_run(connect: Opener) -> None:
     assert sorted(taken) == sorted(e.run_id for e in entries)
 
 
+def test_a_trigger_is_kept_and_a_push_has_none(queue: RunQueue) -> None:
+    from quire.ci.store.records import Trigger
+
+    (pushed,) = queue.enqueue([push("refs/heads/a")])
+    asked = Trigger(kind="manual", by="alice")
+    (manual,) = queue.enqueue([push("refs/heads/b")], asked)
+    assert pushed.trigger_json is None
+    assert Trigger.model_validate_json(manual.trigger_json or "") == asked
+    assert queue.get(manual.run_id).trigger_json == manual.trigger_json
+
+
+def test_concurrent_schedulers_queue_a_scheduled_time_once(connect: Opener) -> None:
+    from quire.ci.store.records import Trigger
+
+    key = ("/srv/p.git", "0 3 * * *", "refs/heads/main")
+    assert connect().last_scheduled(*key) is None
+    trigger = Trigger(kind="schedule", schedule="0 3 * * *")
+    made: list[Entry] = []
+    lock = threading.Lock()
+    start = threading.Barrier(4)
+
+    def scheduler() -> None:
+        with connect() as own:
+            start.wait()
+            for due in ("2026-01-05T03:00:00Z", "2026-01-06T03:00:00Z"):
+                taken, entry = own.claim_schedule(*key, due, push(), trigger)
+                assert taken == (entry is not None)
+                if entry is not None:
+                    with lock:
+                        made.append(entry)
+
+    threads = [threading.Thread(target=scheduler) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(made) == 2 and len(connect().active()) == 2
+    assert connect().last_scheduled(*key) == "2026-01-06T03:00:00Z"
+    # A time taken without a run (a new schedule's first sight) counts as taken too.
+    assert connect().claim_schedule(*key, "2026-01-07T03:00:00Z") == (True, None)
+    assert connect().claim_schedule(*key, "2026-01-07T03:00:00Z", push(), trigger) == (False, None)
+
+
 def test_one_run_per_repository_and_ref_at_a_time(queue: RunQueue) -> None:
     main1, main2, other = queue.enqueue([push(), push(sha="b" * 40), push("refs/heads/x")])
     assert claimed(queue).run_id == main1.run_id

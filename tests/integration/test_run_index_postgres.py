@@ -28,6 +28,7 @@ import pytest
 from quire.ci.store.mirror import Mirror
 from quire.service.pgindex import reader
 from tests.helpers import GIT_ENV, terminate
+from tests.integration import postgres
 from tests.integration import test_workers_postgres as workers
 from tests.integration.test_worker import push, pushable, wait_for
 from tests.integration.test_workers_postgres import (
@@ -362,3 +363,28 @@ def test_a_reader_syncs_a_large_log_in_pages_of_bounded_bytes(
     assert reader.sync(database, mirror) == len(changes) + 3  # its row comes with each page
     assert (mirror.runs_root / "p-1" / "active" / run_id / "log.jsonl").read_bytes() == data
     assert batches == [2 * piece, 2 * piece, piece]  # never the whole log in memory at once
+
+
+def test_a_reader_of_a_database_never_migrated_is_told_to_migrate_it(
+    tmp_path: Path, server: postgres.Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A new user's first `quire ci runs --all` may come before `quire ci db migrate`.
+    monkeypatch.setenv("QUIRE_DATABASE_URL", server.new_database())
+    for args in (("ci", "runs", "--all"), ("ci", "show", "latest")):
+        done = read(tmp_path, *args)
+        assert done.returncode == 3, (args, done.stderr)
+        assert "has schema version 0" in done.stderr, (args, done.stderr)
+        assert "run `quire ci db migrate`" in done.stderr, (args, done.stderr)
+        assert "internal error" not in done.stderr, (args, done.stderr)
+
+
+def test_a_reader_outside_any_repository_is_told_about_all_and_run_ids(
+    tmp_path: Path, database: str
+) -> None:
+    # A web or laptop machine with the URL has no repository: `runs` and `latest` say what
+    # to use instead of only "not a git repository".
+    for args in (("ci", "runs"), ("ci", "logs", "latest")):
+        done = read(tmp_path, *args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert "is not a git repository" in done.stderr, (args, done.stderr)
+        assert "quire ci runs --all" in done.stderr, (args, done.stderr)

@@ -145,14 +145,22 @@ def test_runs_lists_every_run_newest_first_with_state_revision_and_executor(
     result = quire("ci", "runs", "--repo", str(repo))
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["id", "state", "revision", "executor", "started", "duration"]
+    assert lines[0].split() == [
+        "id",
+        "state",
+        "revision",
+        "executor",
+        "trigger",
+        "started",
+        "duration",
+    ]
     assert len(lines) == 3
     newer, older = lines[1], lines[2]
     assert "failed (jobs-failed)" in newer
     assert f"HEAD {second_sha[:12]}" in newer
     assert "complete" in older and "failed" not in older
     assert f"HEAD {first_sha[:12]}" in older
-    assert all(" host " in line for line in (newer, older))
+    assert all(" host " in line and " push " in line for line in (newer, older))
     ids = [run["id"] for run in runs_json(repo)]
     assert newer.startswith(ids[0]) and older.startswith(ids[1])
     assert ids[0] > ids[1]
@@ -204,6 +212,7 @@ def test_runs_all_lists_every_repositorys_runs_with_the_repository_and_no_worker
         "state",
         "revision",
         "executor",
+        "trigger",
         "started",
         "duration",
     ]
@@ -638,3 +647,17 @@ def test_runs_shows_a_pushed_runs_ref_rather_than_its_sha_twice(tmp_path: Path) 
     listed = quire("ci", "runs", "--repo", str(repo)).stdout.splitlines()[1]
     assert f"refs/heads/main {sha[:12]}" in listed
     assert sha not in listed
+
+
+def test_runs_and_show_tell_how_a_run_was_started(tmp_path: Path) -> None:
+    repo = tmp_path / "proj"
+    make_repo(repo, {".quire/ci.py": PASSING})
+    trigger = '{"kind": "manual", "by": "alice"}'
+    done = quire("ci", "run", "--repo", str(repo), "--trigger", trigger)
+    assert done.exit_code == 0, done.output
+    (line,) = quire("ci", "runs", "--repo", str(repo)).stdout.splitlines()[1:]
+    assert " by-hand " in line
+    assert "trigger   by hand by alice" in quire("ci", "show", "--repo", str(repo)).stdout
+    assert runs_json(repo)[0]["trigger"]["kind"] == "manual"
+    bad = quire("ci", "run", "--repo", str(repo), "--trigger", '{"kind": "cosmic"}')
+    assert bad.exit_code == 2 and "--trigger" in bad.output

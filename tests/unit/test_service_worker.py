@@ -194,3 +194,9 @@ def test_start_appends_output_to_a_file_and_reports_the_exit(tmp_path: Path) -> 
     child = process.start(["sh", "-c", "echo out; echo err >&2; exit 4"], output=out)
     assert child.wait(timeout=10) == 4
     assert sorted(out.read_text().split()) == ["err", "out"]
+
+
+def test_a_run_whose_source_no_job_takes_is_complete_with_nothing_run() -> None:
+    output = "nothing to run for the source quire/push: no job of .quire/ci.py at a (a) takes it\n"
+    result = without_record(entry(sha="not-a-commit"), 0, output, cancelled=False, duration_s=0.1)
+    assert (result.outcome, result.reason) == ("complete", "no-jobs")

@@ -476,6 +476,33 @@ def test_a_cancelled_run_shows_as_cancelled_by_whom_in_the_list_and_on_its_page(
     assert 'class="state cancelled"' in page
 
 
+def test_run_page_shows_a_schedule_and_the_notifications_sent(
+    store: Store, client: TestClient
+) -> None:
+    from datetime import UTC, datetime
+
+    from quire.ci.store.deliveries import Attempt, Delivery, RunNotifications
+    from quire.ci.store.records import RunMeta, Trigger, read_record, write_record
+
+    path = store.add(8, state="failed")
+    meta = read_record(path / "meta.yml", RunMeta)
+    due = datetime(2026, 1, 6, 3, 0, tzinfo=UTC)
+    meta.trigger = Trigger(kind="schedule", schedule="0 3 * * *", due_at=due)
+    write_record(path / "meta.yml", meta)
+    attempts = [
+        Attempt(at=due, ok=False, detail="cannot reach it: <refused>"),
+        Attempt(at=due, ok=True, detail="HTTP 204"),
+    ]
+    delivery = Delivery(target="webhook https://h #12345678", event="failed", attempts=attempts)
+    delivery.state = "delivered"
+    write_record(path / "notifications.yml", RunNotifications(deliveries=[delivery]))
+    text = client.get(f"/runs/proj/{run_id(8)}").text
+    assert "schedule <code>0 3 * * *</code>" in text
+    assert "Notifications</h2>" in text
+    assert "<td>webhook https://h #12345678</td><td>failed</td><td>delivered</td><td>2</td>" in text
+    assert "<td>HTTP 204</td>" in text
+
+
 def test_a_mirrored_runs_worker_is_named_in_the_list_on_its_page_and_in_the_json(
     store: Store, client: TestClient
 ) -> None:

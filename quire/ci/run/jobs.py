@@ -18,7 +18,15 @@ from typing import Any
 
 from quire import interrupts
 from quire.ci.events import JobFinished, JobStarted
-from quire.ci.pipeline import PIPELINE_FILE, JobDef, Pipeline, Skip, pipeline_line
+from quire.ci.pipeline import (
+    PIPELINE_FILE,
+    PUSH_SOURCE,
+    SOURCES,
+    JobDef,
+    Pipeline,
+    Skip,
+    pipeline_line,
+)
 from quire.ci.run.artifacts import ArtifactKeeper
 from quire.ci.run.executors.base import Executor
 from quire.ci.run.jobhost import (
@@ -78,7 +86,7 @@ class JobRunner:
     outlet: RunOutlet
     secrets: Secrets
     capture_limit: int
-    push_outputs: Mapping[str, Any]
+    push_outputs: Mapping[str, Any]  # what `rt.jobs(source)` gives
     outputs_limit: int = 1024 * 1024
     run_env: Mapping[str, str] = field(default_factory=dict)
     jobs: int = 1  # how many jobs may run at the same time
@@ -86,6 +94,7 @@ class JobRunner:
     host: JobHostLike | None = None  # where the jobs' Python runs (docs/architecture.md)
     term_grace: float = TERM_GRACE_S  # between SIGTERM and SIGKILL for a job's processes
     keeper: ArtifactKeeper | None = None  # where `rt.artifact` copies to (the run's directory)
+    source: str = PUSH_SOURCE  # the source the run offers: quire/push, or quire/schedule
     _live: set[JobProcess] = field(default_factory=set)
 
     def run_all(self) -> JobsOutcome:
@@ -94,7 +103,7 @@ class JobRunner:
         if self.jobs > 1:
             return self._run_side_by_side()
         outcome = self.outcome
-        outputs: dict[str, Mapping[str, Any]] = {"quire/push": self.push_outputs}
+        outputs: dict[str, Mapping[str, Any]] = {self.source: self.push_outputs}
         for job_id in self.pipeline.order:
             interrupts.check()  # no job starts after a signal, caught or not
             defined = self.pipeline.jobs[job_id]
@@ -113,7 +122,7 @@ class JobRunner:
         up to `jobs` at once on threads; the main thread only schedules and waits, so a
         signal reaches it at once. On an interrupt every running command is killed."""
         outcome = self.outcome
-        outputs: dict[str, Mapping[str, Any]] = {"quire/push": self.push_outputs}
+        outputs: dict[str, Mapping[str, Any]] = {self.source: self.push_outputs}
         pending = list(self.pipeline.order)
         running: dict[Future[JobState], str] = {}
         pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="quire-job")
@@ -153,7 +162,7 @@ class JobRunner:
             if reason is not None:
                 pending.remove(job_id)
                 self._finish(JobState(job_id=job_id, status=JobStatus.skipped, skip_reason=reason))
-            elif all(name in outputs for name in defined.inputs):
+            elif all(name in outputs or name in SOURCES for name in defined.inputs):
                 pending.remove(job_id)
                 future = pool.submit(self._run_one, defined, dict(outputs), self.outcome)
                 running[future] = job_id

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from quire import interrupts
 from quire.ci.events import JobFinished, Notice, RunEnding, RunFinished, RunStarted
-from quire.ci.pipeline import PIPELINE_FILE, Pipeline
+from quire.ci.pipeline import PIPELINE_FILE, PUSH_SOURCE, SCHEDULE_SOURCE, Pipeline
 from quire.ci.run import workspace as workspaces
 from quire.ci.run.artifacts import ArtifactKeeper, Budget
 from quire.ci.run.executors.base import Executor, ExecutorFactory, ExecutorSetup
@@ -50,6 +50,7 @@ from quire.ci.store.records import (
     RunMeta,
     RunnerInfo,
     RunResult,
+    Trigger,
     utcnow,
 )
 from quire.ci.store.runs import LatestLinkFailed, RunDir, RunState, RunStore, store_of
@@ -88,6 +89,14 @@ class RunRequest:
     # this machine's mirror and read there; `repo_path` is only the pushed repository's path
     # on the git server, which names the run store (it may not exist here).
     url: str | None = None
+    trigger: Trigger | None = None  # how it was started (the worker); None: a push
+
+    @property
+    def source(self) -> str:
+        """The source this run offers its pipeline: `quire/schedule` for a scheduled run,
+        else `quire/push` (a re-run or a run by hand acts like a push of its ref)."""
+        scheduled = self.trigger is not None and self.trigger.kind == "schedule"
+        return SCHEDULE_SOURCE if scheduled else PUSH_SOURCE
 
 
 @dataclass(frozen=True)
@@ -102,6 +111,8 @@ class RunOutcome:
     jobs: tuple[JobState, ...] = ()
     workspace: Path | None = None  # kept with --keep-workspace
     duration_s: float | None = None
+    # No job takes the run's source: said even under --quiet (the worker reads it).
+    nothing_to_run: str | None = None
 
     def to_json(self) -> str:
         """One JSON object: run id, state, exit code, error, and each job's status and time."""
@@ -219,6 +230,17 @@ def _run_loaded(
         )
         return RunOutcome(exit_code=ExitCode.ok)
     pipeline = loaded.pipeline.subset(request.jobs) if request.jobs else loaded.pipeline
+    # Only the jobs the run's source reaches: a push never runs the nightly jobs. Jobs named
+    # by hand (`quire ci run nightly`) run whatever their source.
+    if not request.jobs:
+        pipeline = pipeline.for_source(request.source)
+    if not pipeline.jobs:
+        said = (
+            f"nothing to run for the source {request.source}: no job of {PIPELINE_FILE} "
+            f"at {request.revision} ({loaded.revision.sha[:12]}) takes it"
+        )
+        reporter.handle(Notice(said))
+        return RunOutcome(exit_code=ExitCode.ok, nothing_to_run=said)
     config = load_config()
     store = store_of(loaded.repo)
     # From here on a signal must unwind (not kill) us: a run may exist to record.
@@ -324,6 +346,7 @@ def _create_run(
                 dirty=request.dirty,
                 subject=subject,
                 plan=plan,
+                trigger=request.trigger or Trigger(),
             )
         )
         return made[-1]
@@ -333,6 +356,18 @@ def _create_run(
     )
     run_dir = store.create(meta, runner, run_id=request.run_id)
     return run_dir, made[-1]
+
+
+def source_outputs(meta: RunMeta) -> dict[str, str | None]:
+    """What `rt.jobs(source)` gives for the run's source: `push_outputs`, and for a
+    scheduled run the cron line and the time it was due as well."""
+    given = push_outputs(meta)
+    trigger = meta.trigger
+    if trigger.kind == "schedule":
+        due = trigger.due_at
+        given["cron"] = trigger.schedule
+        given["due_at"] = None if due is None else due.isoformat().replace("+00:00", "Z")
+    return given
 
 
 def push_outputs(meta: RunMeta) -> dict[str, str | None]:
@@ -434,7 +469,8 @@ class _Run:
                         outlet=outlet,
                         secrets=self.config.secrets_for(self.run_dir.store.repo),
                         capture_limit=self.config.output.capture_limit,
-                        push_outputs=push_outputs(self.meta),
+                        push_outputs=source_outputs(self.meta),
+                        source=self.request.source,
                         outputs_limit=self.config.output.outputs_limit,
                         run_env=self._run_env(),
                         jobs=self.request.concurrency,

@@ -6,7 +6,7 @@ therefore sees the old record or the new one, never half of either.
 processes.yml alone skips the fsync: it is rewritten around every host
 command, and a machine that went down took its processes with it.
 
-    meta.yml       RunMeta        immutable, written at creation
+    meta.yml       RunMeta        immutable, written at creation (with its Trigger)
     runner.yml     RunnerInfo     who runs it (pid, host), for reconcile
     times.yml      RunTimes       started_at, then finished_at
     result.yml     RunResult      why it ended (written when it ends)
@@ -22,7 +22,7 @@ import os
 import tempfile
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError
@@ -67,6 +67,16 @@ class PlannedJob(Record):
     inputs: list[str] = Field(default_factory=list)
 
 
+class Trigger(Record):
+    """How a run was started: shown by runs/show and the web page."""
+
+    kind: Literal["push", "schedule", "rerun", "manual"] = "push"
+    by: str | None = None  # the user who asked (rerun, manual)
+    rerun_of: str | None = None  # the original run's id (rerun)
+    schedule: str | None = None  # the cron line (schedule)
+    due_at: datetime | None = None  # the scheduled time it ran for (schedule)
+
+
 class RunMeta(Record):
     """What was run: fixed when the run is created."""
 
@@ -83,6 +93,7 @@ class RunMeta(Record):
     subject: str | None = None  # the first line of the commit's message
     # The jobs it is to run, in order, so a job not started yet can be shown waiting.
     plan: list[PlannedJob] = Field(default_factory=list)
+    trigger: Trigger = Trigger()  # old records without it read as a push
 
 
 class RunnerInfo(Record):

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from quire.ci.events import Event, JobStarted, RunFinished
+from quire.ci.store.deliveries import NOTIFICATIONS_FILE, RunNotifications
 from quire.ci.store.eventlog import job_event
 from quire.ci.store.logs import LogReader
 from quire.ci.store.records import (
@@ -27,6 +28,7 @@ from quire.ci.store.records import (
     RunMeta,
     RunResult,
     RunTimes,
+    Trigger,
     WorkerInfo,
     read_record,
 )
@@ -62,6 +64,7 @@ class RunSummary(BaseModel):
     cancelled_by: str | None = None  # state `cancelled`: who asked, and when
     cancelled_at: datetime | None = None
     worker: str | None = None  # the worker's --name, for a run mirrored from the run index
+    trigger: Trigger | None = None  # how it was started (None: its meta.yml is unreadable)
 
     def state_text(self) -> str:
         """The state as people read it: `failed (jobs-failed)`, `cancelled by alice`."""
@@ -80,6 +83,7 @@ class RunDetails(RunSummary):
     jobs: list[JobState]
     container: ContainerInfo | None = None
     plan: list[PlannedJob] = []  # the jobs it is to run, with their inputs
+    notifications: RunNotifications | None = None  # what was sent about it, each attempt
 
 
 def summarize(run: RunDir) -> RunSummary:
@@ -92,6 +96,7 @@ def summarize(run: RunDir) -> RunSummary:
         summary.executor = meta.executor.value
         summary.dirty = meta.dirty
         summary.subject = meta.subject
+        summary.trigger = meta.trigger
     except RecordUnreadable as exc:
         problems.append(str(exc))
     times_path = run.path / "times.yml"
@@ -138,6 +143,13 @@ def details(run: RunDir) -> RunDetails:
             container = read_record(container_path, ContainerInfo)
         except RecordUnreadable:
             container = None
+    notifications = None
+    notifications_path = run.path / NOTIFICATIONS_FILE
+    if notifications_path.exists():
+        try:
+            notifications = read_record(notifications_path, RunNotifications)
+        except RecordUnreadable:
+            notifications = None
     jobs = run.job_states()
     try:
         plan = read_record(run.path / "meta.yml", RunMeta).plan
@@ -157,6 +169,7 @@ def details(run: RunDir) -> RunDetails:
         jobs=jobs,
         container=container,
         plan=plan,
+        notifications=notifications,
     )
 
 

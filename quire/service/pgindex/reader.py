@@ -27,7 +27,7 @@ from quire.ci.store.shipping import FileChange, FileKind, RunRow
 from quire.errors import RunNotFound
 from quire.service.errors import QueueUnavailable
 from quire.service.pgindex.writer import CHANNEL
-from quire.service.pgschema import connect, unavailable
+from quire.service.pgschema import connect, schema_version, too_old, unavailable
 
 if TYPE_CHECKING:
     from quire.service.pgschema import Connection
@@ -47,7 +47,11 @@ def sync(url: str, mirror: Mirror, db: Connection | None = None) -> int:
         conn = db or connect(url, autocommit=True)
         try:
             with mirror.lock():
-                return _sync(conn, mirror)
+                try:
+                    return _sync(conn, mirror)
+                except psycopg.errors.UndefinedTable:
+                    # Found only now, not checked first: a sync runs at every notification.
+                    raise too_old(url, schema_version(conn)) from None
         finally:
             if own:
                 conn.close()
