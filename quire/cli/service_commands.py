@@ -51,6 +51,7 @@ def hook_install_command(
     """Install a post-receive hook in REPO that queues a run per pushed branch or tag."""
     from quire.paths import state_dir
     from quire.service.install import install
+    from quire.service.queues import database_url, server_name
 
     state = state_dir()
     plan = install(repo, branches or [], state)
@@ -58,7 +59,16 @@ def hook_install_command(
     typer.echo(f"{verb} {plan.hook}")
     if plan.chained:
         typer.echo(f"the earlier hook is kept as {plan.chained} and runs after quire's")
-    typer.echo(f"pushes queue runs in {state.resolve()}: start `quire ci worker` to run them")
+    url = database_url()
+    if url is None:
+        typer.echo(f"pushes queue runs in {state.resolve()}: start `quire ci worker` to run them")
+    else:
+        # The hook reads the database anew at each push, in git's environment, not ours.
+        typer.echo(
+            f"pushes queue runs in the database {server_name(url)} when git runs the hook "
+            "with QUIRE_DATABASE_URL or `[server] database` set (docs/scale-out.md): "
+            "start `quire ci worker` with the same database to run them"
+        )
     return 0
 
 

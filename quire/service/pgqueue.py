@@ -45,6 +45,7 @@ from quire.service.pgschema import (
     connect,
     refuse_newer,
     schema_version,
+    too_old,
     unavailable,
 )
 from quire.service.queue import (
@@ -100,10 +101,7 @@ class PgQueue(QueueReads):
             raise
         if version < SCHEMA_VERSION:
             self.close()
-            raise QueueUnavailable(
-                f"the queue database {self.path} has schema version {version}, this quire "
-                f"needs {SCHEMA_VERSION}: run `quire ci db migrate`"
-            )
+            raise too_old(url, version)
 
     def close(self) -> None:
         if self._db is not None:

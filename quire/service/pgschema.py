@@ -16,7 +16,7 @@ naming the server, never its password.
 from __future__ import annotations
 
 from quire.service.errors import QueueCorrupt, QueueUnavailable
-from quire.service.queues import server_name
+from quire.service.queues import no_psycopg, server_name
 
 # psycopg is imported where it is used: the hook reads SCHEMA_VERSION and MIGRATIONS
 # without it (quire.service.pglite), and typing costs it milliseconds too.
@@ -154,11 +154,22 @@ def schema_version(db: Connection) -> int:
     return int(row["v"] or 0) if row else 0
 
 
+def require_psycopg(url: str) -> None:
+    """Raises `QueueUnavailable` saying what to install when psycopg is missing."""
+    try:
+        import psycopg  # noqa: F401
+    except ModuleNotFoundError as exc:
+        if exc.name != "psycopg":
+            raise
+        raise QueueUnavailable(no_psycopg(url)) from exc
+
+
 def migrate(url: str) -> tuple[int, int]:
     """Bring the database at `url` to this quire's schema; returns (before, after).
 
-    Raises `QueueUnavailable` (unreachable) and `QueueCorrupt` (newer schema).
+    Raises `QueueUnavailable` (unreachable, or no psycopg) and `QueueCorrupt` (newer schema).
     """
+    require_psycopg(url)
     import psycopg
 
     with connect(url) as db:
@@ -178,6 +189,14 @@ def migrate(url: str) -> tuple[int, int]:
         except psycopg.OperationalError as exc:
             raise QueueUnavailable(unavailable(url, "migrate", exc)) from exc
     return before, SCHEMA_VERSION
+
+
+def too_old(url: str, version: int) -> QueueUnavailable:
+    """The error for a database behind this quire's schema (never migrated, or older)."""
+    return QueueUnavailable(
+        f"the queue database {server_name(url)} has schema version {version}, this quire "
+        f"needs {SCHEMA_VERSION}: run `quire ci db migrate`"
+    )
 
 
 def refuse_newer(url: str, version: int) -> None:

@@ -198,8 +198,11 @@ def repository_name(git_dir: str) -> str:
 
 
 def file_url(path: str) -> str:
-    """`path` (absolute) as the file:// URL git fetches it by."""
-    return "file://" + path
+    """`path` (absolute) as the file:// URL git fetches it by: quoted, since git decodes
+    %XX in a URL (a repository at `proj%41.git` would be looked for at `projA.git`)."""
+    from urllib.parse import quote  # here: the hook imports this module and never needs it
+
+    return "file://" + quote(path, safe="/")
 
 
 def utc_text(when: datetime | None = None) -> str:
@@ -779,9 +782,6 @@ def _pgqueue(url: str) -> type[PgQueue]:
 
 
 def _no_psycopg(url: str) -> str:
-    from quire.service.queues import server_name
+    from quire.service.queues import no_psycopg
 
-    return (
-        f"the queue is on PostgreSQL ({server_name(url)}) but psycopg is not installed here: "
-        "pip install 'quire[postgres]'"
-    )
+    return no_psycopg(url)

@@ -305,7 +305,14 @@ def follow(
     while True:
         run = store.find(run_id)
         done = run.state in FINISHED
-        drain(run)
+        try:
+            drain(run)
+        except FileNotFoundError:
+            # It moved (it ended, or a mirror placed it) between a look and a read: the
+            # next look finds it where it went, the offsets kept. A run deleted meanwhile
+            # is not found then (RunNotFound).
+            time.sleep(poll_s)
+            continue
         if done:
             return finished(run), [_torn_note(path) for path in torn.values()]
         if time.monotonic() >= next_check:
