@@ -62,6 +62,7 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -348,8 +349,6 @@ class NotifyTarget(BaseModel):
     @field_validator("smtp")
     @classmethod
     def _smtp_is_smtp(cls, value: str) -> str:
-        from urllib.parse import urlsplit
-
         parts = urlsplit(value)
         if parts.scheme != "smtp" or not parts.hostname:
             raise ValueError(f"smtp {value!r} must be smtp://host:port")
@@ -377,7 +376,13 @@ class NotifyTarget(BaseModel):
         found = Secrets()
         _resolve("notify", self.secret, found)
         if "notify" in found.unavailable:
-            raise ConfigError(f"the secret of notify {self.url}: {found.unavailable['notify']}")
+            # Named by scheme and host: the URL's path or query may carry a token, and this
+            # message becomes a recorded attempt (notifications.yml, show, the web page).
+            parts = urlsplit(self.url or "")
+            raise ConfigError(
+                f"the secret of notify {parts.scheme}://{parts.hostname}: "
+                f"{found.unavailable['notify']}"
+            )
         return found.values["notify"]
 
 

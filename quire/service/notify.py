@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import http.client
 import json
 import logging
 import os
@@ -99,6 +100,10 @@ class NetSenders:
                 return f"HTTP {answer.status}"
         except urllib.error.HTTPError as exc:
             raise SendFailed(f"HTTP {exc.code}") from None
+        except http.client.HTTPException as exc:
+            # An answer that is not HTTP (BadStatusLine, a cut-off body ...): a failed attempt
+            # like any other. Its class only: InvalidURL's message holds the URL and its token.
+            raise SendFailed(f"not an HTTP answer ({type(exc).__name__})") from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise SendFailed(f"cannot reach it: {reason}") from None
@@ -483,23 +488,31 @@ class Notifier:
         try:
             detail = deliver(target, pending.facts, self.senders)
         except (SendFailed, ConfigError) as exc:
-            delivery.attempts.append(Attempt(at=now, ok=False, detail=str(exc)))
-            tries = len(delivery.attempts)
-            if tries > len(self.delays):
-                delivery.state, delivery.next_at = "gave-up", None
-                log.error(
-                    "run %s: %s: gave up after %d attempts: %s",
-                    pending.run_id,
-                    delivery.target,
-                    tries,
-                    exc,
-                )
-            else:
-                delivery.next_at = now + timedelta(seconds=self.delays[tries - 1])
+            self._failed(delivery, pending, now, str(exc))
+            return
+        except Exception:  # a bug of ours: counted as an attempt, so it is bounded too
+            log.exception("run %s: %s: unexpected error", pending.run_id, delivery.target)
+            self._failed(delivery, pending, now, "quire's own error (see the worker's log)")
             return
         delivery.attempts.append(Attempt(at=now, ok=True, detail=detail))
         delivery.state, delivery.next_at = "delivered", None
         log.info("run %s: notified %s (%s)", pending.run_id, delivery.target, delivery.event)
+
+    def _failed(self, delivery: Delivery, pending: Pending, now: datetime, detail: str) -> None:
+        """Record a failed attempt; try again after the next delay, or give up."""
+        delivery.attempts.append(Attempt(at=now, ok=False, detail=detail))
+        tries = len(delivery.attempts)
+        if tries > len(self.delays):
+            delivery.state, delivery.next_at = "gave-up", None
+            log.error(
+                "run %s: %s: gave up after %d attempts: %s",
+                pending.run_id,
+                delivery.target,
+                tries,
+                detail,
+            )
+        else:
+            delivery.next_at = now + timedelta(seconds=self.delays[tries - 1])
 
     def _write(self, pending: Pending) -> None:
         assert pending.path is not None and pending.record is not None

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import socket
+import threading
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
@@ -32,6 +34,7 @@ from quire.config import Config, NotifyTarget, SecretSpec, WebSettings
 from quire.service.notify import (
     RETRY_DELAYS_S,
     SIGNATURE_HEADER,
+    NetSenders,
     Notifier,
     SendFailed,
     event_of,
@@ -324,3 +327,63 @@ def test_a_target_removed_from_the_config_is_given_up(tmp_path: Path) -> None:
 def test_bad_notify_entries_are_refused(entry: dict[str, object], problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         NotifyTarget.model_validate(entry)
+
+
+def test_a_secret_that_cannot_be_read_keeps_the_url_token_out_of_the_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HOOK_SECRET_MISSING", raising=False)
+    f = Fixture(tmp_path, [webhook(secret=SecretSpec(env="HOOK_SECRET_MISSING"))])
+    run = f.finish("20260105-100000-000000-aaaaaa", "failed", failed=("lint",))
+    f.step()
+    (delivery,) = read_record(run / NOTIFICATIONS_FILE, RunNotifications).deliveries
+    assert not delivery.attempts[0].ok
+    assert "HOOK_SECRET_MISSING" in delivery.attempts[0].detail
+    assert "T0KEN" not in (run / NOTIFICATIONS_FILE).read_text()
+
+
+def _answering(reply: bytes) -> tuple[str, threading.Thread]:
+    """A one-connection TCP server on 127.0.0.1 that reads a request and answers `reply`."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        with server:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(reply)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return f"http://127.0.0.1:{server.getsockname()[1]}/hook?token=T0KEN", thread
+
+
+def test_a_receiver_answering_no_http_is_a_failed_attempt() -> None:
+    url, thread = _answering(b"SSH-2.0-OpenSSH_9.6\r\n")
+    with pytest.raises(SendFailed, match="HTTP") as caught:
+        NetSenders().webhook(url, b"{}", {"Content-Type": "application/json"})
+    assert "T0KEN" not in str(caught.value)
+    thread.join()
+
+
+def test_an_unexpected_error_of_one_run_does_not_hold_up_the_others(tmp_path: Path) -> None:
+    f = Fixture(tmp_path, [webhook()])
+    calls: list[str] = []
+    real = f.senders.webhook
+
+    def flaky(url: str, body: bytes, headers: dict[str, str]) -> str:
+        calls.append(json.loads(body)["run_id"])
+        if len(calls) == 1:
+            raise RuntimeError("a bug of ours")
+        return real(url, body, headers)
+
+    f.senders.webhook = flaky  # type: ignore[method-assign]
+    first = f.finish("20260105-100000-000000-aaaaaa", "failed", failed=("lint",))
+    f.finish("20260105-100001-000000-bbbbbb", "failed", failed=("lint",))
+    # A failed attempt like any other: counted (so retries stay bounded) and tried again later.
+    assert f.step() == RETRY_DELAYS_S[0]
+    assert len(calls) == 2  # the second run was still sent
+    assert len(f.senders.webhooks) == 1
+    (delivery,) = read_record(first / NOTIFICATIONS_FILE, RunNotifications).deliveries
+    assert [a.ok for a in delivery.attempts] == [False]
+    assert "worker's log" in delivery.attempts[0].detail
