@@ -43,19 +43,30 @@ if TYPE_CHECKING:
 log = logging.getLogger("quire.worker")
 
 
+# Wall time a summer-time change moves the clocks by, with room: CronSim walks local time,
+# so around a change it is started this far off `now` and its answers are checked in UTC.
+_DST_SLACK = timedelta(hours=3)
+
+
 def latest_due(cron: str, timezone: str, now: datetime) -> datetime:
     """The last time `cron` names at or before `now`, read in `timezone`, in UTC."""
-    local = now.astimezone(ZoneInfo(timezone))
-    # CronSim's reverse iteration starts strictly before its start: a time due exactly
-    # now counts as due.
-    found = next(CronSim(cron, local + timedelta(seconds=1), reverse=True))
-    return found.astimezone(UTC)
+    # Started later than now and walked back: in the hour the clocks go back, local time
+    # read from `now` lies before times already past (and skipped them).
+    start = (now + _DST_SLACK).astimezone(ZoneInfo(timezone))
+    for found in CronSim(cron, start, reverse=True):
+        if found.astimezone(UTC) <= now:
+            return found.astimezone(UTC)
+    raise AssertionError("unreachable: a cron line names times without end")  # pragma: no cover
 
 
 def next_due(cron: str, timezone: str, now: datetime) -> datetime:
-    """The first time `cron` names after `now`, in UTC."""
-    local = now.astimezone(ZoneInfo(timezone))
-    return next(CronSim(cron, local)).astimezone(UTC)
+    """The first time `cron` names after `now`, in UTC (never at or before it: the worker
+    sleeps until then)."""
+    start = (now - _DST_SLACK).astimezone(ZoneInfo(timezone))
+    for found in CronSim(cron, start):
+        if found.astimezone(UTC) > now:
+            return found.astimezone(UTC)
+    raise AssertionError("unreachable: a cron line names times without end")  # pragma: no cover
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,33 @@ def test_a_timezone_moves_the_times_and_follows_summer_time() -> None:
     assert summer == at("2026-07-05T01:00:00")
 
 
+@pytest.mark.parametrize("cron", ["30 2 * * *", "0 * * * *", "*/20 * * * *", "0 2 * * *"])
+@pytest.mark.parametrize(
+    ("timezone", "night"),
+    [
+        ("Europe/Paris", "2026-10-24T22:00:00"),  # the clocks go back: 02:00-03:00 twice
+        ("Europe/Paris", "2026-03-28T22:00:00"),  # and forward: no 02:00-03:00
+        ("America/New_York", "2026-11-01T03:00:00"),
+        ("America/New_York", "2026-03-08T03:00:00"),
+    ],
+)
+def test_due_times_bracket_now_through_a_change_of_summer_time(
+    cron: str, timezone: str, night: str
+) -> None:
+    # The worker sleeps until next_due: one in the past would wake it at once, every turn,
+    # until the wall clock caught up (an hour of busy loop, loading the config each time).
+    now = at(night)
+    fired: list[datetime] = []
+    for _ in range(6 * 60 // 5):
+        latest, upcoming = latest_due(cron, timezone, now), next_due(cron, timezone, now)
+        assert latest <= now < upcoming, (now, latest, upcoming)
+        assert latest_due(cron, timezone, upcoming) == upcoming
+        if not fired or latest > fired[-1]:
+            fired.append(latest)
+        assert latest >= fired[-1]  # never goes back to a time taken already
+        now += timedelta(minutes=5)
+
+
 def test_a_new_schedule_runs_from_its_next_time_not_at_once(queue: Queue) -> None:
     plan = scheduler(config(NIGHTLY))
     queued, upcoming = plan.tick(queue, at("2026-01-05T10:00:00"))
