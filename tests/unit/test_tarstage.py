@@ -95,6 +95,21 @@ def test_members_that_would_land_outside_are_refused(
     assert list(outside.iterdir()) == []
 
 
+def test_a_hard_link_over_a_link_member_writes_nothing_through_it(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    members = archive(
+        ("./f", "file", b"from the container"),
+        ("./l", "sym", str(outside / "victim")),
+        ("./l", "hard", "./f"),  # the same name again: a second member is no new file
+    )
+    with pytest.raises(ArtifactRefused, match="could not be unpacked"):
+        tarstage.unpack(io.BytesIO(members), staging)
+    assert list(outside.iterdir()) == []
+
+
 def test_a_stream_that_is_no_tar_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ArtifactRefused, match="could not be read as tar"):
         tarstage.unpack(io.BytesIO(b"this is not tar" * 100), tmp_path)

@@ -61,7 +61,10 @@ class _Unpacker:
                     f"the container's /work holds a hard link {member.name!r} to "
                     f"{member.linkname!r}, which is no file before it"
                 )
-            shutil.copyfile(self.destination / linked, target, follow_symlinks=False)
+            # Created, never opened if it exists: copyfile would write through a link member
+            # of the same name, out of the directory.
+            with open(self.destination / linked, "rb") as source, open(target, "xb") as out:
+                shutil.copyfileobj(source, out, _CHUNK)
             self.files.add(name)
         # devices, fifos: nothing an artifact can hold
 
