@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from quire.ci.run.artifacts import ArtifactKeeper, Budget, ConfinedTree, WorkspaceTree
+from quire.ci.run.artifacts import MAX_ENTRIES, ArtifactKeeper, Budget, ConfinedTree, WorkspaceTree
 from quire.ci.vocabulary import format_size
 from quire.errors import ArtifactRefused
 
@@ -261,3 +261,30 @@ def test_a_store_that_cannot_be_written_fails_the_job_saying_where(
     (run_path / "artifacts" / "build").write_text("a file where the job's folder goes")
     with pytest.raises(ArtifactRefused, match=r"job 'build'.*could not be kept in"):
         keeper(run_path).keep("build", tree(workspace), "dist/app.whl", None)
+
+
+def test_files_and_directories_are_counted_so_empty_ones_cannot_fill_the_store(
+    workspace: Path, run_path: Path
+) -> None:
+    # Empty files take no bytes but an inode and a line of the record each; and links to
+    # directories that are no loop (each level's two links to the next) double at every
+    # level: 2**30 empty directories from 30 of the workspace's.
+    level = workspace / "dag"
+    level.mkdir()
+    for depth in range(30):
+        (level / f"d{depth + 1}").mkdir()
+        (level / "a").symlink_to(f"d{depth + 1}")
+        (level / "b").symlink_to(f"d{depth + 1}")
+        level = level / f"d{depth + 1}"
+    budget = Budget(1 << 30, max_entries=40)
+    keep = ArtifactKeeper(lambda: run_path, budget)
+    with pytest.raises(ArtifactRefused, match=r"job 'build'.*more than 40 files and directories"):
+        keep.keep("build", tree(workspace), "dag", None)
+    assert budget.entries == 0 and budget.used == 0  # given back with the partial copy
+    assert not (run_path / "artifacts" / "build").exists()
+    keep.keep("build", tree(workspace), "dist", None)  # 4 entries: still room
+    assert budget.entries == 4
+
+
+def test_the_default_entry_limit_is_the_documented_one() -> None:
+    assert Budget(1).max_entries == MAX_ENTRIES == 100_000

@@ -40,6 +40,10 @@ from quire.errors import ArtifactRefused
 # A name is one path component: it becomes a directory or file name in the store and a
 # segment of the web page's download address.
 ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]{0,127}$")
+# Files and directories one run may keep: empty ones take no bytes of `max_size` but an
+# inode and a line of the record each, and links to directories that are no loop can
+# double them at every level.
+MAX_ENTRIES = 100_000
 # Links followed while resolving one path, as the kernel allows (ELOOP past it).
 MAX_LINKS = 40
 _CHUNK = 1024 * 1024
@@ -61,6 +65,8 @@ class Budget:
 
     limit: int
     used: int = 0
+    max_entries: int = MAX_ENTRIES
+    entries: int = 0  # files and directories kept
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def take(self, size: int, job_id: str) -> None:
@@ -73,9 +79,20 @@ class Budget:
                 )
             self.used += size
 
-    def give_back(self, size: int) -> None:
+    def take_entry(self, job_id: str) -> None:
+        with self._lock:
+            if self.entries >= self.max_entries:
+                raise ArtifactRefused(
+                    f"job {job_id!r}: its artifacts would make the run keep more than "
+                    f"{self.max_entries} files and directories; keep an archive of them "
+                    "instead (tar, zip)"
+                )
+            self.entries += 1
+
+    def give_back(self, size: int, entries: int = 0) -> None:
         with self._lock:
             self.used -= size
+            self.entries -= entries
 
 
 class _Escape(Exception):
@@ -202,7 +219,7 @@ class ArtifactKeeper:
                     f"{exc.strerror or exc}"
                 ) from exc
         except BaseException:
-            self.budget.give_back(copy.taken)
+            self.budget.give_back(copy.taken, copy.entries)
             _remove(partial)
             with suppress(OSError):  # a job that kept nothing leaves no folder
                 job_dir.rmdir()
@@ -258,11 +275,17 @@ class _Copy:
     budget: Budget
     files: list[ArtifactFile] = field(default_factory=list)
     taken: int = 0
+    entries: int = 0
+
+    def _entry(self) -> None:
+        self.budget.take_entry(self.job_id)
+        self.entries += 1
 
     def run(self, tree: ConfinedTree, destination: Path) -> None:
         top = self._open(tree, self.path, self.path)
         try:
             if stat.S_ISDIR(top.mode):
+                self._entry()
                 destination.mkdir()
                 self._directory(tree, top, destination, (), ())
             else:
@@ -306,6 +329,7 @@ class _Copy:
                             f"job {self.job_id!r}: rt.artifact({self.path!r}): {shown!r} "
                             "links back to a directory being kept (a loop)"
                         )
+                    self._entry()
                     (destination / entry).mkdir()
                     self._directory(tree, child, destination / entry, relative, copying)
                 else:
@@ -314,6 +338,7 @@ class _Copy:
                 os.close(child.fd)
 
     def _file(self, source: _Resolved, destination: Path, relative: str) -> None:
+        self._entry()
         digest = hashlib.sha256()
         size = 0
         out = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
