@@ -90,15 +90,31 @@ class Senders(Protocol):
     def email(self, smtp: str, message: EmailMessage) -> str: ...
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is the answer, not followed: urllib would repeat a POST as a GET without
+    its body (the receiver never has the document, the attempt reads as delivered), and
+    send the signed request wherever the Location says."""
+
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
 class NetSenders:
     """HTTP POST with urllib, mail with smtplib; each returns what the other side said."""
 
     def webhook(self, url: str, body: bytes, headers: dict[str, str]) -> str:
         request = urllib.request.Request(url, data=body, headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=SEND_TIMEOUT_S) as answer:
+            with _OPENER.open(request, timeout=SEND_TIMEOUT_S) as answer:
                 return f"HTTP {answer.status}"
         except urllib.error.HTTPError as exc:
+            if 300 <= exc.code < 400:
+                raise SendFailed(
+                    f"HTTP {exc.code}, a redirect: not followed (set the url to where it points)"
+                ) from None
             raise SendFailed(f"HTTP {exc.code}") from None
         except http.client.HTTPException as exc:
             # An answer that is not HTTP (BadStatusLine, a cut-off body ...): a failed attempt

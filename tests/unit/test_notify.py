@@ -387,3 +387,15 @@ def test_an_unexpected_error_of_one_run_does_not_hold_up_the_others(tmp_path: Pa
     (delivery,) = read_record(first / NOTIFICATIONS_FILE, RunNotifications).deliveries
     assert [a.ok for a in delivery.attempts] == [False]
     assert "worker's log" in delivery.attempts[0].detail
+
+
+def test_a_redirect_is_a_failed_attempt_not_a_delivery() -> None:
+    # urllib follows a 301/302/303 to a POST with a GET without the body: the receiver
+    # would never have had the document, yet the attempt would read as delivered.
+    url, thread = _answering(
+        b"HTTP/1.1 301 Moved Permanently\r\nLocation: https://elsewhere.example/hook\r\n"
+        b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    with pytest.raises(SendFailed, match=r"HTTP 301.*redirect"):
+        NetSenders().webhook(url, b"{}", {"Content-Type": "application/json"})
+    thread.join()
