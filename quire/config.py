@@ -321,6 +321,17 @@ def _check_globs(value: object) -> object:
     return value
 
 
+def _one_address(text: str) -> bool:
+    """Whether `text` is one mail address: a line break would end a header of the mail
+    (it could then never be built, at any attempt)."""
+    from email.utils import parseaddr
+
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        return False
+    address = parseaddr(text)[1]
+    return address.count("@") == 1 and " " not in address and not address.startswith("@")
+
+
 class NotifyTarget(BaseModel):
     """One `[[notify]]` entry: a webhook (`url`, signed with `secret`) or an email
     (`email`, through `smtp`, from `from`), for the runs of `repos` that `on` chooses."""
@@ -352,6 +363,14 @@ class NotifyTarget(BaseModel):
         parts = urlsplit(value)
         if parts.scheme != "smtp" or not parts.hostname:
             raise ValueError(f"smtp {value!r} must be smtp://host:port")
+        return value
+
+    @field_validator("email", "sender")
+    @classmethod
+    def _addresses(cls, value: str | list[str] | None) -> str | list[str] | None:
+        for address in [value] if isinstance(value, str) else value or []:
+            if not _one_address(address):
+                raise ValueError(f"{address!r} is not one address (name@host, or Name <name@host>)")
         return value
 
     @model_validator(mode="after")

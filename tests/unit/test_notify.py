@@ -322,6 +322,10 @@ def test_a_target_removed_from_the_config_is_given_up(tmp_path: Path) -> None:
         ({"email": ["x@y"], "smtp": "mail:25"}, "smtp://host:port"),
         ({"url": "https://a", "on": ["sometimes"]}, "on"),
         ({"url": "https://a", "repos": []}, "non-empty list"),
+        # A line break would end the header: the mail could not be built, at every attempt.
+        ({"email": ["team@example.com\r\nBcc: all@example.com"]}, "one address"),
+        ({"email": ["team@example.com"], "from": "ci@example.com\nBcc: x@y"}, "one address"),
+        ({"email": ["not an address"]}, "one address"),
     ],
 )
 def test_bad_notify_entries_are_refused(entry: dict[str, object], problem: str) -> None:
