@@ -140,3 +140,15 @@ def test_prune_removes_the_artifacts_with_their_run(repo: Path) -> None:
     assert result.exit_code == 0, result.output
     assert not run.path.exists()
     assert not list(run.store.root.rglob("artifacts"))
+
+
+def test_out_that_cannot_be_written_says_so_not_an_internal_error(
+    repo: Path, tmp_path: Path
+) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("a file, not a directory")
+    result = quire("ci", "artifacts", "--out", str(taken), "--repo", str(repo))
+    assert result.exit_code == 2, result.output
+    assert "internal error" not in result.output
+    assert f"--out {taken}" in result.output
+    assert taken.read_text() == "a file, not a directory"

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from quire.ci.vocabulary import ARTIFACTS_DIR, ArtifactFile, JobState
-from quire.errors import QuireError
+from quire.errors import QuireError, UsageError
 
 _CHUNK = 1024 * 1024
 
@@ -93,13 +93,22 @@ def copy_out(run_path: Path, kept: KeptFile, out_dir: Path) -> Path:
     checking its sha256 against the record; the path written. Raises `ArtifactNotFound`
     or, for a file that changed since it was kept, `ArtifactNotFound` saying so."""
     target = out_dir.joinpath(kept.job, *kept.file.relative.split("/"))
-    target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial")
     digest = hashlib.sha256()
-    with open_kept(run_path, kept) as source, open(partial, "wb") as out:
-        while chunk := source.read(_CHUNK):
-            digest.update(chunk)
-            out.write(chunk)
+    with open_kept(run_path, kept) as source:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            out = open(partial, "wb")  # noqa: SIM115 (closed below, the error is ours)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise  # the machine's state: the CLI says so (exit 3)
+            raise UsageError(
+                f"--out {out_dir}: cannot write {exc.filename or target}: {exc.strerror or exc}"
+            ) from exc
+        with out:
+            while chunk := source.read(_CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
     if digest.hexdigest() != kept.file.sha256:
         partial.unlink()
         raise ArtifactNotFound(
