@@ -431,16 +431,23 @@ class Notifier:
         """Plan new runs, send what is due at `now`; returns seconds until the next is due."""
         with self._lock:
             runs = list(self.pending.values())
+        if not runs:
+            return 3600.0
+        try:
+            config = self.load()
+        except ConfigError as exc:
+            # Nothing can be planned or sent: come back later, not at once (a retry due
+            # now would turn the thread's loop without pause until the config is fixed).
+            log.error("notifications: %s (trying again in 60s)", exc)
+            return 60.0
         later: list[datetime] = []
         for pending in runs:
             if self._stop.is_set():
                 break
-            if not self._advance(pending, now):
+            if not self._advance(pending, config, now):
                 self._settle(pending)
                 continue
-            if pending.record is None:  # the config cannot be read now: try again later
-                later.append(now + timedelta(seconds=60))
-                continue
+            assert pending.record is not None  # planned, or read back, by _advance
             later.extend(
                 d.next_at for d in pending.record.deliveries if d.next_at and not d.settled
             )
@@ -448,13 +455,8 @@ class Notifier:
             return 3600.0
         return max(0.0, (min(later) - now).total_seconds())
 
-    def _advance(self, pending: Pending, now: datetime) -> bool:
+    def _advance(self, pending: Pending, config: Config, now: datetime) -> bool:
         """Plan or read `pending`'s deliveries and send those due; False once settled."""
-        try:
-            config = self.load()
-        except ConfigError as exc:
-            log.error("notifications: %s", exc)
-            return True
         if pending.record is None and not self._open(pending, config, now):
             return False
         assert pending.path is not None and pending.record is not None

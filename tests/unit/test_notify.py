@@ -31,6 +31,7 @@ from quire.ci.store.records import (
     write_record,
 )
 from quire.config import Config, NotifyTarget, SecretSpec, WebSettings
+from quire.errors import ConfigError
 from quire.service.notify import (
     RETRY_DELAYS_S,
     SIGNATURE_HEADER,
@@ -403,3 +404,21 @@ def test_a_redirect_is_a_failed_attempt_not_a_delivery() -> None:
     with pytest.raises(SendFailed, match=r"HTTP 301.*redirect"):
         NetSenders().webhook(url, b"{}", {"Content-Type": "application/json"})
     thread.join()
+
+
+def test_a_config_broken_while_a_retry_is_due_waits_instead_of_spinning(tmp_path: Path) -> None:
+    f = Fixture(tmp_path, [webhook()], down=1)
+    f.finish("20260105-100000-000000-aaaaaa", "failed", failed=("lint",))
+    assert f.step() == RETRY_DELAYS_S[0]
+    f.now += timedelta(seconds=RETRY_DELAYS_S[0])
+
+    def broken() -> Config:
+        raise ConfigError("config.toml: line 3: broken")
+
+    f.notifier.load = broken
+    # 0 would turn the thread's loop without pause (and log the error each turn).
+    assert f.step() == 60
+    f.notifier.load = lambda: f.config
+    f.now += timedelta(seconds=60)
+    f.step()
+    assert len(f.senders.webhooks) == 1
