@@ -286,5 +286,15 @@ def test_files_and_directories_are_counted_so_empty_ones_cannot_fill_the_store(
     assert budget.entries == 4
 
 
+def test_exactly_the_entry_limit_fits(workspace: Path, run_path: Path) -> None:
+    budget = Budget(1 << 30, max_entries=5)
+    keep = ArtifactKeeper(lambda: run_path, budget)
+    keep.keep("build", tree(workspace), "dist", None)  # dist, app.whl, sub, sub/notes.txt
+    keep.keep("build", tree(workspace), "dist/app.whl", "wheel")  # the fifth
+    with pytest.raises(ArtifactRefused, match="more than 5 files and directories"):
+        keep.keep("build", tree(workspace), "dist/sub/notes.txt", None)
+    assert budget.entries == 5
+
+
 def test_the_default_entry_limit_is_the_documented_one() -> None:
     assert Budget(1).max_entries == MAX_ENTRIES == 100_000
