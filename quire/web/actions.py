@@ -30,6 +30,7 @@ import json
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
@@ -229,7 +230,13 @@ class Actions:
         if entry is None or entry.repo != repo:
             return None
         trigger = trigger_of(entry)
-        return self.web.render("queued.html", entry=entry, trigger=trigger, trigger_repo=repo)
+        return self.web.render(
+            "queued.html",
+            entry=entry,
+            asked_at=asked_at(entry.pushed_at),
+            trigger=trigger,
+            trigger_repo=repo,
+        )
 
     def no_worker(self) -> str:
         """What the pages say when no worker would start a queued run ('' if one would)."""
@@ -332,3 +339,11 @@ async def _form(request: Request) -> dict[str, str]:
     """An urlencoded form's fields (the first value of each)."""
     text = (await _body(request)).decode("utf-8", errors="replace")
     return {key: values[0] for key, values in parse_qs(text, max_num_fields=20).items()}
+
+
+def asked_at(pushed_at: str) -> datetime | str:
+    """A queue row's RFC 3339 time as a datetime, for the pages' own format (or as it is)."""
+    try:
+        return datetime.fromisoformat(pushed_at)
+    except ValueError:
+        return pushed_at

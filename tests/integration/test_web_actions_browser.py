@@ -37,6 +37,8 @@ from quire.ci import job
 def build(rt):
     if rt.jobs("quire/push")["branch"] == "slow":
         rt.sh("sleep 120")
+    if rt.jobs("quire/push")["branch"] == "gated":  # runs until the test opens the gate
+        rt.sh("while [ ! -e GATE_PATH ]; do sleep 0.1; done")
     rt.sh("echo built")
 """
 
@@ -74,7 +76,8 @@ def site(tmp_path: Path) -> Iterator[tuple[Served, Path, Path]]:
     hook (and a clone to push from)."""
     add_user("olive", "operator", "op-secret")
     add_user("vic", "viewer", "view-secret")
-    bare, work = pushable(tmp_path, "webact", {".quire/ci.py": PIPELINE})
+    pipeline = PIPELINE.replace("GATE_PATH", str(tmp_path / "gate"))
+    bare, work = pushable(tmp_path, "webact", {".quire/ci.py": pipeline})
     with serve(tmp_path / "serve.log") as served:
         yield served, bare, work
 
@@ -145,6 +148,25 @@ def test_an_operator_re_runs_starts_a_branch_cancels_and_logs_out(
         )
         trigger = text(browser, "dd.trigger")
         assert f"re-run of {first.run_id} by olive" in trigger, trigger
+
+        # A running run's page that sees the run end live drops its Cancel button.
+        push(work, "HEAD:refs/heads/gated")
+        wait_for(
+            lambda: any(r.ref == "refs/heads/gated" and r.child_pid for r in rows()),
+            "the gated run to start",
+            DEADLINE_S,
+        )
+        gated = next(r for r in rows() if r.ref == "refs/heads/gated")
+        browser.get(f"{served.url}runs/{gated.repo}/{gated.run_id}")
+        wait_for(
+            lambda: state_shown(browser) == "active" or browser.refresh(),
+            "the gated run's page",
+            DEADLINE_S,
+        )
+        assert text(browser, "button.cancel") == "Cancel"
+        (tmp_path / "gate").touch()
+        wait_for(lambda: state_shown(browser) == "complete", "the run's end, live", DEADLINE_S)
+        assert text(browser, "button.cancel") == "" and text(browser, "button.rerun") == "Re-run"
 
         # Start a branch from the repository's page.
         browser.get(f"{served.url}runs/{first.repo}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -303,6 +304,9 @@ def test_an_operator_logs_in_and_re_runs_from_the_run_page(site: Site, client: T
     queued = client.get(response.headers["location"]).text
     assert "queued" in queued and "no worker is running" in queued
     assert '<meta http-equiv="refresh" content="2">' in queued
+    # When it was asked for reads as every other time on the pages (not RFC 3339 with µs).
+    asked = datetime.fromisoformat(row.pushed_at)
+    assert f"by olive, at {asked:%Y-%m-%d %H:%M:%S}Z" in queued, queued
 
 
 def test_an_operator_starts_a_branch_from_the_repository_page(

@@ -154,6 +154,10 @@
     source.addEventListener("end", function (e) {
       source.close();
       setBadge("run-state", JSON.parse(e.data).state);
+      // An ended run cannot be cancelled: its button goes with the page's "running".
+      document.querySelectorAll(".actions form[action$='/cancel']").forEach(function (form) {
+        form.remove();
+      });
       setStatus("finished", false);
     });
     source.onerror = function () {
