@@ -17,7 +17,7 @@ import os
 import sys
 
 from quire.service.queue import Push, open_queue, utc_text
-from quire.service.queues import database_url, repository_url
+from quire.service.queues import database_url, repository_url, server_name
 
 TYPE_CHECKING = False  # typing, pathlib and re cost the hook milliseconds: none here
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ def queue_pushes(state: str, git_dir: str, updates: Sequence[tuple[str, str]], o
     try:
         url = repository_url(git_dir)
         pushes = [Push(git_dir, ref, sha, pushed_at, url) for sha, ref in updates]
-        queued, notified = _enqueue(state, pushes)
+        queued, live, where = _enqueue(state, pushes)
     except Exception as exc:  # the push has happened: say what was not queued, never fail it
         for sha, ref in updates:
             out.write(
@@ -86,34 +86,42 @@ def queue_pushes(state: str, git_dir: str, updates: Sequence[tuple[str, str]], o
         return 0
     for run_id, ref, sha in queued:
         out.write(f"quire: queued run {run_id} for {ref} ({sha[:12]})\n")
-    if notified:
-        return len(queued)
-    from quire.service.wake import wake_all  # the datagram sockets: SQLite's wake-up only
+    if live is None:
+        from quire.service.wake import wake_all  # the datagram sockets: SQLite's wake-up only
 
-    try:
-        listening = wake_all(state)
-    except OSError:
-        listening = 0
-    if not listening:
-        out.write("quire: no worker is running: the run waits in the queue (`quire ci worker`)\n")
+        try:
+            live = wake_all(state)
+        except OSError:
+            live = 0
+    if not live:
+        seen = f" (none seen by the queue database {where})" if where else ""
+        out.write(
+            f"quire: no worker is running{seen}: the run waits in the queue (`quire ci worker`)\n"
+        )
     return len(queued)
 
 
-def _enqueue(state: str, pushes: Sequence[Push]) -> tuple[list[tuple[str, str, str]], bool]:
-    """Queue `pushes`: (run id, ref, sha) of each, and whether the queue's NOTIFY woke the
-    workers (PostgreSQL, on every machine). With a database, through libpq itself
-    (`quire.service.pglite`: psycopg's import alone would cost the push ~0.1 s), or
-    psycopg where no libpq can be loaded."""
+def _enqueue(
+    state: str, pushes: Sequence[Push]
+) -> tuple[list[tuple[str, str, str]], int | None, str | None]:
+    """Queue `pushes`: (run id, ref, sha) of each, how many workers are live and where
+    they were counted (a database: its NOTIFY woke them on every machine; None, None:
+    the SQLite queue, whose workers the caller wakes and counts over `quire.service.wake`).
+    With a database, through libpq itself (`quire.service.pglite`: psycopg's import alone
+    would cost the push ~0.1 s), or psycopg where no libpq can be loaded."""
     database = database_url()
     if database is not None:
         from quire.service.pglite import enqueue
 
         queued = enqueue(database, pushes)
         if queued is not None:
-            return queued, True
+            return queued[0], queued[1], server_name(database)
     with open_queue(state) as queue:
         entries = queue.enqueue(pushes)
-        return [(e.run_id, e.ref, e.sha) for e in entries], queue.leases
+        done = [(e.run_id, e.ref, e.sha) for e in entries]
+        if queue.leases:
+            return done, len(queue.workers()), queue.path
+        return done, None, None
 
 
 def _parse_args(argv: Sequence[str]) -> tuple[str, list[str]]:

@@ -269,3 +269,36 @@ def test_a_stop_whose_unregister_fails_leaves_the_row_to_expire(
     r.worker.stop(FakeSignals())  # does not raise
     assert "stays in the registry until it expires" in caplog.text
     assert len(queue.registry) == 1
+
+
+# --- quire ci workers ------------------------------------------------------------------------
+
+
+def test_quire_ci_workers_lists_the_live_workers_of_the_sqlite_queue() -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from quire.ci.store.liveness import process_start_ticks
+    from quire.cli.app import app
+    from quire.paths import state_dir
+    from quire.service.queue import open_queue
+
+    runner = CliRunner()
+    assert "no worker is running" in runner.invoke(app, ["ci", "workers"]).stdout
+    here = socket.gethostname()
+    me = info(host=here, pid=os.getpid(), start=process_start_ticks(os.getpid()))
+    with open_queue(state_dir()) as queue:
+        queue.heartbeat(me.model_copy(update={"name": "build-1", "running": ("r1",)}))
+        queue.heartbeat(info(id="w2", name="gone", host=here, pid=dead_pid(), start=None))
+    shown = runner.invoke(app, ["ci", "workers"])
+    assert shown.exit_code == 0, shown.output
+    header, row = shown.stdout.splitlines()
+    assert header.split() == ["name", "host", "pid", "since", "seen", "runs", "running"]
+    assert row.split()[:3] == ["build-1", here, str(os.getpid())]
+    assert row.split()[3:5] == ["2026-12-04", "12:00:00"]  # since it started
+    assert row.split()[-2:] == ["1/2", "r1"]
+    assert "gone" not in shown.stdout  # its process is dead
+    (listed,) = json.loads(runner.invoke(app, ["ci", "workers", "--json"]).stdout)
+    assert (listed["name"], listed["pid"], listed["running"]) == ("build-1", os.getpid(), ["r1"])
+    assert listed["seen_at"] is not None
