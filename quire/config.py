@@ -36,6 +36,7 @@ schedules = [{ cron = "0 3 * * *", ref = "main" }]   # optional timezone = "Euro
 
 [web]
 url = "https://ci.example.com"   # the web page's address, for links in notifications
+anonymous = "read"        # visitors who have not logged in may read ("read") or not ("none")
 
 [[notify]]                # a webhook: a signed JSON POST (docs/notifications.md)
 url = "https://chat.example.com/hooks/quire"
@@ -298,6 +299,8 @@ class WebSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", defer_build=True)
     # The page's address as people reach it: notifications link to the run's page.
     url: str | None = None
+    # "read": visitors who have not logged in may read every page; "none": they log in first.
+    anonymous: Literal["read", "none"] = "read"
 
 
 def _check_globs(value: object) -> object:
@@ -397,13 +400,13 @@ class ServerSettings(BaseModel):
 class ConfigFile(BaseModel):
     model_config = ConfigDict(extra="forbid", defer_build=True)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
     secrets: dict[str, SecretSpec] = Field(default_factory=dict)
     docker: DockerSettings = Field(default_factory=DockerSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
     artifacts: ArtifactSettings = Field(default_factory=ArtifactSettings)
     repositories: dict[str, RepositorySettings] = Field(default_factory=dict)
-    web: WebSettings = Field(default_factory=WebSettings)
     notify: list[NotifyTarget] = Field(default_factory=list)
 
 

@@ -436,6 +436,22 @@ def _register_web() -> None:
 _register_web()
 
 
+def _register_accounts() -> None:
+    from quire.cli import account_commands as accounts
+
+    accounts.user_app.command("add")(_guarded(accounts.user_add_command))
+    accounts.user_app.command("list")(_guarded(accounts.user_list_command))
+    accounts.user_app.command("remove")(_guarded(accounts.user_remove_command))
+    ci.add_typer(accounts.user_app, name="user")
+    accounts.token_app.command("create")(_guarded(accounts.token_create_command))
+    accounts.token_app.command("list")(_guarded(accounts.token_list_command))
+    accounts.token_app.command("revoke")(_guarded(accounts.token_revoke_command))
+    ci.add_typer(accounts.token_app, name="token")
+
+
+_register_accounts()
+
+
 def _register_service() -> None:
     from quire.cli import service_commands as service
 

@@ -153,7 +153,10 @@ def show_command(
     if info.worker:
         typer.echo(f"worker    {info.worker}")
     if info.trigger is not None:
-        typer.echo(f"trigger   {describe_trigger(info.trigger)}")
+        # Who asked for a re-run or a run by hand, and when.
+        asked = info.pushed_at if info.trigger.kind in ("rerun", "manual") else None
+        when = asked.strftime(" at %Y-%m-%d %H:%M:%S UTC") if asked else ""
+        typer.echo(f"trigger   {describe_trigger(info.trigger)}{when}")
     typer.echo(f"started   {_when(info)}   duration {format_duration(info.duration_s)}")
     if info.container:
         short_id = (info.container.container_id or "-")[:12]

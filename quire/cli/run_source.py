@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -28,7 +28,7 @@ class RunSource(Protocol):
     def find(self, repo: Path, ref: str) -> tuple[RunStore, RunDir]: ...
     def liveness(self) -> Callable[[RunDir], bool] | None: ...
     def gone(self) -> str: ...
-    def following(self) -> AbstractContextManager[Any]: ...
+    def following(self) -> AbstractContextManager[object]: ...
 
 
 class LocalRuns:
@@ -56,7 +56,7 @@ class LocalRuns:
 
         return LOCAL_RUNNER_GONE
 
-    def following(self) -> AbstractContextManager[Any]:
+    def following(self) -> AbstractContextManager[object]:
         return nullcontext()
 
 
@@ -65,15 +65,26 @@ class IndexedRuns:
 
     def __init__(self, url: str) -> None:
         from quire.paths import state_dir
+        from quire.service.pgschema import require_psycopg
+
+        require_psycopg(url)  # before the reader, which imports psycopg
         from quire.service.pgindex.reader import MirrorRuns
 
         self.runs: MirrorRuns = MirrorRuns(url, state_dir())
 
     def store(self, repo: Path) -> RunStore:
+        from quire.errors import NotARepository
         from quire.paths import repo_id
         from quire.tools import git
 
-        found = git.open_repository(repo)
+        try:
+            found = git.open_repository(repo)
+        except NotARepository as exc:
+            # Readers of the index often sit in no repository (a web or laptop machine).
+            raise NotARepository(
+                f"{exc}; `quire ci runs --all` lists every repository's runs, and a run id "
+                "(or a unique prefix) is found in any repository"
+            ) from exc
         return self.runs.store(repo_id(found.name_dir.name, found.git_dir))
 
     def stores(self) -> list[RunStore]:
@@ -94,7 +105,7 @@ class IndexedRuns:
             "the database; a live worker queues the run again"
         )
 
-    def following(self) -> AbstractContextManager[Any]:
+    def following(self) -> AbstractContextManager[object]:
         return self.runs.follower()
 
 

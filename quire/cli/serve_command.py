@@ -35,6 +35,9 @@ def serve_command(
     url = database_url()
     if url is None:
         return serve(state_dir(), host, port, rebuild_index=rebuild_index)
+    from quire.service.pgschema import require_psycopg
+
+    require_psycopg(url)  # before the reader, which imports psycopg
     from quire.service.pgindex.reader import MirrorRuns
 
     # The pages read the mirror of the run index, kept current while the server runs.

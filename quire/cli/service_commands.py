@@ -19,7 +19,6 @@ import typer
 if TYPE_CHECKING:
     from datetime import datetime
 
-    from quire.ci.store.records import CancelRequest
     from quire.service.queue import Entry
     from quire.service.registry import WorkerInfo
 
@@ -55,6 +54,7 @@ def hook_install_command(
     """Install a post-receive hook in REPO that queues a run per pushed branch or tag."""
     from quire.paths import state_dir
     from quire.service.install import install
+    from quire.service.queues import database_url, server_name
 
     state = state_dir()
     plan = install(repo, branches or [], state)
@@ -62,7 +62,16 @@ def hook_install_command(
     typer.echo(f"{verb} {plan.hook}")
     if plan.chained:
         typer.echo(f"the earlier hook is kept as {plan.chained} and runs after quire's")
-    typer.echo(f"pushes queue runs in {state.resolve()}: start `quire ci worker` to run them")
+    url = database_url()
+    if url is None:
+        typer.echo(f"pushes queue runs in {state.resolve()}: start `quire ci worker` to run them")
+    else:
+        # The hook reads the database anew at each push, in git's environment, not ours.
+        typer.echo(
+            f"pushes queue runs in the database {server_name(url)} when git runs the hook "
+            "with QUIRE_DATABASE_URL or `[server] database` set (docs/scale-out.md): "
+            "start `quire ci worker` with the same database to run them"
+        )
     return 0
 
 
@@ -281,71 +290,17 @@ def cancel_command(
     """Remove a queued run from the queue, or interrupt a running one; either way it is
     recorded as cancelled, by you, now."""
     import getpass
-    import signal
-    import socket
 
-    from quire.ci.store.liveness import is_alive
     from quire.paths import state_dir
-    from quire.service import outcome as outcomes
-    from quire.service.errors import QueueEntryNotFound
-    from quire.service.queue import open_queue, queue_path
-    from quire.service.queues import database_url
+    from quire.service.actions import cancel
 
-    if database_url() is None and not os.path.exists(queue_path(state_dir())):
-        raise QueueEntryNotFound(f"no run {run!r}: the queue is empty")
-    by = getpass.getuser()
-    with open_queue(state_dir()) as queue:
-        found = queue.find_active(run)
-        # Asked before the queue lets go of it: whoever ends the run finds who asked.
-        request = outcomes.store_of(found).request_cancel(found.run_id, by)
-        entry = queue.cancel(found.run_id)
-    if entry.state == "queued":
-        _record_cancelled_before_start(entry, request)
+    done = cancel(state_dir(), run, getpass.getuser())
+    entry = done.entry
+    if done.was_queued:
         typer.echo(f"cancelled queued run {entry.run_id} ({entry.repo} {entry.ref})")
         return 0
-    pid = entry.child_pid
-    if pid and entry.worker_host == socket.gethostname() and is_alive(pid, entry.child_start):
-        os.kill(pid, signal.SIGTERM)
     typer.echo(
         f"interrupting running run {entry.run_id} ({entry.repo} {entry.ref}): "
         "it is recorded as cancelled when it has stopped"
     )
     return 0
-
-
-def _publish_cancelled(entry: Entry) -> None:
-    """With a database: the record of a run cancelled before it started goes into the run
-    index too, with no worker (none ran it)."""
-    from quire.service.queues import database_url
-
-    url = database_url()
-    if url is None:
-        return
-    from quire.paths import state_dir
-    from quire.service.pgindex.publisher import Publisher
-    from quire.service.pgindex.writer import IndexWriter
-
-    publisher = Publisher(IndexWriter(url), "", state_dir())
-    publisher.track(entry)
-    publisher.finish(entry.run_id)
-    publisher.close()
-
-
-def _record_cancelled_before_start(entry: Entry, request: CancelRequest) -> None:
-    """A queued run never starts: its record (in cancelled/) and its note are made here."""
-    from quire.service import outcome as outcomes
-    from quire.service.worker import write_note
-
-    run = outcomes.record_cancelled(entry, request)
-    if run is not None:
-        _publish_cancelled(entry)
-    result = outcomes.Outcome(
-        outcomes.CANCELLED,
-        "cancelled",
-        f"cancelled by {request.by} before it started",
-        outcomes.commit_of(entry),
-        duration_s=0.0,
-        recorded=run is not None,
-        cancelled_by=request.by,
-    )
-    write_note(entry, result)

@@ -79,7 +79,8 @@ def _hooks_of(repo: Path) -> Path:
     return git.hooks_dir(git.open_repository(repo).git_dir)
 
 
-def _is_ours(path: Path) -> bool:
+def is_ours(path: Path) -> bool:
+    """Whether the hook at `path` is quire's."""
     try:
         return MARKER in path.read_text(errors="replace")
     except OSError:
@@ -91,7 +92,7 @@ def install(repo: Path, patterns: Sequence[str], state: Path) -> HookPlan:
     hooks = _hooks_of(repo)
     hook, chained = hooks / HOOK, hooks / CHAINED
     hooks.mkdir(parents=True, exist_ok=True)
-    replaced = _is_ours(hook)
+    replaced = is_ours(hook)
     if not replaced and (hook.exists() or hook.is_symlink()):
         if chained.exists() or chained.is_symlink():
             raise HookConflict(
@@ -121,7 +122,7 @@ def uninstall(repo: Path) -> HookPlan | None:
     installed. Raises `HookConflict` when the post-receive hook there is not quire's."""
     hooks = _hooks_of(repo)
     hook, chained = hooks / HOOK, hooks / CHAINED
-    if not _is_ours(hook):
+    if not is_ours(hook):
         if hook.exists():
             raise HookConflict(f"{hook} is not quire's hook: left alone")
         return None

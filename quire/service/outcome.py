@@ -23,6 +23,7 @@ from quire.ci.store.records import (
     RunMeta,
     RunResult,
     RunTimes,
+    Trigger,
 )
 from quire.ci.store.runs import RunDir, RunState, RunStore
 from quire.errors import ExitCode, QuireError, RunNotFound
@@ -115,6 +116,7 @@ def record_cancelled(entry: Entry, request: CancelRequest) -> RunDir | None:
             ref=entry.ref,
             pushed_at=datetime.fromisoformat(entry.pushed_at.replace("Z", "+00:00")),
             executor=ExecutorKind(entry.executor or ExecutorKind.host.value),
+            trigger=trigger_of(entry),
         )
 
     try:
@@ -181,6 +183,16 @@ def read_output(path: Path) -> str:
             return handle.read().decode(errors="replace")
     except OSError:
         return ""
+
+
+def trigger_of(entry: Entry) -> Trigger:
+    """How the queued run `entry` was started (a push when its row says nothing)."""
+    if not entry.trigger_json:
+        return Trigger()
+    try:
+        return Trigger.model_validate_json(entry.trigger_json)
+    except ValueError:
+        return Trigger()
 
 
 def commit_of(entry: Entry) -> str | None:

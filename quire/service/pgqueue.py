@@ -46,11 +46,13 @@ from quire.service.pgschema import (
     connect,
     refuse_newer,
     schema_version,
+    too_old,
     unavailable,
 )
 from quire.service.queue import (
     CLAIM_SCHEDULE,
     INSERT_RUN,
+    KEPT_EXECUTOR,
     LAST_SCHEDULED,
     Entry,
     Owner,
@@ -101,10 +103,7 @@ class PgQueue(QueueReads):
             raise
         if version < SCHEMA_VERSION:
             self.close()
-            raise QueueUnavailable(
-                f"the queue database {self.path} has schema version {version}, this quire "
-                f"needs {SCHEMA_VERSION}: run `quire ci db migrate`"
-            )
+            raise too_old(url, version)
 
     def close(self) -> None:
         if self._db is not None:
@@ -160,15 +159,18 @@ class PgQueue(QueueReads):
 
     # --- the hook's side -----------------------------------------------------------------------
 
-    def enqueue(self, pushes: Sequence[Push], trigger: HasJson | None = None) -> list[Entry]:
+    def enqueue(
+        self, pushes: Sequence[Push], trigger: HasJson | None = None, executor: str | None = None
+    ) -> list[Entry]:
         """Queue one run per push, in one transaction, and wake listening workers.
-        `trigger`: how they were started (None: a push)."""
+        `trigger`: how they were started (None: a push); `executor`: the one to run them
+        with (None: the worker's choice when it claims them)."""
         rows = []
         with self._write("queue a run in") as db:
             for push in pushes:
                 found = db.execute(
                     INSERT_RUN.replace("?", "%s") + " RETURNING *",
-                    (new_run_id(), *push_values(push), trigger_text(trigger)),
+                    (new_run_id(), *push_values(push), trigger_text(trigger), executor),
                 ).fetchone()
                 rows.append(found)
             # Delivered at commit, so a woken worker finds the rows.
@@ -203,7 +205,7 @@ class PgQueue(QueueReads):
             if push is not None:
                 row = db.execute(
                     INSERT_RUN.replace("?", "%s") + " RETURNING *",
-                    (run_id, *push_values(push), trigger_text(trigger)),
+                    (run_id, *push_values(push), trigger_text(trigger), None),
                 ).fetchone()
                 db.execute(f"NOTIFY {CHANNEL}")
         return True, None if row is None else _entry(row)
@@ -302,7 +304,8 @@ class PgQueue(QueueReads):
         with self._write("release a run in") as db:
             db.execute(
                 "UPDATE queue SET state = 'queued', worker_pid = NULL, worker_start = NULL,"
-                " worker_host = NULL, claimed_at = NULL, executor = NULL, child_pid = NULL,"
+                f" worker_host = NULL, claimed_at = NULL, executor = {KEPT_EXECUTOR},"
+                " child_pid = NULL,"
                 " child_start = NULL, lease_until = NULL WHERE run_id = %s AND state = 'running'",
                 (run_id,),
             )
@@ -324,7 +327,7 @@ class PgQueue(QueueReads):
         with self._write("queue a run again in") as db:
             row = db.execute(
                 "UPDATE queue SET state = 'queued', run_id = %s, retry_of = %s,"
-                " attempt = attempt + 1, executor = NULL, worker_pid = NULL,"
+                f" attempt = attempt + 1, executor = {KEPT_EXECUTOR}, worker_pid = NULL,"
                 " worker_start = NULL, worker_host = NULL, child_pid = NULL,"
                 " child_start = NULL, claimed_at = NULL, lease_until = NULL"
                 " WHERE run_id = %s AND state = 'running' RETURNING *",

@@ -3,6 +3,7 @@
     schema_version (version integer PRIMARY KEY, applied_at timestamptz)
     queue          see quire.service.pgqueue
     run_index, run_file, sequence run_change   see quire.service.pgindex (version 2)
+    web_users, web_tokens, web_sessions   (version 2) see quire.web.pgaccounts
     schedule_claims  the scheduled times taken (version 2; quire.service.schedule)
     workers        the worker registry (version 2; quire.service.registry, PgQueue.heartbeat)
 
@@ -16,7 +17,7 @@ naming the server, never its password.
 from __future__ import annotations
 
 from quire.service.errors import QueueCorrupt, QueueUnavailable
-from quire.service.queues import server_name
+from quire.service.queues import no_psycopg, server_name
 
 # psycopg is imported where it is used: the hook reads SCHEMA_VERSION and MIGRATIONS
 # without it (quire.service.pglite), and typing costs it milliseconds too.
@@ -100,6 +101,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     run_id text,
     PRIMARY KEY (git_dir, cron, ref, due_at)
 )""",
+        # The web page's accounts (quire.web.pgaccounts), as in the SQLite accounts file.
+        "CREATE TABLE web_users (name text PRIMARY KEY,"
+        " role text NOT NULL CHECK (role IN ('viewer', 'operator')),"
+        " password_hash text NOT NULL, created_at text NOT NULL)",
+        "CREATE TABLE web_tokens (id text PRIMARY KEY, username text NOT NULL,"
+        " token_hash text NOT NULL, created_at text NOT NULL)",
+        "CREATE TABLE web_sessions (id_hash text PRIMARY KEY, username text NOT NULL,"
+        " csrf text NOT NULL, created_at double precision NOT NULL,"
+        " expires_at double precision NOT NULL)",
         # The worker registry (quire.service.registry): a row per worker, its heartbeat
         # (seen_at) by the database's clock; live while seen within ttl_s (its lease).
         """CREATE TABLE workers (
@@ -161,11 +171,22 @@ def schema_version(db: Connection) -> int:
     return int(row["v"] or 0) if row else 0
 
 
+def require_psycopg(url: str) -> None:
+    """Raises `QueueUnavailable` saying what to install when psycopg is missing."""
+    try:
+        import psycopg  # noqa: F401
+    except ModuleNotFoundError as exc:
+        if exc.name != "psycopg":
+            raise
+        raise QueueUnavailable(no_psycopg(url)) from exc
+
+
 def migrate(url: str) -> tuple[int, int]:
     """Bring the database at `url` to this quire's schema; returns (before, after).
 
-    Raises `QueueUnavailable` (unreachable) and `QueueCorrupt` (newer schema).
+    Raises `QueueUnavailable` (unreachable, or no psycopg) and `QueueCorrupt` (newer schema).
     """
+    require_psycopg(url)
     import psycopg
 
     with connect(url) as db:
@@ -185,6 +206,14 @@ def migrate(url: str) -> tuple[int, int]:
         except psycopg.OperationalError as exc:
             raise QueueUnavailable(unavailable(url, "migrate", exc)) from exc
     return before, SCHEMA_VERSION
+
+
+def too_old(url: str, version: int) -> QueueUnavailable:
+    """The error for a database behind this quire's schema (never migrated, or older)."""
+    return QueueUnavailable(
+        f"the queue database {server_name(url)} has schema version {version}, this quire "
+        f"needs {SCHEMA_VERSION}: run `quire ci db migrate`"
+    )
 
 
 def refuse_newer(url: str, version: int) -> None:

@@ -184,10 +184,15 @@ SCHEMA_VERSION = len(_MIGRATIONS)
 _CORRUPT = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 
 # Shared with the PostgreSQL queue (its placeholder, %s; `?` here).
+# The last value is the executor: None (the worker's choice when it claims the run), or a
+# re-run's, the original run's.
 INSERT_RUN = (
-    "INSERT INTO queue (run_id, git_dir, ref, sha, pushed_at, url, trigger_json)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO queue (run_id, git_dir, ref, sha, pushed_at, url, trigger_json, executor)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# A push's executor is chosen when it is claimed, so a row queued again forgets it; a
+# re-run's was fixed when it was queued (the original run's), so it keeps it.
+KEPT_EXECUTOR = "CASE WHEN trigger_json IS NULL THEN NULL ELSE executor END"
 LAST_SCHEDULED = (
     "SELECT max(due_at) AS due_at FROM schedule_claims WHERE git_dir = %s AND cron = %s"
     " AND ref = %s"
@@ -218,8 +223,11 @@ def repository_name(git_dir: str) -> str:
 
 
 def file_url(path: str) -> str:
-    """`path` (absolute) as the file:// URL git fetches it by."""
-    return "file://" + path
+    """`path` (absolute) as the file:// URL git fetches it by: quoted, since git decodes
+    %XX in a URL (a repository at `proj%41.git` would be looked for at `projA.git`)."""
+    from urllib.parse import quote  # here: the hook imports this module and never needs it
+
+    return "file://" + quote(path, safe="/")
 
 
 def utc_text(when: datetime | None = None) -> str:
@@ -537,14 +545,18 @@ class Queue(QueueReads):
 
     # --- the hook's side -----------------------------------------------------------------------
 
-    def enqueue(self, pushes: Sequence[Push], trigger: HasJson | None = None) -> list[Entry]:
+    def enqueue(
+        self, pushes: Sequence[Push], trigger: HasJson | None = None, executor: str | None = None
+    ) -> list[Entry]:
         """Queue one run per push, in one transaction; returns the new rows. `trigger`:
-        how they were started (None: a push)."""
+        how they were started (None: a push); `executor`: the one to run them with (None:
+        the worker's choice when it claims them)."""
         run_ids = []
         with self._write("queue a run in") as db:
             for push in pushes:
                 run_id = new_run_id()
-                db.execute(INSERT_RUN, (run_id, *push_values(push), trigger_text(trigger)))
+                values = (run_id, *push_values(push), trigger_text(trigger), executor)
+                db.execute(INSERT_RUN, values)
                 run_ids.append(run_id)
         return [self.get(run_id) for run_id in run_ids]
 
@@ -577,7 +589,7 @@ class Queue(QueueReads):
             if taken.rowcount != 1:
                 return False, None
             if push is not None:
-                db.execute(INSERT_RUN, (run_id, *push_values(push), trigger_text(trigger)))
+                db.execute(INSERT_RUN, (run_id, *push_values(push), trigger_text(trigger), None))
         return True, None if run_id is None else self.get(run_id)
 
     # --- the worker's side ---------------------------------------------------------------------
@@ -618,8 +630,8 @@ class Queue(QueueReads):
         with self._write("release a run in") as db:
             db.execute(
                 "UPDATE queue SET state = 'queued', worker_pid = NULL, worker_start = NULL,"
-                " worker_host = NULL, claimed_at = NULL, executor = NULL, child_pid = NULL,"
-                " child_start = NULL WHERE run_id = ? AND state = 'running'",
+                f" worker_host = NULL, claimed_at = NULL, executor = {KEPT_EXECUTOR},"
+                " child_pid = NULL, child_start = NULL WHERE run_id = ? AND state = 'running'",
                 (run_id,),
             )
 
@@ -642,7 +654,7 @@ class Queue(QueueReads):
         with self._write("queue a run again in") as db:
             done = db.execute(
                 "UPDATE queue SET state = 'queued', run_id = ?, retry_of = ?,"
-                " attempt = attempt + 1, executor = NULL, worker_pid = NULL,"
+                f" attempt = attempt + 1, executor = {KEPT_EXECUTOR}, worker_pid = NULL,"
                 " worker_start = NULL, worker_host = NULL, child_pid = NULL,"
                 " child_start = NULL, claimed_at = NULL WHERE run_id = ? AND state = 'running'",
                 (new_id, run_id, run_id),
@@ -856,9 +868,6 @@ def _pgqueue(url: str) -> type[PgQueue]:
 
 
 def _no_psycopg(url: str) -> str:
-    from quire.service.queues import server_name
+    from quire.service.queues import no_psycopg
 
-    return (
-        f"the queue is on PostgreSQL ({server_name(url)}) but psycopg is not installed here: "
-        "pip install 'quire[postgres]'"
-    )
+    return no_psycopg(url)

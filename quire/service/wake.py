@@ -54,6 +54,26 @@ def wake_all(state: StrPath) -> int:
     return woken
 
 
+def listening(state: StrPath) -> int:
+    """How many workers of `state` listen now (each probed without waking it: connecting
+    a datagram socket sends nothing, and is refused when nobody is bound)."""
+    try:
+        names = os.listdir(os.path.join(state, WAKE_DIR))
+    except OSError:
+        return 0
+    alive = 0
+    for name in names:
+        if not name.isdigit():
+            continue
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.connect(_address(state, int(name)))
+            except OSError:
+                continue
+            alive += 1
+    return alive
+
+
 class Listener:
     """A worker's wake-up socket (a context manager); `fileno()` for a selector."""
 

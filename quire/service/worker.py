@@ -444,7 +444,8 @@ class Worker:
 
     def _start(self, entry: Entry) -> bool:
         assert self.queue is not None
-        executor = self._executor_for(entry.repo)
+        # A re-run keeps the original run's executor; a push gets the worker's choice.
+        executor = entry.executor or self._executor_for(entry.repo)
         out_dir = self.settings.state / OUTPUT_DIR
         output = out_dir / f"{entry.run_id}.log"
         try:

@@ -11,8 +11,11 @@
     GET /api/runs                             the index: {"runs", "total", "page", "per_page"}
     GET /api/runs/<repo>                      = `quire ci runs --json` (?limit=, default 20)
     GET /api/runs/<repo>/<run>                = `quire ci show --json`
+    (and the routes of quire/web/actions.py: /login, /logout, actions, /badge/<repo>.svg)
 
-Only GET (and HEAD) exist: there is nothing to write. Every response
+The pages read; the only writes are the actions of quire/web/actions.py
+(logging in and out, re-run, cancel, run a ref: POSTs from operators, with a
+CSRF token or an API token), under the gate of quire/web/auth.py. Every response
 carries a restrictive Content-Security-Policy (scripts and styles from
 this server only, no inline code, no framing); every piece of job output
 is HTML-escaped by the renderer and everything else by Jinja's autoescape.
@@ -52,8 +55,11 @@ from quire.ci.store.artifacts import kept_files
 from quire.ci.store.records import JobState, JobStatus
 from quire.ci.store.runs import FINISHED, RunDir, RunState
 from quire.ci.store.views import RunDetails, RunSummary, details
-from quire.web import downloads, live, runlog
+from quire.web import auth, downloads, live, runlog
+from quire.web.accounts import AccountStore
+from quire.web.actions import Actions
 from quire.web.ansi import palette_css
+from quire.web.auth import Anonymous, AuthGate, Throttle
 from quire.web.index import RunIndex, default_index_path
 from quire.web.logview import (
     LogRenderer,
@@ -268,6 +274,8 @@ class Web:
         state: Path,
         *,
         index_path: Path | None,
+        accounts: AccountStore | None = None,
+        throttle: Throttle | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.state = state
@@ -275,9 +283,12 @@ class Web:
         self.view = StoreView(state / "runs")
         self.index = RunIndex(self.view, index_path)
         self.templates = _templates()
+        self.accounts = accounts or _accounts(state)
+        self.actions = Actions(self, throttle)
 
     def render(self, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         context.setdefault("live", None)
+        context.setdefault("me", auth.current.get())  # who is looking: their buttons
         context.setdefault("now", self.clock())
         context.setdefault("times", False)
         html = self.templates.get_template(name).render(state_dir=str(self.state), **context)
@@ -500,14 +511,18 @@ class Web:
         return Response(PALETTE_CSS, media_type="text/css")
 
     def not_found(self, request: Request, exc: Exception) -> Response:
-        if request.url.path.startswith(("/api/", "/live/")):
+        # A run queued but not started has no record yet: its page is its queue row.
+        queued = self.actions.queued_page(request)
+        if queued is not None:
+            return queued
+        if request.url.path.startswith(("/api/", "/live/", "/badge/")):
             return JSONResponse({"error": str(exc)}, status_code=404)
         return self.render("error.html", 404, status="Not found", message=str(exc))
 
     def http_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         headers = dict(exc.headers or {})  # e.g. Allow on a 405
-        if request.url.path.startswith(("/api/", "/live/")):
+        if request.url.path.startswith(("/api/", "/live/", "/badge/")):
             return JSONResponse({"error": exc.detail}, exc.status_code, headers=headers)
         response = self.render(
             "error.html", exc.status_code, status=str(exc.status_code), message=exc.detail
@@ -517,6 +532,12 @@ class Web:
 
 
 PALETTE_CSS = palette_css()
+
+
+def _accounts(state: Path) -> AccountStore:
+    from quire.web.accounts import open_accounts
+
+    return open_accounts(state)
 
 
 async def _follow(follower: live.RunFollower) -> AsyncIterator[bytes]:
@@ -593,6 +614,9 @@ def create_app(
     *,
     index_path: Path | None = None,
     allowed_hosts: Sequence[str] | None = None,
+    accounts: AccountStore | None = None,
+    anonymous: Anonymous = "read",
+    throttle: Throttle | None = None,
 ) -> Starlette:
     """The app over the run store in `state`.
 
@@ -600,8 +624,16 @@ def create_app(
     `state`). `allowed_hosts`: Host headers to accept
     (None: any); a server on the loopback interface accepts only loopback
     names, so a web page elsewhere cannot reach it through DNS rebinding.
+    `accounts`: who may log in (default: the state directory's); `anonymous`:
+    whether visitors who have not logged in may read ("read") or not ("none");
+    `throttle`: failed logins so far (tests give it a fake clock).
     """
-    web = Web(state, index_path=index_path or default_index_path(state))
+    web = Web(
+        state,
+        index_path=index_path or default_index_path(state),
+        accounts=accounts,
+        throttle=throttle,
+    )
     get: Callable[[str, Any], Route] = lambda path, endpoint: Route(  # noqa: E731
         path, endpoint, methods=["GET"]
     )
@@ -618,11 +650,13 @@ def create_app(
         get("/runs/{repo}/{run}", web.run_page),
         get("/runs/{repo}/{run}/jobs/{job}", web.job_page),
         get("/runs/{repo}/{run}/jobs/{job}/output.txt", web.job_output),
+        *web.actions.routes(),
         get("/runs/{repo}/{run}/artifacts/{job}/{path:path}", web.artifact),
     ]
     middleware = [Middleware(SecurityHeaders)]
     if allowed_hosts is not None:
         middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts)))
+    middleware.append(Middleware(AuthGate, accounts=web.accounts, anonymous=anonymous))
     app = Starlette(
         routes=routes,
         middleware=middleware,

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from quire.errors import EnvironmentProblem
+from quire.errors import EnvironmentProblem, UsageError
 
 GRACE_S = 2
 # An idle connection between two requests is closed after this many seconds.
@@ -73,20 +73,37 @@ def serve(state: Path, host: str, port: int, *, rebuild_index: bool = False) -> 
     """Serve the run store in `state` until SIGINT/SIGTERM; returns the exit code."""
     import uvicorn
 
+    from quire.config import load_config
+    from quire.web.accounts import open_accounts
     from quire.web.app import create_app
     from quire.web.protocol import RequestDeadlineProtocol
 
     loopback = is_loopback(host)
-    app = create_app(state, allowed_hosts=LOOPBACK_NAMES if loopback else None)
+    accounts = open_accounts(state)
+    if not loopback and not accounts.has_users():
+        accounts.close()
+        raise UsageError(
+            f"refusing to serve on {host}: no user can log in yet, so nobody could act on the "
+            "runs and nothing would stand between the network and them. Add one first: "
+            "`quire ci user add NAME --role operator` (or serve on 127.0.0.1)"
+        )
+    anonymous = load_config().web.anonymous
+    app = create_app(
+        state,
+        allowed_hosts=LOOPBACK_NAMES if loopback else None,
+        accounts=accounts,
+        anonymous=anonymous,
+    )
     web = app.state.web
     if rebuild_index:
         web.index.rebuild()
     web.index.sync()  # the first page should not pay for reading every run
     sock = bind(host, port)
-    if not loopback:
+    if not loopback and anonymous == "read":
         _say(
             f"warning: listening on {host}, not on 127.0.0.1: anyone who can reach this "
-            "address can read every run's records and logs (there is no login)"
+            'address can read every run\'s records and logs ([web] anonymous = "none" in the '
+            "config file asks them to log in first)"
         )
     _say(f"quire: serving the runs in {state} at {url_of(sock)} (Ctrl-C to stop)")
     config = uvicorn.Config(
@@ -113,6 +130,7 @@ def serve(state: Path, host: str, port: int, *, rebuild_index: bool = False) -> 
             signal.signal(sig, handler)
         sock.close()
         web.index.close()
+        accounts.close()
     return 0
 
 

@@ -323,6 +323,25 @@ def test_release_puts_a_claim_back_at_its_place(queue: RunQueue) -> None:
     assert claimed(queue).run_id == first.run_id
 
 
+def test_a_rows_trigger_and_executor_are_kept_and_a_push_has_neither(queue: RunQueue) -> None:
+    from quire.ci.store.records import Trigger
+
+    rerun = Trigger(kind="rerun", by="olive", rerun_of="r0")
+    (pushed,) = queue.enqueue([push("refs/heads/a")])
+    (again,) = queue.enqueue([push("refs/heads/b")], rerun, "docker")
+    assert (pushed.trigger_json, pushed.executor) == (None, None)
+    assert again.trigger_json is not None and again.executor == "docker"
+    assert Trigger.model_validate_json(again.trigger_json) == rerun
+    first, second = claimed(queue), claimed(queue)
+    for entry in (first, second):
+        queue.started(entry.run_id, entry.executor or "host", 1, None)
+    queue.release(first.run_id)
+    requeued = queue.requeue(second.run_id)
+    assert requeued is not None
+    assert (requeued.trigger_json, requeued.executor) == (again.trigger_json, "docker")
+    assert queue.get(first.run_id).executor is None  # a push's is chosen at its next claim
+
+
 # --- a lost worker -----------------------------------------------------------------------------
 
 
@@ -536,6 +555,7 @@ def test_migrate_brings_a_version_1_database_to_this_quire_keeping_its_rows(
     with PgQueue(url) as queue:
         old = queue.get("r1")
         assert (old.git_dir, old.url, old.fetch_url) == ("/srv/p.git", None, "file:///srv/p.git")
+        assert old.trigger_json is None  # a push
 
 
 def test_a_schema_from_a_newer_quire_is_refused(pg: postgres.Server) -> None:

@@ -115,3 +115,24 @@ def test_an_object_the_url_does_not_have_fails_the_run_naming_both(tmp_path: Pat
     assert state == RunState.failed
     assert f"file://{empty}" in (result.error or "") and sha in (result.error or "")
     assert complete.outcome == "complete", complete.message
+
+
+def test_a_pushed_repository_whose_path_has_percent_signs_and_spaces_is_fetched(
+    tmp_path: Path,
+) -> None:
+    from quire.ci.run import mirror
+    from quire.service.queue import file_url
+
+    work = tmp_path / "work"
+    work.mkdir()
+    git(work, "init", "-q")
+    git(work, "commit", "-q", "--allow-empty", "-m", "x")
+    sha = git(work, "rev-parse", "HEAD")
+    # git decodes %XX in a file:// URL: `proj%41` unquoted would name `projA`.
+    bare = tmp_path / "a b" / "proj%41#1?.git"
+    bare.mkdir(parents=True)
+    git(bare, "init", "-q", "--bare")
+    git(work, "push", "-q", str(bare), "HEAD:refs/heads/main")
+    (tmp_path / "a b" / "projA#1?.git").mkdir()  # what the unquoted URL would name
+    fetched = mirror.fetch("proj-1", file_url(str(bare)), sha, "refs/heads/main")
+    assert git(fetched, "cat-file", "-t", sha) == "commit"

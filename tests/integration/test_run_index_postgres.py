@@ -28,6 +28,7 @@ import pytest
 from quire.ci.store.mirror import Mirror
 from quire.service.pgindex import reader
 from tests.helpers import GIT_ENV, terminate
+from tests.integration import postgres
 from tests.integration import test_workers_postgres as workers
 from tests.integration.test_worker import push, pushable, wait_for
 from tests.integration.test_workers_postgres import (
@@ -320,3 +321,70 @@ def test_a_run_cancelled_before_it_started_shows_in_the_index_with_no_worker(
     (run,) = listed(tmp_path)
     assert (run["id"], run["state"], run["worker"]) == (row.run_id, "cancelled", None)
     assert run["cancelled_by"]
+
+
+def test_a_reader_syncs_a_large_log_in_pages_of_bounded_bytes(
+    tmp_path: Path, database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from quire.ci.store.shipping import FileChange, FileKind, RunRow
+    from quire.service.pgindex.writer import IndexWriter
+
+    run_id = "20261204-120000-000000-abcdef"
+    piece = 300 * 1024
+    data = bytes(range(256)) * (5 * piece // 256)
+    changes = [
+        FileChange(
+            run_id=run_id,
+            path="log.jsonl",
+            kind=FileKind.whole if at == 0 else FileKind.append,
+            at=at,
+            data=data[at : at + piece],
+        )
+        for at in range(0, len(data), piece)
+    ]
+    row = RunRow(
+        run_id=run_id, repo="p-1", git_dir="/g", worker="w", state_dir="/s", state="active"
+    )
+    writer = IndexWriter(database)
+    try:
+        writer.ship([row], changes)
+    finally:
+        writer.close()
+    monkeypatch.setattr(reader, "PAGE_BYTES", 2 * piece)
+    batches: list[int] = []
+    apply = Mirror.apply
+
+    def counted(self: Mirror, rows: Any, found: list[FileChange], seq: int) -> None:
+        batches.append(sum(len(change.data) for change in found))
+        apply(self, rows, found, seq)
+
+    monkeypatch.setattr(Mirror, "apply", counted)
+    mirror = Mirror(tmp_path / "mirror")
+    assert reader.sync(database, mirror) == len(changes) + 3  # its row comes with each page
+    assert (mirror.runs_root / "p-1" / "active" / run_id / "log.jsonl").read_bytes() == data
+    assert batches == [2 * piece, 2 * piece, piece]  # never the whole log in memory at once
+
+
+def test_a_reader_of_a_database_never_migrated_is_told_to_migrate_it(
+    tmp_path: Path, server: postgres.Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A new user's first `quire ci runs --all` may come before `quire ci db migrate`.
+    monkeypatch.setenv("QUIRE_DATABASE_URL", server.new_database())
+    for args in (("ci", "runs", "--all"), ("ci", "show", "latest")):
+        done = read(tmp_path, *args)
+        assert done.returncode == 3, (args, done.stderr)
+        assert "has schema version 0" in done.stderr, (args, done.stderr)
+        assert "run `quire ci db migrate`" in done.stderr, (args, done.stderr)
+        assert "internal error" not in done.stderr, (args, done.stderr)
+
+
+def test_a_reader_outside_any_repository_is_told_about_all_and_run_ids(
+    tmp_path: Path, database: str
+) -> None:
+    # A web or laptop machine with the URL has no repository: `runs` and `latest` say what
+    # to use instead of only "not a git repository".
+    for args in (("ci", "runs"), ("ci", "logs", "latest")):
+        done = read(tmp_path, *args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert "is not a git repository" in done.stderr, (args, done.stderr)
+        assert "quire ci runs --all" in done.stderr, (args, done.stderr)

@@ -330,6 +330,36 @@ def test_a_new_run_appears_on_the_open_runs_page(
     wait_for(lambda: "listproj" in text_of(browser, "#runs"), "the new run in the list")
 
 
+def test_an_open_job_page_shows_its_job_end(
+    tmp_path: Path, server: Served, browser: WebDriver
+) -> None:
+    go = tmp_path / "go"
+    repo = tmp_path / "jobproj"
+    make_repo(repo, {".quire/ci.py": LIVE.replace("{go!r}", repr(str(go)))})
+    proc = start_run(repo)
+    try:
+        name = wait_for(lambda: store_repo(server, "jobproj"), "the run")
+        wait_for(lambda: (server.state / "runs" / name / "latest").exists(), "the run")
+        run_id = latest_id(server, name)
+        wait_for(
+            lambda: (server.state / "runs" / name / "latest" / "jobs" / "slow").is_dir(), "the job"
+        )
+        browser.get(f"{server.url}runs/{name}/{run_id}/jobs/slow")
+        wait_for(lambda: "live" in text_of(browser, "#live-status"), "the stream")
+        assert text_of(browser, "#job-state") == "running"
+        go.touch()
+        Path(str(go) + ".end").touch()
+        wait_for(lambda: text_of(browser, "#live-status") == "finished", "the run's end")
+        # The job's badge and facts follow the job, not only its log.
+        wait_for(lambda: text_of(browser, "#job-state") == "success", "the job's badge")
+        assert not re.search(r"duration\s+-", text_of(browser, "#job-facts"))
+    finally:
+        Path(str(go) + ".end").touch()
+        go.touch()
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode(errors="replace")
+
+
 BATCHES = pipeline(
     """
 STEP = Path({step!r})

@@ -97,10 +97,31 @@ def test_serve_prints_its_url_serves_and_stops_cleanly_on_sigterm(tmp_path: Path
     assert "Shutting down" in served.log.read_text()
 
 
+def test_serve_beyond_loopback_without_a_user_refuses_to_start(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "quire", "ci", "serve", "--host", "0.0.0.0", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ),
+    )
+    assert done.returncode == 2
+    assert "quire ci user add NAME --role operator" in done.stderr
+
+
 def test_serve_warns_when_listening_beyond_loopback(tmp_path: Path) -> None:
+    added = subprocess.run(
+        [sys.executable, "-m", "quire", "ci", "user", "add", "olive", "--password-stdin"],
+        input="pw",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert added.returncode == 0, added.stderr
     with serve(tmp_path / "serve.log", "--host", "0.0.0.0") as served:
         text = served.log.read_text()
         assert "warning: listening on 0.0.0.0" in text
+        assert '[web] anonymous = "none"' in text
         port = served.url.rsplit(":", 1)[1]
         # Not bound to loopback: any Host header is accepted.
         with urllib.request.urlopen(f"http://127.0.0.1:{port}", timeout=10) as response:

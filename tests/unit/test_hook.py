@@ -241,3 +241,35 @@ def test_hook_uses_core_hooks_path(tmp_path: Path) -> None:
     plan = install(bare, [], state_dir())
     assert plan.hook == tmp_path / "shared-hooks" / "post-receive"
     assert plan.hook.is_file()
+
+
+def test_install_says_where_pushes_queue_without_a_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from quire.cli.app import app
+
+    monkeypatch.delenv("QUIRE_DATABASE_URL", raising=False)
+    git(tmp_path, "init", "-q", "--bare", str(tmp_path / "proj.git"))
+    done = CliRunner().invoke(app, ["ci", "hook", "install", "--repo", str(tmp_path / "proj.git")])
+    assert done.exit_code == 0, done.output
+    assert f"pushes queue runs in {state_dir().resolve()}" in done.stdout
+
+
+def test_install_with_a_database_names_it_not_the_state_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from quire.cli.app import app
+
+    monkeypatch.setenv("QUIRE_DATABASE_URL", "postgresql://quire:sekrit@db.example:5433/ci")
+    git(tmp_path, "init", "-q", "--bare", str(tmp_path / "proj.git"))
+    done = CliRunner().invoke(app, ["ci", "hook", "install", "--repo", str(tmp_path / "proj.git")])
+    assert done.exit_code == 0, done.output
+    assert "pushes queue runs in the database postgresql://quire@db.example:5433/ci" in done.stdout
+    assert "sekrit" not in done.stdout
+    assert str(state_dir().resolve()) not in done.stdout
+    # The variable in this shell is not the hook's: git runs it in the pusher's environment.
+    assert "when git runs the hook" in done.stdout

@@ -133,3 +133,12 @@ def test_a_mirror_stands_for_the_pushed_repository_under_the_queues_name(pushed:
     )
     # The worker finds the run's record by the queue's name for it: the same store.
     assert store_of(repo).repo == repository_name(pushed)
+
+
+@pytest.mark.parametrize("ref", ["refs/heads/gone", None])
+def test_a_failed_fetch_never_shows_a_password_in_the_url(fake: FakeGit, ref: str | None) -> None:
+    # The message becomes the run's recorded failure: result.yml, the web, the run index.
+    with pytest.raises(FetchFailed) as caught:
+        mirror.fetch("proj-1a2b3c4d", "https://ci:s3cr%3At@githost/p.git", "e" * 40, ref)
+    assert "s3cr" not in str(caught.value)
+    assert "https://ci:***@githost/p.git" in str(caught.value)

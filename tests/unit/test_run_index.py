@@ -97,9 +97,9 @@ def test_a_deleted_file_ships_a_deletion_and_a_log_that_shrank_goes_whole(tmp_pa
     (path / "container.yml").unlink()
     (path / "log.jsonl").write_bytes(b"new\n")
     changes, marks = scan(RUN, path, marks)
-    assert kinds(changes) == [
-        ("log.jsonl", FileKind.whole, 0, b"new\n"),
+    assert kinds(changes) == [  # deletions first (a file may become a directory)
         ("container.yml", FileKind.delete, 0, b""),
+        ("log.jsonl", FileKind.whole, 0, b"new\n"),
     ]
     assert "container.yml" not in marks
 
@@ -367,7 +367,221 @@ def test_a_row_whose_names_would_lead_outside_the_mirror_is_refused(tmp_path: Pa
     assert list((tmp_path / "a").rglob("active")) == []
 
 
+# --- review of issue 21: races and replacements ---------------------------------------------------
+
+
+def test_a_run_moving_while_it_is_scanned_ships_no_deletions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index = FakeIndex()
+    pub = publisher(tmp_path, index)
+    path = run_dir(tmp_path)
+    (path / "jobs" / "build" / "log.jsonl").write_bytes(b"one\n")
+    (path / "meta.yml").write_text("run_id: x\n")
+    pub.publish()
+    done = path.parent.parent / "complete" / RUN
+    real_scan = shipping.scan
+
+    def scan_as_it_moves(run_id: str, root: Path, marks: Marks) -> tuple[list[FileChange], Marks]:
+        # The child finishes between the publisher's look and its scan: running/ -> complete/.
+        if root.is_dir() and root != done:
+            done.parent.mkdir(exist_ok=True)
+            os.rename(root, done)
+        return real_scan(run_id, root, marks)
+
+    monkeypatch.setattr("quire.service.pgindex.publisher.scan", scan_as_it_moves)
+    pub.publish()
+    pub.publish()
+    assert [c for c in index.changes if c.kind == FileKind.delete] == []
+    assert index.rows[RUN].state == "complete"
+    assert len([c for c in index.changes if c.path == "meta.yml"]) == 1  # not shipped twice
+
+
+def test_a_file_replaced_by_a_directory_and_back_is_mirrored(tmp_path: Path) -> None:
+    index = FakeIndex()
+    pub = publisher(tmp_path, index)
+    path = run_dir(tmp_path)
+    (path / "out").write_bytes(b"a file\n")
+    mirror = Mirror(tmp_path / "reader" / "mirror")
+    pub.publish()
+    mirrored(tmp_path, index, mirror)
+    copy = mirror.runs_root / REPO / "active" / RUN
+    (path / "out").unlink()
+    (path / "out").mkdir()
+    (path / "out" / "inner").write_bytes(b"now a directory\n")
+    pub.publish()
+    mirrored(tmp_path, index, mirror)
+    assert (copy / "out" / "inner").read_bytes() == b"now a directory\n"
+    (path / "out" / "inner").unlink()
+    (path / "out").rmdir()
+    (path / "out").write_bytes(b"a file again\n")
+    pub.publish()
+    mirrored(tmp_path, index, mirror)
+    assert (copy / "out").read_bytes() == b"a file again\n"
+    same_tree(path, copy)
+
+
+def test_a_mirror_makes_room_for_a_change_whatever_stands_in_its_way(tmp_path: Path) -> None:
+    # Changes in any order (an index written by another quire): a file where a directory
+    # goes, a directory where a file goes, a deletion of a directory.
+    mirror = Mirror(tmp_path / "mirror")
+    mirror.apply([row("active", 2)], [whole("out", b"x", 1)], 2)
+    mirror.apply([], [whole("out/inner", b"y", 3)], 3)
+    copy = mirror.runs_root / REPO / "active" / RUN
+    assert (copy / "out" / "inner").read_bytes() == b"y"
+    mirror.apply([], [whole("out", b"z", 4)], 4)
+    assert (copy / "out").read_bytes() == b"z"
+    mirror.apply([], [whole("d/inner", b"y", 5)], 5)
+    mirror.apply([], [FileChange(run_id=RUN, path="d", kind=FileKind.delete, seq=6)], 6)
+    assert not (copy / "d").exists() and mirror.seq() == 6
+
+
+def test_a_readers_page_holds_up_to_its_bytes_and_at_least_one_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reader = pytest.importorskip("quire.service.pgindex.reader")
+    monkeypatch.setattr(reader, "PAGE_BYTES", 10)
+    assert reader._page([4, 6, 1]) == 2
+    assert reader._page([4, 5]) == 2
+    assert reader._page([11, 1]) == 1  # alone larger than a page: it comes alone
+    assert reader._page([]) == 0
+
+
+def test_a_large_log_and_file_are_shipped_a_bounded_batch_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shipping, "CHUNK_BYTES", 1000)
+    monkeypatch.setattr(shipping, "SCAN_BYTES", 4000)
+    index = FakeIndex()
+    shipped: list[int] = []
+    ship = index.ship
+
+    def counted(rows: list[RunRow], changes: list[FileChange]) -> None:
+        shipped.append(sum(len(c.data) for c in changes))
+        ship(rows, changes)
+
+    index.ship = counted  # type: ignore[method-assign]
+    pub = publisher(tmp_path, index)
+    path = run_dir(tmp_path)
+    log = path / "jobs" / "build" / "log.jsonl"
+    log.write_bytes(b"x" * 9999 + b"\n")
+    (path / "artifact.bin").write_bytes(bytes(range(256)) * 30)
+    pub.publish()
+    assert shipped == [4000]
+    mirror = Mirror(tmp_path / "reader" / "mirror")
+    done = path.parent.parent / "complete" / RUN
+    done.parent.mkdir()
+    os.rename(path, done)
+    pub.finish(RUN)  # everything left, in as many batches as it takes
+    assert RUN not in pub.runs
+    assert max(shipped) <= 4000 and sum(shipped) == 10000 + 256 * 30
+    mirrored(tmp_path, index, mirror)
+    same_tree(done, mirror.runs_root / REPO / "complete" / RUN)
+    # Resumed from what the index holds (a new publisher), a file half shipped is finished.
+    half = FakeIndex()
+    first = publisher(tmp_path, half)
+    first.publish()
+    second = Publisher(half, "w1", tmp_path / "worker")
+    second.track(running())
+    second.finish(RUN)
+    mirrored(tmp_path, half, fresh := Mirror(tmp_path / "other" / "mirror"))
+    same_tree(done, fresh.runs_root / REPO / "complete" / RUN)
+
+
+def test_a_run_is_not_seen_finished_before_a_later_page_brings_the_rest_of_its_log(
+    tmp_path: Path,
+) -> None:
+    # A page of a sync ends inside a run's changes; its row (fetched with the page, since
+    # the page holds its files) is already `complete`, at a seq beyond the page.
+    mirror = Mirror(tmp_path / "mirror")
+    mirror.apply([row("active", 2)], [whole("log.jsonl", b"one\n", 1)], 2)
+    tail = FileChange(run_id=RUN, path="log.jsonl", kind=FileKind.append, at=4, data=b"two\n")
+    mirror.apply([row("complete", 9)], [whole("meta.yml", b"x", 3)], 3)
+    (seen,) = list(mirror.store(REPO).runs())
+    assert seen.state == RunState.active  # not finished with half its log
+    mirror.apply([row("complete", 9)], [tail.model_copy(update={"seq": 8})], 9)
+    (seen,) = list(mirror.store(REPO).runs())
+    assert seen.state == RunState.complete
+    assert (seen.path / "log.jsonl").read_bytes() == b"one\ntwo\n"
+
+
+def test_following_a_mirrored_run_that_moves_between_a_look_and_a_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from quire.ci.store import views
+
+    mirror = Mirror(tmp_path / "mirror")
+    line = b'{"event": "stdout", "data": "hello\\n"}\n'
+    mirror.apply(
+        [row("active", 3)],
+        [whole("jobs/build/log.jsonl", line, 1), whole("meta.yml", b"run_id: x\n", 2)],
+        3,
+    )
+    real_reader = views.LogReader
+    moved: list[bool] = []
+
+    def reader_as_it_moves(path: Path) -> views.LogReader:
+        # The follower thread syncs the run's end (active/ -> complete/) just now, after the
+        # log was looked for and before it is opened.
+        if not moved and "active" in path.parts and path.name == "log.jsonl":
+            moved.append(True)
+            mirror.apply([row("complete", 5)], [whole("result.yml", b"exit_code: 0\n", 4)], 5)
+        return real_reader(path)
+
+    monkeypatch.setattr(views, "LogReader", reader_as_it_moves)
+    events: list[object] = []
+    outcome, _ = views.follow(
+        mirror.store(REPO), RUN, None, events.append, poll_s=0, alive=lambda run: True
+    )
+    assert outcome.state == RunState.complete and moved
+    assert [type(event).__name__ for event in events] == ["JobStarted", "Output"]
+
+
+def test_a_change_whose_run_id_would_lead_outside_the_mirror_is_refused(tmp_path: Path) -> None:
+    # No row comes with it: the mirror looks for its run among those it has.
+    mirror = Mirror(tmp_path / "a" / "mirror")
+    mirror.apply([row("active", 2)], [whole("meta.yml", b"x", 1)], 2)
+    (tmp_path / "outside").mkdir()
+    escape = FileChange(
+        run_id="../../../../../outside", path="planted", kind=FileKind.whole, data=b"!", seq=3
+    )
+    mirror.apply([], [escape], 3)
+    assert list((tmp_path / "outside").iterdir()) == []
+    assert mirror.seq() == 3
+
+
+def test_a_file_whose_name_is_not_utf8_is_not_shipped(tmp_path: Path) -> None:
+    # The index keeps paths as text: such a name could not be stored, and the batch with
+    # it would fail at every try.
+    path = run_dir(tmp_path)
+    os.close(os.open(os.fsencode(path) + b"/bad\xff.txt", os.O_CREAT | os.O_WRONLY, 0o600))
+    (path / "meta.yml").write_text("run_id: x\n")
+    changes, marks = scan(RUN, path, {})
+    assert [c.path for c in changes] == ["meta.yml"] and list(marks) == ["meta.yml"]
+    for change in changes:
+        change.path.encode("utf-8")
+
+
 def test_a_jobs_plain_output_stays_home_and_an_artifact_of_that_name_goes() -> None:
     assert not shipping.shipped_path("jobs/build/output.txt")  # readers decode log.jsonl
     assert shipping.shipped_path("jobs/build/log.jsonl")
     assert shipping.shipped_path("artifacts/build/output.txt")
+
+
+def test_a_finished_run_is_not_shown_finished_before_its_last_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shipping, "CHUNK_BYTES", 1000)
+    monkeypatch.setattr(shipping, "SCAN_BYTES", 4000)
+    index = FakeIndex()
+    pub = publisher(tmp_path, index)
+    path = run_dir(tmp_path, "complete")  # it ended before a batch could ship it all
+    (path / "jobs" / "build" / "log.jsonl").write_bytes(b"x" * 9999 + b"\n")
+    states = []
+    for _ in range(3):
+        pub.publish()
+        states.append(index.rows[RUN].state)
+    assert states == ["active", "active", "complete"]
+    mirror = Mirror(tmp_path / "reader" / "mirror")
+    mirrored(tmp_path, index, mirror)
+    same_tree(path, mirror.runs_root / REPO / "complete" / RUN)

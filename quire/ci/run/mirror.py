@@ -23,6 +23,7 @@ from __future__ import annotations
 import fcntl
 import os
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from quire.errors import FetchFailed, QuireError
 from quire.paths import cache_dir
@@ -62,7 +63,23 @@ def fetch(repo: str, url: str, sha: str, ref: str | None) -> Path:
     return mirror
 
 
+def shown_url(url: str) -> str:
+    """`url` as messages show it: a password in it (`https://user:token@host/...`) is `***`;
+    a failure is recorded in the run, shown on the web and shipped to the run index."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    if not password:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    name = user.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{name}:***@{host}"))
+
+
 def _fetch_locked(mirror: Path, url: str, sha: str, ref: str | None) -> None:
+    shown = shown_url(url)
     if not (mirror / "objects").is_dir():
         try:
             git.init_bare(mirror)
@@ -75,7 +92,7 @@ def _fetch_locked(mirror: Path, url: str, sha: str, ref: str | None) -> None:
     if by_id.ok and git.has_object(mirror, sha):
         return
     if ref is None:
-        raise FetchFailed(f"cannot fetch {sha} from {url} into {mirror}: {by_id.stderr_tail(3)}")
+        raise FetchFailed(f"cannot fetch {sha} from {shown} into {mirror}: {by_id.stderr_tail(3)}")
     # A server that refuses objects by id (protocol v0 without allow*SHA1InWant): the ref.
     by_ref = git.fetch(mirror, url, f"+{ref}:{keep}")
     if by_ref.ok and git.has_object(mirror, sha):
@@ -84,6 +101,6 @@ def _fetch_locked(mirror: Path, url: str, sha: str, ref: str | None) -> None:
         f"{ref} there is at {git.ref_target(mirror, keep) or 'nothing'} now"
     )
     raise FetchFailed(
-        f"cannot fetch {sha} ({ref}) from {url} into {mirror}: {why}"
+        f"cannot fetch {sha} ({ref}) from {shown} into {mirror}: {why}"
         + (f"; by its id: {by_id.stderr_tail(2)}" if not by_id.ok else "")
     )

@@ -12,7 +12,8 @@ unchanged.
 `apply(rows, changes)` takes a batch of index rows and file changes (in the
 order of the database's one sequence) and writes them: the files first, then
 each run moved to its state directory (one rename, as a run's own directory
-moves), so a reader that sees a run finished sees its logs whole. A row
+moves), so a reader that sees a run finished sees its logs whole (a row
+newer than the batch's last change waits for the batch that reaches it). A row
 whose state is `pruned` removes its run. Appends are idempotent: a chunk
 already there (a sync that was cut off and done again) is not written twice.
 
@@ -127,6 +128,9 @@ class Mirror:
             if row.state != PRUNED and self.locate(row.repo, row.run_id) is None:
                 self._arrive(row)
         for change in sorted(changes, key=lambda c: c.seq):
+            if not valid_name(change.run_id):  # it would lead outside, like such a row
+                log.warning("refused a run index change naming run %r", change.run_id)
+                continue
             repo = repos.get(change.run_id) or self._repo_of(change.run_id)
             where = None if repo is None else self.locate(repo, change.run_id)
             if where is None:
@@ -134,7 +138,10 @@ class Mirror:
                 continue
             self._write(where, change)
         for row in sorted(rows, key=lambda r: r.seq):
-            self._place(row)
+            # A row newer than the batch came with it for its run's files (a sync's page
+            # ended inside them): placed once the changes before it are here too.
+            if row.seq <= seq:
+                self._place(row)
         write_record(self.root / "sync.yml", SyncMark(seq=seq), durable=False)
 
     def _repo_of(self, run_id: str) -> str | None:
@@ -182,14 +189,38 @@ class Mirror:
             return
         path = run_path / change.path
         if change.kind == FileKind.delete:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+            _remove(path)
             return
+        _make_room(run_path, path)
         private_dir(path.parent)
         if change.kind == FileKind.whole:
             _replace(path, change.data)
             return
         _append(path, change)
+
+
+def _remove(path: Path) -> None:
+    """`path` is gone, whatever it was (a file, or a directory a file of the run became)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+        return
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        path.unlink()
+
+
+def _make_room(run_path: Path, path: Path) -> None:
+    """Nothing stands in the way of the file `path`: a file where one of its directories
+    goes, or a directory where it goes (on the worker, a file became a directory or back;
+    the deletion may come after), is removed. Else the mirror would fail on it at every
+    sync, for good."""
+    here = run_path
+    for part in path.relative_to(run_path).parts[:-1]:
+        here = here / part
+        if here.is_symlink() or (here.exists() and not here.is_dir()):
+            here.unlink()
+            break  # nothing is below a file
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
 
 
 def _replace(path: Path, data: bytes) -> None:

@@ -60,13 +60,6 @@ except ImportError:  # pragma: no cover - depends on how PyYAML was built
     from yaml import SafeLoader as _Loader  # type: ignore[assignment]
 
 
-class PlannedJob(Record):
-    """One job a run is to run, and the jobs whose outputs it waits for."""
-
-    job_id: str
-    inputs: list[str] = Field(default_factory=list)
-
-
 class Trigger(Record):
     """How a run was started: shown by runs/show and the web page."""
 
@@ -75,6 +68,13 @@ class Trigger(Record):
     rerun_of: str | None = None  # the original run's id (rerun)
     schedule: str | None = None  # the cron line (schedule)
     due_at: datetime | None = None  # the scheduled time it ran for (schedule)
+
+
+class PlannedJob(Record):
+    """One job a run is to run, and the jobs whose outputs it waits for."""
+
+    job_id: str
+    inputs: list[str] = Field(default_factory=list)
 
 
 class RunMeta(Record):

@@ -8,13 +8,16 @@ on PostgreSQL): the publisher's side of a mirror, as plain file changes.
 
 Every file of a run's directory is shipped (records, logs, artifacts, delivery
 records: whatever a run keeps there) except the dot-names (temporary files
-of atomic writes), `runner.yml` and `processes.yml`, which name pids on
-the worker's host and mean nothing elsewhere, and each job's `output.txt`,
-the output its log.jsonl holds again (readers decode the log). JSON Lines logs only grow, so
-only their new bytes go (`append` at the old size); a log that shrank (it
-was replaced) goes whole again. Any other file goes whole when its content
-changed (a digest, looked at only when its size, mtime or inode changed),
-in chunks of `CHUNK_BYTES` (the first `whole`, the rest `append`).
+of atomic writes), names that are not UTF-8 (the index keeps paths as text),
+`runner.yml` and `processes.yml`, which name pids on the worker's host and
+mean nothing elsewhere, and each job's `output.txt`, the output its
+log.jsonl holds again (readers decode the log). JSON Lines logs only grow,
+so only their new bytes go (`append` at the old size); a log that shrank
+(it was replaced) goes whole again. Any other file goes whole when its
+content changed (a digest, looked at only when its size, mtime or inode
+changed), in chunks of `CHUNK_BYTES` (the first `whole`, the rest
+`append`). One scan reads at most `SCAN_BYTES`; the rest goes in the next
+ones.
 Symbolic links are not followed: nothing outside the run's directory goes.
 """
 
@@ -34,6 +37,8 @@ from quire.ci.store.logs import PLAIN_OUTPUT
 from quire.ci.vocabulary import RunState
 
 CHUNK_BYTES = 1024 * 1024
+# The most data one scan of one run reads and ships (see scan()).
+SCAN_BYTES = 16 * CHUNK_BYTES
 # Files of a run's directory that only mean something on the machine that ran it.
 LOCAL_ONLY = frozenset({"runner.yml", "processes.yml"})
 # Written into a mirrored run from its index row; never shipped from a run directory.
@@ -97,9 +102,19 @@ def shipped_path(rel: str) -> bool:
     parts = rel.split("/")
     if any(not part or part.startswith(".") or part == ".." for part in parts):
         return False
+    if _undecodable(rel):
+        return False  # the index keeps paths as text: such a name could never be stored
     if parts[0] == "jobs" and parts[-1] == PLAIN_OUTPUT:
         return False  # the log's output again: readers decode the log instead
     return rel not in LOCAL_ONLY and rel != WORKER_FILE
+
+
+def _undecodable(rel: str) -> bool:
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:  # a name of bytes that are not UTF-8 (surrogateescape)
+        return True
+    return False
 
 
 def _files(root: Path) -> list[tuple[str, os.stat_result]]:
@@ -157,47 +172,96 @@ def _chunks(
 
 def scan(run_id: str, root: Path, marks: Marks) -> tuple[list[FileChange], Marks]:
     """The changes of the run directory `root` since `marks`, and the marks once they are
-    shipped (`marks` itself is left as it is: a batch that fails to ship is sent again)."""
+    shipped (`marks` itself is left as it is: a batch that fails to ship is sent again).
+
+    At most `SCAN_BYTES` of data: what is beyond (a log that grew by a gigabyte while
+    the database was away, a large file) is left for the next scans, which go on from
+    the marks. `more(changes)` says whether that may be the case."""
     changes: list[FileChange] = []
     after: Marks = {}
+    budget = SCAN_BYTES
     for rel, st in _files(root):
         old = marks.get(rel)
         path = root / rel
-        if rel.endswith(APPENDED):
-            if old is not None and old.digest is None and st.st_size == old.size:
+        found = (_log if rel.endswith(APPENDED) else _file)(run_id, rel, path, st, old, budget)
+        if found is None:  # unreadable, or no room left in this scan: as it was
+            if old is not None:
                 after[rel] = old
-                continue
-            if old is not None and old.digest is None and st.st_size > old.size:
-                data = _read(path, old.size, st.st_size - old.size)
-                if data is None:
-                    after[rel] = old
-                    continue
-                changes += _chunks(run_id, rel, data, start=old.size, whole=False)
-                after[rel] = Mark(old.size + len(data))
-                continue
-            data = _read(path, 0, st.st_size)  # new, or it shrank: whole again
-            if data is None:
-                continue
-            changes += _chunks(run_id, rel, data, start=0, whole=True)
-            after[rel] = Mark(len(data))
             continue
-        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-        if old is not None and old.stamp == stamp:
-            after[rel] = old
-            continue
-        data = _read(path, 0, st.st_size + CHUNK_BYTES)
-        if data is None:
-            continue
-        digest = hashlib.sha256(data).hexdigest()
-        if old is not None and old.digest == digest:
-            after[rel] = Mark(old.size, digest, stamp)
-            continue
-        changes += _chunks(run_id, rel, data, start=0, whole=True, digest=digest)
-        after[rel] = Mark(len(data), digest, stamp)
-    for rel in marks:
-        if rel not in after:
-            changes.append(FileChange(run_id=run_id, path=rel, kind=FileKind.delete))
-    return changes, after
+        mark, shipped = found
+        after[rel] = mark
+        changes += shipped
+        budget -= sum(len(change.data) for change in shipped)
+    # Deletions first: a file that became a directory (or back) is gone before its
+    # successor is written in its place.
+    deleted = [
+        FileChange(run_id=run_id, path=rel, kind=FileKind.delete)
+        for rel in marks
+        if rel not in after
+    ]
+    return deleted + changes, after
+
+
+def more(changes: list[FileChange]) -> bool:
+    """Whether a scan that found `changes` may have left some for the next (it was full)."""
+    return sum(len(change.data) for change in changes) >= SCAN_BYTES
+
+
+def _log(
+    run_id: str, rel: str, path: Path, st: os.stat_result, old: Mark | None, budget: int
+) -> tuple[Mark, list[FileChange]] | None:
+    """A JSON Lines log: its new bytes at the old size, or whole if new or it shrank."""
+    if old is not None and old.digest is None and st.st_size == old.size:
+        return old, []
+    grown = old is not None and old.digest is None and st.st_size > old.size
+    start = old.size if grown and old is not None else 0
+    if budget <= 0 and st.st_size > start:
+        return None
+    data = _read(path, start, min(st.st_size - start, budget))
+    if data is None:
+        return None
+    return Mark(start + len(data)), _chunks(run_id, rel, data, start=start, whole=not grown)
+
+
+def _file(
+    run_id: str, rel: str, path: Path, st: os.stat_result, old: Mark | None, budget: int
+) -> tuple[Mark, list[FileChange]] | None:
+    """Any other file: whole when its content changed; a file larger than the scan's room
+    goes on at its shipped size in the next scans (its digest and stamp unchanged)."""
+    stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+    if old is not None and old.stamp == stamp and old.size >= st.st_size:
+        return old, []
+    if old is not None and old.stamp == stamp:
+        digest, size = old.digest, st.st_size  # part shipped, unchanged since: go on
+    else:
+        hashed = _digest(path)
+        if hashed is None:
+            return None
+        digest, size = hashed
+    resume = old is not None and old.digest == digest
+    start = old.size if resume and old is not None else 0
+    if resume and start >= size:
+        return Mark(start, digest, stamp), []
+    if budget <= 0:
+        return None
+    data = _read(path, start, min(size - start, budget))
+    if data is None:
+        return None
+    chunks = _chunks(run_id, rel, data, start=start, whole=not resume, digest=digest)
+    return Mark(start + len(data), digest, stamp), chunks
+
+
+def _digest(path: Path) -> tuple[str, int] | None:
+    """The sha256 of the file at `path` and its size, read a chunk at a time."""
+    digest, size = hashlib.sha256(), 0
+    try:
+        with open(path, "rb") as handle:
+            while block := handle.read(CHUNK_BYTES):
+                digest.update(block)
+                size += len(block)
+    except OSError:
+        return None
+    return digest.hexdigest(), size
 
 
 class Shipped(NamedTuple):

@@ -63,6 +63,7 @@ class RunSummary(BaseModel):
     problem: str | None = None  # why some of its records could not be read
     cancelled_by: str | None = None  # state `cancelled`: who asked, and when
     cancelled_at: datetime | None = None
+    pushed_at: datetime | None = None  # when it was pushed or asked for (a re-run, by hand)
     worker: str | None = None  # the worker's --name, for a run mirrored from the run index
     trigger: Trigger | None = None  # how it was started (None: its meta.yml is unreadable)
 
@@ -95,6 +96,7 @@ def summarize(run: RunDir) -> RunSummary:
         summary.revision, summary.sha, summary.ref = meta.revision, meta.sha, meta.ref
         summary.executor = meta.executor.value
         summary.dirty = meta.dirty
+        summary.pushed_at = meta.pushed_at
         summary.subject = meta.subject
         summary.trigger = meta.trigger
     except RecordUnreadable as exc:
@@ -303,7 +305,14 @@ def follow(
     while True:
         run = store.find(run_id)
         done = run.state in FINISHED
-        drain(run)
+        try:
+            drain(run)
+        except FileNotFoundError:
+            # It moved (it ended, or a mirror placed it) between a look and a read: the
+            # next look finds it where it went, the offsets kept. A run deleted meanwhile
+            # is not found then (RunNotFound).
+            time.sleep(poll_s)
+            continue
         if done:
             return finished(run), [_torn_note(path) for path in torn.values()]
         if time.monotonic() >= next_check:

@@ -23,14 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from quire.ci.store.runs import RunState, RunStore
-from quire.ci.store.shipping import FileChange, Marks, RunRow, scan
+from quire.ci.store.runs import FINISHED, RunState, RunStore
+from quire.ci.store.shipping import FileChange, Marks, RunRow, more, scan
 from quire.errors import QuireError
 from quire.service.queue import Entry
 
 log = logging.getLogger("quire.worker")
 
 INTERVAL_S = 0.25
+FINISHED_STATES = frozenset(state.value for state in FINISHED)
+IN_FLIGHT_STATES = frozenset(state.value for state in RunState if state not in FINISHED)
 # After a batch could not be shipped (the database is away): the thread's next try.
 RETRY_S = 5.0
 
@@ -76,6 +78,7 @@ class _Tracked:
     marks: Marks | None = None  # None: unknown, ask the index
     state: str | None = None  # the state last shipped
     ending: bool = False  # its child ended: drop it once everything is shipped
+    more: bool = False  # its last scan was full: more may be left to ship
 
 
 @dataclass
@@ -109,7 +112,7 @@ class Publisher:
             if tracked is None:
                 return
             tracked.ending = True
-            self._publish([tracked])
+            self._drain([tracked])
 
     def lost(self, entry: Entry, message: str) -> None:
         try:
@@ -123,10 +126,21 @@ class Publisher:
         with self._lock:
             self._publish(list(self.runs.values()))
 
+    def _drain(self, tracked: list[_Tracked]) -> None:
+        """Publish until nothing is left of `tracked` (a scan ships a bounded batch) or a
+        batch fails (the thread tries again)."""
+        while True:
+            self._publish(tracked)
+            if self._failed:
+                return
+            tracked = [run for run in tracked if run.more]
+            if not tracked:
+                return
+
     def _publish(self, tracked: list[_Tracked]) -> None:
         rows: list[RunRow] = []
         changes: list[FileChange] = []
-        after: dict[str, tuple[Marks, str]] = {}
+        after: dict[str, tuple[Marks, str, bool]] = {}
         try:
             for run in tracked:
                 found = self._batch(run)
@@ -136,7 +150,7 @@ class Publisher:
                 if run_changes or row.state != run.state:
                     rows.append(row)
                     changes += run_changes
-                after[run.entry.run_id] = (marks, row.state)
+                after[run.entry.run_id] = (marks, row.state, more(run_changes))
             if rows:
                 self.index.ship(rows, changes)
         except QuireError as exc:
@@ -149,9 +163,10 @@ class Publisher:
         self._failed = False
         for run in tracked:
             if run.entry.run_id not in after:
+                run.more = False  # not scanned (not found, or moving): the thread sees to it
                 continue
-            run.marks, run.state = after[run.entry.run_id]
-            if run.ending:
+            run.marks, run.state, run.more = after[run.entry.run_id]
+            if run.ending and not run.more:
                 self.runs.pop(run.entry.run_id, None)
 
     def _batch(self, run: _Tracked) -> tuple[RunRow, list[FileChange], Marks] | None:
@@ -166,6 +181,15 @@ class Publisher:
             run.marks = self.index.marks(entry.run_id)
             run.state = self.index.state(entry.run_id)
         changes, marks = scan(entry.run_id, path, run.marks)
+        if state.value in FINISHED_STATES and more(changes):
+            # Not all of it goes in this batch: a reader that sees a run finished must see
+            # its logs whole, so it stays in flight in the index until its last batch.
+            state = RunState(run.state) if run.state in IN_FLIGHT_STATES else RunState.active
+        if not path.is_dir():
+            # It moved (running/ -> complete/) while scanned: what was not found there is not
+            # deleted. A run's directory only moves on, so one still there was there throughout;
+            # the next pass scans it where it went.
+            return None
         row = RunRow(
             run_id=entry.run_id,
             repo=entry.repo,
@@ -194,7 +218,8 @@ class Publisher:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        self.publish()  # what is left of runs still tracked
+        with self._lock:  # what is left of runs still tracked
+            self._drain(list(self.runs.values()))
         self.index.close()
 
 

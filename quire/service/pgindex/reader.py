@@ -7,7 +7,9 @@
 
 A sync reads the index rows and the file changes after the last applied
 change in one REPEATABLE READ transaction (one snapshot: a run's changes
-never arrive without its row), in pages of `PAGE` changes.
+never arrive without its row), in pages of at most `PAGE` changes and `PAGE_BYTES` of
+their data (one change more if that one alone is larger): a large log is never
+held in memory whole, whatever was shipped while the reader was away.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from quire.ci.store.shipping import FileChange, FileKind, RunRow
 from quire.errors import RunNotFound
 from quire.service.errors import QueueUnavailable
 from quire.service.pgindex.writer import CHANNEL
-from quire.service.pgschema import connect, unavailable
+from quire.service.pgschema import connect, schema_version, too_old, unavailable
 
 if TYPE_CHECKING:
     from quire.service.pgschema import Connection
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("quire.mirror")
 
 PAGE = 2000
+PAGE_BYTES = 16 * 1024 * 1024
 POLL_S = 2.0
 
 
@@ -44,7 +47,11 @@ def sync(url: str, mirror: Mirror, db: Connection | None = None) -> int:
         conn = db or connect(url, autocommit=True)
         try:
             with mirror.lock():
-                return _sync(conn, mirror)
+                try:
+                    return _sync(conn, mirror)
+                except psycopg.errors.UndefinedTable:
+                    # Found only now, not checked first: a sync runs at every notification.
+                    raise too_old(url, schema_version(conn)) from None
         finally:
             if own:
                 conn.close()
@@ -58,15 +65,27 @@ def _sync(db: Connection, mirror: Mirror) -> int:
         since = mirror.seq()
         db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         try:
-            files = db.execute(
-                "SELECT seq, run_id, path, kind, at, data, digest FROM run_file"
-                " WHERE seq > %s ORDER BY seq LIMIT %s",
+            # The sizes first, so the data fetched is a page's, not every change's.
+            sizes = db.execute(
+                "SELECT seq, length(data) AS size FROM run_file WHERE seq > %s ORDER BY seq"
+                " LIMIT %s",
                 (since, PAGE),
             ).fetchall()
+            take = _page([int(found["size"]) for found in sizes])
+            full = take < len(sizes) or len(sizes) == PAGE
+            files = (
+                db.execute(
+                    "SELECT seq, run_id, path, kind, at, data, digest FROM run_file"
+                    " WHERE seq > %s AND seq <= %s ORDER BY seq",
+                    (since, sizes[take - 1]["seq"]),
+                ).fetchall()
+                if take
+                else []
+            )
             upto_row = db.execute("SELECT max(seq) AS s FROM run_index").fetchone()
             newest = int(upto_row["s"] or 0) if upto_row else 0
             # A full page may stop inside the changes: only rows up to its end come now.
-            upto = int(files[-1]["seq"]) if len(files) == PAGE else newest
+            upto = int(files[-1]["seq"]) if full else newest
             # Rows changed within the page, and the rows of runs whose files it holds (on
             # a full page, a run's row may have changed again after it).
             rows = db.execute(
@@ -80,8 +99,19 @@ def _sync(db: Connection, mirror: Mirror) -> int:
             return applied
         mirror.apply([_row(r) for r in rows], [_change(f) for f in files], max(upto, since))
         applied += len(files) + len(rows)
-        if len(files) < PAGE:
+        if not full:
             return applied
+
+
+def _page(sizes: list[int]) -> int:
+    """How many of the next changes (of these data sizes) make one page: up to `PAGE_BYTES`,
+    and at least one."""
+    total = 0
+    for count, size in enumerate(sizes):
+        total += size
+        if total > PAGE_BYTES and count > 0:
+            return count
+    return len(sizes)
 
 
 def _row(found: dict[str, Any]) -> RunRow:
