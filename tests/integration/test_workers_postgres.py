@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from quire.ci.store.runs import RunDir, RunState, store_for
+from quire.service.actions import workers_listening
 from quire.service.pgschema import SCHEMA_VERSION
 from quire.service.queue import Entry
 from quire.service.queues import server_name
@@ -251,6 +252,7 @@ def test_workers_appear_by_name_a_killed_one_expires_and_no_live_worker_warns(
         assert found["build-a"]["ttl_s"] == LEASE_S  # live while seen within its lease
         table = quire("ci", "workers").stdout
         assert "build-a" in table and "build-b" in table and "idle" in table
+        assert workers_listening(tmp_path / "web") is True  # the web page's question
 
         pushed = push(work, "HEAD:refs/heads/slow")
         assert "no worker is running" not in pushed
@@ -272,6 +274,7 @@ def test_workers_appear_by_name_a_killed_one_expires_and_no_live_worker_warns(
     # Both gone (the other one stopped cleanly and left at once); a push now warns.
     assert names(database) == []
     assert "no worker is running" in quire("ci", "workers").stdout
+    assert workers_listening(tmp_path / "web") is False  # the page says no worker is running
     commit(work, {"more": "1"})
     warned = push(work, "HEAD:refs/heads/slow")
     assert (
