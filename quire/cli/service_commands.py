@@ -115,8 +115,8 @@ def worker_command(
         str | None,
         typer.Option(
             "--name",
-            help="With a PostgreSQL queue: the name this worker claims runs under "
-            "(default: the host name).",
+            help="The name `quire ci workers` lists this worker under and, with a "
+            "PostgreSQL queue, claims runs under (default: the host name).",
         ),
     ] = None,
 ) -> int:
