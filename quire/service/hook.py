@@ -17,7 +17,7 @@ import os
 import sys
 
 from quire.service.queue import Push, open_queue, utc_text
-from quire.service.queues import database_url, repository_url, server_name
+from quire.service.queues import database_url, repository_url
 
 TYPE_CHECKING = False  # typing, pathlib and re cost the hook milliseconds: none here
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ def queue_pushes(state: str, git_dir: str, updates: Sequence[tuple[str, str]], o
     try:
         url = repository_url(git_dir)
         pushes = [Push(git_dir, ref, sha, pushed_at, url) for sha, ref in updates]
-        queued, live, where = _enqueue(state, pushes)
+        queued, live, database = _enqueue(state, pushes)
     except Exception as exc:  # the push has happened: say what was not queued, never fail it
         for sha, ref in updates:
             out.write(
@@ -94,7 +94,8 @@ def queue_pushes(state: str, git_dir: str, updates: Sequence[tuple[str, str]], o
         except OSError:
             live = 0
     if not live:
-        seen = f" (none seen by the queue database {where})" if where else ""
+        # Not naming the server: urllib.parse (and its `re`) would cost the hook ~5 ms.
+        seen = " (none seen by the queue database within its lease)" if database else ""
         out.write(
             f"quire: no worker is running{seen}: the run waits in the queue (`quire ci worker`)\n"
         )
@@ -103,10 +104,11 @@ def queue_pushes(state: str, git_dir: str, updates: Sequence[tuple[str, str]], o
 
 def _enqueue(
     state: str, pushes: Sequence[Push]
-) -> tuple[list[tuple[str, str, str]], int | None, str | None]:
-    """Queue `pushes`: (run id, ref, sha) of each, how many workers are live and where
-    they were counted (a database: its NOTIFY woke them on every machine; None, None:
-    the SQLite queue, whose workers the caller wakes and counts over `quire.service.wake`).
+) -> tuple[list[tuple[str, str, str]], int | None, bool]:
+    """Queue `pushes`: (run id, ref, sha) of each, how many workers are live, and whether
+    the queue is a database (its NOTIFY woke them on every machine, its worker registry
+    counted them); None, False: the SQLite queue, whose workers the caller wakes and
+    counts over `quire.service.wake`.
     With a database, through libpq itself (`quire.service.pglite`: psycopg's import alone
     would cost the push ~0.1 s), or psycopg where no libpq can be loaded."""
     database = database_url()
@@ -115,13 +117,13 @@ def _enqueue(
 
         queued = enqueue(database, pushes)
         if queued is not None:
-            return queued[0], queued[1], server_name(database)
+            return queued[0], queued[1], True
     with open_queue(state) as queue:
         entries = queue.enqueue(pushes)
         done = [(e.run_id, e.ref, e.sha) for e in entries]
         if queue.leases:
-            return done, len(queue.workers()), queue.path
-        return done, None, None
+            return done, len(queue.workers()), True
+        return done, None, False
 
 
 def _parse_args(argv: Sequence[str]) -> tuple[str, list[str]]:

@@ -129,12 +129,17 @@ def a_worker(ttl_s: float = 30.0) -> Any:
 def test_a_push_with_no_live_worker_warns_the_pusher(tmp_path: Path, database: str) -> None:
     from quire.service.pgqueue import PgQueue
 
-    _bare, work = pushable(tmp_path)
+    bare, work = pushable(tmp_path)
+    hook_file = bare / "hooks" / "post-receive"
+    probe = "; print(*sorted(sys.modules), file=sys.stderr)"
+    hook_file.write_text(hook_file.read_text().replace("sys.exit(main())", "main()" + probe))
     commit(work, {"a": "1"})
     done = push(work)
     assert done.returncode == 0, done.stderr
+    modules = next(line for line in done.stderr.splitlines() if "quire.service.hook" in line)
+    assert not {"psycopg", "urllib.parse", "re"} & set(modules.split())  # still cheap
     warning = (
-        f"quire: no worker is running (none seen by the queue database {server_name(database)})"
+        "quire: no worker is running (none seen by the queue database within its lease)"
         ": the run waits in the queue (`quire ci worker`)"
     )
     assert warning in done.stderr
