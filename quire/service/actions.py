@@ -12,8 +12,9 @@ works the same whoever asks:
                                  SIGTERM (recorded cancelled, by whom, when it stops)
 
 Each wakes the workers of `state`. `workers_listening(state)` says whether
-any worker waits on the SQLite queue (None: not knowable from here, on a
-PostgreSQL queue).
+any worker waits for runs: on the SQLite queue, a worker of `state` bound to
+its wake-up socket; on PostgreSQL, a live worker in the worker registry, on
+any machine (None: not knowable now, the database cannot be reached).
 """
 
 from __future__ import annotations
@@ -208,8 +209,16 @@ def queued(state: Path, run_id: str) -> Entry | None:
 
 
 def workers_listening(state: Path) -> bool | None:
-    """Whether a worker waits for runs of `state` (SQLite queue); None on PostgreSQL, where
-    workers on other machines cannot be seen from here."""
-    if database_url() is not None:
-        return None
-    return listening(state) > 0
+    """Whether a worker waits for runs of `state`: on the SQLite queue, one listening on
+    its wake-up socket; on PostgreSQL, a live worker in the registry (`quire ci workers`),
+    None when the database cannot be asked now."""
+    url = database_url()
+    if url is None:
+        return listening(state) > 0
+    from quire.service.errors import QueueCorrupt, QueueUnavailable
+
+    try:
+        with open_queue(state) as queue:
+            return len(queue.workers()) > 0
+    except (QueueUnavailable, QueueCorrupt):
+        return None  # the page says nothing rather than something wrong

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,6 +47,7 @@ from quire.service import actions
 from quire.service.errors import QueueEntryNotFound, QueueUnavailable
 from quire.service.outcome import trigger_of
 from quire.service.queue import Entry
+from quire.service.queues import database_url, server_name
 from quire.web import auth, badge
 from quire.web.accounts import SESSION_S
 from quire.web.auth import COOKIE, Identity, Throttle, csrf_ok, safe_next
@@ -56,6 +58,7 @@ if TYPE_CHECKING:
     from quire.web.index import IndexedRun
 
 MAX_FORM_BYTES = 16 * 1024
+NO_WORKER_S = 1.0  # how long the pages reuse their answer to "is a worker running?"
 _RUN_PAGE = re.compile(r"/runs/([^/]+)/([^/]+)\Z")
 
 
@@ -66,6 +69,8 @@ class Actions:
         self.web = web
         self.throttle = throttle or Throttle()
         web.templates.globals["no_worker"] = self.no_worker
+        # On PostgreSQL each answer is a query: a page asks twice, pages come in bursts.
+        self._no_worker_said: tuple[float, str] | None = None
 
     def routes(self) -> list[Route]:
         post = ["POST"]
@@ -232,12 +237,26 @@ class Actions:
         return self.web.render("queued.html", entry=entry, trigger=trigger, trigger_repo=repo)
 
     def no_worker(self) -> str:
-        """What the pages say when no worker would start a queued run ('' if one would)."""
+        """What the pages say when no worker would start a queued run ('' if one would);
+        the same answer for a second."""
+        now = time.monotonic()
+        if self._no_worker_said is not None and now - self._no_worker_said[0] < NO_WORKER_S:
+            return self._no_worker_said[1]
+        said = self._no_worker()
+        self._no_worker_said = (now, said)
+        return said
+
+    def _no_worker(self) -> str:
         if actions.workers_listening(self.web.state) is not False:
             return ""
+        url = database_url()
+        where = (
+            f"the queue database {server_name(url)}"
+            if url is not None
+            else f"QUIRE_STATE_DIR={self.web.state}"
+        )
         return (
-            "no worker is running: queued runs start when one does (quire ci worker, with "
-            f"QUIRE_STATE_DIR={self.web.state})"
+            f"no worker is running: queued runs start when one does (quire ci worker, with {where})"
         )
 
     # --- badges ---

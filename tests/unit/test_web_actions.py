@@ -612,5 +612,32 @@ def test_the_page_knows_whether_a_worker_listens(
     assert workers_listening(site.state) is False  # its marker went with it
     (site.state / "queue.wake" / "999999999").touch()  # a kill -9'd worker's marker
     assert workers_listening(site.state) is False
+
+
+def test_on_postgresql_the_page_asks_the_worker_registry(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from quire.service import actions
+    from quire.service.errors import QueueUnavailable
+
+    live: list[object] = []
+
+    class Registry:
+        def __enter__(self) -> Registry:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def workers(self) -> list[object]:
+            if live == ["down"]:
+                raise QueueUnavailable("cannot read the queue database postgresql://db/quire")
+            return live
+
     monkeypatch.setenv("QUIRE_DATABASE_URL", "postgresql://db.example/quire")
-    assert workers_listening(site.state) is None  # workers elsewhere: not knowable here
+    monkeypatch.setattr(actions, "open_queue", lambda state: Registry())
+    assert actions.workers_listening(site.state) is False  # no live worker on any machine
+    live.append("build-1")
+    assert actions.workers_listening(site.state) is True
+    live[:] = ["down"]
+    assert actions.workers_listening(site.state) is None  # not knowable now: nothing said
