@@ -19,6 +19,7 @@ PostgreSQL queue).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 from dataclasses import dataclass
@@ -84,6 +85,17 @@ def _url_of(state: Path, run_id: str) -> str | None:
             return None
 
 
+# What `git check-ref-format` refuses in a ref name: revision syntax (~ ^ : @{ ..), globs,
+# spaces and control characters. Given to `git rev-parse`, those would name a parent, a
+# tree, a blob or a reflog entry, queued under a ref that does not exist.
+_BAD_IN_REF = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|/\.|\.lock(/|\Z)|[/.]\Z")
+
+
+def is_ref_name(ref: str) -> bool:
+    """Whether `ref` (refs/...) is a well-formed ref name, as `git check-ref-format` says."""
+    return ref != "@" and _BAD_IN_REF.search(ref) is None
+
+
 def full_ref(git_dir: Path, name: str) -> tuple[str, str]:
     """(refs/heads/NAME or refs/tags/NAME, the object it points at) for a branch or tag
     name (or a full refs/heads/ or refs/tags/ name); raises `ActionRefused`."""
@@ -94,7 +106,7 @@ def full_ref(git_dir: Path, name: str) -> tuple[str, str]:
     else:
         candidates = [f"refs/heads/{name}", f"refs/tags/{name}"]
     for ref in candidates:
-        if name.startswith("-") or "\n" in name:
+        if name.startswith("-") or not is_ref_name(ref):
             break
         target = git.ref_target(git_dir, ref)
         if target is not None:

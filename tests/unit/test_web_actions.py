@@ -5,6 +5,7 @@ being refused; login throttling on a fake clock; `anonymous = "none"`; badges.""
 from __future__ import annotations
 
 import re
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from starlette.testclient import TestClient
 from quire.ci.store.records import RunMeta, Trigger, read_record, write_record
 from quire.errors import UsageError
 from quire.paths import state_dir
+from quire.service.actions import is_ref_name
 from quire.service.install import install
 from quire.service.queue import Entry, Queue, queue_path, repository_name
 from quire.web.accounts import SqliteAccounts
@@ -204,6 +206,16 @@ def test_api_start_runs_a_branch_or_a_tag_of_the_bare_repository(
         ({"ref": "nope"}, 409, "no branch or tag 'nope'"),
         ({"ref": "--upload-pack=x"}, 409, "no branch or tag"),
         ({"ref": "refs/notes/ci"}, 409, "no branch or tag"),
+        # Revision syntax is not a ref: a tree, a blob, a parent or a reflog entry of one
+        # would be queued under a ref name that does not exist.
+        ({"ref": "main^{tree}"}, 409, "no branch or tag"),
+        ({"ref": "main:README"}, 409, "no branch or tag"),
+        ({"ref": "main~0"}, 409, "no branch or tag"),
+        ({"ref": "main@{0}"}, 409, "no branch or tag"),
+        ({"ref": "v1^{}"}, 409, "no branch or tag"),
+        ({"ref": "refs/heads/main^{commit}"}, 409, "no branch or tag"),
+        ({"ref": "refs/heads/../tags/v1"}, 409, "no branch or tag"),
+        ({"ref": "main\x00"}, 409, "no branch or tag"),
         ({}, 400, '{"ref": "main"}'),
         ({"ref": 3}, 400, '{"ref": "main"}'),
     ],
@@ -614,3 +626,36 @@ def test_the_page_knows_whether_a_worker_listens(
     assert workers_listening(site.state) is False
     monkeypatch.setenv("QUIRE_DATABASE_URL", "postgresql://db.example/quire")
     assert workers_listening(site.state) is None  # workers elsewhere: not knowable here
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "refs/heads/main",
+        "refs/heads/feature/x-1",
+        "refs/tags/v1.2",
+        "refs/heads/a@b",
+        "refs/heads/main^{tree}",
+        "refs/heads/main~1",
+        "refs/heads/a:b",
+        "refs/heads/a..b",
+        "refs/heads/a@{1}",
+        "refs/heads/a b",
+        "refs/heads/a\tb",
+        "refs/heads/a*",
+        "refs/heads/a?",
+        "refs/heads/a[",
+        "refs/heads/a\\b",
+        "refs/heads/.hidden",
+        "refs/heads/x/.y",
+        "refs/heads/a.lock",
+        "refs/heads/a.lock/b",
+        "refs/heads/a/",
+        "refs/heads/a.",
+        "refs/heads//a",
+        "refs/heads/a\x7f",
+    ],
+)
+def test_is_ref_name_agrees_with_git_check_ref_format(ref: str) -> None:
+    git_says = subprocess.run(["git", "check-ref-format", ref], check=False).returncode == 0
+    assert is_ref_name(ref) == git_says
