@@ -100,7 +100,7 @@ class Actions:
         target = form.get("next")
         address = request.client.host if request.client else "?"
         keys = [f"user:{name}", f"addr:{address}"]
-        wait = self.throttle.wait_s(keys)
+        wait = self.throttle.attempt(keys)
         if wait > 0:
             seconds = int(wait) + 1
             response = self._login_form(
@@ -111,9 +111,8 @@ class Actions:
         accounts = self.web.accounts
         user = await anyio.to_thread.run_sync(accounts.check_password, name, password)
         if user is None:
-            self.throttle.failed(keys)
             return self._login_form(target, 401, "wrong user name or password", name)
-        self.throttle.succeeded(keys[:1])
+        self.throttle.passed(cleared=keys[:1], kept=keys[1:])
         cookie = await anyio.to_thread.run_sync(accounts.open_session, user.name)
         response = RedirectResponse(safe_next(target), status_code=303)
         response.set_cookie(

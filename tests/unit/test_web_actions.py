@@ -659,3 +659,24 @@ def test_the_page_knows_whether_a_worker_listens(
 def test_is_ref_name_agrees_with_git_check_ref_format(ref: str) -> None:
     git_says = subprocess.run(["git", "check-ref-format", ref], check=False).returncode == 0
     assert is_ref_name(ref) == git_says
+
+
+def test_tries_sent_at_once_count_before_their_passwords_are_checked() -> None:
+    # argon2 runs in a worker thread: tries sent together all passed the wait check before
+    # the first of them failed, so a script could try any number of passwords at once.
+    throttle = Throttle(Clock())
+    keys = ["user:olive", "addr:1.2.3.4"]
+    assert [throttle.attempt(keys) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert throttle.attempt(keys) > 0  # three in flight, none answered yet
+
+
+def test_a_good_password_takes_back_its_tries_count() -> None:
+    throttle = Throttle(Clock())
+    keys = ["user:olive", "addr:1.2.3.4"]
+    throttle.failed(keys[1:])
+    throttle.failed(keys[1:])
+    for _ in range(5):  # many good logins from a shared address (a proxy) lock nobody out
+        assert throttle.attempt(keys) == 0.0
+        throttle.passed(cleared=keys[:1], kept=keys[1:])
+    throttle.failed(keys[1:])
+    assert throttle.attempt(keys) > 0  # the two failures before still count: now three
