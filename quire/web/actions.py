@@ -3,6 +3,7 @@ and the badges.
 
     GET  /login                          the form (username, password)
     POST /login                          a session cookie, then back where the visitor was
+                                         (from another site's page: 403)
     POST /logout                         (csrf) the session ends
     POST /runs/<repo>/<run>/rerun        (csrf, operator) -> 303 to the new run's page
     POST /runs/<repo>/<run>/cancel       (csrf, operator) -> 303 to the run's page
@@ -95,6 +96,7 @@ class Actions:
         )
 
     async def login(self, request: Request) -> Response:
+        _check_origin(request)  # another site's form would log the visitor in as its user
         form = await _form(request)
         name, password = form.get("username", ""), form.get("password", "")
         target = form.get("next")

@@ -680,3 +680,23 @@ def test_a_good_password_takes_back_its_tries_count() -> None:
         throttle.passed(cleared=keys[:1], kept=keys[1:])
     throttle.failed(keys[1:])
     assert throttle.attempt(keys) > 0  # the two failures before still count: now three
+
+
+def test_a_login_posted_from_another_site_is_refused(site: Site, client: TestClient) -> None:
+    # Login CSRF: another site's form would log the visitor in as the attacker's user,
+    # whose session then sees (and records) what the visitor does.
+    response = client.post(
+        "/login",
+        data={"username": "vic", "password": "view-secret"},
+        headers={"Origin": "https://evil.example"},
+        follow_redirects=False,
+    )
+    assert response.status_code == 403
+    assert "set-cookie" not in response.headers
+    same_site = client.post(
+        "/login",
+        data={"username": "vic", "password": "view-secret"},
+        headers={"Origin": "http://127.0.0.1"},
+        follow_redirects=False,
+    )
+    assert same_site.status_code == 303 and "set-cookie" in same_site.headers
