@@ -69,9 +69,24 @@ def rerun(state: Path, run: RunDir, by: str) -> Entry:
     url = _url_of(state, run.run_id)
     if url is None and database_url() is None and not Path(meta.git_dir).is_dir():
         raise ActionRefused(f"run {run.run_id}'s repository {meta.git_dir} is gone")
+    _check_commit(run.run_id, meta)
     trigger = Trigger(kind="rerun", by=by, rerun_of=run.run_id)
     push = Push(meta.git_dir, meta.ref, meta.sha, utc_text(), url or repository_url(meta.git_dir))
     return _enqueue(state, push, trigger, meta.executor)
+
+
+def _check_commit(run_id: str, meta: RunMeta) -> None:
+    """Raises `ActionRefused` when the run's commit left its repository (a force-push, then
+    git gc): queued, it would only fail in a worker. A repository on another machine (a
+    database's workers) is left to them."""
+    from quire.tools import git
+
+    git_dir = Path(meta.git_dir)
+    if git_dir.is_dir() and git.commit_of(git_dir, meta.sha) is None:
+        raise ActionRefused(
+            f"run {run_id}'s commit {meta.sha} is no longer in {git_dir} (a force-push and "
+            "git gc take a commit away): run its branch instead"
+        )
 
 
 def _url_of(state: Path, run_id: str) -> str | None:

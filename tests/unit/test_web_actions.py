@@ -700,3 +700,16 @@ def test_a_login_posted_from_another_site_is_refused(site: Site, client: TestCli
         follow_redirects=False,
     )
     assert same_site.status_code == 303 and "set-cookie" in same_site.headers
+
+
+def test_a_run_whose_commit_is_gone_cannot_be_run_again(site: Site, client: TestClient) -> None:
+    # A force-push and git gc took the commit away: queued, it would only fail in a worker.
+    gone = "0123456789abcdef0123456789abcdef01234567"
+    original = site.add_run(1, sha=gone, revision=gone)
+    response = client.post(
+        f"/api/runs/{site.repo}/{original}/rerun", headers=bearer(site.operator_token)
+    )
+    assert response.status_code == 409
+    error = response.json()["error"]
+    assert f"commit {gone}" in error and str(site.bare) in error
+    assert site.queue_rows() == []
