@@ -293,6 +293,11 @@ def _operator(request: Request, sent_csrf: str | None) -> Identity:
 
 def _check_origin(request: Request) -> None:
     """A browser's POST from another site is refused, whatever else it carries."""
+    # A browser says where the request comes from here even when its Origin is "null" (a
+    # sandboxed frame, a data: URL): our own forms are always same-origin.
+    fetched_from = request.headers.get("sec-fetch-site")
+    if fetched_from in ("cross-site", "same-site"):
+        raise HTTPException(403, f"a request from another site ({fetched_from}) is refused")
     origin = request.headers.get("origin")
     # None: not a browser. "null": Chromium sends that for every form POST of a page served
     # with Referrer-Policy: no-referrer, as ours are. The CSRF token decides then.

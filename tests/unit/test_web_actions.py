@@ -713,3 +713,21 @@ def test_a_run_whose_commit_is_gone_cannot_be_run_again(site: Site, client: Test
     error = response.json()["error"]
     assert f"commit {gone}" in error and str(site.bare) in error
     assert site.queue_rows() == []
+
+
+def test_a_post_from_a_page_with_no_origin_of_its_own_is_refused_when_it_is_cross_site(
+    site: Site, client: TestClient
+) -> None:
+    # Our pages send Origin: null (Referrer-Policy: no-referrer), and so does another site's
+    # sandboxed frame; Sec-Fetch-Site tells them apart. The login form has no CSRF token.
+    def post(site_says: str) -> int:
+        return client.post(
+            "/login",
+            data={"username": "vic", "password": "view-secret"},
+            headers={"Origin": "null", "Sec-Fetch-Site": site_says},
+            follow_redirects=False,
+        ).status_code
+
+    assert post("cross-site") == 403
+    assert post("same-site") == 403
+    assert post("same-origin") == 303
