@@ -252,10 +252,13 @@ class Actions:
         status: badge.Status = "unknown"
         if repo in self.web.view.repos():
             status = badge.status_of(self._runs_of(repo), branch)
+        # Shown to someone who logged in or sent a token: no shared cache may keep it (with
+        # anonymous = "none" it would then show it to anybody).
+        shared = "private, " if auth.current.get().user is not None else ""
         return Response(
             badge.svg(status),
             media_type="image/svg+xml",
-            headers={"Cache-Control": f"max-age={badge.MAX_AGE_S}, must-revalidate"},
+            headers={"Cache-Control": f"{shared}max-age={badge.MAX_AGE_S}, must-revalidate"},
         )
 
     def _runs_of(self, repo: str) -> Iterator[IndexedRun]:

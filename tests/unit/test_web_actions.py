@@ -731,3 +731,14 @@ def test_a_post_from_a_page_with_no_origin_of_its_own_is_refused_when_it_is_cros
     assert post("cross-site") == 403
     assert post("same-site") == 403
     assert post("same-origin") == 303
+
+
+def test_a_badge_shown_to_a_logged_in_reader_is_kept_by_no_shared_cache(site: Site) -> None:
+    # With anonymous = "none" a proxy or CDN that kept it would show it to anybody.
+    site.add_run(1)
+    with site.app(anonymous="none") as client:
+        response = client.get(f"/badge/{site.repo}.svg", headers=bearer(site.viewer_token))
+        assert response.status_code == 200
+        assert "private" in response.headers["cache-control"]
+    with site.app() as client:  # anonymous reading: a README's image proxy may keep it
+        assert "private" not in client.get(f"/badge/{site.repo}.svg").headers["cache-control"]
