@@ -174,7 +174,7 @@ def cancel(state: Path, run_id: str, by: str, *, repo: str | None = None) -> Can
             raise QueueEntryNotFound(f"no queued or running run {run_id!r} in {repo!r}")
         # Asked before the queue lets go of it: whoever ends the run finds who asked.
         request = outcomes.store_of(found).request_cancel(found.run_id, by)
-        entry = queue.cancel(found.run_id)
+        entry = queue.cancel(found.run_id, by)
     if entry.state == "queued":
         _record_cancelled_before_start(entry, request)
         return Cancelled(entry, was_queued=True)

@@ -335,9 +335,10 @@ class PgQueue(QueueReads):
                 db.execute(f"NOTIFY {CHANNEL}")
         return None if row is None else _entry(row)
 
-    def cancel(self, run_id: str) -> Entry:
+    def cancel(self, run_id: str, by: str | None = None) -> Entry:
         """Cancel a row: a queued one is done (`cancelled`) at once; a running one is
-        flagged, and its worker stops it (at its next renewal). Returns the row as it was."""
+        flagged (asked by `by`), and its worker stops it (at its next renewal), recorded as
+        cancelled by `by`. Returns the row as it was."""
         with self._write("cancel a run in") as db:
             row = db.execute(
                 "SELECT * FROM queue WHERE run_id = %s AND state != 'done' FOR UPDATE",
@@ -353,7 +354,10 @@ class PgQueue(QueueReads):
                     (utc_text(), row["seq"]),
                 )
             else:
-                db.execute("UPDATE queue SET cancel = true WHERE seq = %s", (row["seq"],))
+                db.execute(
+                    "UPDATE queue SET cancel = true, cancel_by = %s WHERE seq = %s",
+                    (by, row["seq"]),
+                )
         return _entry(row)
 
     def prune(self, keep: int = 1000) -> int:

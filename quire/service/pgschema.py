@@ -90,6 +90,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX run_file_by_run ON run_file (run_id, seq)",
         # How a run was started (a Trigger's JSON); NULL: a push.
         "ALTER TABLE queue ADD COLUMN trigger_json text",
+        # Who asked a running run to stop: its worker records it, on whatever machine.
+        "ALTER TABLE queue ADD COLUMN cancel_by text",
         # Each scheduled time of each schedule taken once, whichever worker sees it first;
         # run_id NULL: seen, nothing queued (a schedule first seen, a ref that is gone).
         """CREATE TABLE schedule_claims (

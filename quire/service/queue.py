@@ -24,8 +24,9 @@ Schema (version 2, kept in `PRAGMA user_version`; `_MIGRATIONS` brings older fil
         message      TEXT,                   -- what a person reads about it
         url          TEXT,                   -- where workers fetch the pushed object (version
                                              -- 2; NULL: file:// of git_dir)
-        trigger_json TEXT                    -- how it was started (a Trigger's JSON; version 2);
+        trigger_json TEXT,                   -- how it was started (a Trigger's JSON; version 2);
                                              -- NULL: a push
+        cancel_by    TEXT                    -- who asked it to stop (version 2)
     );
     -- At most one run per repository and ref at a time, enforced by the database itself.
     CREATE UNIQUE INDEX one_running_per_ref ON queue (git_dir, ref) WHERE state = 'running';
@@ -143,6 +144,8 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE queue ADD COLUMN url TEXT",
         # How a run was started (a Trigger's JSON); NULL: a push.
         "ALTER TABLE queue ADD COLUMN trigger_json TEXT",
+        # Who asked a running run to stop: its worker records it, wherever it runs.
+        "ALTER TABLE queue ADD COLUMN cancel_by TEXT",
         # The scheduled times taken, each once (quire.service.schedule).
         """CREATE TABLE IF NOT EXISTS schedule_claims (
     git_dir TEXT NOT NULL,
@@ -272,8 +275,9 @@ ENTRY_FIELDS = (
     "message",
     "url",
     "trigger_json",
+    "cancel_by",
 )
-LATER_FIELDS = frozenset(("url", "trigger_json"))
+LATER_FIELDS = frozenset(("url", "trigger_json", "cancel_by"))
 
 
 class Entry:
@@ -303,6 +307,7 @@ class Entry:
     message: str | None
     url: str | None
     trigger_json: str | None
+    cancel_by: str | None
 
     def __init__(self, values: Mapping[str, Any]) -> None:
         for name in ENTRY_FIELDS:
@@ -652,9 +657,10 @@ class Queue(QueueReads):
         """None: SQLite has no NOTIFY; the hook wakes workers over `quire.service.wake`."""
         return None
 
-    def cancel(self, run_id: str) -> Entry:
+    def cancel(self, run_id: str, by: str | None = None) -> Entry:
         """Cancel a row: a queued one is done (`cancelled`) at once; a running one is
-        flagged, and the caller stops its child. Returns the row as it was before."""
+        flagged (asked by `by`), and the caller stops its child. Returns the row as it was
+        before."""
         with self._write("cancel a run in") as db:
             row = db.execute(
                 "SELECT * FROM queue WHERE run_id = ? AND state != 'done'", (run_id,)
@@ -668,7 +674,9 @@ class Queue(QueueReads):
                     (utc_text(), row["seq"]),
                 )
             else:
-                db.execute("UPDATE queue SET cancel = 1 WHERE seq = ?", (row["seq"],))
+                db.execute(
+                    "UPDATE queue SET cancel = 1, cancel_by = ? WHERE seq = ?", (by, row["seq"])
+                )
         return _entry(row)
 
     def prune(self, keep: int = 1000) -> int:

@@ -322,8 +322,7 @@ class Worker:
                 running.child.signal(signal.SIGTERM)
             elif row is not None and row.cancel and not running.cancel:
                 log.info("run %s: cancel asked; stopping it", run_id)
-                running.cancel = True
-                running.child.signal(signal.SIGTERM)
+                self._stop_cancelled(running, row.cancel_by)
 
     def run(self, wait: Callable[[float], None], signals: Stops) -> None:
         """`tick()` until a stop signal; `wait(seconds)` returns sooner on a wake-up (the
@@ -422,7 +421,7 @@ class Worker:
         running = Running(entry, child, output, self.clock())
         self.running[entry.run_id] = running
         self.publisher.track(entry)
-        running.cancel = self.queue.started(entry.run_id, executor, child.pid, start)
+        cancelled = self.queue.started(entry.run_id, executor, child.pid, start)
         log.info(
             "start %s: %s %s %s (executor %s, attempt %d, pid %d)",
             entry.run_id,
@@ -433,9 +432,22 @@ class Worker:
             entry.attempt,
             child.pid,
         )
-        if running.cancel:
-            child.signal(signal.SIGTERM)
+        if cancelled:  # asked between its claim and now
+            self._stop_cancelled(running, self.queue.get(entry.run_id).cancel_by)
         return True
+
+    def _stop_cancelled(self, running: Running, by: str | None) -> None:
+        """Stop a run whose cancel was asked, recorded as cancelled by `by`: on another
+        machine (a database), who asked is written into this machine's store first, where the
+        run's `quire ci run` looks when it stops; on this one `quire ci cancel` did already."""
+        running.cancel = True
+        store = outcomes.store_of(running.entry)
+        try:
+            if store.cancel_request(running.entry.run_id) is None:
+                store.request_cancel(running.entry.run_id, by or "quire ci cancel")
+        except OSError as exc:  # recorded as interrupted, which it also is
+            log.error("run %s: cannot record who cancelled it: %s", running.entry.run_id, exc)
+        running.child.signal(signal.SIGTERM)
 
     def _executor_for(self, repo: str) -> str:
         from quire.config import load_config

@@ -388,3 +388,29 @@ def test_a_reader_outside_any_repository_is_told_about_all_and_run_ids(
         assert done.returncode == 2, (args, done.stderr)
         assert "is not a git repository" in done.stderr, (args, done.stderr)
         assert "quire ci runs --all" in done.stderr, (args, done.stderr)
+
+
+def test_a_running_run_cancelled_from_another_machine_is_recorded_cancelled_by_who_asked(
+    tmp_path: Path, database: str
+) -> None:
+    gate = tmp_path / "gate"  # never made: the job waits until it is stopped
+    _bare, work = pushable(tmp_path, "stopme", {".quire/ci.py": GATED.format(gate=gate)})
+    with machine_worker(tmp_path, "runner") as runner:
+        push(work, "HEAD:refs/heads/main")
+        wait_for(lambda: any(r.state == "running" for r in rows(database)), "the run", proc=runner)
+        (row,) = rows(database)
+        wait_for(lambda: any(r["id"] == row.run_id for r in listed(tmp_path)), "the index")
+        cancelled = read(tmp_path, "ci", "cancel", row.run_id)
+        assert cancelled.returncode == 0, cancelled.stderr
+        wait_for(all_done(database, 1), "the run", proc=runner)
+
+        def recorded() -> dict[str, Any] | None:
+            found = [r for r in listed(tmp_path) if r["id"] == row.run_id]
+            return found[0] if found and found[0]["state"] == "cancelled" else None
+
+        wait_for(lambda: recorded() is not None, "the cancelled run in the index")
+    run = recorded()
+    assert run is not None and run["cancelled_by"], run
+    shown = read(tmp_path, "ci", "show", row.run_id)
+    assert shown.returncode == 0, shown.stderr
+    assert f"cancelled by {run['cancelled_by']}" in shown.stdout, shown.stdout

@@ -12,6 +12,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from quire.service import outcome as outcomes
 from quire.service.queue import Entry, Owner
 from tests.unit.test_worker_loop_fakes import ME, FakeQueue, rig
 
@@ -91,10 +92,16 @@ def test_a_cancel_asked_on_another_machine_stops_the_run_at_the_next_renewal(
     r = leasing_rig(tmp_path)
     row = r.queue.push()
     r.worker.tick()
-    r.queue.cancel(row.run_id)
+    r.child(row.run_id).obeys_sigterm = False  # it takes its time: look before it ends
+    r.queue.cancel(row.run_id, "alice@laptop")
     r.clock.advance(10.0)
     r.worker.tick()
     assert r.child(row.run_id).signals == [signal.SIGTERM]
+    # Who asked is written where this machine's `quire ci run` looks when it stops, so the
+    # run is recorded cancelled by alice, not interrupted.
+    request = outcomes.store_of(row).cancel_request(row.run_id)
+    assert request is not None and request.by == "alice@laptop"
+    r.child(row.run_id).code = 130
     r.clock.advance(1.0)
     r.worker.tick()
     done = r.queue.rows[row.run_id]
@@ -173,3 +180,28 @@ def test_a_lost_workers_run_is_failed_in_the_run_index_naming_the_worker_and_the
     assert (kind, run_id) == ("lost", row.run_id)
     assert "worker elsewhere (pid 4242) was lost" in message
     assert f"queued again as run {row.run_id}-2" in message
+
+
+def test_a_cancel_asked_between_claim_and_start_is_recorded_with_who_asked(
+    tmp_path: Path,
+) -> None:
+    r = leasing_rig(tmp_path)
+    row = r.queue.push()
+    r.queue.rows[row.run_id] = row.replaced(cancel=True, cancel_by="bob@ci")
+    r.worker.tick()
+    assert r.child(row.run_id).signals == [signal.SIGTERM]
+    request = outcomes.store_of(row).cancel_request(row.run_id)
+    assert request is not None and request.by == "bob@ci"
+
+
+def test_a_cancel_asked_on_this_machine_keeps_its_own_request(tmp_path: Path) -> None:
+    r = leasing_rig(tmp_path)
+    row = r.queue.push()
+    r.worker.tick()
+    r.child(row.run_id).obeys_sigterm = False
+    outcomes.store_of(row).request_cancel(row.run_id, "carol@here")
+    r.queue.cancel(row.run_id, "carol@here (queue)")
+    r.clock.advance(10.0)
+    r.worker.tick()
+    request = outcomes.store_of(row).cancel_request(row.run_id)
+    assert request is not None and request.by == "carol@here"

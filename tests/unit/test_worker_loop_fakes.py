@@ -127,8 +127,9 @@ class FakeQueue:
         self.rows[row.run_id] = row
         return row
 
-    def cancel(self, run_id: str) -> None:
-        self._set(run_id, cancel=True)  # a running row is flagged; `quire ci cancel` signals
+    def cancel(self, run_id: str, by: str | None = None) -> None:
+        # A running row is flagged; `quire ci cancel` signals.
+        self._set(run_id, cancel=True, cancel_by=by)
 
     def verify(self) -> None:
         self._call("verify")
