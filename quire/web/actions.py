@@ -3,6 +3,7 @@ and the badges.
 
     GET  /login                          the form (username, password)
     POST /login                          a session cookie, then back where the visitor was
+                                         (from another site's page: 403)
     POST /logout                         (csrf) the session ends
     POST /runs/<repo>/<run>/rerun        (csrf, operator) -> 303 to the new run's page
     POST /runs/<repo>/<run>/cancel       (csrf, operator) -> 303 to the run's page
@@ -100,12 +101,13 @@ class Actions:
         )
 
     async def login(self, request: Request) -> Response:
+        _check_origin(request)  # another site's form would log the visitor in as its user
         form = await _form(request)
         name, password = form.get("username", ""), form.get("password", "")
         target = form.get("next")
         address = request.client.host if request.client else "?"
         keys = [f"user:{name}", f"addr:{address}"]
-        wait = self.throttle.wait_s(keys)
+        wait = self.throttle.attempt(keys)
         if wait > 0:
             seconds = int(wait) + 1
             response = self._login_form(
@@ -116,9 +118,8 @@ class Actions:
         accounts = self.web.accounts
         user = await anyio.to_thread.run_sync(accounts.check_password, name, password)
         if user is None:
-            self.throttle.failed(keys)
             return self._login_form(target, 401, "wrong user name or password", name)
-        self.throttle.succeeded(keys[:1])
+        self.throttle.passed(cleared=keys[:1], kept=keys[1:])
         cookie = await anyio.to_thread.run_sync(accounts.open_session, user.name)
         response = RedirectResponse(safe_next(target), status_code=303)
         response.set_cookie(
@@ -270,10 +271,13 @@ class Actions:
         status: badge.Status = "unknown"
         if repo in self.web.view.repos():
             status = badge.status_of(self._runs_of(repo), branch)
+        # Shown to someone who logged in or sent a token: no shared cache may keep it (with
+        # anonymous = "none" it would then show it to anybody).
+        shared = "private, " if auth.current.get().user is not None else ""
         return Response(
             badge.svg(status),
             media_type="image/svg+xml",
-            headers={"Cache-Control": f"max-age={badge.MAX_AGE_S}, must-revalidate"},
+            headers={"Cache-Control": f"{shared}max-age={badge.MAX_AGE_S}, must-revalidate"},
         )
 
     def _runs_of(self, repo: str) -> Iterator[IndexedRun]:
@@ -311,6 +315,11 @@ def _operator(request: Request, sent_csrf: str | None) -> Identity:
 
 def _check_origin(request: Request) -> None:
     """A browser's POST from another site is refused, whatever else it carries."""
+    # A browser says where the request comes from here even when its Origin is "null" (a
+    # sandboxed frame, a data: URL): our own forms are always same-origin.
+    fetched_from = request.headers.get("sec-fetch-site")
+    if fetched_from in ("cross-site", "same-site"):
+        raise HTTPException(403, f"a request from another site ({fetched_from}) is refused")
     origin = request.headers.get("origin")
     # None: not a browser. "null": Chromium sends that for every form POST of a page served
     # with Referrer-Policy: no-referrer, as ours are. The CSRF token decides then.
