@@ -12,12 +12,15 @@ push returns (the insert, committed: fsync with SQLite; the wake-up or the
 NOTIFY), so the difference of the medians is what a pusher waits for.
 `--mode sqlite` skips PostgreSQL. `--before DIR` adds the hook of another
 checkout's quire package (e.g. the previous version), run by the same
-Python, on the same database, as one more interleaved mode.
+Python, on the same database, as one more interleaved mode (`--before-schema N`:
+the PostgreSQL schema version that checkout knows, default 1). The hook counts
+the live workers of the worker registry in its insert (none here: it warns,
+its full path).
 
 Target: added time <= 50 ms in either mode.
 
 Run:  .venv/bin/python bench/push_hook_overhead.py [--reps 30] [--mode both|sqlite]
-          [--before /path/to/other/checkout]
+          [--before /path/to/other/checkout [--before-schema 2]]
 """
 
 from __future__ import annotations
@@ -38,6 +41,12 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--mode", choices=("both", "sqlite"), default="both")
     parser.add_argument("--before", help="another checkout whose hook runs as a further mode")
+    parser.add_argument(
+        "--before-schema",
+        type=int,
+        default=1,
+        help="the PostgreSQL schema version that checkout knows (its database is made to it)",
+    )
     args = parser.parse_args()
     os.environ.pop("QUIRE_DATABASE_URL", None)
     modes = ["off", "sqlite"] + (["postgres"] if args.mode == "both" else [])
@@ -51,7 +60,8 @@ def main() -> None:
 
             server = stack.enter_context(pg.server())
             url = pg.database(server)
-            url_before = pg.database(server, version=1)  # what the version before knows
+            # What the version before knows.
+            url_before = pg.database(server, version=args.before_schema)
         bare, work = w.make_bare(sc, sc.repo_name)
         hook = bare / "hooks" / "post-receive"
         aside = bare / "hooks" / "post-receive.off"

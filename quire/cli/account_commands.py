@@ -130,6 +130,9 @@ def token_revoke_command(
     finally:
         accounts.close()
     if not gone:
-        raise UsageError(f"no token {token!r} (see `quire ci token list`)")
+        from quire.web.accounts import token_id_of
+
+        # The id only: the token itself is shown once, when it is made.
+        raise UsageError(f"no token {token_id_of(token)!r} (see `quire ci token list`)")
     typer.echo("revoked")
     return 0

@@ -461,6 +461,7 @@ def _register_service() -> None:
     ci.add_typer(hook, name="hook")
     ci.command("worker")(_guarded(service.worker_command))
     ci.command("queue")(_guarded(service.queue_command))
+    ci.command("workers")(_guarded(service.workers_command))
     ci.command("cancel")(_guarded(service.cancel_command))
     service.db_app.command("migrate")(_guarded(service.db_migrate_command))
     ci.add_typer(service.db_app, name="db")

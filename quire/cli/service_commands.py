@@ -1,5 +1,5 @@
 """`quire ci hook install | uninstall`, `quire ci worker`, `quire ci queue`, `quire ci cancel`,
-`quire ci db migrate`.
+`quire ci workers`, `quire ci db migrate`.
 
 CI on push: the hook queues a run per pushed branch or tag in the state
 directory's queue; a worker runs them. Heavy modules are imported inside
@@ -17,7 +17,10 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from quire.service.queue import Entry
+    from quire.service.registry import WorkerInfo
 
 hook_app = typer.Typer(
     help="Install or remove the post-receive hook that queues CI runs on push.",
@@ -112,8 +115,8 @@ def worker_command(
         str | None,
         typer.Option(
             "--name",
-            help="With a PostgreSQL queue: the name this worker claims runs under "
-            "(default: the host name).",
+            help="The name `quire ci workers` lists this worker under and, with a "
+            "PostgreSQL queue, claims runs under (default: the host name).",
         ),
     ] = None,
 ) -> int:
@@ -208,6 +211,54 @@ def queue_command(
     for row in rows:
         typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     return 0
+
+
+def workers_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> int:
+    """List the live workers: name, host, pid, since when, last seen, what they run."""
+    from datetime import UTC, datetime
+
+    from quire.paths import state_dir
+    from quire.service.queue import open_queue, queue_path
+    from quire.service.queues import database_url
+
+    if database_url() is None and not os.path.exists(queue_path(state_dir())):
+        workers: list[WorkerInfo] = []  # no queue yet: no worker ever started here
+    else:
+        with open_queue(state_dir()) as queue:
+            workers = queue.workers()
+    if as_json:
+        typer.echo(json.dumps([w.model_dump(mode="json") for w in workers], indent=2))
+        return 0
+    if not workers:
+        typer.echo("no worker is running (start one with `quire ci worker`)")
+        return 0
+    now = datetime.now(UTC)
+    header = ("name", "host", "pid", "since", "seen", "runs", "running")
+    rows: list[tuple[str, ...]] = [header]
+    for worker in workers:
+        seen = "-" if worker.seen_at is None else f"{_ago(now, worker.seen_at)} ago"
+        rows.append(
+            (
+                worker.name,
+                worker.host,
+                str(worker.pid),
+                worker.started_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+                seen,
+                f"{len(worker.running)}/{worker.concurrency}",
+                " ".join(worker.running) or "idle",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for row in rows:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _ago(now: datetime, then: datetime) -> str:
+    seconds = max(0, int((now - then).total_seconds()))
+    return f"{seconds}s" if seconds < 120 else f"{seconds // 60}m"
 
 
 def _row(entry: Entry) -> tuple[str, ...]:

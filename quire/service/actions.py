@@ -12,13 +12,15 @@ works the same whoever asks:
                                  SIGTERM (recorded cancelled, by whom, when it stops)
 
 Each wakes the workers of `state`. `workers_listening(state)` says whether
-any worker waits on the SQLite queue (None: not knowable from here, on a
-PostgreSQL queue).
+any worker waits for runs: on the SQLite queue, a worker of `state` bound to
+its wake-up socket; on PostgreSQL, a live worker in the worker registry, on
+any machine (None: not knowable now, the database cannot be reached).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 from dataclasses import dataclass
@@ -68,9 +70,24 @@ def rerun(state: Path, run: RunDir, by: str) -> Entry:
     url = _url_of(state, run.run_id)
     if url is None and database_url() is None and not Path(meta.git_dir).is_dir():
         raise ActionRefused(f"run {run.run_id}'s repository {meta.git_dir} is gone")
+    _check_commit(run.run_id, meta)
     trigger = Trigger(kind="rerun", by=by, rerun_of=run.run_id)
     push = Push(meta.git_dir, meta.ref, meta.sha, utc_text(), url or repository_url(meta.git_dir))
     return _enqueue(state, push, trigger, meta.executor)
+
+
+def _check_commit(run_id: str, meta: RunMeta) -> None:
+    """Raises `ActionRefused` when the run's commit left its repository (a force-push, then
+    git gc): queued, it would only fail in a worker. A repository on another machine (a
+    database's workers) is left to them."""
+    from quire.tools import git
+
+    git_dir = Path(meta.git_dir)
+    if git_dir.is_dir() and git.commit_of(git_dir, meta.sha) is None:
+        raise ActionRefused(
+            f"run {run_id}'s commit {meta.sha} is no longer in {git_dir} (a force-push and "
+            "git gc take a commit away): run its branch instead"
+        )
 
 
 def _url_of(state: Path, run_id: str) -> str | None:
@@ -84,6 +101,17 @@ def _url_of(state: Path, run_id: str) -> str | None:
             return None
 
 
+# What `git check-ref-format` refuses in a ref name: revision syntax (~ ^ : @{ ..), globs,
+# spaces and control characters. Given to `git rev-parse`, those would name a parent, a
+# tree, a blob or a reflog entry, queued under a ref that does not exist.
+_BAD_IN_REF = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|/\.|\.lock(/|\Z)|[/.]\Z")
+
+
+def is_ref_name(ref: str) -> bool:
+    """Whether `ref` (refs/...) is a well-formed ref name, as `git check-ref-format` says."""
+    return ref != "@" and _BAD_IN_REF.search(ref) is None
+
+
 def full_ref(git_dir: Path, name: str) -> tuple[str, str]:
     """(refs/heads/NAME or refs/tags/NAME, the object it points at) for a branch or tag
     name (or a full refs/heads/ or refs/tags/ name); raises `ActionRefused`."""
@@ -94,7 +122,7 @@ def full_ref(git_dir: Path, name: str) -> tuple[str, str]:
     else:
         candidates = [f"refs/heads/{name}", f"refs/tags/{name}"]
     for ref in candidates:
-        if name.startswith("-") or "\n" in name:
+        if name.startswith("-") or not is_ref_name(ref):
             break
         target = git.ref_target(git_dir, ref)
         if target is not None:
@@ -208,8 +236,16 @@ def queued(state: Path, run_id: str) -> Entry | None:
 
 
 def workers_listening(state: Path) -> bool | None:
-    """Whether a worker waits for runs of `state` (SQLite queue); None on PostgreSQL, where
-    workers on other machines cannot be seen from here."""
-    if database_url() is not None:
-        return None
-    return listening(state) > 0
+    """Whether a worker waits for runs of `state`: on the SQLite queue, one listening on
+    its wake-up socket; on PostgreSQL, a live worker in the registry (`quire ci workers`),
+    None when the database cannot be asked now."""
+    url = database_url()
+    if url is None:
+        return listening(state) > 0
+    from quire.service.errors import QueueCorrupt, QueueUnavailable
+
+    try:
+        with open_queue(state) as queue:
+            return len(queue.workers()) > 0
+    except (QueueUnavailable, QueueCorrupt):
+        return None  # the page says nothing rather than something wrong

@@ -75,7 +75,7 @@ def queue_pushes(state: str, git_dir: str, updates: Sequence[tuple[str, str]], o
     try:
         url = repository_url(git_dir)
         pushes = [Push(git_dir, ref, sha, pushed_at, url) for sha, ref in updates]
-        queued, notified = _enqueue(state, pushes)
+        queued, live, database = _enqueue(state, pushes)
     except Exception as exc:  # the push has happened: say what was not queued, never fail it
         for sha, ref in updates:
             out.write(
@@ -86,34 +86,44 @@ def queue_pushes(state: str, git_dir: str, updates: Sequence[tuple[str, str]], o
         return 0
     for run_id, ref, sha in queued:
         out.write(f"quire: queued run {run_id} for {ref} ({sha[:12]})\n")
-    if notified:
-        return len(queued)
-    from quire.service.wake import wake_all  # the datagram sockets: SQLite's wake-up only
+    if live is None:
+        from quire.service.wake import wake_all  # the datagram sockets: SQLite's wake-up only
 
-    try:
-        listening = wake_all(state)
-    except OSError:
-        listening = 0
-    if not listening:
-        out.write("quire: no worker is running: the run waits in the queue (`quire ci worker`)\n")
+        try:
+            live = wake_all(state)
+        except OSError:
+            live = 0
+    if not live:
+        # Not naming the server: urllib.parse (and its `re`) would cost the hook ~5 ms.
+        seen = " (none seen by the queue database within its lease)" if database else ""
+        out.write(
+            f"quire: no worker is running{seen}: the run waits in the queue (`quire ci worker`)\n"
+        )
     return len(queued)
 
 
-def _enqueue(state: str, pushes: Sequence[Push]) -> tuple[list[tuple[str, str, str]], bool]:
-    """Queue `pushes`: (run id, ref, sha) of each, and whether the queue's NOTIFY woke the
-    workers (PostgreSQL, on every machine). With a database, through libpq itself
-    (`quire.service.pglite`: psycopg's import alone would cost the push ~0.1 s), or
-    psycopg where no libpq can be loaded."""
+def _enqueue(
+    state: str, pushes: Sequence[Push]
+) -> tuple[list[tuple[str, str, str]], int | None, bool]:
+    """Queue `pushes`: (run id, ref, sha) of each, how many workers are live, and whether
+    the queue is a database (its NOTIFY woke them on every machine, its worker registry
+    counted them); None, False: the SQLite queue, whose workers the caller wakes and
+    counts over `quire.service.wake`.
+    With a database, through libpq itself (`quire.service.pglite`: psycopg's import alone
+    would cost the push ~0.1 s), or psycopg where no libpq can be loaded."""
     database = database_url()
     if database is not None:
         from quire.service.pglite import enqueue
 
         queued = enqueue(database, pushes)
         if queued is not None:
-            return queued, True
+            return queued[0], queued[1], True
     with open_queue(state) as queue:
         entries = queue.enqueue(pushes)
-        return [(e.run_id, e.ref, e.sha) for e in entries], queue.leases
+        done = [(e.run_id, e.ref, e.sha) for e in entries]
+        if queue.leases:
+            return done, len(queue.workers()), True
+        return done, None, False
 
 
 def _parse_args(argv: Sequence[str]) -> tuple[str, list[str]]:

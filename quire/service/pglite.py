@@ -2,7 +2,8 @@
 
 Importing psycopg costs a push ~0.1 s; loading libpq costs a few
 milliseconds. The hook needs one transaction: check the schema version,
-insert the pushes, NOTIFY the workers. Everything else goes through
+insert the pushes, NOTIFY the workers, count the live workers (the worker
+registry, so the pusher hears when none is running). Everything else goes through
 `quire.service.pgqueue`.
 
 libpq is the system's (`libpq.so.5`, Debian's libpq5) or else the copy
@@ -21,7 +22,7 @@ import os
 import sys
 
 from quire.service.errors import QueueCorrupt, QueueUnavailable
-from quire.service.pgschema import CHANNEL, CONNECT_TIMEOUT_S, SCHEMA_VERSION
+from quire.service.pgschema import CHANNEL, CONNECT_TIMEOUT_S, LIVE_WORKERS, SCHEMA_VERSION
 from quire.service.queue import new_run_id
 from quire.service.queues import server_name
 
@@ -136,10 +137,11 @@ class _Connection:
         self.pq.finish(self.conn)
 
 
-def enqueue(url: str, pushes: Sequence[Push]) -> list[tuple[str, str, str]] | None:
+def enqueue(url: str, pushes: Sequence[Push]) -> tuple[list[tuple[str, str, str]], int] | None:
     """Queue one run per push in one transaction and wake the workers, as
-    `PgQueue.enqueue` does; returns (run id, ref, sha) of each. None when no libpq can
-    be loaded here. Raises `QueueUnavailable` and `QueueCorrupt` with PgQueue's words."""
+    `PgQueue.enqueue` does; returns (run id, ref, sha) of each, and how many workers are
+    live (`PgQueue.workers()`, counted in the same statement). None when no libpq can be
+    loaded here. Raises `QueueUnavailable` and `QueueCorrupt` with PgQueue's words."""
     pq = load()
     if pq is None:
         return None
@@ -149,10 +151,12 @@ def enqueue(url: str, pushes: Sequence[Push]) -> list[tuple[str, str, str]] | No
         params: list[str | None] = []
         for push in pushes:
             params += [new_run_id(), push.git_dir, push.ref, push.sha, push.pushed_at, push.url]
-        # One statement, so one transaction and one round trip: the rows, and the NOTIFY
-        # delivered at its commit (one, however many rows: the server folds them).
+        # One statement, so one transaction and one round trip: the rows, the NOTIFY
+        # delivered at its commit (one, however many rows: the server folds them), and
+        # the live workers of the registry.
         rows = db.query("queue a run in", _insert(len(pushes)), *params)
-        return [(row[0] or "", row[1] or "", row[2] or "") for row in rows]
+        live = int(rows[0][4] or 0) if rows else 0
+        return [(row[0] or "", row[1] or "", row[2] or "") for row in rows], live
     finally:
         db.close()
 
@@ -163,8 +167,10 @@ def _insert(count: int) -> str:
     )
     return (
         "WITH queued AS (INSERT INTO queue (run_id, git_dir, ref, sha, pushed_at, url)"
-        f" VALUES {marks} RETURNING seq, run_id, ref, sha)"
-        f" SELECT run_id, ref, sha, pg_notify('{CHANNEL}', '') FROM queued ORDER BY seq"
+        f" VALUES {marks} RETURNING seq, run_id, ref, sha),"
+        f" live AS (SELECT count(*) AS n FROM workers WHERE {LIVE_WORKERS})"
+        f" SELECT run_id, ref, sha, pg_notify('{CHANNEL}', ''), live.n FROM queued, live"
+        " ORDER BY seq"
     )
 
 

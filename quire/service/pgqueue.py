@@ -41,6 +41,7 @@ import psycopg
 from quire.service.errors import QueueEntryNotFound, QueueUnavailable
 from quire.service.pgschema import (
     CHANNEL,
+    LIVE_WORKERS,
     SCHEMA_VERSION,
     connect,
     refuse_newer,
@@ -67,6 +68,7 @@ from quire.service.queues import DEFAULT_LEASE_S, server_name
 if TYPE_CHECKING:
     from quire.service.pgschema import Connection
     from quire.service.queue import HasJson
+    from quire.service.registry import WorkerInfo
 
 __all__ = ["CHANNEL", "Notifications", "PgQueue"]
 
@@ -334,6 +336,57 @@ class PgQueue(QueueReads):
             if row is not None:
                 db.execute(f"NOTIFY {CHANNEL}")
         return None if row is None else _entry(row)
+
+    # --- the worker registry (quire.service.registry) ----------------------------------------
+
+    def heartbeat(self, worker: WorkerInfo) -> None:
+        """Register `worker`, or refresh its row: seen now (the database's clock), running
+        `worker.running`."""
+        with self._write("record a worker in") as db:
+            db.execute(
+                "INSERT INTO workers (id, name, host, pid, pid_start, started_at, seen_at,"
+                " concurrency, running, ttl_s) VALUES (%s, %s, %s, %s, %s, %s, now(), %s, %s, %s)"
+                " ON CONFLICT (id) DO UPDATE SET seen_at = now(), running = excluded.running,"
+                " concurrency = excluded.concurrency, ttl_s = excluded.ttl_s",
+                (
+                    worker.id,
+                    worker.name,
+                    worker.host,
+                    worker.pid,
+                    worker.start,
+                    worker.started_at,
+                    worker.concurrency,
+                    worker.running_text(),
+                    worker.ttl_s,
+                ),
+            )
+
+    def unregister(self, worker_id: str) -> None:
+        """Delete a worker's row (it stops cleanly)."""
+        with self._write("remove a worker from") as db:
+            db.execute("DELETE FROM workers WHERE id = %s", (worker_id,))
+
+    def workers(self) -> list[WorkerInfo]:
+        """The live workers (seen within their ttl, by the database's clock), by name."""
+        from quire.service.registry import worker_from_row
+
+        with self._translated("read"):
+            rows = (
+                self._conn()
+                .execute(f"SELECT * FROM workers WHERE {LIVE_WORKERS} ORDER BY name, started_at")
+                .fetchall()
+            )
+        return [worker_from_row(row) for row in rows]
+
+    def forget_workers(self, after_s: float) -> int:
+        """Delete the rows of dead workers not seen for `after_s` seconds; how many went."""
+        with self._write("remove dead workers from") as db:
+            gone = db.execute(
+                "DELETE FROM workers WHERE NOT (" + LIVE_WORKERS + ")"
+                " AND seen_at < now() - make_interval(secs => %s)",
+                (after_s,),
+            )
+        return int(gone.rowcount)
 
     def cancel(self, run_id: str, by: str | None = None) -> Entry:
         """Cancel a row: a queued one is done (`cancelled`) at once; a running one is

@@ -5,6 +5,7 @@
     run_index, run_file, sequence run_change   see quire.service.pgindex (version 2)
     web_users, web_tokens, web_sessions   (version 2) see quire.web.pgaccounts
     schedule_claims  the scheduled times taken (version 2; quire.service.schedule)
+    workers        the worker registry (version 2; quire.service.registry, PgQueue.heartbeat)
 
 Each version's statements are applied in one transaction, under an
 advisory lock, so two machines migrating at once apply them once. A
@@ -111,8 +112,24 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE web_sessions (id_hash text PRIMARY KEY, username text NOT NULL,"
         " csrf text NOT NULL, created_at double precision NOT NULL,"
         " expires_at double precision NOT NULL)",
+        # The worker registry (quire.service.registry): a row per worker, its heartbeat
+        # (seen_at) by the database's clock; live while seen within ttl_s (its lease).
+        """CREATE TABLE workers (
+    id text PRIMARY KEY,
+    name text NOT NULL,
+    host text NOT NULL,
+    pid integer NOT NULL,
+    pid_start bigint,
+    started_at timestamptz NOT NULL,
+    seen_at timestamptz NOT NULL DEFAULT now(),
+    concurrency integer NOT NULL,
+    running text NOT NULL DEFAULT '',
+    ttl_s double precision NOT NULL
+)""",
     ),
 )
+# A worker's row counts while its heartbeat is this recent (the hook counts with it too).
+LIVE_WORKERS = "seen_at > now() - make_interval(secs => ttl_s)"
 SCHEMA_VERSION = len(MIGRATIONS)
 # Serializes concurrent `migrate()` calls (two workers starting at once); any constant works.
 _MIGRATE_LOCK = 0x71756972

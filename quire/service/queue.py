@@ -2,7 +2,7 @@
 
     $QUIRE_STATE_DIR/queue.sqlite3      (WAL mode: -wal and -shm files beside it; all 0600)
 
-Schema (version 2, kept in `PRAGMA user_version`; `_MIGRATIONS` brings older files up):
+Schema (version 3, kept in `PRAGMA user_version`; `_MIGRATIONS` brings older files up):
 
     CREATE TABLE queue (
         seq          INTEGER PRIMARY KEY AUTOINCREMENT,  -- arrival order: oldest first
@@ -30,6 +30,15 @@ Schema (version 2, kept in `PRAGMA user_version`; `_MIGRATIONS` brings older fil
     );
     -- At most one run per repository and ref at a time, enforced by the database itself.
     CREATE UNIQUE INDEX one_running_per_ref ON queue (git_dir, ref) WHERE state = 'running';
+    -- The worker registry (version 3; quire.service.registry): one row per live worker,
+    -- refreshed at each of its polls, deleted when it stops cleanly.
+    CREATE TABLE workers (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL, host TEXT NOT NULL,
+        pid INTEGER NOT NULL, pid_start INTEGER,  -- live while this process is (this host)
+        started_at TEXT NOT NULL, seen_at TEXT NOT NULL,   -- RFC 3339, UTC
+        concurrency INTEGER NOT NULL, running TEXT NOT NULL,  -- run ids, space-separated
+        ttl_s REAL NOT NULL           -- another host's row: live while seen within ttl_s
+    );
     -- Each scheduled time of each schedule is taken once, whichever worker sees it first
     -- (quire.service.schedule); run_id NULL: seen, nothing queued (a new schedule, a lost ref).
     CREATE TABLE schedule_claims (
@@ -71,6 +80,7 @@ if TYPE_CHECKING:
 
     from quire.service.pgqueue import PgQueue
     from quire.service.queues import Notifications, RunQueue
+    from quire.service.registry import WorkerInfo
 
     StrPath = str | os.PathLike[str]
 
@@ -154,6 +164,21 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     due_at TEXT NOT NULL,
     run_id TEXT,
     PRIMARY KEY (git_dir, cron, ref, due_at)
+)""",
+    ),
+    (
+        # The worker registry (quire.service.registry).
+        """CREATE TABLE IF NOT EXISTS workers (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    pid_start INTEGER,
+    started_at TEXT NOT NULL,
+    seen_at TEXT NOT NULL,
+    concurrency INTEGER NOT NULL,
+    running TEXT NOT NULL,
+    ttl_s REAL NOT NULL
 )""",
     ),
 )
@@ -678,6 +703,67 @@ class Queue(QueueReads):
                     "UPDATE queue SET cancel = 1, cancel_by = ? WHERE seq = ?", (by, row["seq"])
                 )
         return _entry(row)
+
+    # --- the worker registry (quire.service.registry) ----------------------------------------
+
+    def heartbeat(self, worker: WorkerInfo) -> None:
+        """Register `worker`, or refresh its row: seen now, running `worker.running`."""
+        with self._write("record a worker in") as db:
+            db.execute(
+                "INSERT INTO workers (id, name, host, pid, pid_start, started_at, seen_at,"
+                " concurrency, running, ttl_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at,"
+                " running = excluded.running, concurrency = excluded.concurrency,"
+                " ttl_s = excluded.ttl_s",
+                (
+                    worker.id,
+                    worker.name,
+                    worker.host,
+                    worker.pid,
+                    worker.start,
+                    utc_text(worker.started_at),
+                    utc_text(),
+                    worker.concurrency,
+                    worker.running_text(),
+                    worker.ttl_s,
+                ),
+            )
+
+    def unregister(self, worker_id: str) -> None:
+        """Delete a worker's row (it stops cleanly)."""
+        with self._write("remove a worker from") as db:
+            db.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
+
+    def workers(self) -> list[WorkerInfo]:
+        """The live workers, by name: on this host, those whose process lives; another
+        host's by their heartbeat."""
+        from quire.service.registry import local_live
+
+        return [w for w in self._all_workers() if local_live(w, datetime.now(UTC))]
+
+    def forget_workers(self, after_s: float) -> int:
+        """Delete the rows of dead workers not seen for `after_s` seconds; how many went."""
+        from quire.service.registry import local_live
+
+        now = datetime.now(UTC)
+        gone = [
+            w.id
+            for w in self._all_workers()
+            if not local_live(w, now)
+            and w.seen_at is not None
+            and (now - w.seen_at).total_seconds() > after_s
+        ]
+        with self._write("remove dead workers from") as db:
+            for worker_id in gone:
+                db.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
+        return len(gone)
+
+    def _all_workers(self) -> list[WorkerInfo]:
+        from quire.service.registry import worker_from_row
+
+        with self._translated("read"):
+            rows = self._db.execute("SELECT * FROM workers ORDER BY name, started_at").fetchall()
+        return [worker_from_row(dict(row)) for row in rows]
 
     def prune(self, keep: int = 1000) -> int:
         """Forget all but the newest `keep` done rows; returns how many went."""

@@ -30,6 +30,11 @@ over or whose cancel was asked elsewhere, takes over other workers'
 expired leases instead of checking pids, and also wakes on the database's
 NOTIFY.
 
+Every worker keeps its row in the worker registry (`quire.service.registry`,
+`quire ci workers`): refreshed at each poll and whenever what it runs
+changes, deleted when it stops cleanly; at most once a minute it also
+deletes the rows of workers long dead.
+
 Failures that pass (the queue cannot be written now, a run's record cannot
 be reconciled: a full disk) are logged and tried again later; nothing is
 lost or skipped. The world outside (queue, clock, children, run store,
@@ -43,6 +48,7 @@ import contextlib
 import logging
 import selectors
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -61,6 +67,7 @@ from quire.service.outcome import Outcome
 from quire.service.pgindex.publisher import NoPublisher, RunPublisher
 from quire.service.queue import Entry, Owner, open_queue
 from quire.service.queues import DEFAULT_LEASE_S
+from quire.service.registry import Registration, WorkerInfo, new_worker_id
 from quire.service.schedule import Scheduler
 from quire.service.signals import SignalWatch
 from quire.service.wake import Listener
@@ -178,6 +185,8 @@ class Worker:
         self.scheduler = scheduler or Scheduler(_load_config)
         self.next_due: datetime | None = None  # the next time a schedule is due
         self.notifier = notifier
+        self.started_at = wall()
+        self.registration: Registration | None = None  # made at the first beat (name known)
 
     def serve(self) -> int:
         """Run until stopped; returns the exit code (0). Raises `QueueCorrupt` and
@@ -353,15 +362,52 @@ class Worker:
             if self._leases():
                 self._step(self._renew)  # before recovery: never take over our own runs
                 self._step(self._listen)
+            self._step(self._beat)
             self._step(self._recover)
             self.next_poll = now + self._poll_s()
         self._step(self._reap)
         if now >= self.retry_at:
             self._step(self._fill)
+        if self._registered().stale(self.running) and now >= self.retry_at:
+            self._step(self._beat)  # `quire ci workers` shows what it runs now
         later = [t for t in (self.retry_at, self.finish_at) if t > now]
         if self.next_due is not None:  # wake at the next scheduled time, not a poll later
             later.append(now + max(0.0, (self.next_due - self.wall()).total_seconds()))
         return max(0.0, min([self.next_poll, *later]) - self.clock())
+
+    # --- the worker registry (quire.service.registry) ----------------------------------------
+
+    def _registered(self) -> Registration:
+        if self.registration is None:
+            # A lease-keeping queue (PostgreSQL) judges workers by their heartbeat: the same
+            # lease as their runs. The SQLite queue by pid; ttl_s only for another host's rows.
+            ttl_s = self.settings.lease_s if self._leases() else 3 * self.settings.poll_s
+            info = WorkerInfo(
+                id=new_worker_id(),
+                name=self.settings.name or socket.gethostname(),
+                host=socket.gethostname(),
+                pid=self.me.pid,
+                start=self.me.start,
+                started_at=self.started_at,
+                concurrency=self.settings.concurrency,
+                ttl_s=ttl_s,
+            )
+            self.registration = Registration(info, self.clock)
+        return self.registration
+
+    def _beat(self) -> None:
+        assert self.queue is not None
+        forgotten = self._registered().beat(self.queue, self.running)
+        if forgotten:
+            log.info("forgot %d dead workers in the worker registry", forgotten)
+
+    def _leave(self) -> None:
+        if self.registration is None or self.queue is None:
+            return
+        try:
+            self.registration.leave(self.queue)
+        except QueueUnavailable as exc:
+            log.error("%s: this worker's row stays in the registry until it expires", exc)
 
     def _republish(self, entry: Entry) -> None:
         """Ship a finished run's directory to the run index again (its notifications.yml
@@ -582,6 +628,7 @@ class Worker:
         except QueueUnavailable as exc:
             lost = ", ".join(entry.run_id for entry, _ in self.unrecorded)
             log.error("%s: outcomes of %s not recorded in the queue", exc, lost)
+        self._leave()
 
 
 def _load_config() -> Config:

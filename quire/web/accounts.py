@@ -128,6 +128,12 @@ def check_role(role: str) -> Role:
     raise UsageError(f"role {role!r}: use viewer or operator")
 
 
+def token_id_of(token: str) -> str:
+    """The id of an API token (`quire_<id>_<secret>`); anything else is taken as an id."""
+    found = _TOKEN.match(token)
+    return found[1] if found else token
+
+
 def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -257,9 +263,8 @@ class SqlAccounts:
         return [TokenInfo(id=i, user=u, created_at=c) for i, u, c in rows]
 
     def revoke_token(self, token_id: str) -> bool:
-        found = _TOKEN.match(token_id)
-        token_id = found[1] if found else token_id
-        return bool(self._change("DELETE FROM web_tokens WHERE id = ?", token_id))
+        """Revoke the token of this id (or this token); whether there was one."""
+        return bool(self._change("DELETE FROM web_tokens WHERE id = ?", token_id_of(token_id)))
 
     def check_token(self, token: str) -> Account | None:
         found = _TOKEN.match(token)

@@ -3,6 +3,7 @@ and the badges.
 
     GET  /login                          the form (username, password)
     POST /login                          a session cookie, then back where the visitor was
+                                         (from another site's page: 403)
     POST /logout                         (csrf) the session ends
     POST /runs/<repo>/<run>/rerun        (csrf, operator) -> 303 to the new run's page
     POST /runs/<repo>/<run>/cancel       (csrf, operator) -> 303 to the run's page
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,6 +48,7 @@ from quire.service import actions
 from quire.service.errors import QueueEntryNotFound, QueueUnavailable
 from quire.service.outcome import trigger_of
 from quire.service.queue import Entry
+from quire.service.queues import database_url, server_name
 from quire.web import auth, badge
 from quire.web.accounts import SESSION_S
 from quire.web.auth import COOKIE, Identity, Throttle, csrf_ok, safe_next
@@ -56,6 +59,7 @@ if TYPE_CHECKING:
     from quire.web.index import IndexedRun
 
 MAX_FORM_BYTES = 16 * 1024
+NO_WORKER_S = 1.0  # how long the pages reuse their answer to "is a worker running?"
 _RUN_PAGE = re.compile(r"/runs/([^/]+)/([^/]+)\Z")
 
 
@@ -66,6 +70,8 @@ class Actions:
         self.web = web
         self.throttle = throttle or Throttle()
         web.templates.globals["no_worker"] = self.no_worker
+        # On PostgreSQL each answer is a query: a page asks twice, pages come in bursts.
+        self._no_worker_said: tuple[float, str] | None = None
 
     def routes(self) -> list[Route]:
         post = ["POST"]
@@ -95,12 +101,13 @@ class Actions:
         )
 
     async def login(self, request: Request) -> Response:
+        _check_origin(request)  # another site's form would log the visitor in as its user
         form = await _form(request)
         name, password = form.get("username", ""), form.get("password", "")
         target = form.get("next")
         address = request.client.host if request.client else "?"
         keys = [f"user:{name}", f"addr:{address}"]
-        wait = self.throttle.wait_s(keys)
+        wait = self.throttle.attempt(keys)
         if wait > 0:
             seconds = int(wait) + 1
             response = self._login_form(
@@ -111,9 +118,8 @@ class Actions:
         accounts = self.web.accounts
         user = await anyio.to_thread.run_sync(accounts.check_password, name, password)
         if user is None:
-            self.throttle.failed(keys)
             return self._login_form(target, 401, "wrong user name or password", name)
-        self.throttle.succeeded(keys[:1])
+        self.throttle.passed(cleared=keys[:1], kept=keys[1:])
         cookie = await anyio.to_thread.run_sync(accounts.open_session, user.name)
         response = RedirectResponse(safe_next(target), status_code=303)
         response.set_cookie(
@@ -232,12 +238,26 @@ class Actions:
         return self.web.render("queued.html", entry=entry, trigger=trigger, trigger_repo=repo)
 
     def no_worker(self) -> str:
-        """What the pages say when no worker would start a queued run ('' if one would)."""
+        """What the pages say when no worker would start a queued run ('' if one would);
+        the same answer for a second."""
+        now = time.monotonic()
+        if self._no_worker_said is not None and now - self._no_worker_said[0] < NO_WORKER_S:
+            return self._no_worker_said[1]
+        said = self._no_worker()
+        self._no_worker_said = (now, said)
+        return said
+
+    def _no_worker(self) -> str:
         if actions.workers_listening(self.web.state) is not False:
             return ""
+        url = database_url()
+        where = (
+            f"the queue database {server_name(url)}"
+            if url is not None
+            else f"QUIRE_STATE_DIR={self.web.state}"
+        )
         return (
-            "no worker is running: queued runs start when one does (quire ci worker, with "
-            f"QUIRE_STATE_DIR={self.web.state})"
+            f"no worker is running: queued runs start when one does (quire ci worker, with {where})"
         )
 
     # --- badges ---
@@ -251,10 +271,13 @@ class Actions:
         status: badge.Status = "unknown"
         if repo in self.web.view.repos():
             status = badge.status_of(self._runs_of(repo), branch)
+        # Shown to someone who logged in or sent a token: no shared cache may keep it (with
+        # anonymous = "none" it would then show it to anybody).
+        shared = "private, " if auth.current.get().user is not None else ""
         return Response(
             badge.svg(status),
             media_type="image/svg+xml",
-            headers={"Cache-Control": f"max-age={badge.MAX_AGE_S}, must-revalidate"},
+            headers={"Cache-Control": f"{shared}max-age={badge.MAX_AGE_S}, must-revalidate"},
         )
 
     def _runs_of(self, repo: str) -> Iterator[IndexedRun]:
@@ -292,6 +315,11 @@ def _operator(request: Request, sent_csrf: str | None) -> Identity:
 
 def _check_origin(request: Request) -> None:
     """A browser's POST from another site is refused, whatever else it carries."""
+    # A browser says where the request comes from here even when its Origin is "null" (a
+    # sandboxed frame, a data: URL): our own forms are always same-origin.
+    fetched_from = request.headers.get("sec-fetch-site")
+    if fetched_from in ("cross-site", "same-site"):
+        raise HTTPException(403, f"a request from another site ({fetched_from}) is refused")
     origin = request.headers.get("origin")
     # None: not a browser. "null": Chromium sends that for every form POST of a page served
     # with Referrer-Policy: no-referrer, as ours are. The CSRF token decides then.

@@ -102,6 +102,24 @@ class Throttle:
         for key in keys:
             self._failures.pop(key, None)
 
+    def attempt(self, keys: list[str]) -> float:
+        """Seconds before any of `keys` may try again; 0: go ahead, and the try counts as a
+        failure until `passed` takes it back. Counted before the password is checked (in a
+        thread), so tries sent at once cannot all pass the same check."""
+        wait = self.wait_s(keys)
+        if wait <= 0:
+            self.failed(keys)
+        return wait
+
+    def passed(self, *, cleared: list[str], kept: list[str]) -> None:
+        """The try `attempt` let through succeeded: `cleared` keys forget every failure,
+        `kept` keys only this try (an address keeps the failures it had before)."""
+        self.succeeded(cleared)
+        for key in kept:
+            count, last = self._failures.pop(key, (1, 0.0))
+            if count > 1:
+                self._failures[key] = (count - 1, last)
+
 
 def identify(accounts: AccountStore, headers: Headers) -> Identity:
     """The identity a request's Authorization header or session cookie proves."""

@@ -15,7 +15,10 @@ engine that cannot see the workspace, reached over tcp://.
 
 The engines are shared with whoever else uses this machine: everything here
 looks only at what this session created (repositories named with a
-per-session prefix, runs in this test's own state directory).
+per-session prefix, runs in this test's own state directory). So the suite
+may run in several processes (nox runs two, `--dist loadfile`): each is a
+session of its own, with its own prefix, temp directory, podman service and
+PostgreSQL servers.
 """
 
 from __future__ import annotations
@@ -56,10 +59,6 @@ ENGINE_NAMES = ("docker", "podman", "podman-remote")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # One process: the engines, podman service and leak checks are the session's
-    # (pyproject's addopts spread the unit tests over workers; nox asks -n 0 here).
-    if getattr(config, "workerinput", None) is not None:
-        raise pytest.UsageError("the integration tests run in one process: add -n 0")
     config.addinivalue_line(
         "markers",
         "engines(*names): run the test once per container engine named "

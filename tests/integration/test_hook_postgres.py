@@ -10,8 +10,10 @@ from __future__ import annotations
 import io
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -92,6 +94,7 @@ def test_a_push_is_queued_through_libpq_without_psycopg_and_wakes_a_listener(
     config.write_text(f'[repositories.proj]\nurl = "{url}"\n')
     sha = commit(work, {"a": "1"})
     with PgQueue(database) as queue, queue.notifications() as listening:
+        queue.heartbeat(a_worker())  # a worker is live (on another machine, say)
         done = push(work)
         assert done.returncode == 0, done.stderr
         assert listening.wait(30), "the hook's NOTIFY never came"
@@ -104,7 +107,69 @@ def test_a_push_is_queued_through_libpq_without_psycopg_and_wakes_a_listener(
     loaded = set(modules.split())
     assert "quire.service.pglite" in loaded
     assert not {"psycopg", "pydantic", "quire.service.pgqueue"} & loaded
-    assert "no worker is running" not in done.stderr  # the NOTIFY reached every machine
+    assert "no worker is running" not in done.stderr  # the registry has a live worker
+
+
+def a_worker(ttl_s: float = 30.0) -> Any:
+    from datetime import UTC, datetime
+
+    from quire.service.registry import WorkerInfo, new_worker_id
+
+    return WorkerInfo(
+        id=new_worker_id(),
+        name="build-9",
+        host="elsewhere",
+        pid=4242,
+        started_at=datetime.now(UTC),
+        concurrency=1,
+        ttl_s=ttl_s,
+    )
+
+
+def test_a_push_with_no_live_worker_warns_the_pusher(tmp_path: Path, database: str) -> None:
+    from quire.service.pgqueue import PgQueue
+
+    bare, work = pushable(tmp_path)
+    hook_file = bare / "hooks" / "post-receive"
+    probe = "; print(*sorted(sys.modules), file=sys.stderr)"
+    hook_file.write_text(hook_file.read_text().replace("sys.exit(main())", "main()" + probe))
+    commit(work, {"a": "1"})
+    done = push(work)
+    assert done.returncode == 0, done.stderr
+    modules = next(line for line in done.stderr.splitlines() if "quire.service.hook" in line)
+    assert not {"psycopg", "urllib.parse", "re"} & set(modules.split())  # still cheap
+    warning = (
+        "quire: no worker is running (none seen by the queue database within its lease)"
+        ": the run waits in the queue (`quire ci worker`)"
+    )
+    assert warning in done.stderr
+    with PgQueue(database) as queue:
+        assert len(queue.active()) == 1  # queued all the same
+        queue.heartbeat(a_worker(ttl_s=0.2))  # a worker seen once, then gone (kill -9)
+        deadline = time.monotonic() + 60
+        while queue.workers():
+            assert time.monotonic() < deadline, "its heartbeat never expired"
+            time.sleep(0.05)
+    commit(work, {"a": "2"})
+    again = push(work)
+    assert warning in again.stderr  # its heartbeat expired: it does not count
+
+
+def test_without_libpq_a_push_with_no_live_worker_warns_too(
+    database: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from quire.service.pgqueue import PgQueue
+
+    monkeypatch.setattr(pglite, "_candidates", lambda: [str(tmp_path / "no-libpq.so")])
+    out = io.StringIO()
+    hook.queue_pushes(str(tmp_path), "/srv/p.git", [("b" * 40, "refs/heads/x")], out)
+    assert "quire: no worker is running (none seen by the queue database" in out.getvalue()
+    with PgQueue(database) as queue:
+        queue.heartbeat(a_worker())
+    out = io.StringIO()
+    hook.queue_pushes(str(tmp_path), "/srv/p.git", [("c" * 40, "refs/heads/y")], out)
+    assert "quire: queued run" in out.getvalue()
+    assert "no worker is running" not in out.getvalue()
 
 
 def test_a_database_to_migrate_or_from_a_newer_quire_is_said_and_nothing_is_queued(
@@ -176,10 +241,11 @@ def test_several_refs_of_one_push_are_queued_in_their_order_in_one_transaction(
     ]
     pushes[1].url = "ssh://githost/p.git"
     with PgQueue(database) as queue, queue.notifications() as listening:
+        queue.heartbeat(a_worker())
         queued = pglite.enqueue(database, pushes)
         assert listening.wait(30)
         rows = queue.active()
-    assert queued == [(row.run_id, row.ref, row.sha) for row in rows]
+    assert queued == ([(row.run_id, row.ref, row.sha) for row in rows], 1)  # one live worker
     assert [row.ref for row in rows] == ["refs/heads/b0", "refs/heads/b1", "refs/heads/b2"]
     assert [row.url for row in rows] == [None, "ssh://githost/p.git", None]
     assert len({row.run_id for row in rows}) == 3

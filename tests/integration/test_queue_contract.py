@@ -10,13 +10,15 @@ container engine.
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 import sqlite3
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -437,6 +439,73 @@ def test_enqueue_wakes_a_waiting_listener(connect: Opener, queue: RunQueue) -> N
         connect().enqueue([push()])
         waiter.join(60)
         assert woken == [True]
+
+
+# --- the worker registry ------------------------------------------------------------------------
+
+
+def registered(pid: int, *, name: str = "build-1", ttl_s: float = 30.0, **fields: Any) -> Any:
+    from datetime import UTC, datetime
+
+    from quire.ci.store.liveness import process_start_ticks
+    from quire.service.registry import WorkerInfo, new_worker_id
+
+    return WorkerInfo(
+        id=new_worker_id(),
+        name=name,
+        host=socket.gethostname(),
+        pid=pid,
+        start=process_start_ticks(pid),
+        started_at=datetime.now(UTC),
+        concurrency=2,
+        ttl_s=ttl_s,
+        **fields,
+    )
+
+
+def test_a_worker_registers_refreshes_and_unregisters(connect: Opener, queue: RunQueue) -> None:
+    me = registered(os.getpid(), name="build-1")
+    queue.heartbeat(me)
+    (seen,) = connect().workers()  # from another connection (another machine)
+    assert (seen.id, seen.name, seen.host, seen.pid, seen.start) == (
+        me.id,
+        "build-1",
+        socket.gethostname(),
+        os.getpid(),
+        me.start,
+    )
+    assert (seen.concurrency, seen.running, seen.ttl_s) == (2, (), 30.0)
+    assert seen.started_at == me.started_at and seen.seen_at is not None
+    queue.heartbeat(me.model_copy(update={"running": ("r1", "r2")}))
+    (again,) = queue.workers()
+    assert again.running == ("r1", "r2")
+    assert again.seen_at is not None and again.seen_at >= seen.seen_at
+    assert again.started_at == me.started_at  # a heartbeat keeps when it started
+    other = registered(os.getpid(), name="build-0")
+    queue.heartbeat(other)
+    assert [w.name for w in queue.workers()] == ["build-0", "build-1"]  # by name
+    queue.unregister(me.id)
+    assert [w.id for w in connect().workers()] == [other.id]
+
+
+def test_a_killed_workers_row_stops_counting_and_is_forgotten_later(queue: RunQueue) -> None:
+    victim = subprocess.Popen(["sleep", "600"])
+    try:
+        dead = registered(victim.pid, name="victim", ttl_s=SHORT_LEASE_S)
+        live = registered(os.getpid(), name="live")
+        queue.heartbeat(dead)
+        queue.heartbeat(live)
+        assert {w.name for w in queue.workers()} == {"victim", "live"}
+        assert queue.forget_workers(0.0) == 0  # both live: nothing to forget
+    finally:
+        victim.kill()
+        victim.wait()
+    # SQLite: its process is gone; PostgreSQL: its heartbeat expires after its ttl.
+    wait_until(lambda: [w.name for w in queue.workers()] == ["live"], "the dead worker to go")
+    assert queue.forget_workers(3600.0) == 0  # dead, but seen too recently to forget
+    assert queue.forget_workers(0.0) == 1
+    assert queue.forget_workers(0.0) == 0
+    assert [w.name for w in queue.workers()] == ["live"]
 
 
 # --- PostgreSQL only: schema, errors, configuration --------------------------------------------

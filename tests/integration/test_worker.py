@@ -7,6 +7,7 @@ own state directory, and stopped by pid in a `finally`. Waits are bounded.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -373,3 +374,22 @@ def test_a_queue_file_truncated_under_the_worker_stops_it_with_exit_3(tmp_path: 
     said = worker_log(tmp_path)
     assert "was replaced or truncated while workers had it open" in said
     assert "truncated to 0 bytes" in said and str(queue_path(state_dir())) in said
+
+
+def test_quire_ci_workers_lists_live_sqlite_workers_by_name(tmp_path: Path) -> None:
+    def listed() -> list[str]:
+        shown = quire("ci", "workers", "--json")
+        assert shown.returncode == 0, shown.stderr
+        return [w["name"] for w in json.loads(shown.stdout)]
+
+    with (
+        worker(tmp_path, "--name", "left", name="left") as left,
+        worker(tmp_path, "--name", "right", name="right") as right,
+    ):
+        wait_for(lambda: listed() == ["left", "right"], "both workers in the registry")
+        left.send_signal(signal.SIGKILL)
+        left.wait(timeout=10)
+        assert listed() == ["right"]  # its process is gone: at once, no heartbeat to wait for
+        right.send_signal(signal.SIGTERM)
+        right.wait(timeout=60)
+    assert "no worker is running" in quire("ci", "workers").stdout

@@ -1,6 +1,8 @@
 """Workers on one PostgreSQL queue, each with its own state and cache directories (standing
 for separate machines): real pushes through the hook, each run once, and a kill -9 of a
-worker whose run another worker finishes once the lease has run out.
+worker whose run another worker finishes once the lease has run out. The worker registry:
+`quire ci workers` lists them by name with what they run, a worker killed -9 drops out once
+its heartbeat expires, a clean stop leaves at once, and a push with no live worker warns.
 
 The server is this module's own (tests/integration/postgres.py); without PostgreSQL the
 tests are skipped, unless QUIRE_REQUIRE_POSTGRES=1. Host executor only: no engine needed.
@@ -8,6 +10,7 @@ tests are skipped, unless QUIRE_REQUIRE_POSTGRES=1. Host executor only: no engin
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,13 +18,15 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from quire.ci.store.runs import RunDir, RunState, store_for
+from quire.service.actions import workers_listening
 from quire.service.pgschema import SCHEMA_VERSION
 from quire.service.queue import Entry
-from tests.helpers import GIT_ENV, terminate
+from tests.helpers import GIT_ENV, commit, terminate
 from tests.integration import postgres
 from tests.integration.test_worker import meta, push, pushable, quire, wait_for
 
@@ -205,3 +210,72 @@ def test_a_worker_goes_on_claiming_after_the_database_restarts(
         push(work, "HEAD:refs/heads/after")
         wait_for(all_done(database, 2), "the run after the restart", proc=steady)
     assert all(r.outcome == "complete" for r in rows(database))
+
+
+# --- the worker registry ----------------------------------------------------------------------
+
+SLOW_FOREVER = """\
+from quire.ci import job, Runtime
+
+
+@job(inputs=["quire/push"])
+def work(rt: Runtime):
+    rt.sh("touch {marker}; sleep 120", check=True)
+"""
+
+
+def listed(url: str) -> list[Any]:
+    from quire.service.pgqueue import PgQueue
+
+    with PgQueue(url) as queue:
+        return queue.workers()
+
+
+def names(url: str) -> list[str]:
+    return [w.name for w in listed(url)]
+
+
+def test_workers_appear_by_name_a_killed_one_expires_and_no_live_worker_warns(
+    tmp_path: Path, database: str
+) -> None:
+    marker = tmp_path / "slow-started"
+    _bare, work = pushable(
+        tmp_path, "registry", {".quire/ci.py": SLOW_FOREVER.format(marker=marker)}
+    )
+    with machine_worker(tmp_path, "build-a") as a, machine_worker(tmp_path, "build-b") as b:
+        wait_for(lambda: names(database) == ["build-a", "build-b"], "both workers registered")
+        shown = quire("ci", "workers", "--json")
+        assert shown.returncode == 0, shown.stderr
+        found = {w["name"]: w for w in json.loads(shown.stdout)}
+        assert (found["build-a"]["pid"], found["build-b"]["pid"]) == (a.pid, b.pid)
+        assert found["build-a"]["ttl_s"] == LEASE_S  # live while seen within its lease
+        table = quire("ci", "workers").stdout
+        assert "build-a" in table and "build-b" in table and "idle" in table
+        assert workers_listening(tmp_path / "web") is True  # the web page's question
+
+        pushed = push(work, "HEAD:refs/heads/slow")
+        assert "no worker is running" not in pushed
+        wait_for(marker.exists, "the slow run's command", proc=a)
+        wait_for(lambda: any(w.running for w in listed(database)), "the run shown on its worker")
+        (busy,) = [w for w in listed(database) if w.running]
+        (row,) = rows(database)
+        assert busy.running == (row.run_id,)
+        assert busy.name == row.worker_host
+        assert row.run_id in quire("ci", "workers").stdout
+
+        doomed, other = (a, "build-b") if busy.name == "build-a" else (b, "build-a")
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait(timeout=10)
+        # No clean stop: its row stays until its heartbeat is older than its lease.
+        wait_for(lambda: names(database) == [other], "the killed worker to drop out")
+        assert busy.name not in quire("ci", "workers").stdout
+
+    # Both gone (the other one stopped cleanly and left at once); a push now warns.
+    assert names(database) == []
+    assert "no worker is running" in quire("ci", "workers").stdout
+    assert workers_listening(tmp_path / "web") is False  # the page says no worker is running
+    commit(work, {"more": "1"})
+    warned = push(work, "HEAD:refs/heads/slow")
+    assert (
+        "quire: no worker is running (none seen by the queue database within its lease)"
+    ) in warned

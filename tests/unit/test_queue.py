@@ -171,7 +171,8 @@ def test_a_version_1_queue_gains_the_url_column_and_keeps_its_rows(tmp_path: Pat
         db.execute("PRAGMA user_version = 1")
     db.close()
     with Queue(path) as q:
-        assert q._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert q._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert q.workers() == []  # version 3: the worker registry's table, empty
         old = q.get("r1")
         assert (old.url, old.fetch_url) == (None, "file:///srv/p.git")
         (new,) = q.enqueue([Push("/srv/p.git", "refs/heads/x", "b" * 40, "now", "ssh://h/p.git")])

@@ -16,7 +16,7 @@ import pytest
 from quire.ci.store.records import Trigger
 from quire.config import Config, RepositorySettings, Schedule
 from quire.errors import ConfigError
-from quire.service.queue import Owner, Push, Queue, queue_path
+from quire.service.queue import SCHEMA_VERSION, Owner, Push, Queue, queue_path
 from quire.service.schedule import Scheduler, latest_due, next_due
 from quire.service.worker import Worker, WorkerSettings, child_argv
 
@@ -205,7 +205,7 @@ def test_a_push_row_has_no_trigger_and_a_version_1_queue_is_upgraded(tmp_path: P
         (asked,) = queue.enqueue([Push("/g", "refs/heads/y", "b", "t")], manual)
         assert Trigger.model_validate_json(asked.trigger_json or "") == manual
         assert queue.last_scheduled("/g", "* * * * *", "refs/heads/main") is None
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
 
 
 class Clock:

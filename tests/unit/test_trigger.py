@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from quire.ci.store.records import RunMeta, Trigger, read_record
 from quire.ci.store.runs import store_for
 from quire.cli.app import app
-from quire.service.queue import Owner, Push, Queue, queue_path
+from quire.service.queue import SCHEMA_VERSION, Owner, Push, Queue, queue_path
 from quire.service.worker import child_argv
 from tests.helpers import make_repo
 
@@ -77,7 +77,7 @@ def test_a_version_1_queue_gains_the_trigger_column_and_keeps_its_rows(tmp_path:
         (new,) = queue.enqueue([push()], RERUN)
         assert new.trigger_json is not None
     with sqlite3.connect(path) as check:
-        assert check.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
 
 
 def test_the_worker_passes_the_trigger_to_its_child(tmp_path: Path) -> None:

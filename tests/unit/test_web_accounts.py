@@ -122,3 +122,12 @@ def test_passwords_are_argon2_hashes(tmp_path: Path) -> None:
         accounts.add_user("olive", "viewer", "correct horse")
     data = (tmp_path / "a.sqlite3").read_bytes()
     assert b"correct horse" not in data and b"$argon2id$" in data
+
+
+def test_revoking_by_the_token_itself_never_prints_its_secret() -> None:
+    quire("user", "add", "olive", "--role", "operator", "--password-stdin", stdin="pw")
+    token = quire("token", "create", "olive")[1].strip()
+    code, out, err = quire("token", "revoke", token)
+    assert code == 0 and token not in out + err
+    code, out, err = quire("token", "revoke", token)  # gone already: the message names its id
+    assert code == 2 and token.split("_")[1] in err and token not in out + err

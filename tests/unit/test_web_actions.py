@@ -5,6 +5,7 @@ being refused; login throttling on a fake clock; `anonymous = "none"`; badges.""
 from __future__ import annotations
 
 import re
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from starlette.testclient import TestClient
 from quire.ci.store.records import RunMeta, Trigger, read_record, write_record
 from quire.errors import UsageError
 from quire.paths import state_dir
+from quire.service.actions import is_ref_name
 from quire.service.install import install
 from quire.service.queue import Entry, Queue, queue_path, repository_name
 from quire.web.accounts import SqliteAccounts
@@ -204,6 +206,16 @@ def test_api_start_runs_a_branch_or_a_tag_of_the_bare_repository(
         ({"ref": "nope"}, 409, "no branch or tag 'nope'"),
         ({"ref": "--upload-pack=x"}, 409, "no branch or tag"),
         ({"ref": "refs/notes/ci"}, 409, "no branch or tag"),
+        # Revision syntax is not a ref: a tree, a blob, a parent or a reflog entry of one
+        # would be queued under a ref name that does not exist.
+        ({"ref": "main^{tree}"}, 409, "no branch or tag"),
+        ({"ref": "main:README"}, 409, "no branch or tag"),
+        ({"ref": "main~0"}, 409, "no branch or tag"),
+        ({"ref": "main@{0}"}, 409, "no branch or tag"),
+        ({"ref": "v1^{}"}, 409, "no branch or tag"),
+        ({"ref": "refs/heads/main^{commit}"}, 409, "no branch or tag"),
+        ({"ref": "refs/heads/../tags/v1"}, 409, "no branch or tag"),
+        ({"ref": "main\x00"}, 409, "no branch or tag"),
         ({}, 400, '{"ref": "main"}'),
         ({"ref": 3}, 400, '{"ref": "main"}'),
     ],
@@ -612,5 +624,148 @@ def test_the_page_knows_whether_a_worker_listens(
     assert workers_listening(site.state) is False  # its marker went with it
     (site.state / "queue.wake" / "999999999").touch()  # a kill -9'd worker's marker
     assert workers_listening(site.state) is False
+
+
+def test_on_postgresql_the_page_asks_the_worker_registry(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from quire.service import actions
+    from quire.service.errors import QueueUnavailable
+
+    live: list[object] = []
+
+    class Registry:
+        def __enter__(self) -> Registry:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def workers(self) -> list[object]:
+            if live == ["down"]:
+                raise QueueUnavailable("cannot read the queue database postgresql://db/quire")
+            return live
+
     monkeypatch.setenv("QUIRE_DATABASE_URL", "postgresql://db.example/quire")
-    assert workers_listening(site.state) is None  # workers elsewhere: not knowable here
+    monkeypatch.setattr(actions, "open_queue", lambda state: Registry())
+    assert actions.workers_listening(site.state) is False  # no live worker on any machine
+    live.append("build-1")
+    assert actions.workers_listening(site.state) is True
+    live[:] = ["down"]
+    assert actions.workers_listening(site.state) is None  # not knowable now: nothing said
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "refs/heads/main",
+        "refs/heads/feature/x-1",
+        "refs/tags/v1.2",
+        "refs/heads/a@b",
+        "refs/heads/main^{tree}",
+        "refs/heads/main~1",
+        "refs/heads/a:b",
+        "refs/heads/a..b",
+        "refs/heads/a@{1}",
+        "refs/heads/a b",
+        "refs/heads/a\tb",
+        "refs/heads/a*",
+        "refs/heads/a?",
+        "refs/heads/a[",
+        "refs/heads/a\\b",
+        "refs/heads/.hidden",
+        "refs/heads/x/.y",
+        "refs/heads/a.lock",
+        "refs/heads/a.lock/b",
+        "refs/heads/a/",
+        "refs/heads/a.",
+        "refs/heads//a",
+        "refs/heads/a\x7f",
+    ],
+)
+def test_is_ref_name_agrees_with_git_check_ref_format(ref: str) -> None:
+    git_says = subprocess.run(["git", "check-ref-format", ref], check=False).returncode == 0
+    assert is_ref_name(ref) == git_says
+
+
+def test_tries_sent_at_once_count_before_their_passwords_are_checked() -> None:
+    # argon2 runs in a worker thread: tries sent together all passed the wait check before
+    # the first of them failed, so a script could try any number of passwords at once.
+    throttle = Throttle(Clock())
+    keys = ["user:olive", "addr:1.2.3.4"]
+    assert [throttle.attempt(keys) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert throttle.attempt(keys) > 0  # three in flight, none answered yet
+
+
+def test_a_good_password_takes_back_its_tries_count() -> None:
+    throttle = Throttle(Clock())
+    keys = ["user:olive", "addr:1.2.3.4"]
+    throttle.failed(keys[1:])
+    throttle.failed(keys[1:])
+    for _ in range(5):  # many good logins from a shared address (a proxy) lock nobody out
+        assert throttle.attempt(keys) == 0.0
+        throttle.passed(cleared=keys[:1], kept=keys[1:])
+    throttle.failed(keys[1:])
+    assert throttle.attempt(keys) > 0  # the two failures before still count: now three
+
+
+def test_a_login_posted_from_another_site_is_refused(site: Site, client: TestClient) -> None:
+    # Login CSRF: another site's form would log the visitor in as the attacker's user,
+    # whose session then sees (and records) what the visitor does.
+    response = client.post(
+        "/login",
+        data={"username": "vic", "password": "view-secret"},
+        headers={"Origin": "https://evil.example"},
+        follow_redirects=False,
+    )
+    assert response.status_code == 403
+    assert "set-cookie" not in response.headers
+    same_site = client.post(
+        "/login",
+        data={"username": "vic", "password": "view-secret"},
+        headers={"Origin": "http://127.0.0.1"},
+        follow_redirects=False,
+    )
+    assert same_site.status_code == 303 and "set-cookie" in same_site.headers
+
+
+def test_a_run_whose_commit_is_gone_cannot_be_run_again(site: Site, client: TestClient) -> None:
+    # A force-push and git gc took the commit away: queued, it would only fail in a worker.
+    gone = "0123456789abcdef0123456789abcdef01234567"
+    original = site.add_run(1, sha=gone, revision=gone)
+    response = client.post(
+        f"/api/runs/{site.repo}/{original}/rerun", headers=bearer(site.operator_token)
+    )
+    assert response.status_code == 409
+    error = response.json()["error"]
+    assert f"commit {gone}" in error and str(site.bare) in error
+    assert site.queue_rows() == []
+
+
+def test_a_post_from_a_page_with_no_origin_of_its_own_is_refused_when_it_is_cross_site(
+    site: Site, client: TestClient
+) -> None:
+    # Our pages send Origin: null (Referrer-Policy: no-referrer), and so does another site's
+    # sandboxed frame; Sec-Fetch-Site tells them apart. The login form has no CSRF token.
+    def post(site_says: str) -> int:
+        return client.post(
+            "/login",
+            data={"username": "vic", "password": "view-secret"},
+            headers={"Origin": "null", "Sec-Fetch-Site": site_says},
+            follow_redirects=False,
+        ).status_code
+
+    assert post("cross-site") == 403
+    assert post("same-site") == 403
+    assert post("same-origin") == 303
+
+
+def test_a_badge_shown_to_a_logged_in_reader_is_kept_by_no_shared_cache(site: Site) -> None:
+    # With anonymous = "none" a proxy or CDN that kept it would show it to anybody.
+    site.add_run(1)
+    with site.app(anonymous="none") as client:
+        response = client.get(f"/badge/{site.repo}.svg", headers=bearer(site.viewer_token))
+        assert response.status_code == 200
+        assert "private" in response.headers["cache-control"]
+    with site.app() as client:  # anonymous reading: a README's image proxy may keep it
+        assert "private" not in client.get(f"/badge/{site.repo}.svg").headers["cache-control"]
