@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,45 @@ def test_jobs_lists_each_job_with_its_inputs_and_as_json(repo: Path) -> None:
     ]
     data = json.loads(quire("ci", "jobs", "--json", "--repo", str(repo)).stdout)
     assert data[1] == {"id": "tests", "inputs": ["lint"], "timeout": None}
+
+
+def test_a_run_by_hand_tells_no_notify_target(tmp_path: Path) -> None:
+    # The README says so: only the worker sends notifications; a terminal run shows its result.
+    failing = (
+        "from quire.ci import job\n\n"
+        "@job(inputs=['quire/push'])\n"
+        "def lint(rt):\n"
+        "    raise RuntimeError('red')\n"
+    )
+    make_repo(tmp_path / "proj", {".quire/ci.py": failing})
+    state = Path(os.environ["QUIRE_STATE_DIR"])
+    Path(os.environ["QUIRE_CONFIG"]).parent.mkdir(parents=True, exist_ok=True)
+    Path(os.environ["QUIRE_CONFIG"]).write_text(
+        '[[notify]]\nurl = "http://127.0.0.1:9/hook"\non = ["all"]\n'
+    )
+    result = quire("ci", "run", "--repo", str(tmp_path / "proj"))
+    assert result.exit_code == 1, result.output
+    (run,) = store_for(tmp_path / "proj").runs()
+    assert run.state == "failed"
+    assert not (state / "notify.pending").exists()
+    assert list(state.rglob("notifications.yml")) == []
+
+
+def test_only_commands_run_in_the_workspace_not_the_jobs_python(tmp_path: Path) -> None:
+    # The README warns of it: a job's Python looking at "dist" looks at quire's directory.
+    pipeline = (
+        "import os\n"
+        "from quire.ci import job\n\n"
+        "@job(inputs=['quire/push'])\n"
+        "def look(rt):\n"
+        "    return {'python': os.getcwd(), 'command': rt.sh('pwd -P').stdout.strip()}\n"
+    )
+    make_repo(tmp_path / "proj", {".quire/ci.py": pipeline})
+    result = quire("ci", "run", "--json", "--repo", str(tmp_path / "proj"))
+    assert result.exit_code == 0, result.output
+    shown = json.loads(
+        quire("ci", "show", "latest", "--json", "--repo", str(tmp_path / "proj")).stdout
+    )
+    seen = shown["jobs"][0]["outputs"]
+    assert seen["command"].endswith("/workspace")
+    assert Path(seen["python"]).resolve() == Path.cwd().resolve() != Path(seen["command"])

@@ -73,7 +73,12 @@ class FakeSenders:
 
 
 def make_run(
-    root: Path, run_id: str, state: str, ref: str = "refs/heads/main", failed: tuple[str, ...] = ()
+    root: Path,
+    run_id: str,
+    state: str,
+    ref: str = "refs/heads/main",
+    failed: tuple[str, ...] = (),
+    trigger: Trigger | None = None,
 ) -> Path:
     run = root / "runs" / "proj-1a2b3c4d" / state / run_id
     run.mkdir(parents=True)
@@ -86,7 +91,7 @@ def make_run(
         ref=ref,
         pushed_at=T0,
         executor=ExecutorKind.host,
-        trigger=Trigger(kind="push"),
+        trigger=trigger or Trigger(kind="push"),
     )
     write_record(run / "meta.yml", meta)
     write_record(run / "times.yml", RunTimes(started_at=T0, finished_at=T0 + timedelta(seconds=4)))
@@ -169,6 +174,20 @@ def test_fixed_is_per_ref(tmp_path: Path) -> None:
     f.step()
     events = [json.loads(body)["event"] for _, body, _ in f.senders.webhooks]
     assert events == ["failed"]  # the other branch's success fixed nothing
+
+
+def test_fixed_compares_with_the_previous_run_of_the_ref_whatever_started_it(
+    tmp_path: Path,
+) -> None:
+    # The README says so: a green push after a failed nightly is "fixed".
+    f = Fixture(tmp_path, [webhook()])
+    nightly = Trigger(kind="schedule", schedule="0 3 * * *", due_at=T0)
+    f.finish("20260105-030000-000000-aaaaaa", "failed", failed=("slow",), trigger=nightly)
+    f.step()
+    f.finish("20260105-100000-000000-aaaaaa", "complete")
+    f.step()
+    told = [json.loads(body) for _, body, _ in f.senders.webhooks]
+    assert [(d["trigger"], d["event"]) for d in told] == [("schedule", "failed"), ("push", "fixed")]
 
 
 def test_all_tells_every_run_and_repos_choose_repositories(tmp_path: Path) -> None:

@@ -133,3 +133,13 @@ def test_names_outside_ascii_get_a_fallback_and_the_exact_name() -> None:
     assert disposition('rés"ult.txt') == (
         "attachment; filename=\"r_s_ult.txt\"; filename*=UTF-8''r%C3%A9s%22ult.txt"
     )
+
+
+def test_latest_in_a_download_link_is_the_newest_runs_file(
+    run: Path, store: Store, client: TestClient
+) -> None:
+    # docs/web.md gives it as a stable link for scripts: the newest run's file, or a 404.
+    got = client.get("/runs/proj/latest/artifacts/build/wheel")
+    assert got.status_code == 200 and got.content == b"wheel"
+    store.add(2, jobs={"build": out("built again\n")})
+    assert client.get("/runs/proj/latest/artifacts/build/wheel").status_code == 404
