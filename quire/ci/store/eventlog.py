@@ -72,13 +72,17 @@ class JsonLogs:
         fields = encoder.feed(event.data)
         if fields:
             self._write_output(event.job, event.stream, fields)
+        if event.job is not None:
+            # The bytes as they came, in the order they came (not re-encoded from `fields`:
+            # a character cut in two is whole here even if the other stream came between).
+            self._job_log(event.job)
+            self._plain[event.job].write(event.data)
 
     def _write_output(self, job: str | None, stream: StreamName, fields: dict[str, str]) -> None:
         if job is None:
             self._run_log.event("image-build-output", stream=stream, **fields)
         else:
             self._job_log(job).event(stream, **fields)
-            self._plain[job].write(event_bytes(fields))
 
     def _job_event(self, event: CommandStarted | CommandFinished | Message) -> None:
         log = self._job_log(event.job)
