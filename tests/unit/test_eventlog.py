@@ -131,3 +131,20 @@ def test_a_plain_output_that_cannot_be_written_is_removed_and_the_log_goes_on(
     assert not (tmp_path / "jobs" / "build" / "output.txt").exists()
     lines = list(LogReader(tmp_path / "jobs" / "build" / "log.jsonl"))
     assert [line["data"] for line in lines] == ["kept in the log\n", "and this\n"]
+
+
+def test_a_secret_is_masked_in_output_txt_as_in_the_log(tmp_path: Path) -> None:
+    from quire.ci.run.outlet import RunOutlet
+    from quire.ci.run.redact import MASK, Redactor
+
+    logs = JsonLogs(lambda: tmp_path)
+    redactor = Redactor()
+    redactor.add("hunter2-secret")
+    outlet = RunOutlet(redactor, [logs])
+    outlet.emit(JobStarted("build"))
+    outlet.output("build", "stdout", b"token: hunter2-")  # cut across two chunks
+    outlet.output("build", "stdout", b"secret and more\n")
+    outlet.close()  # closes the logs too
+    plain = (tmp_path / "jobs" / "build" / "output.txt").read_bytes()
+    assert plain == f"token: {MASK} and more\n".encode()
+    assert b"hunter2" not in (tmp_path / "jobs" / "build" / "log.jsonl").read_bytes()
