@@ -43,6 +43,7 @@ from quire.service.pgschema import (
     CHANNEL,
     LIVE_WORKERS,
     SCHEMA_VERSION,
+    Reconnecting,
     connect,
     refuse_newer,
     schema_version,
@@ -93,7 +94,7 @@ class PgQueue(QueueReads):
         self.path = server_name(url)
         self.lease_s = lease_s
         self._owner: Owner | None = None
-        self._db: Connection | None = None
+        self._connection = Reconnecting(url)
         try:
             with self._translated("open"):
                 version = schema_version(self._conn())
@@ -106,9 +107,7 @@ class PgQueue(QueueReads):
             raise too_old(url, version)
 
     def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        self._connection.close()
 
     def __enter__(self) -> PgQueue:
         return self
@@ -119,11 +118,7 @@ class PgQueue(QueueReads):
     # --- plumbing ------------------------------------------------------------------------------
 
     def _conn(self) -> Connection:
-        # A broken connection (server restarted, network gone) is replaced on the next call.
-        if self._db is None or self._db.closed or self._db.broken:
-            self.close()
-            self._db = connect(self.url, autocommit=True)
-        return self._db
+        return self._connection.get()
 
     @contextmanager
     def _translated(self, doing: str) -> Iterator[None]:

@@ -150,6 +150,29 @@ def connect(url: str, *, autocommit: bool = False) -> Connection:
         raise QueueUnavailable(unavailable(url, "connect to", exc)) from exc
 
 
+class Reconnecting:
+    """One autocommit connection to `url`, made at first use and made again after it broke
+    (the server restarted, the network went): the queue, the run index's writer and the
+    accounts each hold one."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._db: Connection | None = None
+
+    def get(self) -> Connection:
+        """The connection, a new one if there was none or it broke; raises
+        `QueueUnavailable` naming the server."""
+        if self._db is None or self._db.closed or self._db.broken:
+            self.close()
+            self._db = connect(self.url, autocommit=True)
+        return self._db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
 def unavailable(url: str, doing: str, exc: BaseException) -> str:
     """What went wrong, naming the server; the password is cut out if the driver quoted it."""
     import psycopg

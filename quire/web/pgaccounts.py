@@ -19,7 +19,12 @@ from argon2 import PasswordHasher
 from psycopg.rows import tuple_row
 
 from quire.service.errors import QueueUnavailable
-from quire.service.pgschema import SCHEMA_VERSION, connect, schema_version, unavailable
+from quire.service.pgschema import (
+    SCHEMA_VERSION,
+    Reconnecting,
+    schema_version,
+    unavailable,
+)
 from quire.service.queues import server_name
 from quire.web.accounts import AccountsUnavailable, SqlAccounts
 
@@ -41,7 +46,7 @@ class PgAccounts(SqlAccounts):
         self.url = url
         self.where = server_name(url)
         self._lock = threading.RLock()
-        self._db: Connection | None = None
+        self._connection = Reconnecting(url)
         with self._translated("open"):
             version = schema_version(self._conn())
         if version < SCHEMA_VERSION:
@@ -52,16 +57,10 @@ class PgAccounts(SqlAccounts):
             )
 
     def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        self._connection.close()
 
     def _conn(self) -> Connection:
-        # A broken connection (server restarted) is replaced on the next call.
-        if self._db is None or self._db.closed or self._db.broken:
-            self.close()
-            self._db = connect(self.url, autocommit=True)
-        return self._db
+        return self._connection.get()
 
     @contextmanager
     def _translated(self, doing: str) -> Iterator[None]:

@@ -28,7 +28,7 @@ from quire.ci.store.shipping import (
 )
 from quire.ci.vocabulary import EndReason, JobState, JobStatus, RunResult, RunState
 from quire.service.errors import QueueUnavailable
-from quire.service.pgschema import connect, unavailable
+from quire.service.pgschema import Reconnecting, unavailable
 
 if TYPE_CHECKING:
     from quire.service.pgschema import Connection
@@ -45,18 +45,13 @@ class IndexWriter:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._db: Connection | None = None
+        self._connection = Reconnecting(url)
 
     def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        self._connection.close()
 
     def _conn(self) -> Connection:
-        if self._db is None or self._db.closed or self._db.broken:
-            self.close()
-            self._db = connect(self.url, autocommit=True)
-        return self._db
+        return self._connection.get()
 
     @contextmanager
     def _write(self, doing: str) -> Iterator[Connection]:
