@@ -1049,3 +1049,59 @@ def test_a_docker_runs_pipeline_runs_in_the_sandbox(
     code, out, err = run_cli(docker_repo(tmp_path, ci))
     assert code == 0, out + err
     assert "uid 65534 etc False state False" in out
+
+
+SHOWN_RUNNING = docker.ContainerState(running=True, status="running", exit_code=0, oom_killed=False)
+SHOWN_EXITED = docker.ContainerState(
+    running=False, status="exited", exit_code=137, oom_killed=False
+)
+
+
+def inspections(monkeypatch: pytest.MonkeyPatch, *states: docker.ContainerState) -> list[str]:
+    """`docker inspect` answers `states` in turn (the last one from then on); returns the calls."""
+    calls: list[str] = []
+
+    def inspect(container_id: str) -> docker.ContainerState:
+        calls.append(container_id)
+        return states[min(len(calls), len(states)) - 1]
+
+    monkeypatch.setattr(docker, "inspect_state", inspect)
+    return calls
+
+
+def test_a_container_killed_under_its_exec_is_found_dead_though_shown_running_at_first(
+    fake_docker: FakeDocker,
+    executor_for: Callable[..., DockerExecutor],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake_docker.answer("exec", exit=137)  # docker kill: the exec ends before the engine knows
+    calls = inspections(monkeypatch, SHOWN_RUNNING, SHOWN_RUNNING, SHOWN_EXITED)
+    with pytest.raises(ContainerDied) as caught, executor_for() as ex:
+        ex.execute(Command.from_user(["sleep", "60"]), Collected())
+    assert "status exited, exit code 137" in str(caught.value)
+    assert len(calls) == 3
+
+
+def test_a_command_killed_in_a_living_container_is_the_commands_failure(
+    fake_docker: FakeDocker,
+    executor_for: Callable[..., DockerExecutor],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(docker_executor, "SETTLE_S", 0.2)
+    fake_docker.answer("exec", exit=137)
+    calls = inspections(monkeypatch, SHOWN_RUNNING)
+    with executor_for() as ex:
+        assert ex.execute(Command.from_user(["sleep", "60"]), Collected()).exit == 137
+    assert len(calls) > 1  # looked again before blaming the command
+
+
+def test_a_command_that_fails_is_not_watched_for_its_containers_death(
+    fake_docker: FakeDocker,
+    executor_for: Callable[..., DockerExecutor],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake_docker.answer("exec", exit=1)
+    calls = inspections(monkeypatch, SHOWN_RUNNING)
+    with executor_for() as ex:
+        assert ex.execute(Command.from_user("false"), Collected()).exit == 1
+    assert len(calls) == 1

@@ -59,6 +59,11 @@ from quire.tools.process import OutputHandler
 DOCKERFILE = ".quire/Dockerfile"
 
 
+# How long a container shown running after an exec killed by a signal is watched for its
+# death (the engine records it a moment after the exec ends).
+SETTLE_S = 1.0
+
+
 class DockerExecutor:
     """Runs a run's commands in its own container."""
 
@@ -216,13 +221,22 @@ class DockerExecutor:
             # Killing the docker client leaves the command running in the container.
             docker.kill_processes(self.container_id)
         elif result.exit != 0:
-            self._check_alive()
+            self._check_alive(killed=result.exit > 128)
         return ExecResult(result.exit, result.started_at, result.duration_s, result.timed_out)
 
-    def _check_alive(self) -> None:
-        """After a failed exec: was it the command, or did the container (or docker) go?"""
+    def _check_alive(self, *, killed: bool = False) -> None:
+        """After a failed exec: was it the command, or did the container (or docker) go?
+
+        A container killed under a command ends the exec (137) a moment before the engine
+        marks the container stopped: after an exec ended by a signal, a container still
+        shown running is looked at again for up to `SETTLE_S` before the command alone is
+        blamed (a command killed in a living container pays that once)."""
         assert self.container_id is not None
         state = docker.inspect_state(self.container_id)
+        deadline = time.monotonic() + (SETTLE_S if killed else 0.0)
+        while state is not None and state.running and time.monotonic() < deadline:
+            time.sleep(0.05)
+            state = docker.inspect_state(self.container_id)
         if state is not None and state.running:
             return
         if state is None:
