@@ -221,16 +221,18 @@ class DockerExecutor:
             # Killing the docker client leaves the command running in the container.
             docker.kill_processes(self.container_id)
         elif result.exit != 0:
-            self._check_alive(killed=result.exit > 128)
+            # 137: SIGKILL, what killing the container does to the exec's process.
+            self._check_alive(killed=result.exit == 137 and interrupts.received() is None)
         return ExecResult(result.exit, result.started_at, result.duration_s, result.timed_out)
 
     def _check_alive(self, *, killed: bool = False) -> None:
         """After a failed exec: was it the command, or did the container (or docker) go?
 
         A container killed under a command ends the exec (137) a moment before the engine
-        marks the container stopped: after an exec ended by a signal, a container still
-        shown running is looked at again for up to `SETTLE_S` before the command alone is
-        blamed (a command killed in a living container pays that once)."""
+        marks the container stopped: after an exec killed so (and quire itself not being
+        interrupted), a container still shown running is looked at again for up to
+        `SETTLE_S` before the command alone is blamed (a command SIGKILLed in a living
+        container pays that once)."""
         assert self.container_id is not None
         state = docker.inspect_state(self.container_id)
         deadline = time.monotonic() + (SETTLE_S if killed else 0.0)
