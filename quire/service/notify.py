@@ -65,6 +65,7 @@ from quire.ci.store.records import (
     RunTimes,
     read_record,
     write_record,
+    write_text_atomically,
 )
 from quire.config import Config, NotifyTarget
 from quire.errors import ConfigError, QuireError
@@ -378,7 +379,7 @@ class Notifier:
             self.folder.mkdir(parents=True, exist_ok=True)
             marker = self.folder / f"{run_id}.json"
             data = {"repo": repo, "run_id": run_id, "entry": entry.as_json()}
-            marker.write_text(json.dumps(data), encoding="utf-8")
+            write_text_atomically(marker, json.dumps(data))  # never a half marker after a crash
         except OSError as exc:
             log.error("run %s: cannot remember its notifications: %s", run_id, exc)
         with self._lock:
